@@ -1,0 +1,143 @@
+"""Putting a profile on a pipeline: `apply_profile`, `load_pipeline`, and the shipped-profile lookup.
+
+This is the deployment path: it never imports Optuna, so an app that only applies a shipped profile does not pay
+for the tuner. The tuner applies a trial's settings through `apply_settings` too, so what was measured is what ships.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from diffusers import DiffusionPipeline
+
+from . import knobs, pipelines
+from .exceptions import FallbackWarning, IncompatibleProfile, ProfileError, ProfileMismatchWarning
+from .hardware import Fingerprint, Hardware, probe
+from .knobs.precision import DTYPES
+from .profile import Profile, load_profile
+
+ProfileLike = Profile | str | os.PathLike
+
+
+class KnobUnavailable(IncompatibleProfile):
+    """A knob value cannot run here and no fallback was allowed."""
+
+
+def shipped_profiles_dir() -> Path:
+    return Path(str(resources.files("autotune.profiles")))
+
+
+def shipped_profile_path(name: str) -> Path:
+    """The file of a shipped profile; a name never leaves the shipped folder."""
+    if not name or ".." in name or "/" in name or "\\" in name or name.startswith("."):
+        raise ProfileError(f"profile name {name!r} is not a plain name (no '/', '\\' or '..'); give a path instead")
+    folder = shipped_profiles_dir()
+    for candidate in (folder / name, folder / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(path.stem for path in folder.glob("*.yaml"))
+    raise ProfileError(f"no shipped profile named {name!r}; shipped: {', '.join(known) or 'none'}")
+
+
+def resolve_profile(profile: ProfileLike) -> Profile:
+    """A `Profile`, a path to a profile file, or the name of a shipped profile."""
+    if isinstance(profile, Profile):
+        return profile
+    path = Path(profile)
+    if path.is_file():
+        return load_profile(path)
+    text = str(profile)
+    if os.sep in text or "/" in text or text.endswith((".yaml", ".yml", ".json")):
+        raise ProfileError(f"{text}: no such profile file")
+    return load_profile(shipped_profile_path(text))
+
+
+def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike) -> DiffusionPipeline:
+    """Apply `profile`'s settings to a freshly loaded `pipe`, in the documented order, and return it.
+
+    Order: process settings, precision, scheduler, attention, VAE, memory format, placement or offload, compile last.
+    A knob value unavailable here falls back with a `FallbackWarning` (xformers missing -> SDPA; offload without an
+    accelerator -> none). A profile measured on another GPU or library version warns; a profile made for another
+    pipeline or denoiser raises `IncompatibleProfile`. Call-time settings come from `profile.call_kwargs()`:
+
+    >>> pipe = apply_profile(pipelines.load("builtin:tiny-sd"), "tiny-sd-cpu")  # doctest: +SKIP
+    >>> image = pipe("a lighthouse at dusk", **load_profile(...).call_kwargs()).images[0]  # doctest: +SKIP
+    """
+    resolved = resolve_profile(profile)
+    check_pipeline_fits(resolved, pipe)
+    here = probe()
+    warn_if_measured_elsewhere(resolved, here)
+    apply_settings(pipe, resolved.settings_dict(), here.hardware)
+    return pipe
+
+
+def load_pipeline(model: str | None = None, profile: ProfileLike | None = None) -> DiffusionPipeline:
+    """Load `model` (default: the profile's model) directly in the profile's dtype, then apply the profile.
+
+    Loading in the target dtype (`dtype=`, diffusers' replacement for `torch_dtype=`) avoids a full-precision copy.
+    """
+    resolved = resolve_profile(profile) if profile is not None else None
+    model = model or (resolved.model.id if resolved else pipelines.DEFAULT_MODEL)
+    dtype = DTYPES[resolved.settings.precision] if resolved else None
+    pipe = pipelines.load(model, dtype=dtype)
+    return apply_profile(pipe, resolved) if resolved else pipe
+
+
+def apply_settings(
+    pipe: DiffusionPipeline, settings: Mapping[str, Any], hardware: Hardware, fallback: bool = True
+) -> dict[str, Any]:
+    """Apply knob `settings` to `pipe` in order; return the settings that were really applied.
+
+    With `fallback=False` an unavailable value raises `KnobUnavailable` instead of being replaced (the tuner's mode).
+    """
+    effective = {knob.name: settings.get(knob.name, knob.default) for knob in knobs.in_order()}
+    for knob in knobs.in_order():
+        value = effective[knob.name]
+        if knob.call_time or not knob.active(effective):
+            continue
+        reason = knob.unavailable(value, hardware, pipe)
+        if reason is None:
+            continue
+        if not fallback:
+            raise KnobUnavailable(f"{knob.name}={value!r} is unavailable here: {reason}")
+        replacement = knob.fallback(value, hardware, pipe)
+        warnings.warn(f"{knob.name}={value!r} is unavailable here ({reason}); using {replacement!r}",
+                      FallbackWarning, stacklevel=3)
+        effective[knob.name] = replacement
+    for knob in knobs.in_order():
+        if not knob.call_time and knob.parent is None:
+            knob.apply(pipe, effective[knob.name], effective)
+    return effective
+
+
+def check_pipeline_fits(profile: Profile, pipe: DiffusionPipeline) -> None:
+    pipeline, net = type(pipe).__name__, type(pipelines.denoiser(pipe)).__name__
+    if (profile.model.pipeline, profile.model.denoiser) != (pipeline, net):
+        raise IncompatibleProfile(
+            f"the profile was tuned for {profile.model.pipeline} with a {profile.model.denoiser} "
+            f"({profile.model.id}); this pipeline is {pipeline} with a {net}: tune it with autotune search"
+        )
+
+
+def warn_if_measured_elsewhere(profile: Profile, here: Fingerprint) -> None:
+    theirs, ours = profile.hardware, here.hardware
+    if (theirs.device, theirs.gpu) != (ours.device, ours.gpu):
+        warnings.warn(f"the profile was measured on {theirs.describe()}, this is {ours.describe()}: "
+                      "its numbers may not hold here (autotune verify re-measures it)", ProfileMismatchWarning,
+                      stacklevel=3)
+    for library in ("torch", "diffusers"):
+        recorded, installed = getattr(profile.software, library), getattr(here.software, library)
+        if recorded and installed and _series(recorded) != _series(installed):
+            warnings.warn(f"the profile was measured with {library} {recorded}, {installed} is installed",
+                          ProfileMismatchWarning, stacklevel=3)
+
+
+def _series(version: str) -> tuple[str, ...]:
+    # Libraries still at 0.x change behaviour in minor releases; compare major.minor for them, the major otherwise.
+    parts = version.split("+")[0].split(".")
+    return tuple(parts[:2]) if parts[0] == "0" else tuple(parts[:1])

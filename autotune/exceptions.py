@@ -1,0 +1,35 @@
+"""autotune's errors: one root, each subclass also the builtin it means, each message saying what to do."""
+
+from __future__ import annotations
+
+
+class AutotuneError(Exception):
+    """Root of every error autotune raises on purpose."""
+
+
+class ProfileError(AutotuneError, ValueError):
+    """A profile file or value is malformed; the message names the field."""
+
+
+class IncompatibleProfile(AutotuneError, ValueError):
+    """The profile was made for another pipeline and cannot be applied to this one."""
+
+
+class UnknownModel(AutotuneError, ValueError):
+    """The model argument names nothing autotune can load."""
+
+
+class NothingFits(AutotuneError, RuntimeError):
+    """No configuration met the goal (memory budget or quality floor)."""
+
+
+class AutotuneWarning(UserWarning):
+    """Root of autotune's warnings."""
+
+
+class FallbackWarning(AutotuneWarning):
+    """A knob value is unavailable here and a fallback was applied instead."""
+
+
+class ProfileMismatchWarning(AutotuneWarning):
+    """The profile was measured on other hardware or library versions; its numbers may not hold here."""

@@ -1,0 +1,180 @@
+"""attention: SDPA (optionally restricted to one torch kernel), xformers, vanilla, or sliced.
+
+UNet-style models (SD 1.x/2.x, SDXL, PixArt) take a processor through `set_attn_processor`; torch's
+`sdpa_kernel` context restricts SDPA to one kernel. Dispatch-based transformers (Flux, Wan, Qwen...) ignore processors
+and take a backend name through `set_attention_backend`, which also leaks a process-wide default; it is restored here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+from diffusers.models.attention_processor import (
+    AttnProcessor,
+    AttnProcessor2_0,
+    SlicedAttnProcessor,
+    XFormersAttnProcessor,
+)
+from pydantic import PositiveInt
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..pipelines import denoiser
+from .base import Knob, register
+
+KERNELS = {
+    "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa-math": SDPBackend.MATH,
+    "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+# The diffusers dispatcher's name for each value, for dispatch-based transformers.
+DISPATCH_BACKENDS = {
+    "sdpa": "native",
+    "sdpa-flash": "_native_flash",
+    "sdpa-efficient": "_native_efficient",
+    "sdpa-math": "_native_math",
+    "sdpa-cudnn": "_native_cudnn",
+    "xformers": "xformers",
+}
+
+
+class KernelRestrictedSDPA(AttnProcessor2_0):
+    """`AttnProcessor2_0` that lets torch's SDPA use only the given kernel."""
+
+    def __init__(self, kernel: SDPBackend):
+        super().__init__()
+        self.kernel = kernel
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kw):
+        with sdpa_kernel(self.kernel):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kw)
+
+
+_CLASSIC = (AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor, XFormersAttnProcessor)
+
+
+def _family(model) -> str:
+    processors = list(getattr(model, "attn_processors", {}).values())
+    if any(hasattr(p, "_attention_backend") for p in processors):
+        return "dispatch"
+    if processors and all(isinstance(p, _CLASSIC) for p in processors):
+        return "classic"
+    return "other"
+
+
+@register
+class Attention(Knob):
+    name = "attention"
+    help = "attention implementation of the denoiser (and the VAE)"
+    annotation = Literal["sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-math", "sdpa-cudnn", "xformers", "vanilla",
+                         "sliced"]
+    default = "sdpa"
+    stage = "attention"
+
+    def choices(self):
+        return ["sdpa", *KERNELS, "xformers", "vanilla", "sliced"]
+
+    def unavailable(self, value, hw, pipe=None):
+        cuda = hw.device == "cuda"
+        if value in ("sdpa-efficient", "sdpa-cudnn") and not cuda:
+            return f"torch's {value[5:]} SDPA kernel runs only on CUDA GPUs"
+        if value in ("sdpa-flash", "sdpa-cudnn") and cuda and hw.capability_tuple < (8, 0):
+            return f"torch's {value[5:]} SDPA kernel needs compute capability 8.0 or newer"
+        if value == "xformers":
+            if importlib.util.find_spec("xformers") is None:
+                return "xformers is not installed (pip install 'autotune[xformers]')"
+            if not cuda:
+                return "xformers attention runs only on CUDA GPUs"
+        if pipe is not None:
+            return self._unavailable_on(value, pipe)
+        return None
+
+    def _unavailable_on(self, value, pipe):
+        net = denoiser(pipe)
+        family = _family(net)
+        if family == "dispatch" and value not in DISPATCH_BACKENDS:
+            return f"{type(net).__name__} picks attention by backend name; {value} reaches only UNet-style processors"
+        if family == "other" and value != "sdpa":
+            kinds = sorted({type(p).__name__ for p in net.attn_processors.values()})
+            return f"{type(net).__name__}'s attention processors ({', '.join(kinds)}) have no swappable variant"
+        if value == "sliced" and not hasattr(net, "set_attention_slice"):
+            return f"{type(net).__name__} does not support attention slicing"
+        return None
+
+    def apply(self, pipe, value, settings):
+        net = denoiser(pipe)
+        if _family(net) == "dispatch":
+            _set_dispatch_backend(net, DISPATCH_BACKENDS[value])
+            return
+        if _family(net) == "other":
+            return  # only "sdpa" is available here, and these processors already use it.
+        if value == "sliced":
+            pipe.enable_attention_slicing(settings.get("attention_slice_size", "auto"))
+        elif value == "xformers":
+            pipe.enable_xformers_memory_efficient_attention()
+        else:
+            for model in (net, getattr(pipe, "vae", None)):
+                if model is not None and _family(model) == "classic":
+                    model.set_attn_processor(self._processor(value))
+
+    @staticmethod
+    def _processor(value):
+        if value == "vanilla":
+            return AttnProcessor()
+        if value in KERNELS:
+            return KernelRestrictedSDPA(KERNELS[value])
+        return AttnProcessor2_0()
+
+    def read(self, pipe):
+        net = denoiser(pipe)
+        processor = next(iter(net.attn_processors.values()), None)
+        backend = getattr(processor, "_attention_backend", None)
+        if backend is not None:
+            by_backend = {name: value for value, name in DISPATCH_BACKENDS.items()}
+            return by_backend.get(str(getattr(backend, "value", backend)), str(backend))
+        if isinstance(processor, KernelRestrictedSDPA):
+            return next(value for value, kernel in KERNELS.items() if kernel == processor.kernel)
+        if isinstance(processor, SlicedAttnProcessor):
+            return "sliced"
+        if isinstance(processor, XFormersAttnProcessor):
+            return "xformers"
+        if type(processor) is AttnProcessor:
+            return "vanilla"
+        return "sdpa"
+
+
+def _set_dispatch_backend(model, backend: str) -> None:
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    # set_attention_backend also changes the process-wide default, which reset_attention_backend() does not undo
+    # (diffusers#14249): keep the default as it was, so other models in this process are not affected.
+    previous = _AttentionBackendRegistry._active_backend
+    try:
+        model.set_attention_backend(backend)
+    finally:
+        _AttentionBackendRegistry.set_active_backend(previous)
+
+
+@register
+class AttentionSliceSize(Knob):
+    name = "attention_slice_size"
+    help = "heads per slice when attention is sliced: auto (half the heads), max (one head), or a number"
+    annotation = Literal["auto", "max"] | PositiveInt
+    default = "auto"
+    stage = "attention"
+    parent = ("attention", frozenset({"sliced"}))
+
+    def choices(self):
+        return ["auto", "max", 2, 4]
+
+    def unavailable(self, value, hw, pipe=None):
+        if isinstance(value, int) and pipe is not None:
+            dims = [m.sliceable_head_dim for m in denoiser(pipe).modules() if hasattr(m, "sliceable_head_dim")]
+            if dims and value > min(dims):
+                return f"slice size {value} is more than this model's {min(dims)} heads"
+        return None
+
+    def read(self, pipe):
+        processor = next(iter(denoiser(pipe).attn_processors.values()), None)
+        return getattr(processor, "slice_size", None)

@@ -1,0 +1,105 @@
+"""compile: torch.compile the denoiser, whole (`nn.Module.compile`) or regionally (`compile_repeated_blocks`).
+
+Compiling in place cannot be undone and a new resolution recompiles, so a profile is tied to its height and width,
+and a tuner starts the next trial from a fresh pipeline after a compiled one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+from ..hardware import has_c_compiler
+from ..pipelines import denoiser
+from .base import Knob, register
+
+MODES = ["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+_COMPILED = frozenset(MODES[1:])
+
+
+@register
+class Compile(Knob):
+    name = "compile"
+    help = "torch.compile mode for the denoiser (none: eager)"
+    annotation = Literal["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+    default = "none"
+    stage = "compile"
+    reversible = False
+
+    def choices(self):
+        return list(MODES)
+
+    def unavailable(self, value, hw, pipe=None):
+        if value == "none":
+            return None
+        if hw.device == "cpu" and not has_c_compiler():
+            return "torch.compile's inductor needs a C++ compiler (g++) on CPU"
+        if hw.device == "cuda" and importlib.util.find_spec("triton") is None:
+            return "torch.compile's inductor needs triton on CUDA"
+        return None
+
+    def caveat(self, value, hw):
+        if value == "reduce-overhead" and hw.device == "cpu":
+            return "CUDA graphs are CUDA-only; on CPU this mode behaves like default"
+        return None
+
+    def apply(self, pipe, value, settings):
+        if value == "none":
+            return
+        net = denoiser(pipe)
+        fullgraph = bool(settings.get("compile_fullgraph", False))
+        scope = settings.get("compile_scope", "denoiser")
+        kwargs = {"mode": None if value == "default" else value, "fullgraph": fullgraph}
+        if scope == "regional":
+            net.compile_repeated_blocks(**kwargs)
+        else:
+            net.compile(**kwargs)
+        # torch keeps no readable record of the mode; keep one beside the compiled state `read` checks.
+        net._autotune_compile = {"compile": value, "compile_fullgraph": fullgraph, "compile_scope": scope}
+
+    def read(self, pipe):
+        return compiled_state(pipe).get("compile", "none")
+
+
+def compiled_state(pipe) -> dict:
+    """What was compiled and how, or {} when no module of the denoiser is compiled."""
+    net = denoiser(pipe)
+    compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in net.modules())
+    return dict(getattr(net, "_autotune_compile", {})) if compiled else {}
+
+
+@register
+class CompileFullgraph(Knob):
+    name = "compile_fullgraph"
+    help = "fail on graph breaks instead of running them eagerly"
+    annotation = bool
+    default = False
+    stage = "compile"
+    parent = ("compile", _COMPILED)
+
+    def choices(self):
+        return [False, True]
+
+    def read(self, pipe):
+        return compiled_state(pipe).get("compile_fullgraph", False)
+
+
+@register
+class CompileScope(Knob):
+    name = "compile_scope"
+    help = "denoiser: compile the whole model; regional: compile its repeated blocks (much faster to compile)"
+    annotation = Literal["denoiser", "regional"]
+    default = "denoiser"
+    stage = "compile"
+    parent = ("compile", _COMPILED)
+
+    def choices(self):
+        return ["denoiser", "regional"]
+
+    def unavailable(self, value, hw, pipe=None):
+        if value == "regional" and pipe is not None and not getattr(denoiser(pipe), "_repeated_blocks", None):
+            return f"{type(denoiser(pipe)).__name__} declares no repeated blocks for compile_repeated_blocks"
+        return None
+
+    def read(self, pipe):
+        return compiled_state(pipe).get("compile_scope", "denoiser")

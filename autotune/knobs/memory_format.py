@@ -1,0 +1,40 @@
+"""channels_last: NHWC memory format for the denoiser's and the VAE's convolutions."""
+
+from __future__ import annotations
+
+import torch
+
+from ..pipelines import denoiser
+from .base import Knob, register
+
+
+@register
+class ChannelsLast(Knob):
+    name = "channels_last"
+    help = "channels-last (NHWC) memory format for the denoiser and the VAE"
+    annotation = bool
+    default = False
+    stage = "memory_format"
+
+    def choices(self):
+        return [False, True]
+
+    def apply(self, pipe, value, settings):
+        memory_format = torch.channels_last if value else torch.contiguous_format
+        for model in (denoiser(pipe), getattr(pipe, "vae", None)):
+            if model is not None:
+                model.to(memory_format=memory_format)
+
+    def read(self, pipe):
+        weight = first_spatial_conv_weight(denoiser(pipe))
+        return weight is not None and not weight.is_contiguous() and weight.is_contiguous(
+            memory_format=torch.channels_last
+        )
+
+
+def first_spatial_conv_weight(model: torch.nn.Module) -> torch.Tensor | None:
+    """A conv weight whose layout tells NCHW from NHWC (a 1x1 or single-channel kernel is both at once)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels > 1 and module.kernel_size != (1, 1):
+            return module.weight
+    return None

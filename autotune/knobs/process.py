@@ -1,0 +1,62 @@
+"""Process-wide torch settings: CPU threads and cuDNN's benchmark mode.
+
+They hold for the whole process, which is one more reason a tuner runs each trial in a worker of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import PositiveInt
+
+from .base import Knob, register
+
+
+@register
+class CpuThreads(Knob):
+    name = "cpu_threads"
+    help = "torch intra-op threads when running on the CPU (null: torch's default)"
+    annotation = PositiveInt | None
+    default = None
+    stage = "process"
+
+    def choices(self):
+        return [None, 1, 2, 4, 8, 16]
+
+    def unavailable(self, value, hw, pipe=None):
+        if value is None:
+            return None
+        if hw.device != "cpu":
+            return "tuned only when the pipeline runs on the CPU"
+        if value > hw.cpu_cores:
+            return f"more threads than this machine's {hw.cpu_cores} cores"
+        return None
+
+    def apply(self, pipe, value, settings):
+        if value is not None:
+            torch.set_num_threads(value)
+
+    def read(self, pipe):
+        return torch.get_num_threads()
+
+
+@register
+class CudnnBenchmark(Knob):
+    name = "cudnn_benchmark"
+    help = "let cuDNN time its convolution algorithms on the first call and keep the fastest"
+    annotation = bool
+    default = False
+    stage = "process"
+
+    def choices(self):
+        return [False, True]
+
+    def unavailable(self, value, hw, pipe=None):
+        if value and hw.device != "cuda":
+            return "cuDNN runs only on CUDA GPUs"
+        return None
+
+    def apply(self, pipe, value, settings):
+        torch.backends.cudnn.benchmark = value
+
+    def read(self, pipe):
+        return torch.backends.cudnn.benchmark

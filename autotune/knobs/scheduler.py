@@ -1,0 +1,94 @@
+"""scheduler: swap the sampler with `from_config`, from an allowlist; steps: `num_inference_steps`.
+
+Both change the image, so a tuner searches them only with a quality floor. Heun and KDPM2 call the denoiser about
+twice per step: compare schedulers by measured time, never by step count.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+import diffusers
+from pydantic import PositiveInt
+
+from .base import Knob, register
+
+# name -> (diffusers class, config overrides). The one place the allowlist lives.
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {"use_karras_sigmas": False}),
+    "lms": ("LMSDiscreteScheduler", {"use_karras_sigmas": False}),
+    "heun": ("HeunDiscreteScheduler", {"use_karras_sigmas": False}),
+}
+# Schedulers that import an extra package when they run.
+_NEEDS = {"lms": "scipy"}
+DEFAULT = "default"
+
+
+@register
+class Scheduler(Knob):
+    name = "scheduler"
+    help = "sampler, swapped with from_config (default: the pipeline's own)"
+    annotation = Literal[(DEFAULT, *SCHEDULERS)]
+    default = DEFAULT
+    stage = "scheduler"
+    exact = False
+
+    def choices(self):
+        return [DEFAULT, *SCHEDULERS]
+
+    def unavailable(self, value, hw, pipe=None):
+        if value == DEFAULT:
+            return None
+        if value not in SCHEDULERS:
+            return f"unknown scheduler {value!r}; known: {', '.join(self.choices())}"
+        package = _NEEDS.get(value)
+        if package and importlib.util.find_spec(package) is None:
+            return f"needs the {package} package (pip install {package})"
+        if pipe is not None:
+            compatible = {cls.__name__ for cls in pipe.scheduler.compatibles}
+            if SCHEDULERS[value][0] not in compatible:
+                return f"not compatible with {type(pipe).__name__}'s {type(pipe.scheduler).__name__}"
+        return None
+
+    def apply(self, pipe, value, settings):
+        if value == DEFAULT:
+            return
+        class_name, overrides = SCHEDULERS[value]
+        cls = getattr(diffusers, class_name)
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+
+    def read(self, pipe):
+        scheduler = pipe.scheduler
+        for name, (class_name, overrides) in SCHEDULERS.items():
+            if type(scheduler).__name__ == class_name and all(
+                scheduler.config.get(key) == wanted for key, wanted in overrides.items()
+            ):
+                return name
+        return type(scheduler).__name__
+
+
+@register
+class Steps(Knob):
+    name = "steps"
+    help = "num_inference_steps (null: the pipeline's own default)"
+    annotation = PositiveInt | None
+    default = None
+    stage = "call"
+    exact = False
+    call_time = True
+
+    def choices(self):
+        return [None, 10, 15, 20, 25, 30, 40, 50]
+
+    def call_kwargs(self, value):
+        return {} if value is None else {"num_inference_steps": value}
+
+    def read(self, pipe):
+        return None

@@ -1,0 +1,156 @@
+"""Loading a model: a hub id, a local folder, or a built-in random-weight pipeline; finding its denoiser.
+
+The built-ins need no download. `builtin:tiny-sd` is a Stable Diffusion pipeline small enough for dozens of trials on
+two CPU cores; `builtin:sd15-arch` has the real SD 1.5 shapes (860M-parameter UNet) for tuning speed and memory on a
+GPU without weights. Both are seeded, so the same name gives the same weights every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .exceptions import UnknownModel
+
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_MODEL = "builtin:tiny-sd"
+
+
+def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
+    """Load `model` (hub id, folder or `builtin:*`), in `dtype` when given, with the safety checker off.
+
+    The safety checker blacks out images, which would read as a quality failure, so tuning pipelines go without it.
+
+    >>> pipe = load("builtin:tiny-sd")
+    >>> type(pipe).__name__
+    'StableDiffusionPipeline'
+    """
+    if model.startswith(BUILTIN_PREFIX):
+        name = model[len(BUILTIN_PREFIX):]
+        if name not in BUILTINS:
+            raise UnknownModel(f"unknown built-in model {model!r}; known: {', '.join(builtin_names())}")
+        pipe = BUILTINS[name]()
+        return pipe.to(dtype) if dtype is not None else pipe
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    try:
+        return DiffusionPipeline.from_pretrained(model, safety_checker=None, **kwargs)
+    except (OSError, ValueError) as error:
+        where = "folder" if Path(model).exists() else "hub id (or folder)"
+        raise UnknownModel(f"cannot load model {model!r} as a {where}: {str(error).splitlines()[0]}") from error
+
+
+def builtin_names() -> list[str]:
+    return [BUILTIN_PREFIX + name for name in BUILTINS]
+
+
+def denoiser_name(pipe: DiffusionPipeline) -> str:
+    """The component that runs every step: `unet` for SD 1.x/2.x/SDXL, `transformer` for DiT pipelines."""
+    for name in ("unet", "transformer", "prior"):
+        if getattr(pipe, name, None) is not None:
+            return name
+    raise UnknownModel(f"{type(pipe).__name__} has no unet or transformer component to tune")
+
+
+def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
+    return getattr(pipe, denoiser_name(pipe))
+
+
+def default_call_size(pipe: DiffusionPipeline) -> int:
+    """The pipeline's own default image side, as its `__call__` computes it."""
+    net = denoiser(pipe)
+    sample = getattr(net.config, "sample_size", 64)
+    sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+    return int(sample) * int(getattr(pipe, "vae_scale_factor", 8))
+
+
+def _tiny_tokenizer() -> CLIPTokenizer:
+    # A byte-level BPE vocabulary with no merges: every byte is a token, so any prompt tokenizes, and nothing is
+    # read from disk or the hub. CLIP's tokenizer needs model_max_length, or it overflows when padding.
+    bytes_as_text = _bytes_to_unicode()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in bytes_as_text:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _bytes_to_unicode() -> list[str]:
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def _scheduler() -> PNDMScheduler:
+    # SD 1.5's scheduler config.
+    return PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+    )
+
+
+def _stable_diffusion(unet: dict, vae: dict, text: dict) -> StableDiffusionPipeline:
+    tokenizer = _tiny_tokenizer()
+    torch.manual_seed(0)
+    unet_model = UNet2DConditionModel(**unet)
+    torch.manual_seed(1)
+    vae_model = AutoencoderKL(**vae)
+    torch.manual_seed(2)
+    text_model = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, **text))
+    pipe = StableDiffusionPipeline(
+        unet=unet_model, vae=vae_model, text_encoder=text_model.eval(), tokenizer=tokenizer,
+        scheduler=_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd() -> StableDiffusionPipeline:
+    """SD architecture at toy size: 4-block VAE (latents are image/8, as in SD), 2-level UNet, 5-layer CLIP."""
+    return _stable_diffusion(
+        unet=dict(
+            block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
+        ),
+        vae=dict(
+            block_out_channels=(16, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=16,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            # Tiles of 32 px, so VAE tiling really engages on the 64 px default image (as it does above 512 px in SD).
+            sample_size=32,
+        ),
+        text=dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4,
+                  max_position_embeddings=77, projection_dim=32),
+    )
+
+
+def sd15_arch() -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L text encoder) with random weights."""
+    return _stable_diffusion(
+        unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+        vae=dict(
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        ),
+        text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  max_position_embeddings=77, projection_dim=768),
+    )
+
+
+BUILTINS: dict[str, Callable[[], DiffusionPipeline]] = {"tiny-sd": tiny_sd, "sd15-arch": sd15_arch}

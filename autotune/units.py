@@ -1,0 +1,58 @@
+"""Sizes: bytes inside, human units only at the edges. The one place that parses and prints them."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000, "KB": 1000, "KIB": 1024,
+    "M": 1000**2, "MB": 1000**2, "MIB": 1024**2,
+    "G": 1000**3, "GB": 1000**3, "GIB": 1024**3,
+    "T": 1000**4, "TB": 1000**4, "TIB": 1024**4,
+}
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(text: str, total_bytes: int | None = None) -> int:
+    """Parse `6GB`, `6GiB`, `6000MB`, `6.5G`, a plain byte count, or a share of `total_bytes` (`80%`, `0.8`).
+
+    >>> parse_size("6GB"), parse_size("1GiB"), parse_size("50%", total_bytes=1000)
+    (6000000000, 1073741824, 500)
+    """
+    text = str(text).strip()
+    if text.endswith("%") or _is_fraction(text):
+        if total_bytes is None:
+            raise ValueError(f"size {text!r} is a share of the device's memory, but that memory is unknown")
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        if not 0 < share <= 1:
+            raise ValueError(f"size {text!r} must be a share between 0% and 100% of the device's memory")
+        return int(total_bytes * share)
+    match = _SIZE.match(text)
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"size {text!r} is not understood; write it like 6GB, 6GiB, 6000MB, 6.5G or 80%")
+    value = float(match.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise ValueError(f"size {text!r} must be more than zero")
+    return int(value)
+
+
+def _is_fraction(text: str) -> bool:
+    try:
+        return 0 < float(text) <= 1 and "." in text
+    except ValueError:
+        return False
+
+
+def format_size(num_bytes: int | float | None) -> str:
+    """`6442450944` -> `6.0 GiB`: binary units, as GPU memory is sold and reported."""
+    if num_bytes is None:
+        return "-"
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
