@@ -6,17 +6,32 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
-from .apply import apply_profile, load_pipeline
-from .exceptions import AutotuneError, IncompatibleProfile, NothingFits, ProfileError
-from .hardware import probe
-from .profile import Profile, load_profile
-
 if TYPE_CHECKING:
+    from .apply import apply_profile, load_pipeline
+    from .exceptions import AutotuneError, IncompatibleProfile, NothingFits, ProfileError
+    from .hardware import probe
+    from .profile import Profile, load_profile
     from .search import search
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it. Imported on first use: `import autotune` stays light, an app that only
+# applies profiles never loads the tuner (Optuna), and the CLI can quiet library warnings before torch loads.
+_EXPORTS = {
+    "apply_profile": "apply",
+    "load_pipeline": "apply",
+    "AutotuneError": "exceptions",
+    "IncompatibleProfile": "exceptions",
+    "NothingFits": "exceptions",
+    "ProfileError": "exceptions",
+    "probe": "hardware",
+    "Profile": "profile",
+    "load_profile": "profile",
+    "search": "search",
+}
 __all__ = [
     "AutotuneError",
     "IncompatibleProfile",
@@ -32,9 +47,6 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The tuner imports Optuna; an app that only applies profiles never pays for it.
-    if name == "search":
-        from .search import search
-
-        return search
-    raise AttributeError(f"module 'autotune' has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'autotune' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

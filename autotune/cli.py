@@ -21,7 +21,7 @@ from . import knobs, pipelines  # noqa: E402
 from .exceptions import AutotuneError  # noqa: E402
 from .hardware import probe as probe_machine  # noqa: E402
 from .profile import json_schema  # noqa: E402
-from .units import format_size  # noqa: E402
+from .units import format_size, parse_size  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -64,6 +64,121 @@ def probe(
     console.print(table)
 
 
+@app.command()
+def search(
+    model: Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, or builtin:tiny-sd")] = "",
+    budget: Annotated[str | None, typer.Option(help="memory budget: 6GB, 6GiB, 6000MB, 6.5G or 80%")] = None,
+    objective: Annotated[str, typer.Option(help="throughput (images/s) or latency (s/image, batch 1)")] = "throughput",
+    trials: Annotated[int, typer.Option(help="trials in the study (a resumed study counts its finished ones)")] = 30,
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
+    height: Annotated[int | None, typer.Option(help="image height (default: the pipeline's own)")] = None,
+    width: Annotated[int | None, typer.Option(help="image width (default: the pipeline's own)")] = None,
+    steps: Annotated[int | None, typer.Option(help="inference steps (default: the pipeline's own)")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="profile to write ({study}: study name)")] = "{study}.yaml",
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite next to --out)")] = None,
+    study: Annotated[str | None, typer.Option(help="study name (default: model, hardware, size, objective)")] = None,
+    seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile")] = 0,
+    sampler: Annotated[str, typer.Option(help="tpe, gp or random")] = "tpe",
+    trial_timeout: Annotated[float, typer.Option(help="seconds before a trial is killed as hung")] = 600.0,
+    max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = 16,
+    pin: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE: keep a knob at a value (repeatable)")] = None,
+) -> None:
+    """Search the fastest configuration under a memory budget and write its profile."""
+    from .search import SearchInterrupted, run_search
+
+    _check_choice("objective", objective, ("throughput", "latency"))
+    _check_choice("sampler", sampler, ("tpe", "gp", "random"))
+    for flag, value in (("trials", trials), ("height", height), ("width", width), ("steps", steps),
+                        ("max-batch", max_batch)):
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {value}")
+    if budget is not None:
+        parse_size(budget, probe_machine().hardware.memory_bytes)  # a bad budget fails before any work
+    pinned = _parse_pins(pin or [])
+    if not model:
+        model = pipelines.DEFAULT_MODEL
+        console.print(f"[dim]no --model given: using the built-in {model} (random weights, no download)[/dim]")
+    progress = SearchProgress(console, trials)
+    try:
+        with progress:
+            outcome = run_search(
+                model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
+                width=width, steps=steps, seed=seed, sampler=sampler, storage=storage, study_name=study,
+                out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
+                on_event=progress.event,
+            )
+    except SearchInterrupted as stop:
+        console.print(f"[yellow]{stop}[/yellow]")
+        raise typer.Exit(130) from None
+    _print_outcome(outcome)
+
+
+class SearchProgress:
+    """A rich progress bar: trial n/N, best images/s so far, time left."""
+
+    def __init__(self, out: Console, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[best]}"), TextColumn("{task.fields[left]}"),
+                                 console=out, transient=False)
+        self.task = self.progress.add_task("trials", total=total, best="", left="")
+
+    def __enter__(self) -> SearchProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def event(self, kind: str, data: dict) -> None:
+        if kind == "phase":
+            self.progress.console.print(f"[dim]{data['message']}[/dim]")
+            return
+        best = data["best_images_per_s"]
+        self.progress.update(self.task, completed=data["done"],
+                             best=f"best {best:.2f} img/s" if best else "best -",
+                             left=f"~{data['seconds_left'] / 60:.1f} min left")
+        if data.get("failure"):
+            self.progress.console.print(f"[dim]trial {data['number']}: {data['failure']}: {data['reason']}[/dim]")
+
+
+def _print_outcome(outcome) -> None:
+    table = Table(title=f"Best of {outcome.trials} trials vs the default configuration, measured in the same run")
+    for column in ("configuration", "images/s", "spread", "s/call", "peak memory", "batch", "vs default"):
+        table.add_column(column, justify="right" if column != "configuration" else "left")
+    base = outcome.baseline.images_per_s.median
+    for label, candidate in (("default", outcome.baseline), ("autotune", outcome.best)):
+        rate = candidate.images_per_s
+        table.add_row(label, f"{rate.median:.2f}", f"{rate.cv:.0%}", f"{candidate.latency.median:.3f}",
+                      format_size(candidate.peak_memory_bytes), str(candidate.batch_size),
+                      f"{rate.median / base:.2f}x" if base else "-")
+    console.print(table)
+    changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
+    console.print("settings: " + (", ".join(f"{k}={_show(v)}" for k, v in changed.items()) or "defaults"))
+    console.print(f"study {outcome.study_name} in {outcome.storage}")
+    console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
+
+
+def _parse_pins(pins: list[str]) -> dict[str, object]:
+    import yaml
+
+    parsed: dict[str, object] = {}
+    for pin in pins:
+        name, sep, value = pin.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--pin takes KNOB=VALUE, got {pin!r}")
+        if name not in knobs.KNOBS:
+            raise UsageError(f"--pin: unknown knob {name!r}; known: {', '.join(k.name for k in knobs.in_order())}")
+        parsed[name] = yaml.safe_load(value)  # YAML scalars, as in a profile: true, 4, null, fp16
+    return parsed
+
+
+def _check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 @profiles_app.command("schema")
 def profiles_schema() -> None:
     """Print the profile's JSON Schema."""
@@ -83,3 +198,7 @@ def main() -> None:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"autotune: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,9 @@ from pydantic import PositiveInt
 
 from .base import Knob, register
 
+# torch's own choice at start-up, restored for `null` so that one trial's thread count never leaks into the next.
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
 
 @register
 class CpuThreads(Knob):
@@ -32,8 +35,7 @@ class CpuThreads(Knob):
         return None
 
     def apply(self, pipe, value, settings):
-        if value is not None:
-            torch.set_num_threads(value)
+        torch.set_num_threads(value or _TORCH_DEFAULT_THREADS)
 
     def read(self, pipe):
         return torch.get_num_threads()

@@ -1,0 +1,211 @@
+"""Measuring a configured pipeline: warm-up, repeated timed calls until the spread is small, peak memory, images.
+
+Timing covers the whole pipeline call (text encoding, denoising, VAE decode). Warm-up (compile, cuDNN autotuning)
+is timed separately and reported, not hidden. This module knows nothing of processes or Optuna.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from diffusers import DiffusionPipeline
+
+from .profile import Stat, Workload
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """How long to keep timing: until the coefficient of variation is under `target_cv`, within the caps."""
+
+    warmup: int = 1
+    min_runs: int = 3
+    max_runs: int = 10
+    max_seconds: float = 20.0
+    target_cv: float = 0.05
+
+
+@dataclass
+class Measurement:
+    batch_size: int
+    latency_s: list[float] = field(default_factory=list)
+    warmup_s: float = 0.0
+    peak_memory_bytes: int = 0
+    image_problem: str | None = None
+    images: np.ndarray | None = None
+
+    @property
+    def latency(self) -> Stat:
+        return _stat(self.latency_s)
+
+    @property
+    def images_per_s(self) -> Stat:
+        rates = [self.batch_size / seconds for seconds in self.latency_s]
+        return _stat(rates)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "images_per_s": self.images_per_s.model_dump(),
+            "latency_s": self.latency.model_dump(),
+            "seconds_per_image": self.latency.median / self.batch_size,
+            "warmup_s": self.warmup_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "image_problem": self.image_problem,
+        }
+
+
+def measure(
+    pipe: DiffusionPipeline,
+    workload: Workload,
+    call_kwargs: dict[str, Any],
+    repeats: Repeats = Repeats(),
+    keep_images: bool = False,
+) -> Measurement:
+    """Time `pipe` on `workload` with `call_kwargs` (steps, batch...): warm-up, then repeat until stable.
+
+    >>> workload = Workload(height=64, width=64, prompts=["a cat"])
+    >>> measure(pipe, workload, {"num_inference_steps": 20}).images_per_s.median  # doctest: +SKIP
+    """
+    cuda = _on_cuda(pipe)
+    memory = PeakMemory(cuda)
+    result = Measurement(batch_size=int(call_kwargs.get("num_images_per_prompt", 1)))
+    started = time.perf_counter()
+    for index in range(repeats.warmup):
+        _call(pipe, workload, call_kwargs, index, cuda)
+    result.warmup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    images = None
+    while True:
+        index = len(result.latency_s)
+        seconds, images = _timed_call(pipe, workload, call_kwargs, index, cuda)
+        result.latency_s.append(seconds)
+        if _stable(result.latency_s, repeats) or time.perf_counter() - started > repeats.max_seconds:
+            if len(result.latency_s) >= min(2, repeats.min_runs):
+                break
+        if len(result.latency_s) >= repeats.max_runs:
+            break
+    result.peak_memory_bytes = memory.peak()
+    result.image_problem = image_problem(images)
+    if keep_images:
+        result.images = images
+    return result
+
+
+def _stable(latencies: list[float], repeats: Repeats) -> bool:
+    return len(latencies) >= repeats.min_runs and _stat(latencies).cv <= repeats.target_cv
+
+
+def _stat(values: list[float]) -> Stat:
+    if not values:
+        return Stat(median=0.0, cv=0.0, n=1)
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) / mean if len(values) > 1 and mean > 0 else 0.0
+    return Stat(median=statistics.median(values), cv=spread, n=len(values))
+
+
+def _on_cuda(pipe: DiffusionPipeline) -> bool:
+    return torch.cuda.is_available() and pipe._execution_device.type == "cuda"
+
+
+def _call(pipe, workload: Workload, call_kwargs: dict, index: int, cuda: bool) -> np.ndarray:
+    prompt = workload.prompts[index % len(workload.prompts)]
+    generator = torch.Generator("cpu").manual_seed(workload.seed + index % len(workload.prompts))
+    kwargs = {"height": workload.height, "width": workload.width, "guidance_scale": workload.guidance_scale,
+              **call_kwargs}
+    output = pipe(prompt, generator=generator, output_type="np", **kwargs)
+    if cuda:
+        torch.cuda.synchronize()
+    return output.images
+
+
+def _timed_call(pipe, workload, call_kwargs, index, cuda) -> tuple[float, np.ndarray]:
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    images = _call(pipe, workload, call_kwargs, index, cuda)
+    return time.perf_counter() - started, images
+
+
+def image_problem(images: np.ndarray | None) -> str | None:
+    """Why these images are unusable (NaN, all black, constant), or None when they look like images."""
+    if images is None or images.size == 0:
+        return "no images"
+    if not np.isfinite(images).all():
+        return "NaN or infinite pixels"
+    if float(images.max()) <= 1e-3:
+        return "all-black images"
+    if any(float(image.std()) < 1e-4 for image in images):
+        return "constant images"
+    return None
+
+
+class PeakMemory:
+    """The process's peak memory from now on: on CUDA, the allocator's reserved peak plus the CUDA context (checked
+    against NVML's per-process figure); on CPU, the peak resident set size."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            _reset_peak_rss()
+
+    def peak(self) -> int:
+        if not self.cuda:
+            return _peak_rss()
+        reserved_peak = torch.cuda.max_memory_reserved()
+        process_now = _nvml_process_bytes()
+        if process_now is None:
+            return int(reserved_peak)
+        # What NVML sees beyond the allocator's pool is the CUDA context and library workspaces.
+        context = max(0, process_now - torch.cuda.memory_reserved())
+        return int(max(reserved_peak + context, process_now))
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _reset_peak_rss() -> None:
+    # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM) for this process, so a worker that serves
+    # several trials reports each trial's own peak.
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(psutil.Process().memory_info().rss)
+
+
+def _nvml_process_bytes() -> int | None:
+    try:
+        import os
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if process.pid == os.getpid() and process.usedGpuMemory:
+                    return int(process.usedGpuMemory)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # NVML missing or refusing (containers often hide per-process data)
+        return None
+    return None

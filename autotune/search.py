@@ -1,0 +1,560 @@
+"""The search: an Optuna study over the knobs available here, trials run in workers, the winner re-measured.
+
+Flow: probe -> space (knobs available on this hardware and pipeline) -> ask -> worker (apply, measure at growing
+batch sizes) -> tell (images/s, with peak memory <= budget as an Optuna constraint) -> re-measure the top candidates
+and the default configuration interleaved -> Profile. Every trial is in the study's storage, so a search that stops
+resumes with the same command. This module knows nothing of how a knob is applied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+
+from . import __version__, knobs
+from .exceptions import AutotuneError, NothingFits, UnknownModel
+from .hardware import Fingerprint, probe
+from .measure import Repeats
+from .profile import Goal, Metrics, ModelInfo, Profile, Provenance, Stat, Workload, now
+from .units import format_size, parse_size
+from .worker import ModelSource, TrialFailed, Worker, WorkerConfig
+
+DEFAULT_PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a lighthouse at dusk"]
+OBJECTIVES = ("throughput", "latency")
+SAMPLERS = ("tpe", "gp", "random")
+# Search-time timing is a quick screen; the interleaved re-measurement at the end decides.
+SCREEN_REPEATS = Repeats(warmup=1, min_runs=2, max_runs=5, max_seconds=5.0, target_cv=0.05)
+# A configuration this many times slower than the best one at batch 1 is not explored at bigger batches.
+PRUNE_RATIO = 3.0
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class SearchInterrupted(AutotuneError, KeyboardInterrupt):
+    """Ctrl-C: the study is saved; the same command resumes it."""
+
+
+@dataclass
+class Candidate:
+    """A configuration in the final interleaved re-measurement."""
+
+    label: str
+    settings: dict[str, Any]
+    trial_peak_bytes: int = 0
+    latency_s: list[float] = field(default_factory=list)
+    peak_memory_bytes: int = 0
+    warmup_s: float = 0.0
+    failure: str | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.settings.get("batch_size", 1))
+
+    @property
+    def images_per_s(self) -> Stat:
+        rates = [self.batch_size / seconds for seconds in self.latency_s] or [0.0]
+        mean = statistics.fmean(rates)
+        cv = statistics.stdev(rates) / mean if len(rates) > 1 and mean > 0 else 0.0
+        return Stat(median=statistics.median(rates), cv=cv, n=max(1, len(self.latency_s)))
+
+    @property
+    def latency(self) -> Stat:
+        values = self.latency_s or [0.0]
+        mean = statistics.fmean(values)
+        cv = statistics.stdev(values) / mean if len(values) > 1 and mean > 0 else 0.0
+        return Stat(median=statistics.median(values), cv=cv, n=max(1, len(self.latency_s)))
+
+
+@dataclass
+class SearchOutcome:
+    profile: Profile
+    baseline: Candidate
+    best: Candidate
+    candidates: list[Candidate]
+    study_name: str
+    storage: str
+    trials: int
+    profile_path: Path | None = None
+
+    @property
+    def speedup(self) -> float:
+        base = self.baseline.images_per_s.median
+        return self.best.images_per_s.median / base if base > 0 else math.inf
+
+
+Events = Callable[[str, dict[str, Any]], None]
+
+
+def search(
+    model: ModelSource = "builtin:tiny-sd",
+    *,
+    budget: str | int | None = None,
+    objective: str = "throughput",
+    n_trials: int = 30,
+    **options: Any,
+) -> Profile:
+    """Find the fastest configuration of `model` that fits `budget`, and return its profile.
+
+    `model` is a hub id, a folder, `builtin:tiny-sd`, or a picklable function that builds the pipeline (it runs in
+    the worker processes). Options are those of `run_search`.
+
+    >>> profile = search("builtin:tiny-sd", budget="4GB", n_trials=20, out="tiny.yaml")  # doctest: +SKIP
+    >>> pipe(prompt, **profile.call_kwargs())  # doctest: +SKIP
+    """
+    return run_search(model, budget=budget, objective=objective, n_trials=n_trials, **options).profile
+
+
+def run_search(
+    model: ModelSource = "builtin:tiny-sd",
+    *,
+    budget: str | int | None = None,
+    objective: str = "throughput",
+    n_trials: int = 30,
+    timeout_s: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    prompts: list[str] | None = None,
+    seed: int = 0,
+    sampler: str = "tpe",
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | Path | None = None,  # "{study}" in it becomes the study name; None writes no file
+    previous: Profile | None = None,
+    pinned: dict[str, Any] | None = None,
+    warm_start_recipes: bool = True,
+    device: str | None = None,
+    trial_timeout_s: float = 600.0,
+    max_batch: int = 16,
+    top_k: int = 3,
+    rounds: int = 3,
+    on_event: Events | None = None,
+) -> SearchOutcome:
+    """The engine behind `search` and `autotune search`; returns the profile with the baseline comparison."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is not supported; use one of {', '.join(OBJECTIVES)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not supported; use one of {', '.join(SAMPLERS)}")
+    if n_trials < 1:
+        raise ValueError("the number of trials must be at least 1")
+    emit = on_event or (lambda kind, data: None)
+    fingerprint = probe(device)
+    hardware = fingerprint.hardware
+    budget_bytes = parse_size(budget, hardware.memory_bytes) if budget is not None else hardware.memory_bytes
+    model_id = model if isinstance(model, str) else f"{model.__module__}:{model.__qualname__}"
+    pinned = validate_pinned(pinned or {})
+
+    worker = Worker(WorkerConfig(model=model, device=hardware.device, memory_budget_bytes=budget_bytes))
+    try:
+        emit("phase", {"message": f"loading {model_id} in a worker"})
+        try:
+            info = worker.request({"kind": "describe"}, timeout_s=trial_timeout_s)
+        except TrialFailed as failure:
+            raise UnknownModel(f"cannot load {model_id}: {failure.reason}") from None
+        workload = Workload(
+            height=height or info["default_size"], width=width or info["default_size"],
+            prompts=prompts or DEFAULT_PROMPTS, seed=seed,
+        )
+        space = {name: values for name, values in build_space(info["available"]).items() if name not in pinned}
+        fixed = {"steps": steps, **pinned}
+        name = study_name or default_study_name(model_id, fingerprint, workload, objective)
+        out = str(out).replace("{study}", name) if out is not None else None
+        storage_url = storage or default_storage(out, name)
+        log_path = str(Path(out).with_suffix(".log")) if out is not None else os.devnull
+        emit("phase", {"message": f"worker output goes to {log_path}"})
+        worker.redirect_output(log_path)
+        study = open_study(name, storage_url, sampler, seed, objective, fingerprint, workload, model_id)
+        if not _finished(study):
+            warm_start(study, space, hardware.device, previous, warm_start_recipes)
+        run_trials(study, worker, space, fixed, workload, budget_bytes, objective, n_trials, timeout_s,
+                   trial_timeout_s, max_batch, emit)
+    finally:
+        worker.close()
+
+    finished = [t for t in _finished(study) if _feasible(t)]
+    if not finished:
+        raise NothingFits(_nothing_fits_message(study, budget_bytes))
+    candidates = _top_candidates(finished, top_k, objective)
+    baseline = Candidate("default", {**{k.name: k.default for k in knobs.in_order()}, "steps": steps, "batch_size": 1})
+    emit("phase", {"message": f"re-measuring the top {len(candidates)} and the default configuration, interleaved"})
+    remeasure([baseline, *candidates], worker.config, workload, rounds, trial_timeout_s)
+    fitting = [c for c in candidates if c.failure is None and c.peak_memory_bytes <= budget_bytes]
+    if not fitting:
+        raise NothingFits(f"none of the top configurations fit {format_size(budget_bytes)} when re-measured")
+    if objective == "latency":
+        best = min(fitting, key=lambda c: c.latency.median)
+    else:
+        best = max(fitting, key=lambda c: c.images_per_s.median)
+
+    profile = Profile(
+        hardware=hardware,
+        software=fingerprint.software,
+        model=ModelInfo(id=model_id, pipeline=info["pipeline"], denoiser=info["denoiser"]),
+        workload=workload,
+        goal=Goal(objective=objective, memory_budget_bytes=budget_bytes),
+        settings=best.settings,
+        metrics=Metrics(images_per_s=best.images_per_s, latency_s=best.latency,
+                        peak_memory_bytes=max(1, best.peak_memory_bytes), warmup_s=round(best.warmup_s, 3)),
+        provenance=Provenance(sampler=type(study.sampler).__name__, seed=seed, trials=len(_finished(study)),
+                              study=name, storage=redact(storage_url), created=now(), autotune=__version__),
+    )
+    outcome = SearchOutcome(profile, baseline, best, candidates, name, redact(storage_url), len(_finished(study)))
+    if out is not None:
+        outcome.profile_path = profile.save(out)
+    return outcome
+
+
+# ---- the space ----
+
+
+def searched_knobs(available: dict[str, list]) -> list[knobs.Knob]:
+    """Knobs that change only speed and memory, plus precision (behind the NaN/black-image check).
+
+    Scheduler, steps and VAE tiling change the image: they wait for a quality floor. Batch size is not a blind
+    categorical: each trial finds its own best batch.
+    """
+    return [
+        knob for knob in knobs.in_order()
+        if not knob.call_time and (knob.exact or knob.name == "precision") and len(available.get(knob.name, [])) > 1
+    ]
+
+
+def build_space(available: dict[str, list]) -> dict[str, list]:
+    """Knob name -> the values to search (those available on this hardware and pipeline)."""
+    return {knob.name: list(available[knob.name]) for knob in searched_knobs(available)}
+
+
+def suggest(trial: optuna.trial.BaseTrial, space: dict[str, list], fixed: dict[str, Any]) -> dict[str, Any]:
+    """Define-by-run: an option (slice size, compile mode's options) is asked only when its parent activates it."""
+    settings: dict[str, Any] = {knob.name: knob.default for knob in knobs.in_order()} | fixed
+    for name, values in space.items():
+        if knobs.get(name).active(settings):
+            settings[name] = trial.suggest_categorical(name, values)
+    return settings
+
+
+def validate_pinned(pinned: dict[str, Any]) -> dict[str, Any]:
+    """Check pinned knob values against the profile schema; return them typed."""
+    from .profile import Settings, describe_errors
+
+    try:
+        typed = Settings.model_validate(pinned)
+    except ValidationError as error:
+        raise AutotuneError(f"pinned settings: {describe_errors(error)}") from None
+    return {name: getattr(typed, name) for name in pinned}
+
+
+def documentation_recipes(device: str) -> dict[str, dict[str, Any]]:
+    """The diffusers optimization guides' usual recipes, by name."""
+    compile_mode = "max-autotune-no-cudagraphs" if device == "cuda" else "default"
+    return {
+        "as loaded": {},
+        "fp16 + SDPA": {"precision": "fp16", "attention": "sdpa"},
+        "fp16 + SDPA + channels-last + compile": {"precision": "fp16", "attention": "sdpa", "channels_last": True,
+                                                  "compile": compile_mode},
+        "fp16 + attention slicing": {"precision": "fp16", "attention": "sliced", "attention_slice_size": "auto"},
+        "fp16 + model offload": {"precision": "fp16", "offload": "model"},
+        "fp16 + sequential offload": {"precision": "fp16", "offload": "sequential"},
+    }
+
+
+def recipes(space: dict[str, list], device: str) -> list[dict[str, Any]]:
+    """The documentation recipes as trial params, restricted to the knobs and values searched here."""
+    restricted = (_restrict(recipe, space) for recipe in documentation_recipes(device).values())
+    return [params for params in restricted if params is not None]
+
+
+def _restrict(recipe: dict[str, Any], space: dict[str, list]) -> dict[str, Any] | None:
+    """The recipe as full trial params over `space`, or None when one of its values is not searched here."""
+    params: dict[str, Any] = {}
+    for name, values in space.items():
+        knob = knobs.get(name)
+        if not knob.active({**{k.name: k.default for k in knobs.in_order()}, **params}):
+            continue
+        value = recipe.get(name, knob.default)
+        if value not in values:
+            if name in recipe:
+                return None
+            value = values[0]
+        params[name] = value
+    return params
+
+
+def warm_start(study: optuna.Study, space: dict[str, list], device: str, previous: Profile | None,
+               with_recipes: bool = True) -> None:
+    seeds = recipes(space, device) if with_recipes else []
+    if previous is not None:
+        restricted = _restrict({k: v for k, v in previous.settings_dict().items() if k in space}, space)
+        if restricted is not None:
+            seeds.insert(0, restricted)
+    for params in seeds:
+        study.enqueue_trial(params, skip_if_exists=True)
+
+
+# ---- the study ----
+
+
+def default_study_name(model_id: str, fingerprint: Fingerprint, workload: Workload, objective: str) -> str:
+    hardware = fingerprint.hardware
+    where = hardware.gpu if hardware.device == "cuda" else "cpu"
+    text = f"{model_id}-{where}-{workload.height}x{workload.width}-{objective}"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-").lower()
+
+
+def default_storage(out: str | Path | None, study_name: str) -> str:
+    """An SQLite file next to the output profile (or in the current folder)."""
+    base = Path(out).with_suffix(".db") if out is not None else Path(f"{study_name}.db")
+    return f"sqlite:///{base.resolve()}"
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, for anything written or printed."""
+    if "://" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***"
+
+
+def make_sampler(sampler: str, seed: int) -> optuna.samplers.BaseSampler:
+    if sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Pinned, since Optuna 5 changed defaults (multivariate, constant_liar): the profile records what ran.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, constant_liar=True)
+
+
+def open_study(
+    name: str, storage: str, sampler: str, seed: int, objective: str, fingerprint: Fingerprint,
+    workload: Workload, model_id: str,
+) -> optuna.Study:
+    direction = "minimize" if objective == "latency" else "maximize"
+    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(sampler, seed),
+                                direction=direction, load_if_exists=True)
+    recorded = study.user_attrs
+    identity = {"model": model_id, "workload": workload.model_dump(), "objective": objective,
+                "hardware": fingerprint.hardware.model_dump()}
+    if not recorded:
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+    else:
+        for key in ("model", "workload", "objective"):
+            if recorded.get(key) != identity[key]:
+                raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
+                                    "give a new --study name or the same options as before")
+    _reclaim_interrupted(study)
+    return study
+
+
+def _reclaim_interrupted(study: optuna.Study) -> None:
+    # A trial left RUNNING by a search that was killed is failed and queued again, so resuming loses nothing.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def _feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+# ---- running trials ----
+
+
+def run_trials(
+    study: optuna.Study, worker: Worker, space: dict[str, list], fixed: dict[str, Any], workload: Workload,
+    budget_bytes: int, objective: str, n_trials: int, timeout_s: float | None, trial_timeout_s: float,
+    max_batch: int, emit: Events,
+) -> None:
+    started = time.monotonic()
+    batch_sizes = [1] if objective == "latency" else _doublings(max_batch)
+    while len(_finished(study)) < n_trials:
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            emit("phase", {"message": f"time limit of {timeout_s:.0f} s reached"})
+            break
+        trial = study.ask()
+        settings = suggest(trial, space, fixed)
+        task = {
+            "kind": "trial", "settings": settings, "workload": workload.model_dump(), "batch_sizes": batch_sizes,
+            "call_kwargs": knobs.get("steps").call_kwargs(fixed.get("steps")),
+            "memory_budget_bytes": budget_bytes, "repeats": SCREEN_REPEATS.__dict__,
+            "prune_below_images_per_s": _prune_threshold(study),
+        }
+        try:
+            answer = worker.request(task, timeout_s=trial_timeout_s)
+        except TrialFailed as failure:
+            _tell_failure(study, trial, objective, failure.kind, failure.reason)
+        except KeyboardInterrupt:
+            worker.kill()
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(trial.params, skip_if_exists=False)
+            raise SearchInterrupted("interrupted: the study is saved; run the same command to resume") from None
+        else:
+            _tell_result(study, trial, objective, answer, budget_bytes)
+            if answer.get("recycle") or not _reversible(answer["settings"]):
+                worker.kill()
+        emit("trial", _trial_event(study, trial.number, n_trials, started, timeout_s))
+
+
+def _doublings(max_batch: int) -> list[int]:
+    sizes, size = [], 1
+    while size <= max_batch:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def _reversible(settings: dict[str, Any]) -> bool:
+    return all(knob.reversible or settings.get(knob.name, knob.default) == knob.default for knob in knobs.in_order())
+
+
+def _prune_threshold(study: optuna.Study) -> float | None:
+    rates = [t.user_attrs.get("batch1_images_per_s") for t in _finished(study) if _feasible(t)]
+    rates = [rate for rate in rates if rate]
+    return max(rates) / PRUNE_RATIO if rates else None
+
+
+def _tell_result(study, trial, objective: str, answer: dict, budget_bytes: int) -> None:
+    batches = [b for b in answer["batches"] if "oom" not in b]
+    problem = next((b["image_problem"] for b in batches if b.get("image_problem")), None)
+    fitting = [b for b in batches if b["peak_memory_bytes"] <= budget_bytes and not b.get("image_problem")]
+    key = (lambda b: -b["seconds_per_image"]) if objective == "latency" else (lambda b: b["images_per_s"]["median"])
+    chosen = max(fitting, key=key) if fitting else min(batches, key=lambda b: b["peak_memory_bytes"])
+    trial.set_user_attr("batch_size", chosen["batch_size"])
+    trial.set_user_attr("images_per_s", chosen["images_per_s"]["median"])
+    trial.set_user_attr("seconds_per_image", chosen["seconds_per_image"])
+    trial.set_user_attr("peak_memory_bytes", chosen["peak_memory_bytes"])
+    trial.set_user_attr("warmup_s", round(chosen["warmup_s"], 3))
+    trial.set_user_attr("batch1_images_per_s", batches[0]["images_per_s"]["median"] if batches else None)
+    trial.set_user_attr("settings", answer["settings"])
+    trial.set_user_attr("batches", [{k: b.get(k) for k in ("batch_size", "images_per_s", "peak_memory_bytes",
+                                                           "oom", "image_problem")} for b in answer["batches"]])
+    if problem:
+        trial.set_user_attr("failure", "image")
+        trial.set_user_attr("reason", problem)
+    # Constraints are <= 0 when met; in GiB, so the sampler sees sizes it can compare.
+    trial.set_constraint("memory", (chosen["peak_memory_bytes"] - budget_bytes) / 2**30)
+    trial.set_constraint("image", 1.0 if problem and not fitting else 0.0)
+    trial.set_constraint("failure", 0.0)
+    study.tell(trial, _value(objective, chosen) if fitting else _worst(objective))
+
+
+def _tell_failure(study, trial, objective: str, kind: str, reason: str) -> None:
+    # A failure is data: a COMPLETE trial that violates a constraint teaches the sampler; a FAILED one would not.
+    trial.set_user_attr("failure", kind)
+    trial.set_user_attr("reason", reason)
+    trial.set_constraint("memory", 1.0 if kind == "oom" else 0.0)
+    trial.set_constraint("image", 0.0)
+    trial.set_constraint("failure", 1.0)
+    study.tell(trial, _worst(objective))
+
+
+def _value(objective: str, batch: dict) -> float:
+    return batch["seconds_per_image"] if objective == "latency" else batch["images_per_s"]["median"]
+
+
+def _worst(objective: str) -> float:
+    return 1e9 if objective == "latency" else 0.0
+
+
+def _trial_event(study, number: int, n_trials: int, started: float, timeout_s: float | None) -> dict[str, Any]:
+    trial = study.trials[number]
+    done = len(_finished(study))
+    feasible = [t for t in _finished(study) if _feasible(t)]
+    best = max((t.user_attrs.get("images_per_s", 0.0) for t in feasible), default=None)
+    elapsed = time.monotonic() - started
+    left = elapsed / max(1, done) * max(0, n_trials - done)
+    if timeout_s is not None:
+        left = min(left, max(0.0, timeout_s - elapsed))
+    return {"number": number, "done": done, "total": n_trials, "best_images_per_s": best,
+            "images_per_s": trial.user_attrs.get("images_per_s"), "failure": trial.user_attrs.get("failure"),
+            "reason": trial.user_attrs.get("reason"), "feasible": _feasible(trial), "seconds_left": left}
+
+
+def _nothing_fits_message(study: optuna.Study, budget_bytes: int) -> str:
+    peaks = [t.user_attrs["peak_memory_bytes"] for t in _finished(study) if "peak_memory_bytes" in t.user_attrs]
+    if peaks:
+        return (f"nothing fits in {format_size(budget_bytes)}: the smallest configuration measured needed "
+                f"{format_size(min(peaks))}; raise --budget (no profile written)")
+    return f"nothing fits in {format_size(budget_bytes)}: every trial failed (no profile written)"
+
+
+def _top_candidates(trials: list, top_k: int, objective: str) -> list[Candidate]:
+    ranked = sorted(trials, key=lambda t: t.value, reverse=objective != "latency")
+    chosen: list[Candidate] = []
+    seen: set[str] = set()
+    for trial in ranked:
+        settings = {**trial.user_attrs["settings"], "batch_size": trial.user_attrs["batch_size"]}
+        key = repr(sorted(settings.items(), key=lambda item: item[0]))
+        if key in seen:
+            continue
+        seen.add(key)
+        chosen.append(Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"]))
+        if len(chosen) == top_k:
+            break
+    return chosen
+
+
+# ---- the final, interleaved re-measurement ----
+
+
+def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workload, rounds: int,
+              timeout_s: float, runs_per_round: int = 2) -> None:
+    """Time every candidate in its own warmed-up worker, round-robin, so slow drifts of the machine hit all alike."""
+    workers = {id(c): Worker(config) for c in candidates}
+    try:
+        for worker in workers.values():
+            worker.start()  # all at once: their imports and model loads overlap
+        for candidate in candidates:
+            _ask(candidate, workers[id(candidate)], {
+                "kind": "prepare", "settings": candidate.settings, "workload": workload.model_dump(),
+                "call_kwargs": _call_kwargs(candidate.settings)}, timeout_s)
+        for round_number in range(rounds):
+            order = candidates[round_number % len(candidates):] + candidates[:round_number % len(candidates)]
+            for candidate in order:
+                _ask(candidate, workers[id(candidate)], {
+                    "kind": "time", "runs": runs_per_round, "workload": workload.model_dump()}, timeout_s)
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def _ask(candidate: Candidate, worker: Worker, task: dict, timeout_s: float) -> None:
+    if candidate.failure is not None:
+        return
+    try:
+        answer = worker.request(task, timeout_s=timeout_s)
+    except TrialFailed as failure:
+        candidate.failure = f"{failure.kind}: {failure.reason}"
+        return
+    if task["kind"] == "prepare":
+        candidate.warmup_s = answer["warmup_s"]
+    else:
+        candidate.latency_s.extend(answer["latency_s"])
+        if answer.get("image_problem"):
+            candidate.failure = f"image: {answer['image_problem']}"
+    candidate.peak_memory_bytes = max(candidate.peak_memory_bytes, candidate.trial_peak_bytes,
+                                      answer["peak_memory_bytes"])
+
+
+def _call_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for knob in knobs.in_order():
+        if knob.call_time:
+            kwargs.update(knob.call_kwargs(settings.get(knob.name, knob.default)))
+    return kwargs

@@ -1,0 +1,311 @@
+"""One trial in its own process: build the pipeline, apply the settings, measure, send back metrics or a failure.
+
+A worker is a spawned process that loads the model once and serves trials from a pristine copy. An out-of-memory
+error, a crash (even SIGKILL or a segfault) or a hang ends the trial with a recorded reason, never the search: the
+parent replaces the worker after any failure and after any trial whose knobs leave state that cannot be undone
+(compile, offload hooks). This module knows nothing of the search strategy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from diffusers import DiffusionPipeline
+
+ModelSource = str | Callable[[], DiffusionPipeline]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker of a search shares: the model, the device, and the memory budget it is held to."""
+
+    model: ModelSource
+    device: str = "cpu"
+    memory_budget_bytes: int | None = None
+    log_path: str | None = None  # where workers write what torch, diffusers and inductor print
+
+
+class TrialFailed(Exception):
+    """The worker could not finish a task; `kind` is oom, error, timeout or crash."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(f"{kind}: {reason}")
+        self.kind, self.reason = kind, reason
+
+
+class Worker:
+    """Parent-side handle of one worker process.
+
+    >>> with Worker(WorkerConfig("builtin:tiny-sd")) as worker:  # doctest: +SKIP
+    ...     worker.request({"kind": "describe"}, timeout_s=120)
+    """
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def redirect_output(self, log_path: str, timeout_s: float = 60) -> None:
+        """Send this worker's output, and that of every replacement, to `log_path`."""
+        self.config = dataclasses.replace(self.config, log_path=log_path)
+        if self.alive:
+            self.request({"kind": "log", "path": log_path}, timeout_s)
+
+    def start(self) -> None:
+        # transformers announces optional image backends at import; each worker would repeat it.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        context = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child_conn, self.config), daemon=True)
+        self._process.start()
+        child_conn.close()
+        self._conn = parent_conn
+
+    def request(self, task: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send `task`, wait at most `timeout_s` for the answer; raise `TrialFailed` on any failure."""
+        if not self.alive:
+            self.close()
+            self.start()
+        assert self._conn is not None
+        self._conn.send(task)
+        if not self._conn.poll(timeout_s):
+            self.kill()
+            raise TrialFailed("timeout", f"no answer within {timeout_s:.0f} s; the worker was killed")
+        try:
+            answer = self._conn.recv()
+        except (EOFError, OSError):
+            raise TrialFailed("crash", self._death_reason()) from None
+        if not answer.get("ok"):
+            self.kill()  # never trust a worker after a failure: replace it
+            raise TrialFailed(answer["failure"], answer["reason"])
+        return answer
+
+    def _death_reason(self) -> str:
+        assert self._process is not None
+        self._process.join(timeout=5)
+        code = self._process.exitcode
+        self.close()
+        if code is not None and code < 0:
+            return f"the worker was killed by {signal.Signals(-code).name}"
+        return f"the worker exited with code {code}"
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=10)
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                if self._process is not None and self._process.is_alive():
+                    self._conn.send(None)
+                    self._process.join(timeout=10)
+            except (OSError, BrokenPipeError):
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=10)
+        self._process = None
+
+
+# ---- child side ----
+
+
+def _serve(conn, config: WorkerConfig) -> None:
+    if config.log_path:
+        _redirect_output(config.log_path)
+    import torch
+
+    from .hardware import probe
+
+    hardware = probe(config.device).hardware
+    if config.device == "cuda" and config.memory_budget_bytes:
+        # Hold this process to the target card's memory, so a config that would not fit it fails fast here instead
+        # of borrowing memory a bigger card has.
+        torch.cuda.set_per_process_memory_fraction(min(1.0, config.memory_budget_bytes / hardware.memory_bytes))
+    state = _WorkerState(config, hardware)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if task is None:
+            return
+        try:
+            answer = {"ok": True, **_HANDLERS[task["kind"]](state, task)}
+        except (torch.OutOfMemoryError, MemoryError) as error:
+            answer = {"ok": False, "failure": "oom", "reason": _first_line(error) or "out of memory"}
+        except Exception as error:
+            answer = {"ok": False, "failure": "error", "reason": f"{type(error).__name__}: {_first_line(error)}",
+                      "traceback": traceback.format_exc(limit=8)}
+        conn.send(answer)
+
+
+def _redirect_output(path: str) -> None:
+    # File descriptors, not sys.stdout: inductor's compiler subprocesses and C++ code write to them directly.
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
+class _WorkerState:
+    def __init__(self, config: WorkerConfig, hardware):
+        self.config = config
+        self.hardware = hardware
+        self._pristine: DiffusionPipeline | None = None
+        self.kept: DiffusionPipeline | None = None
+        self.kept_kwargs: dict[str, Any] = {}
+
+    def fresh_pipeline(self) -> DiffusionPipeline:
+        """A pipeline no trial has touched: the model is loaded once, each trial works on a copy."""
+        if self._pristine is None:
+            from . import pipelines
+
+            model = self.config.model
+            self._pristine = pipelines.load(model) if isinstance(model, str) else model()
+            self._pristine.set_progress_bar_config(disable=True)
+        return copy.deepcopy(self._pristine)
+
+
+def _describe(state: _WorkerState, task: dict) -> dict:
+    from . import knobs, pipelines
+
+    pipe = state.fresh_pipeline()
+    return {
+        "pipeline": type(pipe).__name__,
+        "denoiser": type(pipelines.denoiser(pipe)).__name__,
+        "default_size": pipelines.default_call_size(pipe),
+        "scheduler": type(pipe.scheduler).__name__,
+        "available": _available(knobs.availability(state.hardware, pipe)),
+        "hardware": state.hardware.model_dump(),
+    }
+
+
+def _available(rows: list[dict]) -> dict[str, list]:
+    available: dict[str, list] = {}
+    for row in rows:
+        if row["available"]:
+            available.setdefault(row["knob"], []).append(row["value"])
+    return available
+
+
+def _trial(state: _WorkerState, task: dict) -> dict:
+    """Apply `settings`, then measure at growing batch sizes while throughput improves and memory fits."""
+    from .apply import apply_settings
+    from .measure import Repeats, measure
+    from .profile import Workload
+
+    pipe = state.fresh_pipeline()
+    settings = apply_settings(pipe, task["settings"], state.hardware, fallback=False)
+    workload = Workload(**task["workload"])
+    repeats = Repeats(**task.get("repeats", {}))
+    budget = task.get("memory_budget_bytes")
+    measured: list[dict] = []
+    prune_below = task.get("prune_below_images_per_s")
+    for batch in task["batch_sizes"]:
+        kwargs = {**task["call_kwargs"], "num_images_per_prompt": batch}
+        try:
+            result = measure(pipe, workload, kwargs, repeats)
+        except Exception as error:
+            if not measured or not _is_oom(error):
+                raise
+            measured.append({"batch_size": batch, "oom": _first_line(error)})
+            break
+        summary = result.summary()
+        measured.append(summary)
+        if result.image_problem or (budget and result.peak_memory_bytes > budget):
+            break
+        if prune_below and result.images_per_s.median < prune_below:
+            break  # far slower than the best configuration so far: bigger batches will not close the gap
+        if not _worth_a_bigger_batch(measured, budget, task.get("min_gain", 0.05)):
+            break
+    # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
+    return {"settings": settings, "batches": measured, "recycle": any("oom" in entry for entry in measured)}
+
+
+def _worth_a_bigger_batch(measured: list[dict], budget: int | None, min_gain: float) -> bool:
+    if len(measured) < 2:
+        return True
+    previous, last = measured[-2], measured[-1]
+    if last["images_per_s"]["median"] < previous["images_per_s"]["median"] * (1 + min_gain):
+        return False
+    if budget:
+        # Memory grows about linearly with the batch: predict the next (doubled) batch from the last two.
+        per_image = (last["peak_memory_bytes"] - previous["peak_memory_bytes"]) / max(
+            1, last["batch_size"] - previous["batch_size"]
+        )
+        if last["peak_memory_bytes"] + per_image * last["batch_size"] > budget:
+            return False
+    return True
+
+
+def _prepare(state: _WorkerState, task: dict) -> dict:
+    """Build and warm up one configuration and keep it, for interleaved re-measurement (`_time`)."""
+    from .apply import apply_settings
+    from .measure import Repeats, measure
+    from .profile import Workload
+
+    pipe = state.fresh_pipeline()
+    apply_settings(pipe, task["settings"], state.hardware, fallback=False)
+    state.kept, state.kept_kwargs = pipe, task["call_kwargs"]
+    started = time.perf_counter()
+    result = measure(pipe, Workload(**task["workload"]), task["call_kwargs"], Repeats(warmup=1, min_runs=1, max_runs=1))
+    return {"warmup_s": time.perf_counter() - started, "peak_memory_bytes": result.peak_memory_bytes}
+
+
+def _time(state: _WorkerState, task: dict) -> dict:
+    from .measure import Repeats, measure
+    from .profile import Workload
+
+    assert state.kept is not None, "prepare must come before time"
+    runs = int(task.get("runs", 3))
+    result = measure(state.kept, Workload(**task["workload"]), state.kept_kwargs,
+                     Repeats(warmup=0, min_runs=runs, max_runs=runs, max_seconds=float("inf")),
+                     keep_images=task.get("keep_images", False))
+    answer = {"latency_s": result.latency_s, "peak_memory_bytes": result.peak_memory_bytes,
+              "image_problem": result.image_problem}
+    if result.images is not None:
+        answer["images"] = result.images
+    return answer
+
+
+def _log(state: _WorkerState, task: dict) -> dict:
+    _redirect_output(task["path"])
+    return {}
+
+
+_HANDLERS = {"describe": _describe, "log": _log, "trial": _trial, "prepare": _prepare, "time": _time}
+
+
+def _is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

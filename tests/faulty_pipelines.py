@@ -1,0 +1,49 @@
+"""Pipeline factories for fault-injection tests. They run inside worker processes, so they live in a module.
+
+The faults sit in the model (the UNet's forward), never in the tuner: which fault fires depends on the attention
+processor the trial's settings installed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+from diffusers.models.attention_processor import AttnProcessor, SlicedAttnProcessor
+
+from autotune.knobs.attention import KernelRestrictedSDPA
+from autotune.pipelines import tiny_sd
+
+
+def faulty_tiny_sd():
+    """tiny-sd whose UNet runs out of memory under vanilla attention, is SIGKILLed under sliced attention, and hangs
+    under SDPA restricted to the math kernel."""
+    pipe = tiny_sd()
+
+    def fault(unet, args):  # the worker's copy of the UNet, with the trial's processors
+        processor = next(iter(unet.attn_processors.values()))
+        if type(processor) is AttnProcessor:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        if isinstance(processor, SlicedAttnProcessor):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if isinstance(processor, KernelRestrictedSDPA) and processor.kernel == torch.nn.attention.SDPBackend.MATH:
+            time.sleep(3600)
+
+    pipe.unet.register_forward_pre_hook(fault)
+    return pipe
+
+
+def nan_tiny_sd():
+    """tiny-sd whose VAE decodes NaN under channels-last, as an fp16 VAE overflow would."""
+    pipe = tiny_sd()
+
+    def poison(decoder, args, output):
+        weight = next(p for p in decoder.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+            return output * float("nan")
+        return output
+
+    pipe.vae.decoder.register_forward_hook(poison)
+    return pipe

@@ -1,0 +1,170 @@
+"""The tuner end to end on the tiny pipeline: faults in trials, NaN images, resuming, budgets that nothing fits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from faulty_pipelines import faulty_tiny_sd, nan_tiny_sd
+
+from autotune import knobs
+from autotune.exceptions import NothingFits
+from autotune.profile import load_profile
+from autotune.search import run_search
+
+pytestmark = pytest.mark.slow
+
+# Small and fast: two steps, batches of 1 and 2, one re-measure round of the best trial.
+FAST = dict(steps=2, max_batch=2, top_k=1, rounds=1, height=64, width=64, pinned={"compile": "none"})
+
+
+def params(**changes):
+    """Full trial params over the CPU search space (compile pinned), defaults unless changed."""
+    base = {"cpu_threads": None, "precision": "fp32", "attention": "sdpa", "vae_slicing": False,
+            "channels_last": False}
+    return base | changes
+
+
+def enqueue(storage: str, name: str, *trials: dict) -> None:
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for trial in trials:
+        study.enqueue_trial(trial)
+
+
+def by_params(storage: str, name: str) -> dict:
+    study = optuna.load_study(study_name=name, storage=storage)
+    return {repr(sorted(t.params.items())): t for t in study.trials}
+
+
+def test_faults_in_trials_are_recorded_and_the_search_completes(tmp_path):
+    storage, name = f"sqlite:///{tmp_path / 'faults.db'}", "faults"
+    oom, killed, hung, fine = (params(attention="vanilla"), params(attention="sliced", attention_slice_size="auto"),
+                               params(attention="sdpa-math"), params(attention="sdpa"))
+    enqueue(storage, name, oom, killed, hung, fine)
+
+    outcome = run_search(faulty_tiny_sd, budget="8GB", n_trials=4, storage=storage, study_name=name,
+                         out=tmp_path / "faults.yaml", trial_timeout_s=30, **FAST)
+
+    trials = by_params(storage, name)
+    assert [trials[repr(sorted(p.items()))].user_attrs.get("failure") for p in (oom, killed, hung, fine)] == [
+        "oom", "crash", "timeout", None]
+    assert "SIGKILL" in trials[repr(sorted(killed.items()))].user_attrs["reason"]
+    ours = [trials[repr(sorted(p.items()))] for p in (oom, killed, hung, fine)]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ours)
+    assert [t.constraints["failure"] > 0 for t in ours] == [True, True, True, False]
+    assert trials[repr(sorted(fine.items()))].value > 0
+    assert outcome.profile.settings.attention == "sdpa"
+    assert load_profile(tmp_path / "faults.yaml").settings.attention == "sdpa"
+
+
+def test_nan_images_make_a_trial_infeasible_and_it_is_never_chosen(tmp_path):
+    storage, name = f"sqlite:///{tmp_path / 'nan.db'}", "nan"
+    poisoned, clean = params(channels_last=True), params()
+    enqueue(storage, name, poisoned, clean)
+
+    outcome = run_search(nan_tiny_sd, budget="8GB", n_trials=2, storage=storage, study_name=name, out=None,
+                         top_k=2, **{k: v for k, v in FAST.items() if k != "top_k"})
+
+    trial = by_params(storage, name)[repr(sorted(poisoned.items()))]
+    assert trial.user_attrs["failure"] == "image" and "NaN" in trial.user_attrs["reason"]
+    assert trial.constraints["image"] > 0
+    assert outcome.profile.settings.channels_last is False
+    assert all(not c.settings["channels_last"] for c in outcome.candidates)
+
+
+def test_a_budget_nothing_fits_says_so_and_writes_no_profile(tmp_path):
+    out = tmp_path / "tiny.yaml"
+    with pytest.raises(NothingFits, match="nothing fits in 1.0 MiB.*needed"):
+        run_search("builtin:tiny-sd", budget="1MiB", n_trials=2, out=out, **FAST)
+    assert not out.exists()
+
+
+def test_trials_are_held_to_the_budget_and_record_it(tmp_path):
+    outcome = run_search("builtin:tiny-sd", budget="4GB", n_trials=2, out=tmp_path / "p.yaml", **FAST)
+    profile = outcome.profile
+    assert profile.goal.memory_budget_bytes == 4 * 10**9
+    assert 0 < profile.metrics.peak_memory_bytes <= 4 * 10**9
+    assert profile.metrics.images_per_s.n >= 2 and profile.metrics.images_per_s.median > 0
+    assert profile.provenance.sampler == "TPESampler" and profile.provenance.seed == 0
+    assert profile.provenance.trials == 2
+    assert outcome.baseline.settings["batch_size"] == 1 and outcome.baseline.images_per_s.median > 0
+    assert (tmp_path / "p.db").exists()  # the study sits next to the profile
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autotune.cli", *args]
+
+
+def test_a_killed_search_resumes_from_its_completed_trials(tmp_path):
+    command = _cli("search", "--budget", "4GB", "--trials", "5", "--steps", "2", "--max-batch", "2",
+                   "--pin", "compile=none", "--out", str(tmp_path / "resume.yaml"), "--study", "resume")
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    first = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        completed: list = []
+        while time.monotonic() < deadline and len(completed) < 2:
+            time.sleep(1)
+            try:
+                study = optuna.load_study(study_name="resume", storage=storage)
+                completed = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            except (KeyError, Exception):
+                continue
+        assert len(completed) >= 2, "the first search never completed two trials"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the search and its worker, mid-way
+        first.wait()
+    before = {t.number: (t.params, t.value, t.datetime_complete) for t in completed}
+
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    study = optuna.load_study(study_name="resume", storage=storage)
+    after = {t.number: (t.params, t.value, t.datetime_complete)
+             for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    assert len(after) == 5
+    assert all(after[number] == kept for number, kept in before.items())
+    assert load_profile(tmp_path / "resume.yaml").provenance.trials == 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--budget", "6XB"], "size '6XB' is not understood"),
+        (["--objective", "fastest"], "--objective must be one of"),
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--pin", "warp=9"], "unknown knob 'warp'"),
+        (["--pin", "precision=fp8"], "pinned settings: precision"),
+        (["--model", "builtin:nope"], "unknown built-in model"),
+    ],
+)
+def test_bad_search_flags_give_one_line_and_exit_2(tmp_path, flags, message):
+    result = subprocess.run(_cli("search", "--trials", "1", *flags) if "--trials" not in flags
+                            else _cli("search", *flags), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_profile_written_by_a_search_applies_to_a_fresh_pipeline(tmp_path):
+    from autotune import load_pipeline
+
+    run_search("builtin:tiny-sd", budget="4GB", n_trials=1, out=tmp_path / "p.yaml", **FAST)
+    profile = load_profile(tmp_path / "p.yaml")
+    pipe = load_pipeline(None, profile)
+    images = pipe("a red cube", output_type="np", **profile.call_kwargs()).images
+    assert images.shape == (profile.settings.batch_size, 64, 64, 3)
+    for knob in knobs.in_order():
+        if not knob.call_time and knob.active(profile.settings_dict()) and knob.name != "cpu_threads":
+            assert knob.read(pipe) == getattr(profile.settings, knob.name) or getattr(
+                profile.settings, knob.name) in ("default", "auto"), knob.name
+    assert yaml.safe_load(Path(tmp_path / "p.yaml").read_text())["settings"]["compile"] == "none"
