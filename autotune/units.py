@@ -22,17 +22,21 @@ def parse_size(text: str, total_bytes: int | None = None) -> int:
     (6000000000, 1073741824, 500)
     """
     text = str(text).strip()
+    not_understood = f"size {text!r} is not understood; write it like 6GB, 6GiB, 6000MB, 6.5G or 80%"
     if text.endswith("%") or _is_fraction(text):
+        try:
+            share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(not_understood) from None
         if total_bytes is None:
             raise ValueError(f"size {text!r} is a share of the device's memory, but that memory is unknown")
-        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
         if not 0 < share <= 1:
             raise ValueError(f"size {text!r} must be a share between 0% and 100% of the device's memory")
         return int(total_bytes * share)
     match = _SIZE.match(text)
     unit = match.group(2).upper() if match else None
     if match is None or unit not in _UNITS:
-        raise ValueError(f"size {text!r} is not understood; write it like 6GB, 6GiB, 6000MB, 6.5G or 80%")
+        raise ValueError(not_understood)
     value = float(match.group(1)) * _UNITS[unit]
     if value <= 0:
         raise ValueError(f"size {text!r} must be more than zero")
