@@ -1,0 +1,192 @@
+"""The loader: `apply_profile` and `load_pipeline` put a profile on a pipeline in the documented order, fall back
+with a warning where a value cannot run here, warn about profiles measured elsewhere, and refuse other pipelines.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+import autotune
+from autotune import knobs, pipelines
+from autotune.apply import KnobUnavailable, apply_profile, apply_settings, load_pipeline
+from autotune.exceptions import (
+    AutotuneWarning,
+    FallbackWarning,
+    IncompatibleProfile,
+    ProfileMismatchWarning,
+    UnknownModel,
+)
+from autotune.hardware import probe
+
+HARDWARE = probe().hardware
+UNAVAILABLE = [(knob.name, value) for knob in knobs.in_order() if not knob.call_time
+               for value in knob.choices() if knob.unavailable(value, HARDWARE) is not None]
+
+
+def test_apply_profile_returns_the_same_pipeline_changed(tiny_pipe, make_profile, assert_state):
+    settings = {"precision": "bf16", "scheduler": "euler", "vae_tiling": True}
+    assert apply_profile(tiny_pipe, make_profile(**settings)) is tiny_pipe
+    assert_state(tiny_pipe, settings)
+
+
+def test_apply_profile_applies_knobs_in_the_documented_order(tiny_pipe, make_profile, monkeypatch, assert_state):
+    applied = []
+    for knob in knobs.in_order():  # record each real apply, then let it run
+        def recording(pipe, value, settings, _apply=knob.apply, _name=knob.name):
+            applied.append(_name)
+            _apply(pipe, value, settings)
+
+        monkeypatch.setitem(vars(knob), "apply", recording)
+    settings = {"precision": "bf16", "scheduler": "euler", "attention": "sliced", "attention_slice_size": 2,
+                "vae_slicing": True, "channels_last": True}
+
+    apply_profile(tiny_pipe, make_profile(**settings))
+
+    # Options (attention_slice_size...) are applied by their parent; call-time knobs go into the call.
+    assert applied == [k.name for k in knobs.in_order() if not k.call_time and k.parent is None]
+    assert applied.index("precision") < applied.index("attention") < applied.index("channels_last") \
+        < applied.index("offload") < applied.index("compile")
+    assert_state(tiny_pipe, settings)
+
+
+def _activating(knob: knobs.Knob) -> dict:
+    if knob.parent is None:
+        return {}
+    parent, values = knob.parent
+    return {parent: next(v for v in knobs.get(parent).values(HARDWARE) if v in values)}
+
+
+@pytest.mark.parametrize(("name", "value"), UNAVAILABLE, ids=[f"{n}={v}" for n, v in UNAVAILABLE])
+def test_an_unavailable_value_falls_back_with_a_warning(name, value, tiny_pipe, make_profile, assert_state,
+                                                        generate):
+    knob = knobs.get(name)
+    fallback = knob.fallback(value, HARDWARE, tiny_pipe)
+    warned = rf"{name}={re.escape(repr(value))} is unavailable here \(.+\); using {re.escape(repr(fallback))}"
+
+    with pytest.warns(FallbackWarning, match=warned):
+        apply_profile(tiny_pipe, make_profile(**_activating(knob), **{name: value}))
+
+    assert knob.unavailable(fallback, HARDWARE, tiny_pipe) is None
+    assert_state(tiny_pipe, {name: fallback})
+    generate(tiny_pipe)
+
+
+@pytest.mark.skipif(HARDWARE.device != "cpu", reason="offload runs where there is an accelerator")
+def test_offload_without_an_accelerator_becomes_none(tiny_pipe, make_profile, generate):
+    with pytest.warns(FallbackWarning, match=r"offload='model' .*accelerator.*using 'none'"):
+        apply_profile(tiny_pipe, make_profile(offload="model"))
+    assert knobs.get("offload").read(tiny_pipe) == "none"
+    assert not any(hasattr(m, "_hf_hook") for m in tiny_pipe.unet.modules())
+    generate(tiny_pipe)
+
+
+@pytest.mark.skipif(HARDWARE.device != "cpu", reason="xformers may run on a GPU")
+def test_xformers_on_a_cpu_becomes_sdpa(tiny_pipe, make_profile):
+    with pytest.warns(FallbackWarning, match="attention='xformers'.*using 'sdpa'"):
+        apply_profile(tiny_pipe, make_profile(attention="xformers"))
+    for model in (tiny_pipe.unet, tiny_pipe.vae):
+        assert {type(p) for p in model.attn_processors.values()} == {AttnProcessor2_0}
+
+
+@pytest.mark.skipif(HARDWARE.device != "cpu", reason="needs a value that cannot run here")
+def test_the_tuner_gets_an_error_instead_of_a_fallback_before_anything_changes(tiny_pipe):
+    with pytest.raises(KnobUnavailable, match=r"offload='model' is unavailable here: .*accelerator"):
+        apply_settings(tiny_pipe, {"precision": "bf16", "offload": "model"}, HARDWARE, fallback=False)
+    assert tiny_pipe.unet.dtype == torch.float32
+
+
+def test_an_option_without_its_parent_changes_nothing(tiny_pipe, make_profile):
+    apply_profile(tiny_pipe, make_profile(attention="sdpa", attention_slice_size=2, compile="none",
+                                          compile_scope="regional", compile_fullgraph=True))
+    assert {type(p) for p in tiny_pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in tiny_pipe.unet.modules())
+
+
+def test_a_profile_measured_here_applies_without_warnings(tiny_pipe, make_profile):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutotuneWarning)
+        apply_profile(tiny_pipe, make_profile(vae_slicing=True))
+
+
+def test_a_profile_from_another_gpu_warns_and_still_applies(tiny_pipe, make_profile, gpu_hardware, assert_state):
+    profile = make_profile(vae_slicing=True).model_copy(update={"hardware": gpu_hardware})
+    with pytest.warns(ProfileMismatchWarning, match=r"measured on NVIDIA GeForce RTX 3060 \(sm 8.6\), this is"):
+        apply_profile(tiny_pipe, profile)
+    assert_state(tiny_pipe, {"vae_slicing": True})
+
+
+def _series_neighbour(version: str, same: bool) -> str:
+    """A version in the same release series as `version` (0.x: same minor; else same major), or just outside it."""
+    major, minor = (int(p) for p in version.split("+")[0].split(".")[:2])
+    if major == 0:
+        return f"0.{minor}.999" if same else f"0.{minor + 1}.0"
+    return f"{major}.{minor + 1}.0" if same else f"{major + 1}.0.0"
+
+
+@pytest.mark.parametrize("library", ["torch", "diffusers"])
+def test_a_profile_from_another_library_series_warns(library, tiny_pipe, make_profile, fingerprint):
+    installed = getattr(fingerprint.software, library)
+    profile = make_profile()
+    other = profile.software.model_copy(update={library: _series_neighbour(installed, same=False)})
+    with pytest.warns(ProfileMismatchWarning, match=f"measured with {library} "):
+        apply_profile(tiny_pipe, profile.model_copy(update={"software": other}))
+
+    same = profile.software.model_copy(update={library: _series_neighbour(installed, same=True)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProfileMismatchWarning)
+        apply_profile(tiny_pipe, profile.model_copy(update={"software": same}))
+
+
+@pytest.mark.parametrize(("field", "value"), [("pipeline", "StableDiffusionXLPipeline"),
+                                              ("denoiser", "SD3Transformer2DModel")])
+def test_a_profile_for_another_pipeline_is_refused_before_anything_changes(field, value, tiny_pipe, make_profile):
+    profile = make_profile(precision="bf16")
+    profile = profile.model_copy(update={"model": profile.model.model_copy(update={field: value})})
+    with pytest.raises(IncompatibleProfile, match=rf"tuned for .*{value}.*this pipeline is StableDiffusionPipeline"):
+        apply_profile(tiny_pipe, profile)
+    assert tiny_pipe.unet.dtype == torch.float32
+
+
+def test_load_pipeline_loads_in_the_profile_dtype(make_profile, assert_state, generate):
+    pipe = load_pipeline("builtin:tiny-sd", make_profile(precision="bf16"))
+    assert pipe.unet.dtype == torch.bfloat16
+    assert_state(pipe, {"precision": "bf16"})
+    generate(pipe)
+
+
+def test_load_pipeline_builds_the_model_straight_in_the_profile_dtype(make_profile, monkeypatch):
+    # Loading in the target dtype avoids holding a full-precision copy of the weights.
+    asked = []
+    real_load = pipelines.load
+
+    def load(model, dtype=None):
+        asked.append((model, dtype))
+        return real_load(model, dtype=dtype)
+
+    monkeypatch.setattr(pipelines, "load", load)
+    load_pipeline(profile=make_profile(precision="fp16"))
+    assert asked == [("builtin:tiny-sd", torch.float16)]
+
+
+def test_load_pipeline_takes_the_model_from_a_profile_file(make_profile, assert_state, tmp_path):
+    settings = {"precision": "fp16", "vae_slicing": True, "attention": "vanilla"}
+    path = make_profile(**settings).save(tmp_path / "tuned.yaml")
+    pipe = autotune.load_pipeline(profile=path)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert_state(pipe, settings)  # fp16 UNet, fp32 VAE
+
+
+def test_load_pipeline_without_a_profile_is_the_plain_model():
+    pipe = load_pipeline("builtin:tiny-sd")
+    assert pipe.unet.dtype == torch.float32
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+
+
+def test_load_pipeline_names_the_builtins_for_an_unknown_one():
+    with pytest.raises(UnknownModel, match="unknown built-in model 'builtin:nope'; known: builtin:tiny-sd"):
+        load_pipeline("builtin:nope")

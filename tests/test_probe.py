@@ -1,0 +1,176 @@
+"""The machine's fingerprint (NVML faked only at the hardware boundary) and `autotune probe`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from autotune import knobs
+from autotune.cli import app
+from autotune.hardware import Hardware, probe
+
+
+class FakeNVML(types.ModuleType):
+    """Just enough of `pynvml` to describe one RTX 3060, recording the GPU index asked for."""
+
+    def __init__(self):
+        super().__init__("pynvml")
+        self.calls: list[str] = []
+        self.index = None
+
+    def nvmlInit(self):
+        self.calls.append("init")
+
+    def nvmlShutdown(self):
+        self.calls.append("shutdown")
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        self.index = index
+        return "handle"
+
+    def nvmlDeviceGetName(self, handle):
+        return b"NVIDIA GeForce RTX 3060"  # older bindings answer bytes
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return types.SimpleNamespace(total=12 * 1024**3, free=11 * 1024**3, used=1024**3)
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle):
+        return 8, 6
+
+    def nvmlSystemGetDriverVersion(self):
+        return "580.95.05"
+
+    def nvmlSystemGetCudaDriverVersion(self):
+        return 13000
+
+
+@pytest.fixture
+def nvml(monkeypatch) -> FakeNVML:
+    fake = FakeNVML()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return fake
+
+
+def test_probe_describes_this_cpu():
+    hardware = probe(device="cpu").hardware
+    assert hardware.device == "cpu"
+    assert hardware.gpu is None and hardware.capability is None
+    assert hardware.cpu_cores == os.cpu_count()
+    assert hardware.memory_bytes == hardware.ram_bytes > 0
+    assert hardware.cpu
+
+
+def test_probe_records_library_versions():
+    software = probe(device="cpu").software
+    assert software.torch == torch.__version__
+    assert software.diffusers.count(".") >= 1
+    assert software.python == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_probe_on_a_gpu_reads_nvml(nvml):
+    hardware = probe().hardware  # torch says a GPU is there, so the default device is cuda
+    assert hardware == Hardware(
+        device="cuda", gpu="NVIDIA GeForce RTX 3060", memory_bytes=12 * 1024**3, capability="8.6",
+        driver="580.95.05", cuda="13.0", cpu=hardware.cpu, cpu_cores=hardware.cpu_cores, ram_bytes=hardware.ram_bytes,
+    )
+    assert hardware.ram_bytes == psutil.virtual_memory().total  # the host's RAM still comes from psutil
+    assert nvml.calls == ["init", "shutdown"]
+    assert hardware.describe() == "NVIDIA GeForce RTX 3060 (sm 8.6)"
+
+
+def test_probe_asks_nvml_for_the_first_visible_gpu(nvml, monkeypatch):
+    # NVML numbers GPUs physically; CUDA_VISIBLE_DEVICES=3,1 makes GPU 3 torch's device 0.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    probe(device="cuda")
+    assert nvml.index == 3
+
+
+def test_probe_without_nvml_uses_torch_view(monkeypatch):
+    broken = types.ModuleType("pynvml")
+
+    def no_driver():
+        raise OSError("NVML Shared Library Not Found")
+
+    broken.nvmlInit = no_driver
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    properties = types.SimpleNamespace(name="NVIDIA A100-SXM4-40GB", total_memory=40 * 1024**3, major=8, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
+
+    hardware = probe(device="cuda").hardware
+    assert (hardware.gpu, hardware.memory_bytes, hardware.capability) == ("NVIDIA A100-SXM4-40GB", 40 * 1024**3, "8.0")
+    assert hardware.driver is None
+
+
+def test_probe_refuses_other_devices():
+    with pytest.raises(ValueError, match="device 'mps' is not supported; use 'cpu' or 'cuda'"):
+        probe(device="mps")
+
+
+def test_hardware_capability_as_numbers(gpu_hardware):
+    assert gpu_hardware.capability_tuple == (8, 6)
+    assert gpu_hardware.model_copy(update={"capability": "10.0"}).capability_tuple == (10, 0)
+    assert probe(device="cpu").hardware.capability_tuple == (0, 0)
+
+
+def _autotune(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
+    script = Path(sys.executable).with_name("autotune")
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_autotune_probe_json_lists_every_knob_value_with_its_availability():
+    result = _autotune("probe", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+
+    assert report["hardware"] == probe().hardware.model_dump(mode="json")
+    assert report["software"]["torch"] == torch.__version__
+    rows = report["knobs"]
+    assert [(row["knob"], row["value"]) for row in rows] == [
+        (knob.name, value) for knob in knobs.in_order() for value in knob.choices()]
+    for row in rows:
+        assert {"knob", "value", "available", "reason"} <= set(row)
+        assert row["available"] is (row["reason"] is None)
+        assert row["reason"] is None or row["reason"].strip()
+    by_value = {(row["knob"], row["value"]): row for row in rows}
+    if report["hardware"]["device"] == "cpu":
+        assert not by_value[("offload", "model")]["available"]
+        assert "accelerator" in by_value[("offload", "model")]["reason"]
+
+
+def test_autotune_probe_prints_the_machine_and_every_knob():
+    result = CliRunner().invoke(app, ["probe"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Machine" in result.output and "Knobs" in result.output
+    assert probe().hardware.cpu in result.output
+    for knob in knobs.in_order():
+        assert knob.name in result.output
+    if probe().hardware.device == "cpu":
+        assert "offload requires an accelerator" in result.output
+
+
+def test_autotune_probe_checks_the_knobs_against_a_model():
+    result = CliRunner().invoke(app, ["probe", "--json", "--model", "builtin:tiny-sd"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["knobs"]
+    assert {row["knob"] for row in rows} == set(knobs.KNOBS)
+
+
+def test_autotune_probe_with_an_unknown_model_is_one_line():
+    result = _autotune("probe", "--model", "builtin:nope")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "autotune: error: unknown built-in model 'builtin:nope'; known: builtin:tiny-sd, builtin:sd15-arch")
+    assert "Traceback" not in result.stderr
