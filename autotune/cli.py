@@ -192,6 +192,9 @@ def _show(value: object) -> str:
 def main() -> None:
     try:
         app()
+    except KeyboardInterrupt:
+        print("autotune: interrupted", file=sys.stderr)
+        sys.exit(130)
     except (AutotuneError, ValueError, FileNotFoundError) as error:
         if os.environ.get("AUTOTUNE_DEBUG"):
             raise

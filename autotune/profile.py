@@ -164,21 +164,32 @@ def profile_from_text(text: str, source: str = "profile") -> Profile:
 
 
 def describe_errors(error: ValidationError) -> str:
-    """Pydantic's errors as `field.path: what is wrong (got value)`, joined on one line."""
-    parts = []
+    """Pydantic's errors as `field.path: what is wrong (got value)`, joined on one line.
+
+    A value that matches no member of a union (`auto`, `max` or a positive integer) gives one entry per member;
+    they are merged into one `field: a or b` entry.
+    """
+    messages: dict[str, list[str]] = {}
+    inputs: dict[str, str] = {}
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden" and item["loc"][0] == "settings":
+        # Union members add their tags (`literal['auto','max']`, `constrained-int`) to the location; drop them.
+        path = [str(part) for part in item["loc"] if isinstance(part, int) or str(part).isidentifier()]
+        field = ".".join(path) or "(top level)"
+        if item["type"] == "extra_forbidden" and path[:1] == ["settings"]:
             known = ", ".join(knob.name for knob in knobs.in_order())
-            parts.append(f"{field}: unknown knob {item['loc'][-1]!r}; known: {known}")
+            message = f"unknown knob {path[-1]!r}; known: {known}"
         elif item["type"] == "extra_forbidden":
-            parts.append(f"{field}: unknown field")
+            message = "unknown field"
         elif item["type"] == "missing":
-            parts.append(f"{field}: required field is missing")
+            message = "required field is missing"
         else:
             message = item["msg"].removeprefix("Value error, ")
-            parts.append(f"{field}: {message} (got {item['input']!r})")
-    return "; ".join(parts)
+            inputs.setdefault(field, repr(item["input"]))
+        messages.setdefault(field, []).append(message)
+    return "; ".join(
+        f"{field}: {' or '.join(texts)}" + (f" (got {inputs[field]})" if field in inputs else "")
+        for field, texts in messages.items()
+    )
 
 
 def json_schema() -> dict:

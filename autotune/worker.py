@@ -134,6 +134,8 @@ class Worker:
 
 
 def _serve(conn, config: WorkerConfig) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides what happens to the trial, and kills this worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.log_path:
         _redirect_output(config.log_path)
     import torch
