@@ -42,12 +42,12 @@ class Measurement:
 
     @property
     def latency(self) -> Stat:
-        return _stat(self.latency_s)
+        return summarize(self.latency_s)
 
     @property
     def images_per_s(self) -> Stat:
         rates = [self.batch_size / seconds for seconds in self.latency_s]
-        return _stat(rates)
+        return summarize(rates)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -99,10 +99,11 @@ def measure(
 
 
 def _stable(latencies: list[float], repeats: Repeats) -> bool:
-    return len(latencies) >= repeats.min_runs and _stat(latencies).cv <= repeats.target_cv
+    return len(latencies) >= repeats.min_runs and summarize(latencies).cv <= repeats.target_cv
 
 
-def _stat(values: list[float]) -> Stat:
+def summarize(values: list[float]) -> Stat:
+    """Median, coefficient of variation and count of repeated measurements."""
     if not values:
         return Stat(median=0.0, cv=0.0, n=1)
     mean = statistics.fmean(values)

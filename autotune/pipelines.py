@@ -7,6 +7,7 @@ GPU without weights. Both are seeded, so the same name gives the same weights ev
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,30 @@ def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
         raise UnknownModel(f"cannot load model {model!r} as a {where}: {str(error).splitlines()[0]}") from error
 
 
+def classes(model: str) -> tuple[str, str]:
+    """The pipeline class and the denoiser class of `model`, read without loading any weights.
+
+    Hub ids and folders are read from their `model_index.json` (a hub id needs the hub or its local cache).
+
+    >>> classes("builtin:tiny-sd")
+    ('StableDiffusionPipeline', 'UNet2DConditionModel')
+    """
+    if model.startswith(BUILTIN_PREFIX):
+        if model[len(BUILTIN_PREFIX):] not in BUILTINS:
+            raise UnknownModel(f"unknown built-in model {model!r}; known: {', '.join(builtin_names())}")
+        # Every built-in is made by `_stable_diffusion`.
+        return StableDiffusionPipeline.__name__, UNet2DConditionModel.__name__
+    try:
+        index = DiffusionPipeline.load_config(model)
+    except (OSError, ValueError) as error:
+        raise UnknownModel(f"cannot read the model index of {model!r}: {str(error).splitlines()[0]}") from error
+    for name in ("unet", "transformer", "prior"):
+        entry = index.get(name)
+        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1]:
+            return str(index["_class_name"]), str(entry[1])
+    raise UnknownModel(f"{index.get('_class_name', model)} has no unet or transformer component to tune")
+
+
 def builtin_names() -> list[str]:
     return [BUILTIN_PREFIX + name for name in BUILTINS]
 
@@ -71,6 +96,16 @@ def default_call_size(pipe: DiffusionPipeline) -> int:
     sample = getattr(net.config, "sample_size", 64)
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
     return int(sample) * int(getattr(pipe, "vae_scale_factor", 8))
+
+
+def default_steps(pipe: DiffusionPipeline, model: object = None) -> int | None:
+    """The step count a workload uses when none is given: the pipeline call's own default, except for the built-ins
+    that declare theirs (tiny-sd is tuned at 20 steps, the usual count for a fast scheduler)."""
+    if isinstance(model, str) and model.startswith(BUILTIN_PREFIX):
+        return BUILTIN_STEPS.get(model[len(BUILTIN_PREFIX):])
+    parameter = inspect.signature(type(pipe).__call__).parameters.get("num_inference_steps")
+    default = None if parameter is None else parameter.default
+    return default if isinstance(default, int) else None
 
 
 def _tiny_tokenizer() -> CLIPTokenizer:
@@ -121,9 +156,15 @@ def _stable_diffusion(unet: dict, vae: dict, text: dict) -> StableDiffusionPipel
     return pipe
 
 
+def _named(model: str, pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
+    # What `from_pretrained` records for a hub id or folder (`pipe.name_or_path`): profile selection reads it.
+    pipe.register_to_config(_name_or_path=model)
+    return pipe
+
+
 def tiny_sd() -> StableDiffusionPipeline:
     """SD architecture at toy size: 4-block VAE (latents are image/8, as in SD), 2-level UNet, 5-layer CLIP."""
-    return _stable_diffusion(
+    return _named(BUILTIN_PREFIX + "tiny-sd", _stable_diffusion(
         unet=dict(
             block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -138,12 +179,12 @@ def tiny_sd() -> StableDiffusionPipeline:
         ),
         text=dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4,
                   max_position_embeddings=77, projection_dim=32),
-    )
+    ))
 
 
 def sd15_arch() -> StableDiffusionPipeline:
     """Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L text encoder) with random weights."""
-    return _stable_diffusion(
+    return _named(BUILTIN_PREFIX + "sd15-arch", _stable_diffusion(
         unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
         vae=dict(
             block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
@@ -151,7 +192,8 @@ def sd15_arch() -> StableDiffusionPipeline:
         ),
         text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                   num_attention_heads=12, max_position_embeddings=77, projection_dim=768),
-    )
+    ))
 
 
 BUILTINS: dict[str, Callable[[], DiffusionPipeline]] = {"tiny-sd": tiny_sd, "sd15-arch": sd15_arch}
+BUILTIN_STEPS: dict[str, int] = {"tiny-sd": 20, "sd15-arch": 50}

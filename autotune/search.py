@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from sqlalchemy.engine import make_url
 from . import __version__, knobs
 from .exceptions import AutotuneError, NothingFits, UnknownModel
 from .hardware import Fingerprint, probe
-from .measure import Repeats
+from .measure import Repeats, summarize
 from .profile import Goal, Metrics, ModelInfo, Profile, Provenance, Stat, Workload, now
 from .units import format_size, parse_size
 from .worker import ModelSource, TrialFailed, Worker, WorkerConfig
@@ -34,8 +33,8 @@ OBJECTIVES = ("throughput", "latency")
 SAMPLERS = ("tpe", "gp", "random")
 # Search-time timing is a quick screen; the interleaved re-measurement at the end decides.
 SCREEN_REPEATS = Repeats(warmup=1, min_runs=2, max_runs=5, max_seconds=5.0, target_cv=0.05)
-# A configuration this many times slower than the best one at batch 1 is not explored at bigger batches.
-PRUNE_RATIO = 3.0
+# A configuration this many times slower than the best one at the same batch size is not tried at bigger batches.
+PRUNE_RATIO = 2.0
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -62,17 +61,11 @@ class Candidate:
 
     @property
     def images_per_s(self) -> Stat:
-        rates = [self.batch_size / seconds for seconds in self.latency_s] or [0.0]
-        mean = statistics.fmean(rates)
-        cv = statistics.stdev(rates) / mean if len(rates) > 1 and mean > 0 else 0.0
-        return Stat(median=statistics.median(rates), cv=cv, n=max(1, len(self.latency_s)))
+        return summarize([self.batch_size / seconds for seconds in self.latency_s])
 
     @property
     def latency(self) -> Stat:
-        values = self.latency_s or [0.0]
-        mean = statistics.fmean(values)
-        cv = statistics.stdev(values) / mean if len(values) > 1 and mean > 0 else 0.0
-        return Stat(median=statistics.median(values), cv=cv, n=max(1, len(self.latency_s)))
+        return summarize(self.latency_s)
 
 
 @dataclass
@@ -165,6 +158,7 @@ def run_search(
             height=height or info["default_size"], width=width or info["default_size"],
             prompts=prompts or DEFAULT_PROMPTS, seed=seed,
         )
+        steps = steps or info["default_steps"]
         space = {name: values for name, values in build_space(info["available"]).items() if name not in pinned}
         fixed = {"steps": steps, **pinned}
         name = study_name or default_study_name(model_id, fingerprint, workload, objective)
@@ -173,9 +167,10 @@ def run_search(
         log_path = str(Path(out).with_suffix(".log")) if out is not None else os.devnull
         emit("phase", {"message": f"worker output goes to {log_path}"})
         worker.redirect_output(log_path)
-        study = open_study(name, storage_url, sampler, seed, objective, fingerprint, workload, model_id)
+        study = open_study(name, storage_url, sampler, seed, objective, fingerprint, workload, model_id, fixed)
         if not _finished(study):
             warm_start(study, space, hardware.device, previous, warm_start_recipes)
+        _warn_if_busy(emit)
         run_trials(study, worker, space, fixed, workload, budget_bytes, objective, n_trials, timeout_s,
                    trial_timeout_s, max_batch, emit)
     finally:
@@ -187,6 +182,7 @@ def run_search(
     candidates = _top_candidates(finished, top_k, objective)
     baseline = Candidate("default", {**{k.name: k.default for k in knobs.in_order()}, "steps": steps, "batch_size": 1})
     emit("phase", {"message": f"re-measuring the top {len(candidates)} and the default configuration, interleaved"})
+    _warn_if_busy(emit)
     remeasure([baseline, *candidates], worker.config, workload, rounds, trial_timeout_s)
     fitting = [c for c in candidates if c.failure is None and c.peak_memory_bytes <= budget_bytes]
     if not fitting:
@@ -212,6 +208,14 @@ def run_search(
     if out is not None:
         outcome.profile_path = profile.save(out)
     return outcome
+
+
+def _warn_if_busy(emit: Events) -> None:
+    # Another busy process on a small machine can slow a timed run many times over: say so, the numbers will show it.
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.75 * cores:
+        emit("phase", {"message": f"warning: the machine is busy (load {load:.1f} on {cores} cores); "
+                                  "timings will be noisy"})
 
 
 # ---- the space ----
@@ -338,19 +342,19 @@ def make_sampler(sampler: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def open_study(
     name: str, storage: str, sampler: str, seed: int, objective: str, fingerprint: Fingerprint,
-    workload: Workload, model_id: str,
+    workload: Workload, model_id: str, fixed: dict[str, Any],
 ) -> optuna.Study:
     direction = "minimize" if objective == "latency" else "maximize"
     study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(sampler, seed),
                                 direction=direction, load_if_exists=True)
     recorded = study.user_attrs
-    identity = {"model": model_id, "workload": workload.model_dump(), "objective": objective,
+    identity = {"model": model_id, "workload": workload.model_dump(), "objective": objective, "fixed": fixed,
                 "hardware": fingerprint.hardware.model_dump()}
     if not recorded:
         for key, value in identity.items():
             study.set_user_attr(key, value)
     else:
-        for key in ("model", "workload", "objective"):
+        for key in ("model", "workload", "objective", "fixed"):
             if recorded.get(key) != identity[key]:
                 raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
                                     "give a new --study name or the same options as before")
@@ -393,7 +397,7 @@ def run_trials(
             "kind": "trial", "settings": settings, "workload": workload.model_dump(), "batch_sizes": batch_sizes,
             "call_kwargs": knobs.get("steps").call_kwargs(fixed.get("steps")),
             "memory_budget_bytes": budget_bytes, "repeats": SCREEN_REPEATS.__dict__,
-            "prune_below_images_per_s": _prune_threshold(study),
+            "best_images_per_s_at_batch": _best_at_each_batch(study), "prune_ratio": PRUNE_RATIO,
         }
         try:
             answer = worker.request(task, timeout_s=trial_timeout_s)
@@ -423,10 +427,16 @@ def _reversible(settings: dict[str, Any]) -> bool:
     return all(knob.reversible or settings.get(knob.name, knob.default) == knob.default for knob in knobs.in_order())
 
 
-def _prune_threshold(study: optuna.Study) -> float | None:
-    rates = [t.user_attrs.get("batch1_images_per_s") for t in _finished(study) if _feasible(t)]
-    rates = [rate for rate in rates if rate]
-    return max(rates) / PRUNE_RATIO if rates else None
+def _best_at_each_batch(study: optuna.Study) -> dict[int, float]:
+    best: dict[int, float] = {}
+    for trial in _finished(study):
+        if not _feasible(trial):
+            continue
+        for measured in trial.user_attrs.get("batches", []):
+            if measured.get("images_per_s"):
+                batch, rate = measured["batch_size"], measured["images_per_s"]["median"]
+                best[batch] = max(best.get(batch, 0.0), rate)
+    return best
 
 
 def _tell_result(study, trial, objective: str, answer: dict, budget_bytes: int) -> None:
@@ -440,7 +450,6 @@ def _tell_result(study, trial, objective: str, answer: dict, budget_bytes: int) 
     trial.set_user_attr("seconds_per_image", chosen["seconds_per_image"])
     trial.set_user_attr("peak_memory_bytes", chosen["peak_memory_bytes"])
     trial.set_user_attr("warmup_s", round(chosen["warmup_s"], 3))
-    trial.set_user_attr("batch1_images_per_s", batches[0]["images_per_s"]["median"] if batches else None)
     trial.set_user_attr("settings", answer["settings"])
     trial.set_user_attr("batches", [{k: b.get(k) for k in ("batch_size", "images_per_s", "peak_memory_bytes",
                                                            "oom", "image_problem")} for b in answer["batches"]])

@@ -13,6 +13,7 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -138,6 +139,11 @@ def _serve(conn, config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.log_path:
         _redirect_output(config.log_path)
+    # tqdm (diffusers' progress bars) otherwise makes a multiprocessing lock in every worker, which a killed worker
+    # leaves behind for the parent's resource tracker to complain about.
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())
     import torch
 
     from .hardware import probe
@@ -200,6 +206,7 @@ def _describe(state: _WorkerState, task: dict) -> dict:
         "pipeline": type(pipe).__name__,
         "denoiser": type(pipelines.denoiser(pipe)).__name__,
         "default_size": pipelines.default_call_size(pipe),
+        "default_steps": pipelines.default_steps(pipe, state.config.model),
         "scheduler": type(pipe.scheduler).__name__,
         "available": _available(knobs.availability(state.hardware, pipe)),
         "hardware": state.hardware.model_dump(),
@@ -226,7 +233,8 @@ def _trial(state: _WorkerState, task: dict) -> dict:
     repeats = Repeats(**task.get("repeats", {}))
     budget = task.get("memory_budget_bytes")
     measured: list[dict] = []
-    prune_below = task.get("prune_below_images_per_s")
+    # The best images/s other trials reached at each batch size: far below it, bigger batches will not close the gap.
+    best_at = {int(batch): rate for batch, rate in task.get("best_images_per_s_at_batch", {}).items()}
     for batch in task["batch_sizes"]:
         kwargs = {**task["call_kwargs"], "num_images_per_prompt": batch}
         try:
@@ -240,8 +248,8 @@ def _trial(state: _WorkerState, task: dict) -> dict:
         measured.append(summary)
         if result.image_problem or (budget and result.peak_memory_bytes > budget):
             break
-        if prune_below and result.images_per_s.median < prune_below:
-            break  # far slower than the best configuration so far: bigger batches will not close the gap
+        if result.images_per_s.median * task.get("prune_ratio", 2.0) < best_at.get(batch, 0.0):
+            break
         if not _worth_a_bigger_batch(measured, budget, task.get("min_gain", 0.05)):
             break
     # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
