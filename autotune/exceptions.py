@@ -23,6 +23,10 @@ class NothingFits(AutotuneError, RuntimeError):
     """No configuration met the goal (memory budget or quality floor)."""
 
 
+class NoProfileFits(AutotuneError, LookupError):
+    """No profile in the library fits this pipeline and machine; nothing was applied. The message lists why."""
+
+
 class AutotuneWarning(UserWarning):
     """Root of autotune's warnings."""
 

@@ -31,6 +31,9 @@ class Hardware(BaseModel):
     cpu: str
     cpu_cores: int = Field(gt=0)
     ram_bytes: int = Field(gt=0)
+    # The CPU's best vector instruction set for torch's kernels (amx, avx512-bf16, avx512, avx2, sve, neon, default):
+    # the CPU's "generation". bf16 can beat fp32 with avx512-bf16 and runs ~10x slower than it on avx2.
+    cpu_capability: str | None = None
 
     @property
     def capability_tuple(self) -> tuple[int, int]:
@@ -43,6 +46,27 @@ class Hardware(BaseModel):
         if self.device == "cuda":
             return f"{self.gpu} (sm {self.capability})"
         return f"CPU {self.cpu} ({self.cpu_cores} cores)"
+
+    def same_generation(self, other: Hardware) -> bool:
+        """GPUs of the same compute capability; CPUs with the same vector instruction set (when both record one)."""
+        if self.device != other.device:
+            return False
+        if self.device == "cuda":
+            return self.capability is not None and self.capability == other.capability
+        return self.cpu_capability is not None and self.cpu_capability == other.cpu_capability
+
+    def generation(self) -> str:
+        if self.device == "cuda":
+            return f"sm {self.capability}" if self.capability else "compute capability unknown"
+        return self.cpu_capability or "instruction set not recorded"
+
+    def same_model(self, other: Hardware) -> bool:
+        """The same GPU model, or on CPU the same processor with as many cores: where a measurement carries over."""
+        if self.device != other.device:
+            return False
+        if self.device == "cuda":
+            return self.gpu == other.gpu
+        return (self.cpu, self.cpu_cores) == (other.cpu, other.cpu_cores)
 
 
 class Software(BaseModel):
@@ -73,12 +97,40 @@ def probe(device: str | None = None) -> Fingerprint:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
     ram = psutil.virtual_memory().total
-    cpu = dict(cpu=_cpu_name(), cpu_cores=os.cpu_count() or 1, ram_bytes=ram)
+    cpu = dict(cpu=_cpu_name(), cpu_cores=os.cpu_count() or 1, ram_bytes=ram, cpu_capability=cpu_capability())
     if device == "cuda":
         hardware = Hardware(device="cuda", **_gpu_info(), **cpu)
     else:
         hardware = Hardware(device="cpu", memory_bytes=ram, **cpu)
     return Fingerprint(hardware=hardware, software=software_versions())
+
+
+def available_memory_bytes(device: str | None = None) -> int:
+    """Memory this process can use on `device`: what is free, plus what the process holds already.
+
+    A profile's peak memory counts the whole process (torch, the loaded pipeline), so what this process already holds
+    is available to it. CPU: available RAM (psutil) plus this process's resident memory. CUDA: the GPU's free memory
+    (NVML, else `torch.cuda.mem_get_info`) plus what torch's allocator holds.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
+    held = torch.cuda.memory_reserved() if torch.cuda.is_initialized() else 0
+    return int(_gpu_free_bytes() + held)
+
+
+def _gpu_free_bytes() -> int:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(_gpu_index())).free)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # NVML absent or failing: ask the CUDA runtime (this creates a context).
+        return int(torch.cuda.mem_get_info()[0])
 
 
 def software_versions() -> Software:
@@ -101,6 +153,34 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+# Instruction-set flags (as /proc/cpuinfo names them) -> capability, best first.
+_CPU_CAPABILITIES = [
+    ("amx", {"amx_tile", "amx_bf16"}),
+    ("avx512-bf16", {"avx512f", "avx512_bf16"}),
+    ("avx512", {"avx512f"}),
+    ("avx2", {"avx2"}),
+    ("sve", {"sve"}),
+    ("neon", {"asimd"}),
+]
+
+
+def cpu_capability() -> str:
+    """The best vector instruction set torch's CPU kernels can use here, e.g. `avx512-bf16`."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    for name, needed in _CPU_CAPABILITIES:
+        if needed <= flags:
+            return name
+    return str(torch.backends.cpu.get_cpu_capability()).lower()
 
 
 def _cpu_name() -> str:
