@@ -83,6 +83,7 @@ def test_probe_on_a_gpu_reads_nvml(nvml):
     assert hardware == Hardware(
         device="cuda", gpu="NVIDIA GeForce RTX 3060", memory_bytes=12 * 1024**3, capability="8.6",
         driver="580.95.05", cuda="13.0", cpu=hardware.cpu, cpu_cores=hardware.cpu_cores, ram_bytes=hardware.ram_bytes,
+        cpu_capability=hardware.cpu_capability,
     )
     assert hardware.ram_bytes == psutil.virtual_memory().total  # the host's RAM still comes from psutil
     assert nvml.calls == ["init", "shutdown"]
