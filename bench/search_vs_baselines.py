@@ -11,17 +11,20 @@ This is a benchmark, not a test: its numbers depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loads transformers
 
-from autotune import knobs
-from autotune.hardware import probe
-from autotune.search import Candidate, documentation_recipes, remeasure, run_search
-from autotune.units import format_size, parse_size
-from autotune.worker import WorkerConfig
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from autotune import knobs  # noqa: E402
+from autotune.hardware import probe  # noqa: E402
+from autotune.search import Candidate, documentation_recipes, remeasure, run_search  # noqa: E402
+from autotune.units import format_size, parse_size  # noqa: E402
+from autotune.worker import WorkerConfig  # noqa: E402
 
 
 def main() -> None:
