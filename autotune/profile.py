@@ -108,15 +108,12 @@ class Profile(_Strict):
 
     def call_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the pipeline call: size, guidance, steps, batch. `pipe(prompt, **these)`."""
-        kwargs: dict[str, Any] = {
+        return {
             "height": self.workload.height,
             "width": self.workload.width,
             "guidance_scale": self.workload.guidance_scale,
+            **knobs.call_kwargs(self.settings_dict()),
         }
-        for knob in knobs.in_order():
-            if knob.call_time:
-                kwargs.update(knob.call_kwargs(getattr(self.settings, knob.name)))
-        return kwargs
 
     def settings_dict(self) -> dict[str, Any]:
         return self.settings.model_dump()

@@ -532,7 +532,7 @@ def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workl
         for candidate in candidates:
             _ask(candidate, workers[id(candidate)], {
                 "kind": "prepare", "settings": candidate.settings, "workload": workload.model_dump(),
-                "call_kwargs": _call_kwargs(candidate.settings)}, timeout_s)
+                "call_kwargs": knobs.call_kwargs(candidate.settings)}, timeout_s)
         for round_number in range(rounds):
             order = candidates[round_number % len(candidates):] + candidates[:round_number % len(candidates)]
             for candidate in order:
@@ -560,10 +560,3 @@ def _ask(candidate: Candidate, worker: Worker, task: dict, timeout_s: float) -> 
     candidate.peak_memory_bytes = max(candidate.peak_memory_bytes, candidate.trial_peak_bytes,
                                       answer["peak_memory_bytes"])
 
-
-def _call_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    for knob in knobs.in_order():
-        if knob.call_time:
-            kwargs.update(knob.call_kwargs(settings.get(knob.name, knob.default)))
-    return kwargs

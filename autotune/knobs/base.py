@@ -114,6 +114,15 @@ def in_order() -> list[Knob]:
     return sorted(KNOBS.values(), key=lambda knob: knob.order)
 
 
+def call_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Pipeline-call keyword arguments of the call-time knobs (steps, batch) in `settings`."""
+    kwargs: dict[str, Any] = {}
+    for knob in in_order():
+        if knob.call_time:
+            kwargs.update(knob.call_kwargs(settings.get(knob.name, knob.default)))
+    return kwargs
+
+
 def availability(hw: Hardware, pipe: DiffusionPipeline | None = None) -> list[dict[str, Any]]:
     """Every value of every knob on this hardware: available or not, why not, and any caveat."""
     rows = []
