@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .apply import apply_profile, load_pipeline
-    from .exceptions import AutotuneError, IncompatibleProfile, NothingFits, ProfileError
+    from .exceptions import AutotuneError, IncompatibleProfile, NoProfileFits, NothingFits, ProfileError
     from .hardware import probe
+    from .library import select_profile
     from .profile import Profile, load_profile
     from .search import search
 
@@ -25,16 +26,19 @@ _EXPORTS = {
     "load_pipeline": "apply",
     "AutotuneError": "exceptions",
     "IncompatibleProfile": "exceptions",
+    "NoProfileFits": "exceptions",
     "NothingFits": "exceptions",
     "ProfileError": "exceptions",
     "probe": "hardware",
     "Profile": "profile",
     "load_profile": "profile",
     "search": "search",
+    "select_profile": "library",
 }
 __all__ = [
     "AutotuneError",
     "IncompatibleProfile",
+    "NoProfileFits",
     "NothingFits",
     "Profile",
     "ProfileError",
@@ -43,6 +47,7 @@ __all__ = [
     "load_profile",
     "probe",
     "search",
+    "select_profile",
 ]
 
 

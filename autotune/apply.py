@@ -1,4 +1,4 @@
-"""Putting a profile on a pipeline: `apply_profile`, `load_pipeline`, and the shipped-profile lookup.
+"""Putting a profile on a pipeline: `apply_profile`, `load_pipeline`, and resolving a profile by path or name.
 
 This is the deployment path: it never imports Optuna, so an app that only applies a shipped profile does not pay
 for the tuner. The tuner applies a trial's settings through `apply_settings` too, so what was measured is what ships.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +18,54 @@ from . import knobs, pipelines
 from .exceptions import FallbackWarning, IncompatibleProfile, ProfileError, ProfileMismatchWarning
 from .hardware import Fingerprint, Hardware, probe
 from .knobs.precision import DTYPES
+from .library import SUFFIXES, SearchPath, check_name, find_profile, select_profile, shipped_profiles_dir
 from .profile import Profile, load_profile
 
 ProfileLike = Profile | str | os.PathLike
+AUTO = "auto"  # the profile name that asks `select_profile` to choose
 
 
 class KnobUnavailable(IncompatibleProfile):
     """A knob value cannot run here and no fallback was allowed."""
 
 
-def shipped_profiles_dir() -> Path:
-    return Path(str(resources.files("autotune.profiles")))
-
-
 def shipped_profile_path(name: str) -> Path:
-    """The file of a shipped profile; a name never leaves the shipped folder."""
-    if not name or ".." in name or "/" in name or "\\" in name or name.startswith("."):
-        raise ProfileError(f"profile name {name!r} is not a plain name (no '/', '\\' or '..'); give a path instead")
+    """The file of a profile shipped with autotune; a name never leaves the shipped folder."""
+    check_name(name)
     folder = shipped_profiles_dir()
-    for candidate in (folder / name, folder / f"{name}.yaml"):
+    for candidate in (folder / name, *(folder / f"{name}{suffix}" for suffix in SUFFIXES)):
         if candidate.is_file():
             return candidate
     known = sorted(path.stem for path in folder.glob("*.yaml"))
     raise ProfileError(f"no shipped profile named {name!r}; shipped: {', '.join(known) or 'none'}")
 
 
-def resolve_profile(profile: ProfileLike) -> Profile:
-    """A `Profile`, a path to a profile file, or the name of a shipped profile."""
+def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
+                    pipe_or_model: DiffusionPipeline | str | None = None) -> Profile:
+    """A `Profile`; a path to a profile file; a name looked up in the library (AUTOTUNE_PROFILE_PATH, then
+    `search_path`, then the shipped profiles); or `"auto"`: the profile `select_profile` picks for `pipe_or_model`.
+    """
     if isinstance(profile, Profile):
         return profile
+    if str(profile) == AUTO:
+        if pipe_or_model is None:
+            raise ProfileError('profile "auto" picks a profile for a pipeline: give the pipeline (or model) too')
+        return select_profile(pipe_or_model, search_path=search_path).require()
     path = Path(profile)
     if path.is_file():
         return load_profile(path)
     text = str(profile)
-    if os.sep in text or "/" in text or text.endswith((".yaml", ".yml", ".json")):
+    if os.sep in text or "/" in text or text.endswith(SUFFIXES):
         raise ProfileError(f"{text}: no such profile file")
-    return load_profile(shipped_profile_path(text))
+    return load_profile(find_profile(text, search_path))
 
 
-def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike) -> DiffusionPipeline:
+def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: SearchPath = None) -> DiffusionPipeline:
     """Apply `profile`'s settings to a freshly loaded `pipe`, in the documented order, and return it.
+
+    `profile` is a `Profile`, a path, a name in the library, or `"auto"` for the profile that fits this pipeline on
+    this machine (`select_profile`; when none fits, `NoProfileFits` is raised and nothing is applied). `search_path`
+    adds an app's own folders of profiles to the lookup.
 
     Order: process settings, precision, scheduler, attention, VAE, memory format, placement or offload, compile last.
     A knob value unavailable here falls back with a `FallbackWarning` (xformers missing -> SDPA; offload without an
@@ -67,8 +74,9 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike) -> DiffusionPip
 
     >>> pipe = apply_profile(pipelines.load("builtin:tiny-sd"), "tiny-sd-cpu")  # doctest: +SKIP
     >>> image = pipe("a lighthouse at dusk", **load_profile(...).call_kwargs()).images[0]  # doctest: +SKIP
+    >>> pipe = apply_profile(pipe, "auto", search_path=Path(__file__).parent / "profiles")  # doctest: +SKIP
     """
-    resolved = resolve_profile(profile)
+    resolved = resolve_profile(profile, search_path, pipe)
     check_pipeline_fits(resolved, pipe)
     here = probe()
     warn_if_measured_elsewhere(resolved, here)
@@ -76,12 +84,16 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike) -> DiffusionPip
     return pipe
 
 
-def load_pipeline(model: str | None = None, profile: ProfileLike | None = None) -> DiffusionPipeline:
+def load_pipeline(model: str | None = None, profile: ProfileLike | None = None,
+                  search_path: SearchPath = None) -> DiffusionPipeline:
     """Load `model` (default: the profile's model) directly in the profile's dtype, then apply the profile.
 
     Loading in the target dtype (`dtype=`, diffusers' replacement for `torch_dtype=`) avoids a full-precision copy.
+    With `profile="auto"` the profile is chosen for `model` before anything is loaded.
     """
-    resolved = resolve_profile(profile) if profile is not None else None
+    if str(profile) == AUTO and model is None:
+        raise ProfileError('profile "auto" picks a profile for a model: give the model too')
+    resolved = resolve_profile(profile, search_path, model) if profile is not None else None
     model = model or (resolved.model.id if resolved else pipelines.DEFAULT_MODEL)
     dtype = DTYPES[resolved.settings.precision] if resolved else None
     pipe = pipelines.load(model, dtype=dtype)
@@ -126,7 +138,7 @@ def check_pipeline_fits(profile: Profile, pipe: DiffusionPipeline) -> None:
 
 def warn_if_measured_elsewhere(profile: Profile, here: Fingerprint) -> None:
     theirs, ours = profile.hardware, here.hardware
-    if (theirs.device, theirs.gpu) != (ours.device, ours.gpu):
+    if not theirs.same_model(ours):
         warnings.warn(f"the profile was measured on {theirs.describe()}, this is {ours.describe()}: "
                       "its numbers may not hold here (autotune verify re-measures it)", ProfileMismatchWarning,
                       stacklevel=3)

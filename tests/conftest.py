@@ -80,6 +80,28 @@ def make_profile(fingerprint: Fingerprint) -> Callable[..., Profile]:
     return make
 
 
+@pytest.fixture(scope="session")
+def tuned_profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
+    """A profile written by the tuner on this machine: one small trial of the tiny pipeline, re-measured once.
+
+    Tests give copies of it other hardware fingerprints (`profile.model_copy(update={"hardware": ...})`).
+    """
+    from autotune.search import run_search
+
+    folder = tmp_path_factory.mktemp("tuned")
+    outcome = run_search("builtin:tiny-sd", budget="4GB", n_trials=1, steps=2, max_batch=1, top_k=1, rounds=1,
+                         pinned={"compile": "none"}, height=SIZE_PX, width=SIZE_PX, out=folder / "tuned.yaml")
+    return outcome.profile
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pipeline saved to a folder: a model as an app loads its own (`from_pretrained(folder)`)."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd"
+    pipelines.tiny_sd().save_pretrained(folder)
+    return folder
+
+
 def generate(pipe: DiffusionPipeline, **call: Any) -> np.ndarray:
     """A small, seeded generation; its images, checked to be finite and not blank."""
     call = {"height": SIZE_PX, "width": SIZE_PX, "num_inference_steps": 2, **call}

@@ -165,9 +165,12 @@ def test_a_missing_profile_path_is_not_taken_for_a_name(tmp_path):
         resolve_profile("gone.yaml")
 
 
-def test_an_unknown_shipped_name_lists_the_shipped_ones():
-    with pytest.raises(ProfileError, match=r"no shipped profile named 'nope'; shipped: "):
+def test_an_unknown_shipped_name_lists_the_shipped_ones(monkeypatch):
+    monkeypatch.delenv("AUTOTUNE_PROFILE_PATH", raising=False)
+    with pytest.raises(ProfileError, match=r"no profile named 'nope' in .*profiles \(shipped\); known: tiny-sd-cpu"):
         resolve_profile("nope")
+    with pytest.raises(ProfileError, match=r"no shipped profile named 'nope'; shipped: tiny-sd-cpu"):
+        shipped_profile_path("nope")
 
 
 def test_resolve_profile_reads_a_path(full_profile, tmp_path):
@@ -189,3 +192,12 @@ def test_profiles_schema_prints_a_json_schema():
     assert list(settings["properties"]) == [knob.name for knob in knobs.in_order()]
     assert settings["additionalProperties"] is False
     assert settings["properties"]["attention"]["enum"] == knobs.get("attention").choices()
+
+
+def test_a_saved_profile_can_be_read_by_others(full_profile, tmp_path):
+    # Profiles are shipped in apps and shared folders: not private like the temporary file they are written through.
+    path = full_profile.save(tmp_path / "shared.yaml")
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o640)
+    full_profile.save(path)
+    assert path.stat().st_mode & 0o777 == 0o640
