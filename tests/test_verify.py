@@ -1,0 +1,110 @@
+"""`autotune verify`: the profile re-measured here in worker processes, each metric passed or failed against its
+record, a profile from elsewhere held to its budget and floor only, and bad input refused with exit status 2.
+"""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from autotune.cli import app
+from autotune.exceptions import IncompatibleProfile
+from autotune.profile import Goal, QualityFloor, Stat
+from autotune.verify import verify_profile
+
+pytestmark = pytest.mark.slow
+
+QUICK = dict(workers=2, rounds=1)
+
+
+def test_a_profile_verified_on_the_machine_that_made_it_passes(tuned_profile, tmp_path):
+    path = tuned_profile.save(tmp_path / "tuned.yaml")
+    # The tuner's record is 2 timed runs of a 2-step call, easily thrown by a busy machine: a loose tolerance keeps
+    # this test about the mechanics (the failing direction is in the next test).
+    result = verify_profile(path, tolerance=0.9, **QUICK)
+
+    checks = {check.metric: check for check in result.checks}
+    assert result.same_hardware and result.passed
+    assert [check.status for check in result.checks] == ["pass", "pass", "skip"]
+    assert result.images_per_s.n == QUICK["workers"] * QUICK["rounds"] * 2  # 2 timed runs per worker per round
+    assert len(result.worker_images_per_s) == QUICK["workers"]
+    assert result.best_worker_images_per_s == max(result.worker_images_per_s)
+    assert checks["images/s"].measured.startswith(f"{max(result.worker_images_per_s):.3g} (best worker; all runs: ")
+    assert 0 <= result.others_cpu_share <= 1
+    assert checks["images/s"].limit == f">= {tuned_profile.metrics.images_per_s.median * 0.1:.3g} (-90%)"
+    assert 0 < result.peak_memory_bytes <= tuned_profile.goal.memory_budget_bytes
+    assert checks["quality"].recorded == "not recorded"
+    assert checks["quality"].note == "the profile has no quality floor"
+
+
+def test_each_metric_fails_on_its_own_and_the_command_exits_1(tuned_profile, tmp_path):
+    promised = tuned_profile.model_copy(update={
+        # A promise no pipeline keeps, and a budget less than torch alone takes.
+        "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6)}),
+        "goal": Goal(memory_budget_bytes=50 * 1024**2,
+                     quality_floor=QualityFloor(metric="psnr", min=30.0)),
+    })
+    path = promised.save(tmp_path / "promised.yaml")
+
+    result = CliRunner().invoke(app, ["verify", str(path), "--workers", "1", "--rounds", "1"],
+                                env={"COLUMNS": "250"})
+
+    assert result.exit_code == 1, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 5}
+    assert "fail" in rows["images/s"] and ">= 9e+05 (-10%)" in rows["images/s"] and "-100% vs recorded" in rows[
+        "images/s"]
+    assert "fail" in rows["peak memory"] and "<= 50.0 MiB (budget)" in rows["peak memory"]
+    assert "skip" in rows["quality"] and ">= 30.0 psnr" in rows["quality"]
+    assert "cannot re-measure quality" in rows["quality"]
+    assert "1 worker processes in turn x 1 rounds x 2 runs" in result.output
+
+
+def test_a_profile_measured_on_another_cpu_is_held_to_its_budget_only(tuned_profile, tmp_path):
+    elsewhere = tuned_profile.model_copy(update={
+        "hardware": tuned_profile.hardware.model_copy(update={"cpu": "Another CPU", "cpu_cores": 64}),
+        "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6)})})
+
+    result = verify_profile(elsewhere, workers=1, rounds=1)
+
+    speed, memory, _ = result.checks
+    assert not result.same_hardware and result.passed
+    assert (speed.status, memory.status) == ("skip", "pass")
+    assert "measured elsewhere (CPU Another CPU (64 cores)): only the budget and the quality floor" in speed.note
+    assert result.images_per_s.median > 0  # measured and shown all the same
+
+
+def test_a_gpu_profile_on_a_cpu_is_refused_before_anything_runs(tuned_profile, gpu_hardware, tmp_path):
+    if tuned_profile.hardware.device != "cpu":
+        pytest.skip("needs a machine without a GPU")
+    gpu_profile = tuned_profile.model_copy(update={"hardware": gpu_hardware})
+    with pytest.raises(IncompatibleProfile, match="runs on cuda .* this machine runs on cpu: verify it on such"):
+        verify_profile(gpu_profile)
+    path = gpu_profile.save(tmp_path / "gpu.yaml")
+    result = CliRunner().invoke(app, ["verify", str(path)])
+    assert result.exit_code != 0 and isinstance(result.exception, IncompatibleProfile)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tolerance", "1.5"], "--tolerance must be between 0 and 1 (0.10 is 10%)"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_bad_flags_are_refused_with_one_line_and_status_2(args, message, tmp_path, tuned_profile, monkeypatch,
+                                                          capsys):
+    import sys
+
+    from autotune import cli
+
+    path = tuned_profile.save(tmp_path / "tuned.yaml")
+    monkeypatch.setattr(sys, "argv", ["autotune", "verify", str(path), *args])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"autotune: error: {message}, got {args[1]}"
+
+
+def test_a_model_of_another_pipeline_class_is_refused(tuned_profile):
+    other = tuned_profile.model_copy(update={"model": tuned_profile.model.model_copy(
+        update={"pipeline": "StableDiffusionXLPipeline"})})
+    with pytest.raises(IncompatibleProfile, match="tuned for StableDiffusionXLPipeline.*builtin:tiny-sd is "
+                                                  "StableDiffusionPipeline"):
+        verify_profile(other)
