@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from autotune.apply import apply_profile, load_pipeline, resolve_profile
 from autotune.cli import app
 from autotune.exceptions import NoProfileFits, ProfileError
 from autotune.hardware import Hardware
-from autotune.library import ENV_VAR, find_profile, list_profiles, select_profile, shipped_profiles_dir
+from autotune.library import ENV_VAR, check_profile, find_profile, list_profiles, select_profile, shipped_profiles_dir
 from autotune.profile import Goal, Profile, Stat, load_profile
 
 GiB = 1024**3
@@ -296,6 +297,16 @@ def test_the_shipped_cpu_profile_is_chosen_for_the_tiny_pipeline_on_a_cpu(monkey
     monkeypatch.delenv(ENV_VAR, raising=False)
     selection = select_profile("builtin:tiny-sd")
     assert selection.chosen is not None and selection.chosen.label.startswith("tiny-sd-cpu (shipped")
+
+
+def test_the_example_app_ships_valid_profiles_of_its_own():
+    folder = Path(__file__).resolve().parent.parent / "examples" / "tiny_app" / "profiles"
+    shipped = sorted(folder.glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        assert check_profile(load_profile(path)) == []
+    names = {entry.name for entry in list_profiles(folder) if entry.origin == "app"}
+    assert names == {path.stem for path in shipped}
 
 
 # ---- the command line ----
