@@ -50,7 +50,7 @@ def test_faults_in_trials_are_recorded_and_the_search_completes(tmp_path):
     enqueue(storage, name, oom, killed, hung, fine)
 
     outcome = run_search(faulty_tiny_sd, budget="8GB", n_trials=4, storage=storage, study_name=name,
-                         out=tmp_path / "faults.yaml", trial_timeout_s=30, **FAST)
+                         out=tmp_path / "faults.yaml", trial_timeout_s=60, **FAST)
 
     trials = by_params(storage, name)
     assert [trials[repr(sorted(p.items()))].user_attrs.get("failure") for p in (oom, killed, hung, fine)] == [
