@@ -19,7 +19,7 @@ from .exceptions import FallbackWarning, IncompatibleProfile, ProfileError, Prof
 from .hardware import Fingerprint, Hardware, probe
 from .knobs.precision import DTYPES
 from .library import SUFFIXES, SearchPath, check_name, find_profile, select_profile, shipped_profiles_dir
-from .profile import Profile, load_profile
+from .profile import Profile, load_profile, split_pick
 
 ProfileLike = Profile | str | os.PathLike
 AUTO = "auto"  # the profile name that asks `select_profile` to choose
@@ -41,9 +41,10 @@ def shipped_profile_path(name: str) -> Path:
 
 
 def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
-                    pipe_or_model: DiffusionPipeline | str | None = None) -> Profile:
+                    pipe_or_model: DiffusionPipeline | str | None = None, pick: str | None = None) -> Profile:
     """A `Profile`; a path to a profile file; a name looked up in the library (AUTOTUNE_PROFILE_PATH, then
     `search_path`, then the shipped profiles); or `"auto"`: the profile `select_profile` picks for `pipe_or_model`.
+    A profile set (a Pareto search's) needs a pick: `"set.yaml#balanced"` or `pick="balanced"`.
     """
     if isinstance(profile, Profile):
         return profile
@@ -51,21 +52,25 @@ def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
         if pipe_or_model is None:
             raise ProfileError('profile "auto" picks a profile for a pipeline: give the pipeline (or model) too')
         return select_profile(pipe_or_model, search_path=search_path).require()
-    path = Path(profile)
+    path, named = split_pick(profile)
+    if named and pick and named != pick:
+        raise ProfileError(f"{profile}: two picks given, {named!r} in the name and {pick!r}")
     if path.is_file():
-        return load_profile(path)
-    text = str(profile)
+        return load_profile(path, pick or named)
+    text = str(path)
     if os.sep in text or "/" in text or text.endswith(SUFFIXES):
         raise ProfileError(f"{text}: no such profile file")
-    return load_profile(find_profile(text, search_path))
+    return load_profile(find_profile(text, search_path), pick or named)
 
 
-def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: SearchPath = None) -> DiffusionPipeline:
+def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: SearchPath = None,
+                  pick: str | None = None) -> DiffusionPipeline:
     """Apply `profile`'s settings to a freshly loaded `pipe`, in the documented order, and return it.
 
     `profile` is a `Profile`, a path, a name in the library, or `"auto"` for the profile that fits this pipeline on
     this machine (`select_profile`; when none fits, `NoProfileFits` is raised and nothing is applied). `search_path`
-    adds an app's own folders of profiles to the lookup.
+    adds an app's own folders of profiles to the lookup. From a profile set (`--objective pareto`), name the pick:
+    `"set.yaml#balanced"` or `pick="balanced"` (`fastest`, `balanced`, `smallest`).
 
     Order: process settings, precision, scheduler, attention, VAE, memory format, placement or offload, compile last.
     A knob value unavailable here falls back with a `FallbackWarning` (xformers missing -> SDPA; offload without an
@@ -76,7 +81,7 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: Se
     >>> image = pipe("a lighthouse at dusk", **load_profile(...).call_kwargs()).images[0]  # doctest: +SKIP
     >>> pipe = apply_profile(pipe, "auto", search_path=Path(__file__).parent / "profiles")  # doctest: +SKIP
     """
-    resolved = resolve_profile(profile, search_path, pipe)
+    resolved = resolve_profile(profile, search_path, pipe, pick)
     check_pipeline_fits(resolved, pipe)
     here = probe()
     warn_if_measured_elsewhere(resolved, here)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 # transformers announces optional image backends at import; that is noise on a command line.
@@ -68,7 +69,9 @@ def probe(
 def search(
     model: Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, or builtin:tiny-sd")] = "",
     budget: Annotated[str | None, typer.Option(help="memory budget: 6GB, 6GiB, 6000MB, 6.5G or 80%")] = None,
-    objective: Annotated[str, typer.Option(help="throughput (images/s) or latency (s/image, batch 1)")] = "throughput",
+    objective: Annotated[str, typer.Option(
+        help="throughput (images/s), latency (s/image, batch 1), or pareto (images/s, memory and quality: writes a "
+             "profile set with the picks fastest, balanced, smallest)")] = "throughput",
     trials: Annotated[int, typer.Option(help="trials in the study (a resumed study counts its finished ones)")] = 30,
     timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
     height: Annotated[int | None, typer.Option(help="image height (default: the pipeline's own)")] = None,
@@ -82,14 +85,21 @@ def search(
     trial_timeout: Annotated[float, typer.Option(help="seconds before a trial is killed as hung")] = 600.0,
     max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = 16,
     pin: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE: keep a knob at a value (repeatable)")] = None,
+    quality_floor: Annotated[str | None, typer.Option(
+        help="ssim=0.90, psnr=30, or ssim=-5% (of the reference's own noise): every image must score this against "
+             "the reference rendering; scheduler, steps, precision and VAE tiling then join the search")] = None,
+    reference_steps: Annotated[int, typer.Option(help="steps of the reference rendering")] = 50,
+    report: Annotated[bool, typer.Option("--report", help="write the HTML report next to the profile")] = False,
 ) -> None:
     """Search the fastest configuration under a memory budget and write its profile."""
+    from .quality import parse_floor
     from .search import SearchInterrupted, run_search
 
-    _check_choice("objective", objective, ("throughput", "latency"))
+    _check_choice("objective", objective, ("throughput", "latency", "pareto"))
+    floor = parse_floor(quality_floor) if quality_floor is not None else None
     _check_choice("sampler", sampler, ("tpe", "gp", "random"))
     for flag, value in (("trials", trials), ("height", height), ("width", width), ("steps", steps),
-                        ("max-batch", max_batch)):
+                        ("max-batch", max_batch), ("reference-steps", reference_steps)):
         if value is not None and value < 1:
             raise UsageError(f"--{flag} must be at least 1, got {value}")
     if budget is not None:
@@ -105,12 +115,14 @@ def search(
                 model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
                 width=width, steps=steps, seed=seed, sampler=sampler, storage=storage, study_name=study,
                 out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
-                on_event=progress.event,
+                quality_floor=floor, reference_steps=reference_steps, on_event=progress.event,
             )
     except SearchInterrupted as stop:
         console.print(f"[yellow]{stop}[/yellow]")
         raise typer.Exit(130) from None
     _print_outcome(outcome)
+    if report:
+        _write_search_report(outcome)
 
 
 class SearchProgress:
@@ -145,19 +157,49 @@ class SearchProgress:
 
 def _print_outcome(outcome) -> None:
     table = Table(title=f"Best of {outcome.trials} trials vs the default configuration, measured in the same run")
-    for column in ("configuration", "images/s", "spread", "s/call", "peak memory", "batch", "vs default"):
+    metric = outcome.profile.goal.quality_floor.metric if outcome.profile.goal.quality_floor else "ssim"
+    columns = ["configuration", "images/s", "spread", "s/call", "peak memory", "batch", "vs default"]
+    if outcome.reference is not None:
+        columns.append(metric)
+    for column in columns:
         table.add_column(column, justify="right" if column != "configuration" else "left")
     base = outcome.baseline.images_per_s.median
-    for label, candidate in (("default", outcome.baseline), ("autotune", outcome.best)):
+    rows = [("default", outcome.baseline), ("autotune", outcome.best)]
+    if outcome.profile_set is not None:
+        rows = [("default", outcome.baseline)] + [
+            (name, next(c for c in outcome.candidates if c.label == f"trial {profile.provenance.trial}"))
+            for name, profile in ((n, outcome.profile_set.pick(n)) for n in outcome.profile_set.picks)]
+    for label, candidate in rows:
         rate = candidate.images_per_s
-        table.add_row(label, f"{rate.median:.2f}", f"{rate.cv:.0%}", f"{candidate.latency.median:.3f}",
-                      format_size(candidate.peak_memory_bytes), str(candidate.batch_size),
-                      f"{rate.median / base:.2f}x" if base else "-")
+        cells = [label, f"{rate.median:.2f}", f"{rate.cv:.0%}", f"{candidate.latency.median:.3f}",
+                 format_size(candidate.peak_memory_bytes), str(candidate.batch_size),
+                 f"{rate.median / base:.2f}x" if base else "-"]
+        if outcome.reference is not None:
+            cells.append(f"{candidate.quality[metric]:.4g}" if metric in candidate.quality else "-")
+        table.add_row(*cells)
     console.print(table)
     changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
     console.print("settings: " + (", ".join(f"{k}={_show(v)}" for k, v in changed.items()) or "defaults"))
     console.print(f"study {outcome.study_name} in {outcome.storage}")
-    console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
+    if outcome.profile_set is not None:
+        console.print(f"profile set of {len(outcome.profile_set.profiles)} Pareto-optimal configurations written to "
+                      f"[bold]{outcome.profile_path}[/bold]; apply one with "
+                      f"apply_profile(pipe, \"{outcome.profile_path}#balanced\")")
+    else:
+        console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
+
+
+def _write_search_report(outcome) -> None:
+    import optuna
+
+    from .report import load_images, write_report
+
+    if outcome.profile_path is None:
+        return
+    study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url)
+    images = load_images(outcome.images_path) if outcome.images_path else None
+    path = write_report(study, outcome.profile_path.with_suffix(".html"), outcome.profile, images)
+    console.print(f"report written to [bold]{path}[/bold]")
 
 
 def _parse_pins(pins: list[str]) -> dict[str, object]:
@@ -247,13 +289,16 @@ def profiles_validate(
     files: Annotated[list[str], typer.Argument(help="profile files to check (for an app's CI)")],
 ) -> None:
     """Check profile files: schema, values, and contradictions; exit 1 when any file has a problem."""
-    from .library import check_profile
+    from .library import check_profile, profile_picks
     from .profile import load_profile
 
     bad = 0
     for file in files:
         try:
-            problems = check_profile(load_profile(file))
+            picks = profile_picks(Path(file)) if Path(file).is_file() else []
+            problems = [f"{pick}: {problem}" for pick in picks for problem in check_profile(load_profile(file, pick))]
+            if not picks:
+                problems = check_profile(load_profile(file))
         except ProfileError as error:
             problems = [str(error).removeprefix(f"{file}: ")]
         if problems:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from diffusers import DiffusionPipeline
 
 from . import knobs, pipelines
@@ -102,11 +103,28 @@ def list_profiles(search_path: SearchPath = None) -> list[Entry]:
             entry = Entry(path.stem, path, folder.origin, shadowed_by=first.get(path.stem))
             first.setdefault(path.stem, path)
             try:
+                picks = profile_picks(path)
+                if picks:  # a profile set: one entry per pick, named NAME#PICK
+                    for pick in picks:
+                        entries.append(Entry(f"{path.stem}#{pick}", path, folder.origin,
+                                             shadowed_by=entry.shadowed_by, profile=load_profile(path, pick)))
+                    continue
                 entry.profile = load_profile(path)
             except ProfileError as error:
                 entry.error = str(error)
             entries.append(entry)
     return entries
+
+
+def profile_picks(path: Path) -> list[str]:
+    """The pick names of a profile set file; empty for a single profile."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    if isinstance(data, dict) and isinstance(data.get("picks"), dict) and "profiles" in data:
+        return [str(name) for name in data["picks"]]
+    return []
 
 
 def check_profile(profile: Profile) -> list[str]:

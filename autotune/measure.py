@@ -39,6 +39,8 @@ class Measurement:
     peak_memory_bytes: int = 0
     image_problem: str | None = None
     images: np.ndarray | None = None
+    # The first image of the latest call for each prompt: the same image at any batch size, so it is scored for quality.
+    first_images: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def latency(self) -> Stat:
@@ -86,6 +88,7 @@ def measure(
         index = len(result.latency_s)
         seconds, images = _timed_call(pipe, workload, call_kwargs, index, cuda)
         result.latency_s.append(seconds)
+        result.first_images[index % len(workload.prompts)] = images[0]
         if _stable(result.latency_s, repeats) or time.perf_counter() - started > repeats.max_seconds:
             if len(result.latency_s) >= min(2, repeats.min_runs):
                 break

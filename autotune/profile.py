@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, model_validator
 
 from . import knobs
 from .exceptions import ProfileError
@@ -43,8 +43,14 @@ class Workload(_Strict):
 
 
 class QualityFloor(_Strict):
+    """The score every image had to reach against the reference rendering (the same prompts and seeds at
+    `reference_steps`, fp32, the pipeline's own scheduler); `relative_percent` when it was given as a drop from the
+    reference's own noise floor."""
+
     metric: Literal["psnr", "ssim", "lpips", "clip"]
     min: float
+    reference_steps: PositiveInt | None = None
+    relative_percent: float | None = Field(default=None, le=0)
 
 
 class Goal(_Strict):
@@ -77,6 +83,7 @@ class Provenance(_Strict):
     storage: str | None = None
     created: datetime
     autotune: str | None = None
+    trial: int | None = Field(default=None, ge=0)  # the study's trial this configuration came from
 
 
 Settings = create_model(
@@ -127,6 +134,41 @@ class Profile(_Strict):
         return write_atomic(path, self.to_yaml())
 
 
+PICKS = ("fastest", "balanced", "smallest")
+
+
+class ProfileSet(_Strict):
+    """The Pareto-optimal profiles of one search, fastest first, with named picks (index into `profiles`).
+
+    >>> profile = load_profile("sd15.yaml#balanced")  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
+    picks: dict[str, int]
+    profiles: list[Profile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _picks_point_at_profiles(self) -> ProfileSet:
+        for name, index in self.picks.items():
+            if not 0 <= index < len(self.profiles):
+                raise ValueError(f"pick {name!r} points at profile {index}, but the set has {len(self.profiles)}")
+        return self
+
+    def pick(self, name: str) -> Profile:
+        if name not in self.picks:
+            raise ProfileError(f"no pick {name!r} in this profile set; picks: {', '.join(self.picks)}")
+        return self.profiles[self.picks[name]]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True,
+                              default_flow_style=False, width=120)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_atomic(path, self.to_yaml())
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -140,24 +182,68 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
         raise ProfileError(f"{source}: {describe_errors(error)}") from None
 
 
-def load_profile(path: str | os.PathLike) -> Profile:
-    """Read a profile file (YAML, or JSON, which is YAML too), naming the field of any bad value."""
+def split_pick(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """`sets/sd15.yaml#balanced` -> (Path("sets/sd15.yaml"), "balanced"); a plain path has no pick."""
+    text = os.fspath(path)
+    if "#" in text and not Path(text).exists():
+        text, pick = text.rsplit("#", 1)
+        return Path(text), pick or None
+    return Path(text), None
+
+
+def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
+    """Read a profile file (YAML, or JSON, which is YAML too), naming the field of any bad value.
+
+    A profile set (from a Pareto search) needs a pick: `load_profile("set.yaml#balanced")` or `pick="balanced"`.
+    """
+    path, named = split_pick(path)
+    if named and pick and named != pick:
+        raise ProfileError(f"{path}: two picks given, {named!r} in the path and {pick!r}")
+    data = _read_yaml(path)
+    if isinstance(data, dict) and "profiles" in data:
+        profiles = profile_set_from_dict(data, str(path))
+        if not (pick or named):
+            raise ProfileError(f"{path}: a profile set; name a pick as {path}#PICK or pick= "
+                               f"(picks: {', '.join(profiles.picks)})")
+        return profiles.pick(pick or named)
+    if pick or named:
+        raise ProfileError(f"{path}: a single profile, not a profile set; it has no pick {pick or named!r}")
+    return profile_from_dict(data, str(path))
+
+
+def load_profile_set(path: str | os.PathLike) -> ProfileSet:
     path = Path(path)
+    return profile_set_from_dict(_read_yaml(path), str(path))
+
+
+def profile_set_from_dict(data: Any, source: str = "profile set") -> ProfileSet:
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile set is a mapping of fields, got {type(data).__name__}")
+    try:
+        return ProfileSet.model_validate(data)
+    except ValidationError as error:
+        raise ProfileError(f"{source}: {describe_errors(error)}") from None
+
+
+def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ProfileError(f"{path}: cannot read the profile ({error.strerror or error})") from None
-    return profile_from_text(text, str(path))
+    return _parse_yaml(text, str(path))
 
 
-def profile_from_text(text: str, source: str = "profile") -> Profile:
+def _parse_yaml(text: str, source: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ProfileError(f"{source}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-    return profile_from_dict(data, source)
+
+
+def profile_from_text(text: str, source: str = "profile") -> Profile:
+    return profile_from_dict(_parse_yaml(text, source), source)
 
 
 def describe_errors(error: ValidationError) -> str:

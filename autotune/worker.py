@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from diffusers import DiffusionPipeline
@@ -186,6 +187,19 @@ class _WorkerState:
         self._pristine: DiffusionPipeline | None = None
         self.kept: DiffusionPipeline | None = None
         self.kept_kwargs: dict[str, Any] = {}
+        self._references: dict[str, Any] = {}
+
+    def score(self, pipe, workload, call_kwargs: dict, first_images: dict, task: dict) -> dict[str, float]:
+        """Fidelity of this trial's images to the reference; prompts the timed calls did not reach are rendered."""
+        from . import quality
+
+        path = task["reference_path"]
+        if path not in self._references:
+            self._references[path] = quality.load_reference(path)[0]
+        missing = [index for index in range(len(workload.prompts)) if index not in first_images]
+        images = {**first_images, **quality.render(pipe, workload, call_kwargs, missing)}
+        return quality.score(quality.stack(images, len(workload.prompts)), self._references[path],
+                             tuple(task.get("metrics", quality.DEFAULT_METRICS)), workload.prompts)
 
     def fresh_pipeline(self) -> DiffusionPipeline:
         """A pipeline no trial has touched: the model is loaded once, each trial works on a copy."""
@@ -246,14 +260,19 @@ def _trial(state: _WorkerState, task: dict) -> dict:
             break
         summary = result.summary()
         measured.append(summary)
+        if task.get("reference_path") and "quality" not in measured[0] and not result.image_problem:
+            # Scored once, at the first batch: the knobs that change the image do so at every batch size alike.
+            summary["quality"] = state.score(pipe, workload, kwargs, result.first_images, task)
         if result.image_problem or (budget and result.peak_memory_bytes > budget):
             break
         if result.images_per_s.median * task.get("prune_ratio", 2.0) < best_at.get(batch, 0.0):
             break
         if not _worth_a_bigger_batch(measured, budget, task.get("min_gain", 0.05)):
             break
+    quality = next((entry["quality"] for entry in measured if "quality" in entry), None)
     # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
-    return {"settings": settings, "batches": measured, "recycle": any("oom" in entry for entry in measured)}
+    return {"settings": settings, "batches": measured, "quality": quality,
+            "recycle": any("oom" in entry for entry in measured)}
 
 
 def _worth_a_bigger_batch(measured: list[dict], budget: int | None, min_gain: float) -> bool:
@@ -299,7 +318,38 @@ def _time(state: _WorkerState, task: dict) -> dict:
               "image_problem": result.image_problem}
     if result.images is not None:
         answer["images"] = result.images
+    if task.get("render"):
+        from . import quality
+
+        workload = Workload(**task["workload"])
+        missing = [index for index in range(len(workload.prompts)) if index not in result.first_images]
+        rendered = {**result.first_images, **quality.render(state.kept, workload, state.kept_kwargs, missing)}
+        answer["rendered"] = quality.stack(rendered, len(workload.prompts))
     return answer
+
+
+def _reference(state: _WorkerState, task: dict) -> dict:
+    """Render the reference (fp32, the pipeline's own scheduler, the reference steps) twice, and cache it.
+
+    The second rendering scored against the first is the noise floor: what the same configuration varies by here.
+    """
+    from . import quality
+    from .apply import apply_settings
+    from .measure import image_problem
+    from .profile import Workload
+
+    pipe = state.fresh_pipeline()
+    apply_settings(pipe, {}, state.hardware, fallback=False)
+    workload = Workload(**task["workload"])
+    kwargs = {"num_inference_steps": task["steps"]}
+    first = quality.stack(quality.render(pipe, workload, kwargs), len(workload.prompts))
+    second = quality.stack(quality.render(pipe, workload, kwargs), len(workload.prompts))
+    problem = image_problem(first)
+    if problem:
+        raise RuntimeError(f"the reference configuration renders unusable images ({problem})")
+    noise_floor = quality.score(second, first, tuple(task.get("metrics", quality.DEFAULT_METRICS)), workload.prompts)
+    quality.save_reference(Path(task["path"]), first, noise_floor)
+    return {"noise_floor": noise_floor}
 
 
 def _log(state: _WorkerState, task: dict) -> dict:
@@ -307,7 +357,8 @@ def _log(state: _WorkerState, task: dict) -> dict:
     return {}
 
 
-_HANDLERS = {"describe": _describe, "log": _log, "trial": _trial, "prepare": _prepare, "time": _time}
+_HANDLERS = {"describe": _describe, "log": _log, "trial": _trial, "prepare": _prepare, "time": _time,
+             "reference": _reference}
 
 
 def _is_oom(error: BaseException) -> bool:

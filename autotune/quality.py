@@ -1,0 +1,191 @@
+"""Image fidelity against a reference rendering: the reference, its on-disk cache, the metrics, the floor.
+
+The reference is the workload's prompts and seeds rendered by the reference configuration (fp32, the pipeline's own
+scheduler, `reference_steps`), one image per prompt. A trial renders the same prompts and seeds and is scored against
+it. Rendering once per prompt with its own seed makes the first image of a batch the same image at any batch size, so
+the timed calls of a trial double as its quality renders. This module knows nothing of Optuna.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .exceptions import AutotuneError
+
+# Reference fidelity metrics (higher is better) and alignment metrics that need a model the user has locally.
+METRICS = ("psnr", "ssim", "lpips", "clip")
+DEFAULT_METRICS = ("psnr", "ssim")
+# Identical images have an infinite PSNR; YAML and the samplers want a number.
+PSNR_CAP = 100.0
+DEFAULT_REFERENCE_STEPS = 50
+
+
+@dataclass(frozen=True)
+class FloorSpec:
+    """`--quality-floor` as given: `ssim=0.90` (absolute) or `ssim=-5%` (relative to the reference's noise floor)."""
+
+    metric: str
+    value: float
+    relative: bool = False
+
+    def resolve(self, noise_floor: dict[str, float]) -> float:
+        """The absolute minimum score: a relative floor is taken off the reference-vs-reference score."""
+        if not self.relative:
+            return self.value
+        return noise_floor[self.metric] * (1 + self.value / 100)
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:+g}%" if self.relative else f"{self.metric}={self.value:g}"
+
+
+def parse_floor(text: str) -> FloorSpec:
+    """`ssim=0.9`, `psnr=30`, `ssim=-5%` -> FloorSpec; a clear error for anything else."""
+    match = re.fullmatch(r"\s*([a-z]+)\s*=\s*([-+]?[0-9]*\.?[0-9]+)\s*(%?)\s*", text or "")
+    if not match:
+        raise AutotuneError(f"--quality-floor {text!r}: expected METRIC=VALUE such as ssim=0.90, psnr=30 or ssim=-5%")
+    metric, value, percent = match.group(1), float(match.group(2)), bool(match.group(3))
+    if metric not in METRICS:
+        raise AutotuneError(f"--quality-floor {text!r}: unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    if percent and not -100 < value <= 0:
+        raise AutotuneError(f"--quality-floor {text!r}: a relative floor is a drop from the reference, "
+                            "between -100% and 0%")
+    if metric == "ssim" and not percent and not -1 <= value <= 1:
+        raise AutotuneError(f"--quality-floor {text!r}: SSIM lies between -1 and 1")
+    return FloorSpec(metric, value, percent)
+
+
+# ---- rendering ----
+
+
+def render(pipe: Any, workload: Any, call_kwargs: dict[str, Any], prompts: list[int] | None = None) -> dict[int, Any]:
+    """The first image of each prompt's call, rendered with that prompt's seed: prompt index -> HxWx3 floats."""
+    from .measure import _call
+
+    indices = range(len(workload.prompts)) if prompts is None else prompts
+    return {index: _call(pipe, workload, call_kwargs, index, cuda=False)[0] for index in indices}
+
+
+def stack(images_by_prompt: dict[int, np.ndarray], n_prompts: int) -> np.ndarray:
+    return np.stack([np.asarray(images_by_prompt[index], dtype=np.float32) for index in range(n_prompts)])
+
+
+# ---- the reference cache ----
+
+
+def cache_dir() -> Path:
+    """`AUTOTUNE_CACHE`, else `$XDG_CACHE_HOME/autotune`, else `~/.cache/autotune`."""
+    if os.environ.get("AUTOTUNE_CACHE"):
+        return Path(os.environ["AUTOTUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotune"
+
+
+def reference_key(model_id: str, workload: dict[str, Any], steps: int, device: str, versions: dict[str, Any]) -> str:
+    """What a reference rendering depends on: the model, the workload, the steps, the device and library versions."""
+    identity = {"model": model_id, "workload": workload, "steps": steps, "device": device,
+                "torch": versions.get("torch"), "diffusers": versions.get("diffusers"),
+                "transformers": versions.get("transformers")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def reference_path(key: str) -> Path:
+    return cache_dir() / "references" / f"{key}.npz"
+
+
+def save_reference(path: Path, images: np.ndarray, noise_floor: dict[str, float]) -> Path:
+    """Write atomically: two searches sharing a cache never read half a file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images, noise_floor=json.dumps(noise_floor))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(buffer.getvalue())
+    os.replace(temporary, path)
+    return path
+
+
+def load_reference(path: str | Path) -> tuple[np.ndarray, dict[str, float]]:
+    with np.load(path) as data:
+        return data["images"], json.loads(str(data["noise_floor"]))
+
+
+# ---- metrics ----
+
+
+def score(images: np.ndarray, reference: np.ndarray, metrics: tuple[str, ...] = DEFAULT_METRICS,
+          prompts: list[str] | None = None) -> dict[str, float]:
+    """Mean fidelity of `images` to `reference` (both N x H x W x 3 in [0, 1]), per metric; higher is better.
+
+    PSNR and SSIM are torchmetrics'. LPIPS (reported as 1 - distance, so that higher is better) and CLIP score
+    need their models on this machine; they are never downloaded.
+    """
+    import torch
+
+    produced = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
+    wanted = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
+    if produced.shape != wanted.shape:
+        raise AutotuneError(f"images of shape {tuple(produced.shape)} cannot be scored against a reference of "
+                            f"shape {tuple(wanted.shape)}")
+    if not torch.isfinite(produced).all():
+        return {metric: _worst(metric) for metric in metrics}
+    scores = {}
+    for metric in metrics:
+        if metric == "psnr":
+            scores[metric] = _psnr(produced, wanted)
+        elif metric == "ssim":
+            from torchmetrics.functional.image import structural_similarity_index_measure
+
+            scores[metric] = float(structural_similarity_index_measure(produced, wanted, data_range=1.0))
+        elif metric == "lpips":
+            scores[metric] = 1.0 - _lpips(produced, wanted)
+        elif metric == "clip":
+            scores[metric] = _clip(produced, prompts or [])
+        else:
+            raise AutotuneError(f"unknown quality metric {metric!r}; use one of {', '.join(METRICS)}")
+    return scores
+
+
+def _psnr(produced, wanted) -> float:
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    # Per image, then averaged: one identical image must not make the mean infinite.
+    values = [min(PSNR_CAP, float(peak_signal_noise_ratio(a[None], b[None], data_range=1.0)))
+              for a, b in zip(produced, wanted, strict=True)]
+    return float(np.mean(values))
+
+
+def _worst(metric: str) -> float:
+    return {"psnr": 0.0, "ssim": -1.0, "lpips": 0.0, "clip": 0.0}[metric]
+
+
+def _lpips(produced, wanted) -> float:
+    try:
+        from torchmetrics.functional.image import learned_perceptual_image_patch_similarity
+
+        return float(learned_perceptual_image_patch_similarity(produced * 2 - 1, wanted * 2 - 1, net_type="alex"))
+    except Exception as error:  # torchvision or the LPIPS weights missing
+        raise AutotuneError(f"LPIPS needs torchvision and the LPIPS weights on this machine ({error}); "
+                            "use psnr or ssim") from None
+
+
+def _clip(produced, prompts: list[str]) -> float:
+    model = os.environ.get("AUTOTUNE_CLIP_MODEL")
+    if not model or not Path(model).is_dir():
+        raise AutotuneError("the CLIP score needs a local CLIP model folder in AUTOTUNE_CLIP_MODEL "
+                            "(it is never downloaded); use psnr or ssim")
+    import torch
+    from torchmetrics.functional.multimodal import clip_score
+
+    texts = [prompts[index % len(prompts)] for index in range(len(produced))]
+    return float(clip_score((produced * 255).to(torch.uint8), texts, model_name_or_path=model))
+
+
+def meets(scores: dict[str, float], metric: str, minimum: float) -> bool:
+    return scores.get(metric, _worst(metric)) >= minimum

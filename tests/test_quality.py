@@ -1,0 +1,161 @@
+"""Quality as a goal: the floor's syntax, the metrics, the reference cache, searches with a floor, the Pareto set."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from autotune import knobs, quality
+from autotune.apply import apply_profile
+from autotune.exceptions import AutotuneError, ProfileError
+from autotune.pipelines import tiny_sd
+from autotune.profile import load_profile, load_profile_set
+from autotune.search import Candidate, choose_picks, pareto_front, run_search
+
+# Cheap and still meaningful: a 6-step reference, 3-step workload, batches of 1 and 2, one re-measure round.
+SMALL = dict(height=64, width=64, steps=3, reference_steps=6, max_batch=2, rounds=1, top_k=2,
+             pinned={"compile": "none"}, trial_timeout_s=300)
+
+
+@pytest.fixture(autouse=True)
+def reference_cache(tmp_path_factory, monkeypatch):
+    # One cache for this module's searches (workers inherit the environment): each reference is rendered once.
+    monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "autotune-cache"))
+
+
+@pytest.mark.parametrize("text, metric, value, relative", [
+    ("ssim=0.90", "ssim", 0.90, False), ("psnr=30", "psnr", 30.0, False), ("ssim=-5%", "ssim", -5.0, True),
+    (" psnr = 35.5 ", "psnr", 35.5, False),
+])
+def test_floor_syntax(text, metric, value, relative):
+    assert quality.parse_floor(text) == quality.FloorSpec(metric, value, relative)
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("ssim", "expected METRIC=VALUE"), ("fid=3", "unknown metric 'fid'"), ("ssim=5%", "a drop from the reference"),
+    ("ssim=1.5", "between -1 and 1"), ("psnr=abc", "expected METRIC=VALUE"),
+])
+def test_bad_floors_name_the_problem(text, complaint):
+    with pytest.raises(AutotuneError, match=complaint):
+        quality.parse_floor(text)
+
+
+def test_a_relative_floor_is_taken_off_the_reference_noise_floor():
+    assert quality.parse_floor("ssim=-5%").resolve({"ssim": 0.98}) == pytest.approx(0.931)
+    assert quality.parse_floor("psnr=30").resolve({"psnr": 100.0}) == 30.0
+
+
+def test_scores_rank_closeness_to_the_reference_and_nan_is_the_worst():
+    rng = np.random.default_rng(0)
+    reference = rng.random((2, 32, 32, 3), dtype=np.float32)
+    slightly = np.clip(reference + rng.normal(0, 0.01, reference.shape), 0, 1).astype(np.float32)
+    badly = np.clip(reference + rng.normal(0, 0.2, reference.shape), 0, 1).astype(np.float32)
+
+    same, close, far = (quality.score(images, reference) for images in (reference, slightly, badly))
+    assert same == {"psnr": quality.PSNR_CAP, "ssim": pytest.approx(1.0)}
+    assert same["psnr"] > close["psnr"] > far["psnr"] and same["ssim"] > close["ssim"] > far["ssim"]
+    assert close["psnr"] == pytest.approx(40, abs=1)  # noise of 0.01 is 40 dB
+    poisoned = reference.copy()
+    poisoned[0, 0, 0, 0] = np.nan
+    assert quality.score(poisoned, reference) == {"psnr": 0.0, "ssim": -1.0}
+    with pytest.raises(AutotuneError, match="cannot be scored"):
+        quality.score(reference[:1], reference)
+
+
+def test_models_that_are_not_here_are_refused_not_downloaded(monkeypatch):
+    monkeypatch.delenv("AUTOTUNE_CLIP_MODEL", raising=False)
+    images = np.zeros((1, 8, 8, 3), dtype=np.float32)
+    with pytest.raises(AutotuneError, match="never downloaded"):
+        quality.score(images, images, ("clip",), ["a cat"])
+
+
+def test_the_reference_cache_key_follows_what_the_rendering_depends_on(tmp_path):
+    workload = {"height": 64, "width": 64, "prompts": ["a"], "seed": 0, "guidance_scale": 7.5}
+    versions = {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.24.0"}
+    key = quality.reference_key("builtin:tiny-sd", workload, 50, "cpu", versions)
+    assert key == quality.reference_key("builtin:tiny-sd", dict(workload), 50, "cpu", dict(versions))
+    assert key != quality.reference_key("builtin:tiny-sd", workload, 20, "cpu", versions)
+    assert key != quality.reference_key("builtin:tiny-sd", {**workload, "seed": 1}, 50, "cpu", versions)
+    assert key != quality.reference_key("builtin:tiny-sd", workload, 50, "cpu", {**versions, "diffusers": "0.43"})
+    images = np.random.default_rng(1).random((1, 4, 4, 3), dtype=np.float32)
+    quality.save_reference(tmp_path / "r.npz", images, {"ssim": 1.0})
+    loaded, noise = quality.load_reference(tmp_path / "r.npz")
+    assert np.array_equal(loaded, images) and noise == {"ssim": 1.0}
+
+
+def rescore(profile, reference):
+    """Render the profile's configuration here, in this process, and score it: independent of the search's workers."""
+    pipe = apply_profile(tiny_sd(), profile)
+    pipe.set_progress_bar_config(disable=True)
+    images = quality.render(pipe, profile.workload, knobs.call_kwargs(profile.settings_dict()))
+    return quality.score(quality.stack(images, len(profile.workload.prompts)), reference)
+
+
+@pytest.mark.slow
+def test_a_floor_is_met_by_the_chosen_configuration_when_rescored(tmp_path):
+    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=5, out=tmp_path / "floor.yaml",
+                         quality_floor="psnr=35", **SMALL)
+
+    profile = load_profile(tmp_path / "floor.yaml")
+    assert profile.goal.quality_floor.metric == "psnr" and profile.goal.quality_floor.min == 35
+    assert profile.goal.quality_floor.reference_steps == 6
+    assert profile.metrics.quality["psnr"] >= 35
+    assert rescore(profile, outcome.reference)["psnr"] >= 35
+    study = optuna.load_study(study_name=profile.provenance.study, storage=f"sqlite:///{tmp_path / 'floor.db'}")
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert {"scheduler", "steps", "precision"} <= set(study.trials[-1].params)  # they joined the search
+    for trial in finished:  # every scored trial: infeasible exactly when under the floor
+        if trial.user_attrs.get("quality"):
+            assert (trial.constraints["quality"] > 0) == (trial.user_attrs["quality"]["psnr"] < 35)
+    assert (tmp_path / "floor.images.npz").exists()
+
+
+@pytest.mark.slow
+def test_a_floor_only_the_reference_meets_keeps_its_scheduler_and_steps(tmp_path):
+    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=4, out=None, quality_floor="psnr=60", **SMALL)
+
+    settings = outcome.profile.settings_dict()
+    assert settings["scheduler"] == "default" and settings["steps"] == 6
+    assert outcome.best.quality["psnr"] >= 60
+    assert outcome.baseline.quality["psnr"] < 60  # the default 3 steps do not
+
+
+@pytest.mark.slow
+def test_a_pareto_search_writes_a_profile_set_whose_picks_apply(tmp_path):
+    out = tmp_path / "front.yaml"
+    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=5, out=out, objective="pareto", **SMALL)
+
+    front = load_profile_set(out)
+    assert front == outcome.profile_set  # the YAML round trip loses nothing
+    assert set(front.picks) == {"fastest", "balanced", "smallest"}
+    rates = [p.metrics.images_per_s.median for p in front.profiles]
+    assert front.picks["fastest"] == rates.index(max(rates))
+    for pick in front.picks:
+        chosen = front.pick(pick)
+        assert load_profile(f"{out}#{pick}") == chosen
+        for pipe in (apply_profile(tiny_sd(), f"{out}#{pick}"), apply_profile(tiny_sd(), out, pick=pick)):
+            for name in ("precision", "attention", "channels_last"):
+                assert knobs.get(name).read(pipe) == chosen.settings_dict()[name]
+        assert chosen.metrics.quality["ssim"] <= 1.0
+    with pytest.raises(ProfileError, match="name a pick"):
+        load_profile(out)
+    with pytest.raises(ProfileError, match="no pick 'nicest'"):
+        load_profile(f"{out}#nicest")
+
+
+def candidate(label, rate, memory, ssim):
+    made = Candidate(label, {"batch_size": 1}, latency_s=[1 / rate], peak_memory_bytes=memory)
+    made.quality = {"ssim": ssim}
+    return made
+
+
+def test_the_front_drops_dominated_configurations_and_picks_name_the_extremes():
+    fast = candidate("fast", 10.0, 900, 0.90)
+    small = candidate("small", 2.0, 100, 0.95)
+    middle = candidate("middle", 6.0, 300, 0.99)
+    worse = candidate("worse", 5.0, 400, 0.98)  # beaten by middle on all three
+    front = pareto_front([small, worse, fast, middle], "ssim")
+    assert [c.label for c in front] == ["fast", "middle", "small"]
+    picks = choose_picks(front, "ssim")
+    assert picks == {"fastest": 0, "balanced": 1, "smallest": 2}
