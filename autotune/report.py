@@ -238,14 +238,14 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def _figure(make: Callable[[], Any], anchor: str, empty: str) -> str:
+def _figure(make: Callable[[], Any], anchor: str, empty: str, height: int = 440) -> str:
     # Optuna warns about small studies on stderr; the page says what matters instead.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         figure = make()
     if not figure.data:
         return _note(empty)
-    figure.update_layout(height=440, margin={"t": 50, "b": 40})
+    figure.update_layout(height=height, margin={"t": 50, "b": 40})
     return figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{anchor}", config=_PLOT_CONFIG)
 
 
@@ -264,7 +264,8 @@ def _tradeoff(study: optuna.Study, trials: list[FrozenTrial], names: list[str], 
     else:
         def make():
             return _speed_memory_scatter(study, [t for t in trials if _measured(t)], profile)
-    return _figure(make, "tradeoff", "No trial has been measured yet.") + caption
+    height = 640 if len(study.directions) == 3 else 440  # a 3-D plot needs the room
+    return _figure(make, "tradeoff", "No trial has been measured yet.", height) + caption
 
 
 def _speed_memory_scatter(study: optuna.Study, trials: list[FrozenTrial], profile: Profile | None):
@@ -317,8 +318,15 @@ def _importances(study: optuna.Study, trials: list[FrozenTrial], names: list[str
     # With too few trials Optuna rates every knob alike: that says nothing, so the page says so instead.
     if len(set(importances.values())) <= 1:
         return too_few
-    make = (lambda: plot_param_importances(study, target_name=names[0])) if not _multi(study) else (
-        lambda: plot_param_importances(study))
+    if not _multi(study):
+        return _figure(lambda: plot_param_importances(study, target_name=names[0]), "importances",
+                       "No knob varied between trials.")
+
+    def make():
+        figure = plot_param_importances(study)
+        # Without metric names Optuna labels the objectives by index.
+        labels = {f"Objective Value {i}": name for i, name in enumerate(names)}
+        return figure.for_each_trace(lambda trace: trace.update(name=labels.get(trace.name, trace.name)))
     return _figure(make, "importances", "No knob varied between trials.")
 
 
@@ -430,8 +438,9 @@ def _top_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile 
         "rank", "trial", "settings (changed from defaults)", "batch", "images/s", "peak memory", "quality",
         "feasible, or why not"))
     shown = min(len(trials), TOP_CONFIGURATIONS)
-    return (f'<p>The best {shown} of {len(trials)} completed trials, as measured during the search (the chosen '
-            f'profile was re-measured afterwards: its numbers are in the summary).</p>\n'
+    order = "the Pareto front first, by images/s" if _multi(study) else "best first"
+    remeasured = " The chosen profile was re-measured afterwards: its numbers are in the summary." if chosen else ""
+    return (f"<p>{shown} of {len(trials)} completed trials, {order}, as measured during the search.{remeasured}</p>\n"
             f'<table class="top"><thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody></table>")
 
 
@@ -456,8 +465,9 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], profile: Profile | 
                                              if k in knobs.KNOBS and v != knobs.get(k).default) or "defaults"))
     elif trials and _feasible(best := _ranked(study, trials)[0]):
         rate = best.user_attrs.get("images_per_s")
-        rows.append(("best trial", f"trial {best.number}: " + (f"{rate:.3g} images/s, " if rate else "")
-                     + f"{format_size(best.user_attrs.get('peak_memory_bytes'))} peak, "
+        measured = f"{rate:.3g} images/s, " if rate is not None else ""
+        rows.append(("fastest on the Pareto front" if _multi(study) else "best trial",
+                     f"trial {best.number}: {measured}{format_size(best.user_attrs.get('peak_memory_bytes'))} peak, "
                      + _changed_settings(study, best)))
     if profile is not None and profile.provenance is not None:
         provenance = profile.provenance
