@@ -208,7 +208,10 @@ def write_report(
         title=html.escape(title), css=_CSS, error_recorder=_ERROR_RECORDER, plotly=plotly.offline.get_plotlyjs(),
         summary=_summary(study, trials, profile), sections="\n".join(sections),
     )
-    return write_atomic(out, page)
+    try:
+        return write_atomic(out, page)
+    except OSError as error:
+        raise ReportError(f"{out}: cannot write the report ({error.strerror or error})") from None
 
 
 def _multi(study: optuna.Study) -> bool:
