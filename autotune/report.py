@@ -172,7 +172,7 @@ def _load_study(url: str, name: str | None) -> optuna.Study:
 
 
 def _redact(url: str) -> str:
-    from .search import redact  # search imports the workers' code; only needed on this path
+    from .search import redact  # here, not at the top: the search imports this module for save_images
 
     return redact(url)
 
