@@ -385,6 +385,23 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    source: Annotated[str, typer.Argument(metavar="STUDY_OR_PROFILE",
+                                          help="a profile YAML, a study's SQLite .db file, or a storage URL")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="the HTML file to write (default: next to "
+                                                                       "the profile or .db, as <stem>.html)")] = None,
+    study: Annotated[str | None, typer.Option(help="study name (needed when the storage holds several)")] = None,
+    storage: Annotated[str | None, typer.Option(help="storage URL instead of the one the profile records")] = None,
+) -> None:
+    """Write one self-contained HTML page about a search: trade-offs, knob importances, history, top
+    configurations, and the reference images beside the chosen configurations'."""
+    from .report import report_source, write_report
+
+    found = report_source(source, study_name=study, storage=storage)
+    print(write_report(found.study, output or found.default_output, found.profile, found.images))
+
+
 def _show(value: object) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
