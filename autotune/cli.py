@@ -192,7 +192,8 @@ def _print_outcome(outcome) -> None:
 def _write_search_report(outcome) -> None:
     import optuna
 
-    from .report import load_images, write_report
+    from .quality import load_images
+    from .report import write_report
 
     if outcome.profile_path is None:
         return

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,50 @@ def save_reference(path: Path, images: np.ndarray, noise_floor: dict[str, float]
 def load_reference(path: str | Path) -> tuple[np.ndarray, dict[str, float]]:
     with np.load(path) as data:
         return data["images"], json.loads(str(data["noise_floor"]))
+
+
+# ---- the images sidecar (for the report) ----
+
+
+def images_path(profile_path: str | os.PathLike) -> Path:
+    """The images sidecar of a profile: `tiny.yaml` -> `tiny.images.npz`."""
+    path = Path(profile_path)
+    return path.with_name(f"{path.stem}.images.npz")
+
+
+def save_images(path: str | os.PathLike, images: dict[str, np.ndarray]) -> Path:
+    """Save label -> (prompts, H, W, 3) arrays in [0, 1], atomically; `"reference"` is the reference rendering."""
+    path = Path(path)
+    for label, array in images.items():
+        _check_images(label, np.asarray(array))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez_compressed(out, **images)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_images(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read what `save_images` wrote, in the order it was written."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images = {label: archive[label] for label in archive.files}
+    except (OSError, ValueError) as error:
+        raise AutotuneError(f"{path}: cannot read the images ({error})") from None
+    for label, array in images.items():
+        _check_images(label, array)
+    return images
+
+
+def _check_images(label: str, array: np.ndarray) -> None:
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise AutotuneError(f"images {label!r}: expected (prompts, height, width, 3), got shape {array.shape}")
 
 
 # ---- metrics ----

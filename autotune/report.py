@@ -15,7 +15,6 @@ import html
 import io
 import math
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +31,8 @@ from . import knobs
 from .exceptions import AutotuneError
 from .hardware import Hardware
 from .profile import Profile, load_profile, profile_from_dict, write_atomic
+from .quality import PSNR_CAP, images_path, load_images, score
+from .search import _feasible, redact
 from .units import format_size
 
 REFERENCE = "reference"  # the images key of the reference rendering
@@ -54,50 +55,6 @@ class ReportSource:
     profile: Profile | None
     images: dict[str, np.ndarray] | None
     default_output: Path
-
-
-# ---- images sidecar ----
-
-
-def images_path(profile_path: str | os.PathLike) -> Path:
-    """The images sidecar of a profile: `tiny.yaml` -> `tiny.images.npz`."""
-    path = Path(profile_path)
-    return path.with_name(f"{path.stem}.images.npz")
-
-
-def save_images(path: str | os.PathLike, images: dict[str, np.ndarray]) -> Path:
-    """Save label -> (prompts, H, W, 3) arrays in [0, 1], atomically; `"reference"` is the reference rendering."""
-    path = Path(path)
-    for label, array in images.items():
-        _check_images(label, np.asarray(array))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez_compressed(out, **images)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_images(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read what `save_images` wrote, in the order it was written."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            images = {label: archive[label] for label in archive.files}
-    except (OSError, ValueError) as error:
-        raise ReportError(f"{path}: cannot read the images ({error})") from None
-    for label, array in images.items():
-        _check_images(label, array)
-    return images
-
-
-def _check_images(label: str, array: np.ndarray) -> None:
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise ReportError(f"images {label!r}: expected (prompts, height, width, 3), got shape {array.shape}")
 
 
 # ---- finding the study ----
@@ -172,8 +129,6 @@ def _load_study(url: str, name: str | None) -> optuna.Study:
 
 
 def _redact(url: str) -> str:
-    from .search import redact  # here, not at the top: the search imports this module for save_images
-
     return redact(url)
 
 
@@ -352,10 +307,6 @@ def _measured(trial: FrozenTrial) -> bool:
     return "images_per_s" in trial.user_attrs and "peak_memory_bytes" in trial.user_attrs
 
 
-def _feasible(trial: FrozenTrial) -> bool:
-    return all(value <= 0 for value in trial.constraints.values())
-
-
 def _best_number(study: optuna.Study) -> int | None:
     try:
         return None if _multi(study) else study.best_trial.number
@@ -530,9 +481,8 @@ def _metrics_text(profile: Profile) -> str:
 
 
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of images in [0, 1]; inf when they are identical."""
-    error = float(np.mean((np.asarray(image, np.float64) - np.asarray(reference, np.float64)) ** 2))
-    return math.inf if error == 0 else 10 * math.log10(1.0 / error)
+    """PSNR in dB of one image against its reference, as the search scores it (capped for identical images)."""
+    return score(np.asarray(image)[None], np.asarray(reference)[None], ("psnr",))["psnr"]
 
 
 def _image_grid(study: optuna.Study, images: dict[str, np.ndarray] | None) -> str:
@@ -549,31 +499,31 @@ def _image_grid(study: optuna.Study, images: dict[str, np.ndarray] | None) -> st
     rows = [_image_row(REFERENCE, reference, None)]
     rows += [_image_row(label, array, reference) for label, array in images.items() if label != REFERENCE]
     return ('<p>Each row renders the same prompts with the same seeds. PSNR compares each image with the reference '
-            'above it (higher is closer; identical images have none to measure).</p>\n'
+            f'above it (higher is closer; identical images are capped at {PSNR_CAP:g} dB).</p>\n'
             f'<table class="grid"><thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody></table>")
 
 
 def _image_row(label: str, array: np.ndarray, reference: np.ndarray | None) -> str:
     comparable = reference is not None and array.shape == reference.shape
-    scores = [psnr(image, reference[i]) for i, image in enumerate(array)] if comparable else []
+    per_image = [psnr(image, reference[i]) for i, image in enumerate(array)] if comparable else []
     if reference is None:
         header = "the reference rendering"
     elif not comparable:
         header = f"size {array.shape[1:3]} differs from the reference: not compared"
     else:
-        finite = [s for s in scores if math.isfinite(s)]
-        header = f"mean PSNR {np.mean(finite):.1f} dB" if finite else "identical to the reference"
+        mean = score(array, reference)
+        header = f"PSNR {mean['psnr']:.1f} dB, SSIM {mean['ssim']:.4f} (as the search scores it)"
     cells = []
     for i, image in enumerate(array):
-        caption = (_psnr_text(scores[i]) if scores else "")
+        caption = _psnr_text(per_image[i]) if per_image else ""
         cells.append(f'<td><figure>{_img_tag(image, f"{label}, prompt {i + 1}")}'
                      f"<figcaption>{html.escape(caption)}</figcaption></figure></td>")
     return (f'<tr><th>{html.escape(label)}<br><span class="note">{html.escape(header)}</span></th>'
             + "".join(cells) + "</tr>")
 
 
-def _psnr_text(score: float) -> str:
-    return "identical" if math.isinf(score) else f"PSNR {score:.1f} dB"
+def _psnr_text(decibels: float) -> str:
+    return "identical" if decibels >= PSNR_CAP else f"PSNR {decibels:.1f} dB"
 
 
 def _img_tag(image: np.ndarray, alt: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,6 +458,10 @@ def open_study(
         directions = ["minimize" if objective == "latency" else "maximize"]
     study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(sampler, seed),
                                 directions=directions, load_if_exists=True)
+    if objective == "pareto" and study.metric_names is None:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots label axes with
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["images/s", "peak memory (GiB)", (floor or "ssim").split("=")[0]])
     recorded = study.user_attrs
     identity = {"model": model_id, "workload": workload.model_dump(), "objective": objective, "fixed": fixed,
                 "quality_floor": floor, "reference_steps": reference_steps,
@@ -778,17 +783,9 @@ def choose_picks(front: list[Candidate], metric: str) -> dict[str, int]:
 
 def save_images(out: Path, reference: Any, baseline: Candidate, candidates: list[Candidate]) -> Path:
     """The reference and each re-measured configuration's images, for the report: `<profile>.images.npz`."""
-    import numpy as np
-
     images = {"reference": reference}
-    for candidate in [baseline, *candidates]:
-        if candidate.images is not None:
-            images[candidate.label] = candidate.images
-    path = out.with_name(out.name.removesuffix(".yaml").removesuffix(".yml") + ".images.npz")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(temporary, **images)
-    os.replace(temporary, path)
-    return path
+    images |= {c.label: c.images for c in [baseline, *candidates] if c.images is not None}
+    return quality.save_images(quality.images_path(out), images)
 
 
 # ---- the final, interleaved re-measurement ----
