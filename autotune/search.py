@@ -188,7 +188,8 @@ def run_search(
         )
         steps = steps or info["default_steps"]
         scored = floor is not None or objective == "pareto"
-        space = build_space(info["available"], steps_range(steps, reference_steps) if floor else None,
+        # Quality-changing knobs join when quality is measured: under a floor, or as a Pareto objective.
+        space = build_space(info["available"], steps_range(steps, reference_steps) if scored else None,
                             batch_sizes=_doublings(max_batch) if objective == "pareto" else None)
         space = {name: values for name, values in space.items() if name not in pinned}
         fixed = {**({} if "steps" in space else {"steps": steps}), **pinned}
@@ -208,7 +209,7 @@ def run_search(
                            floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None)
         if not _finished(study):
             warm_start(study, space, hardware.device, previous, warm_start_recipes,
-                       reference={"scheduler": "default", "steps": reference_steps} if floor else None,
+                       reference={"scheduler": "default", "steps": reference_steps} if scored else None,
                        defaults={"steps": steps, "batch_size": 1})
         _warn_if_busy(emit)
         run_trials(study, worker, space, fixed, workload, budget_bytes, objective, n_trials, timeout_s,
