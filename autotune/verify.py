@@ -26,9 +26,10 @@ from .exceptions import IncompatibleProfile
 from .hardware import Hardware, probe
 from .library import SearchPath
 from .profile import Profile, Stat
-from .search import Candidate, remeasure
+from .quality import DEFAULT_REFERENCE_STEPS, FloorSpec
+from .search import Candidate, Scoring, prepare_reference, remeasure
 from .units import format_size
-from .worker import WorkerConfig
+from .worker import Worker, WorkerConfig
 
 DEFAULT_TOLERANCE = 0.10
 # Other processes using more than this share of the machine's CPU time while verify measures make its timings suspect.
@@ -63,6 +64,7 @@ class Verification:
     failure: str | None = None
     others_cpu_share: float = 0.0  # of all cores, used by other processes while this measured
     worker_images_per_s: list[float] = field(default_factory=list)  # each worker's median
+    quality: dict[str, float] = field(default_factory=dict)  # against a reference rendered (or cached) here
 
     @property
     def best_worker_images_per_s(self) -> float | None:
@@ -129,10 +131,13 @@ def _measure(result: Verification, timeout_s: float) -> None:
     config = WorkerConfig(model=result.model, device=result.hardware.device,
                           memory_budget_bytes=profile.goal.memory_budget_bytes)
     runs = [Candidate(f"worker {number}", settings) for number in range(1, result.workers + 1)]
+    scoring = _reference(profile, result.model, config, timeout_s)
     for run in runs:
         # One worker alive at a time, as an app runs: on a 2-core machine, the same profile measured ~20% slower with
         # two idle workers alive beside it than alone.
-        remeasure([run], config, profile.workload, result.rounds, timeout_s)
+        remeasure([run], config, profile.workload, result.rounds, timeout_s,
+                  scoring=scoring if run is runs[0] else None)
+    result.quality = runs[0].quality
     failed = [run for run in runs if run.failure]
     if failed:
         result.failure = failed[0].failure
@@ -212,15 +217,30 @@ def _memory_check(result: Verification) -> Check:
     return check
 
 
+def _reference(profile: Profile, model: str, config: WorkerConfig, timeout_s: float) -> Scoring | None:
+    """The profile's reference rendering on this machine (from the cache, or rendered now) when it has a floor."""
+    floor = profile.goal.quality_floor
+    if floor is None:
+        return None
+    with Worker(config) as worker:
+        return prepare_reference(worker, model, profile.workload, floor.reference_steps or DEFAULT_REFERENCE_STEPS,
+                                 probe(config.device), FloorSpec(floor.metric, floor.min), timeout_s,
+                                 lambda kind, data: None)
+
+
 def _quality_check(result: Verification) -> Check:
     metrics = result.profile.metrics
     floor = result.profile.goal.quality_floor
     recorded = ", ".join(f"{k} {v:.4g}" for k, v in metrics.quality.items()) if metrics and metrics.quality else ""
-    check = Check("quality", recorded or "not recorded", "not measured",
-                  f">= {floor.min} {floor.metric}" if floor else "-", "skip")
+    measured = ", ".join(f"{k} {v:.4g}" for k, v in result.quality.items())
+    check = Check("quality", recorded or "not recorded", measured or "not measured",
+                  f">= {floor.min:g} {floor.metric}" if floor else "-", "skip")
     if floor is None:
         check.note = "the profile has no quality floor"
+    elif floor.metric not in result.quality:
+        check.status = "fail"
+        check.note = "the images could not be scored here"
     else:
-        # Quality needs a reference rendering and a fidelity metric, which this version of autotune does not have.
-        check.note = "this version of autotune cannot re-measure quality: the floor is not checked"
+        check.status = "pass" if result.quality[floor.metric] >= floor.min else "fail"
+        check.note = f"against a {floor.reference_steps or DEFAULT_REFERENCE_STEPS}-step reference rendered here"
     return check

@@ -1,8 +1,9 @@
 """Shared fixtures: the tiny pipeline, profiles for it, a small generation, and checks on a pipeline's real state.
 
 Process-wide settings are pinned here before autotune is imported: one inductor cache for the whole session (a warm
-cache turns a ~40 s compile into a few seconds), kept in the temp folder so the next run starts warm too; and one torch
-thread (a busy neighbour slows two threads ~100x on a 2-core machine).
+cache turns a ~40 s compile into a few seconds), kept in the temp folder so the next run starts warm too; reference
+renderings cached in a fresh folder per session (never the user's ~/.cache); and one torch thread (a busy neighbour
+slows two threads ~100x on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 # Before torch is imported: importing diffusers makes inductor fix its cache folder for the whole process.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "autotune-tests-torchinductor"))
+os.environ["AUTOTUNE_CACHE"] = tempfile.mkdtemp(prefix="autotune-tests-cache-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -18,12 +18,6 @@ SMALL = dict(height=64, width=64, steps=3, reference_steps=6, max_batch=2, round
              pinned={"compile": "none"}, trial_timeout_s=300)
 
 
-@pytest.fixture(autouse=True)
-def reference_cache(tmp_path_factory, monkeypatch):
-    # One cache for this module's searches (workers inherit the environment): each reference is rendered once.
-    monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "autotune-cache"))
-
-
 @pytest.mark.parametrize("text, metric, value, relative", [
     ("ssim=0.90", "ssim", 0.90, False), ("psnr=30", "psnr", 30.0, False), ("ssim=-5%", "ssim", -5.0, True),
     (" psnr = 35.5 ", "psnr", 35.5, False),

@@ -41,8 +41,8 @@ def test_each_metric_fails_on_its_own_and_the_command_exits_1(tuned_profile, tmp
     promised = tuned_profile.model_copy(update={
         # A promise no pipeline keeps, and a budget less than torch alone takes.
         "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6)}),
-        "goal": Goal(memory_budget_bytes=50 * 1024**2,
-                     quality_floor=QualityFloor(metric="psnr", min=30.0)),
+        "goal": Goal(memory_budget_bytes=50 * 1024**2,  # and a floor above what identical images score
+                     quality_floor=QualityFloor(metric="psnr", min=100.5, reference_steps=2)),
     })
     path = promised.save(tmp_path / "promised.yaml")
 
@@ -54,21 +54,26 @@ def test_each_metric_fails_on_its_own_and_the_command_exits_1(tuned_profile, tmp
     assert "fail" in rows["images/s"] and ">= 9e+05 (-10%)" in rows["images/s"] and "-100% vs recorded" in rows[
         "images/s"]
     assert "fail" in rows["peak memory"] and "<= 50.0 MiB (budget)" in rows["peak memory"]
-    assert "skip" in rows["quality"] and ">= 30.0 psnr" in rows["quality"]
-    assert "cannot re-measure quality" in rows["quality"]
+    assert "fail" in rows["quality"] and ">= 100.5 psnr" in rows["quality"] and "psnr 100" in rows["quality"]
     assert "1 worker processes in turn x 1 rounds x 2 runs" in result.output
 
 
-def test_a_profile_measured_on_another_cpu_is_held_to_its_budget_only(tuned_profile, tmp_path):
+def test_a_profile_measured_on_another_cpu_is_held_to_its_budget_and_floor_only(tuned_profile, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
     elsewhere = tuned_profile.model_copy(update={
         "hardware": tuned_profile.hardware.model_copy(update={"cpu": "Another CPU", "cpu_cores": 64}),
-        "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6)})})
+        "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6)}),
+        # Against a reference at the profile's own 2 steps: the same images up to the exact knobs' numerical noise.
+        "goal": tuned_profile.goal.model_copy(update={
+            "quality_floor": QualityFloor(metric="psnr", min=50.0, reference_steps=2)})})
 
     result = verify_profile(elsewhere, workers=1, rounds=1)
 
-    speed, memory, _ = result.checks
+    speed, memory, scored = result.checks
     assert not result.same_hardware and result.passed
-    assert (speed.status, memory.status) == ("skip", "pass")
+    assert (speed.status, memory.status, scored.status) == ("skip", "pass", "pass")
+    assert result.quality["psnr"] >= 50 and list((tmp_path / "cache" / "references").glob("*.npz"))
     assert "measured elsewhere (CPU Another CPU (64 cores)): only the budget and the quality floor" in speed.note
     assert result.images_per_s.median > 0  # measured and shown all the same
 
