@@ -3,28 +3,39 @@
 Flow: probe -> space (knobs available on this hardware and pipeline) -> ask -> worker (apply, measure at growing
 batch sizes) -> tell (images/s, with peak memory <= budget as an Optuna constraint) -> re-measure the top candidates
 and the default configuration interleaved -> Profile. Every trial is in the study's storage, so a search that stops
-resumes with the same command. This module knows nothing of how a knob is applied.
+resumes with the same command, and workers on other hosts can share it (`distributed`). This module knows nothing of
+how a knob is applied.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
 
 from . import __version__, knobs
 from .exceptions import AutotuneError, NothingFits, UnknownModel
-from .hardware import Fingerprint, probe
+from .hardware import Fingerprint, Hardware, probe
 from .measure import Repeats, summarize
 from .profile import Goal, Metrics, ModelInfo, Profile, Provenance, Stat, Workload, now
+from .study import (
+    GRACE_PERIOD_S,
+    Events,
+    StudySpec,
+    check_machine,
+    has_heartbeat,
+    open_storage,
+    redact,
+    surplus,
+    wait_for_slot,
+)
 from .units import format_size, parse_size
 from .worker import ModelSource, TrialFailed, Worker, WorkerConfig
 
@@ -85,9 +96,6 @@ class SearchOutcome:
         return self.best.images_per_s.median / base if base > 0 else math.inf
 
 
-Events = Callable[[str, dict[str, Any]], None]
-
-
 def search(
     model: ModelSource = "builtin:tiny-sd",
     *,
@@ -131,15 +139,23 @@ def run_search(
     max_batch: int = 16,
     top_k: int = 3,
     rounds: int = 3,
+    workers: int = 1,
     on_event: Events | None = None,
 ) -> SearchOutcome:
-    """The engine behind `search` and `autotune search`; returns the profile with the baseline comparison."""
+    """The engine behind `search` and `autotune search`; returns the profile with the baseline comparison.
+
+    `workers` > 1 runs the trials in that many `autotune worker` processes on this host (one per visible GPU), which
+    share the study with any worker started elsewhere; then the winner is re-measured here.
+    """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not supported; use one of {', '.join(OBJECTIVES)}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not supported; use one of {', '.join(SAMPLERS)}")
     if n_trials < 1:
         raise ValueError("the number of trials must be at least 1")
+    if workers > 1 and not isinstance(model, str):
+        raise ValueError("several workers need a model they can load by name (hub id, folder or builtin:*), "
+                         "not a Python function")
     emit = on_event or (lambda kind, data: None)
     fingerprint = probe(device)
     hardware = fingerprint.hardware
@@ -160,30 +176,52 @@ def run_search(
         )
         steps = steps or info["default_steps"]
         space = {name: values for name, values in build_space(info["available"]).items() if name not in pinned}
-        fixed = {"steps": steps, **pinned}
+        spec = StudySpec(
+            model=model_id, loadable=isinstance(model, str), pipeline=info["pipeline"], denoiser=info["denoiser"],
+            workload=workload.model_dump(), objective=objective, fixed={"steps": steps, **pinned},
+            hardware=hardware.model_dump(), space=space, memory_budget_bytes=budget_bytes, n_trials=n_trials,
+            max_batch=max_batch, trial_timeout_s=trial_timeout_s, sampler=sampler, seed=seed,
+            deadline=time.time() + timeout_s if timeout_s is not None else None,
+        )
         name = study_name or default_study_name(model_id, fingerprint, workload, objective)
         out = str(out).replace("{study}", name) if out is not None else None
         storage_url = storage or default_storage(out, name)
         log_path = str(Path(out).with_suffix(".log")) if out is not None else os.devnull
         emit("phase", {"message": f"worker output goes to {log_path}"})
         worker.redirect_output(log_path)
-        study = open_study(name, storage_url, sampler, seed, objective, fingerprint, workload, model_id, fixed)
+        study = open_study(name, storage_url, spec)
         if not _finished(study):
             warm_start(study, space, hardware.device, previous, warm_start_recipes)
         _warn_if_busy(emit)
-        run_trials(study, worker, space, fixed, workload, budget_bytes, objective, n_trials, timeout_s,
-                   trial_timeout_s, max_batch, emit)
+        if workers > 1:
+            from .distributed import launch_workers
+
+            worker.close()  # the workers load their own
+            launch_workers(workers, storage_url, study, spec, log_path, emit)
+        else:
+            run_trials(study, worker, spec, emit)
+        config = worker.config
     finally:
         worker.close()
+    return finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit)
 
+
+def finish_study(
+    study: optuna.Study, spec: StudySpec, fingerprint: Fingerprint, config: WorkerConfig, storage_url: str,
+    out: str | Path | None, top_k: int, rounds: int, emit: Events,
+) -> SearchOutcome:
+    """Re-measure the study's top candidates and the default configuration here, interleaved; write the profile."""
+    budget_bytes, objective = spec.memory_budget_bytes, spec.objective
     finished = [t for t in _finished(study) if _feasible(t)]
     if not finished:
         raise NothingFits(_nothing_fits_message(study, budget_bytes))
     candidates = _top_candidates(finished, top_k, objective)
-    baseline = Candidate("default", {**{k.name: k.default for k in knobs.in_order()}, "steps": steps, "batch_size": 1})
+    defaults = {k.name: k.default for k in knobs.in_order()}
+    baseline = Candidate("default", {**defaults, "steps": spec.fixed.get("steps"), "batch_size": 1})
     emit("phase", {"message": f"re-measuring the top {len(candidates)} and the default configuration, interleaved"})
     _warn_if_busy(emit)
-    remeasure([baseline, *candidates], worker.config, workload, rounds, trial_timeout_s)
+    workload = Workload(**spec.workload)
+    remeasure([baseline, *candidates], config, workload, rounds, spec.trial_timeout_s)
     fitting = [c for c in candidates if c.failure is None and c.peak_memory_bytes <= budget_bytes]
     if not fitting:
         raise NothingFits(f"none of the top configurations fit {format_size(budget_bytes)} when re-measured")
@@ -192,19 +230,21 @@ def run_search(
     else:
         best = max(fitting, key=lambda c: c.images_per_s.median)
 
+    trials = len(_finished(study))
     profile = Profile(
-        hardware=hardware,
+        hardware=fingerprint.hardware,
         software=fingerprint.software,
-        model=ModelInfo(id=model_id, pipeline=info["pipeline"], denoiser=info["denoiser"]),
+        model=ModelInfo(id=spec.model, pipeline=spec.pipeline, denoiser=spec.denoiser),
         workload=workload,
         goal=Goal(objective=objective, memory_budget_bytes=budget_bytes),
         settings=best.settings,
         metrics=Metrics(images_per_s=best.images_per_s, latency_s=best.latency,
                         peak_memory_bytes=max(1, best.peak_memory_bytes), warmup_s=round(best.warmup_s, 3)),
-        provenance=Provenance(sampler=type(study.sampler).__name__, seed=seed, trials=len(_finished(study)),
-                              study=name, storage=redact(storage_url), created=now(), autotune=__version__),
+        provenance=Provenance(sampler=type(study.sampler).__name__, seed=spec.seed, trials=trials,
+                              study=study.study_name, storage=redact(storage_url), created=now(),
+                              autotune=__version__),
     )
-    outcome = SearchOutcome(profile, baseline, best, candidates, name, redact(storage_url), len(_finished(study)))
+    outcome = SearchOutcome(profile, baseline, best, candidates, study.study_name, redact(storage_url), trials)
     if out is not None:
         outcome.profile_path = profile.save(out)
     return outcome
@@ -321,17 +361,7 @@ def default_storage(out: str | Path | None, study_name: str) -> str:
     return f"sqlite:///{base.resolve()}"
 
 
-def redact(url: str) -> str:
-    """The storage URL without its password, for anything written or printed."""
-    if "://" not in url:
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://***"
-
-
-def make_sampler(sampler: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if sampler == "random":
@@ -340,30 +370,30 @@ def make_sampler(sampler: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, constant_liar=True)
 
 
-def open_study(
-    name: str, storage: str, sampler: str, seed: int, objective: str, fingerprint: Fingerprint,
-    workload: Workload, model_id: str, fixed: dict[str, Any],
-) -> optuna.Study:
-    direction = "minimize" if objective == "latency" else "maximize"
-    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(sampler, seed),
-                                direction=direction, load_if_exists=True)
+def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
+    """Create the study, or resume it when it was made for the same model, workload, objective and hardware.
+
+    The spec is recorded (again) so that the workers that join see this search's trial count, budget and time limit.
+    """
+    direction = "minimize" if spec.objective == "latency" else "maximize"
+    study = optuna.create_study(study_name=name, storage=open_storage(storage),
+                                sampler=make_sampler(spec.sampler, spec.seed), direction=direction, load_if_exists=True)
     recorded = study.user_attrs
-    identity = {"model": model_id, "workload": workload.model_dump(), "objective": objective, "fixed": fixed,
-                "hardware": fingerprint.hardware.model_dump()}
-    if not recorded:
-        for key, value in identity.items():
-            study.set_user_attr(key, value)
-    else:
-        for key in ("model", "workload", "objective", "fixed"):
-            if recorded.get(key) != identity[key]:
-                raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
-                                    "give a new --study name or the same options as before")
-    _reclaim_interrupted(study)
+    for key in StudySpec.IDENTITY if recorded else ():
+        if recorded.get(key) != getattr(spec, key):
+            raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
+                                "give a new --study name or the same options as before")
+    if "hardware" in recorded:
+        check_machine(Hardware(**recorded["hardware"]), spec.machine, name)
+    spec.record(study)
+    if not has_heartbeat(study):
+        _reclaim_interrupted(study)
     return study
 
 
 def _reclaim_interrupted(study: optuna.Study) -> None:
-    # A trial left RUNNING by a search that was killed is failed and queued again, so resuming loses nothing.
+    # Without a heartbeat (a journal file) nothing tells a dead worker's trial from a live one: a search that starts
+    # takes every RUNNING trial for the remains of a killed search, fails it and queues it again.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
@@ -380,39 +410,58 @@ def _feasible(trial: optuna.trial.FrozenTrial) -> bool:
 # ---- running trials ----
 
 
-def run_trials(
-    study: optuna.Study, worker: Worker, space: dict[str, list], fixed: dict[str, Any], workload: Workload,
-    budget_bytes: int, objective: str, n_trials: int, timeout_s: float | None, trial_timeout_s: float,
-    max_batch: int, emit: Events,
-) -> None:
+def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Events,
+               timeout_s: float | None = None) -> None:
+    """Run trials until the study has `spec.n_trials` complete ones, over all its workers, or a time limit passes.
+
+    Each trial is one `study.optimize` step: Optuna beats the trial's heartbeat while it runs, and first fails the
+    trials of dead workers so that its retry callback queues them again.
+    """
     started = time.monotonic()
-    batch_sizes = [1] if objective == "latency" else _doublings(max_batch)
-    while len(_finished(study)) < n_trials:
-        if timeout_s is not None and time.monotonic() - started > timeout_s:
-            emit("phase", {"message": f"time limit of {timeout_s:.0f} s reached"})
-            break
-        trial = study.ask()
-        settings = suggest(trial, space, fixed)
+    limits = (spec.deadline, time.time() + timeout_s if timeout_s is not None else None)
+    deadline = min((limit for limit in limits if limit is not None), default=None)
+    workload = Workload(**spec.workload)
+    batch_sizes = [1] if spec.objective == "latency" else _doublings(spec.max_batch)
+    asked: list[optuna.Trial] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        asked[:] = [trial]
+        if surplus(study, trial, spec.n_trials):
+            raise optuna.TrialPruned("another worker took the study's last trial at the same moment")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        settings = suggest(trial, spec.space, spec.fixed)
         task = {
             "kind": "trial", "settings": settings, "workload": workload.model_dump(), "batch_sizes": batch_sizes,
-            "call_kwargs": knobs.get("steps").call_kwargs(fixed.get("steps")),
-            "memory_budget_bytes": budget_bytes, "repeats": SCREEN_REPEATS.__dict__,
+            "call_kwargs": knobs.get("steps").call_kwargs(spec.fixed.get("steps")),
+            "memory_budget_bytes": spec.memory_budget_bytes, "repeats": SCREEN_REPEATS.__dict__,
             "best_images_per_s_at_batch": _best_at_each_batch(study), "prune_ratio": PRUNE_RATIO,
         }
         try:
-            answer = worker.request(task, timeout_s=trial_timeout_s)
+            answer = worker.request(task, timeout_s=spec.trial_timeout_s)
         except TrialFailed as failure:
-            _tell_failure(study, trial, objective, failure.kind, failure.reason)
+            return _record_failure(trial, spec.objective, failure.kind, failure.reason)
         except KeyboardInterrupt:
             worker.kill()
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(trial.params, skip_if_exists=False)
+            raise
+        value = _record_result(trial, spec.objective, answer, spec.memory_budget_bytes)
+        if answer.get("recycle") or not _reversible(answer["settings"]):
+            worker.kill()
+        return value
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            emit("trial", _trial_event(study, trial.number, spec.n_trials, started, deadline))
+
+    while wait_for_slot(study, spec.n_trials, deadline, emit):
+        try:
+            study.optimize(objective, n_trials=1, callbacks=[report])
+        except KeyboardInterrupt:
+            if asked:  # Optuna failed it; queued again, it runs first when the study resumes
+                study.enqueue_trial(asked[0].params, skip_if_exists=False)
             raise SearchInterrupted("interrupted: the study is saved; run the same command to resume") from None
-        else:
-            _tell_result(study, trial, objective, answer, budget_bytes)
-            if answer.get("recycle") or not _reversible(answer["settings"]):
-                worker.kill()
-        emit("trial", _trial_event(study, trial.number, n_trials, started, timeout_s))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            emit("phase", {"message": f"trial {asked[0].number} was taken for dead (no heartbeat for "
+                                      f"{GRACE_PERIOD_S} s) and queued again; its result here is dropped"})
 
 
 def _doublings(max_batch: int) -> list[int]:
@@ -439,7 +488,7 @@ def _best_at_each_batch(study: optuna.Study) -> dict[int, float]:
     return best
 
 
-def _tell_result(study, trial, objective: str, answer: dict, budget_bytes: int) -> None:
+def _record_result(trial: optuna.Trial, objective: str, answer: dict, budget_bytes: int) -> float:
     batches = [b for b in answer["batches"] if "oom" not in b]
     problem = next((b["image_problem"] for b in batches if b.get("image_problem")), None)
     fitting = [b for b in batches if b["peak_memory_bytes"] <= budget_bytes and not b.get("image_problem")]
@@ -460,17 +509,17 @@ def _tell_result(study, trial, objective: str, answer: dict, budget_bytes: int) 
     trial.set_constraint("memory", (chosen["peak_memory_bytes"] - budget_bytes) / 2**30)
     trial.set_constraint("image", 1.0 if problem and not fitting else 0.0)
     trial.set_constraint("failure", 0.0)
-    study.tell(trial, _value(objective, chosen) if fitting else _worst(objective))
+    return _value(objective, chosen) if fitting else _worst(objective)
 
 
-def _tell_failure(study, trial, objective: str, kind: str, reason: str) -> None:
+def _record_failure(trial: optuna.Trial, objective: str, kind: str, reason: str) -> float:
     # A failure is data: a COMPLETE trial that violates a constraint teaches the sampler; a FAILED one would not.
     trial.set_user_attr("failure", kind)
     trial.set_user_attr("reason", reason)
     trial.set_constraint("memory", 1.0 if kind == "oom" else 0.0)
     trial.set_constraint("image", 0.0)
     trial.set_constraint("failure", 1.0)
-    study.tell(trial, _worst(objective))
+    return _worst(objective)
 
 
 def _value(objective: str, batch: dict) -> float:
@@ -481,15 +530,15 @@ def _worst(objective: str) -> float:
     return 1e9 if objective == "latency" else 0.0
 
 
-def _trial_event(study, number: int, n_trials: int, started: float, timeout_s: float | None) -> dict[str, Any]:
+def _trial_event(study, number: int, n_trials: int, started: float, deadline: float | None) -> dict[str, Any]:
     trial = study.trials[number]
     done = len(_finished(study))
     feasible = [t for t in _finished(study) if _feasible(t)]
     best = max((t.user_attrs.get("images_per_s", 0.0) for t in feasible), default=None)
     elapsed = time.monotonic() - started
     left = elapsed / max(1, done) * max(0, n_trials - done)
-    if timeout_s is not None:
-        left = min(left, max(0.0, timeout_s - elapsed))
+    if deadline is not None:
+        left = min(left, max(0.0, deadline - time.time()))
     return {"number": number, "done": done, "total": n_trials, "best_images_per_s": best,
             "images_per_s": trial.user_attrs.get("images_per_s"), "failure": trial.user_attrs.get("failure"),
             "reason": trial.user_attrs.get("reason"), "feasible": _feasible(trial), "seconds_left": left}
