@@ -21,6 +21,7 @@ from . import knobs, pipelines  # noqa: E402
 from .exceptions import AutotuneError, ProfileError  # noqa: E402
 from .hardware import probe as probe_machine  # noqa: E402
 from .profile import json_schema  # noqa: E402
+from .study import STORAGE_ENV  # noqa: E402
 from .units import format_size, parse_size  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
@@ -31,6 +32,12 @@ console = Console()
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, or builtin:tiny-sd / "
                                                                   "builtin:sd15-arch")]
+StorageOption = Annotated[str | None, typer.Option(
+    envvar=STORAGE_ENV, help="the study's Optuna storage: postgresql://user:password@host/db, mysql+pymysql://..., "
+                             "sqlite:///file.db, or a journal file's path")]
+StudyOption = Annotated[str | None, typer.Option(help="the study's name")]
+TopKOption = Annotated[int, typer.Option(help="how many of the study's best configurations to re-measure at the end")]
+RoundsOption = Annotated[int, typer.Option(help="rounds of the interleaved re-measurement")]
 
 
 class UsageError(AutotuneError, ValueError):
@@ -75,13 +82,18 @@ def search(
     width: Annotated[int | None, typer.Option(help="image width (default: the pipeline's own)")] = None,
     steps: Annotated[int | None, typer.Option(help="inference steps (default: the pipeline's own)")] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="profile to write ({study}: study name)")] = "{study}.yaml",
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite next to --out)")] = None,
+    storage: Annotated[str | None, typer.Option(envvar=STORAGE_ENV, help="Optuna storage URL (default: SQLite "
+                                                                       "next to --out)")] = None,
     study: Annotated[str | None, typer.Option(help="study name (default: model, hardware, size, objective)")] = None,
     seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile")] = 0,
     sampler: Annotated[str, typer.Option(help="tpe, gp or random")] = "tpe",
     trial_timeout: Annotated[float, typer.Option(help="seconds before a trial is killed as hung")] = 600.0,
     max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = 16,
     pin: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE: keep a knob at a value (repeatable)")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes on this host: one per visible GPU, or CPU "
+                                              "workers; 1 runs the trials in this process")] = 1,
+    top_k: TopKOption = 3,
+    rounds: RoundsOption = 3,
 ) -> None:
     """Search the fastest configuration under a memory budget and write its profile."""
     from .search import SearchInterrupted, run_search
@@ -89,7 +101,7 @@ def search(
     _check_choice("objective", objective, ("throughput", "latency"))
     _check_choice("sampler", sampler, ("tpe", "gp", "random"))
     for flag, value in (("trials", trials), ("height", height), ("width", width), ("steps", steps),
-                        ("max-batch", max_batch)):
+                        ("max-batch", max_batch), ("workers", workers), ("top-k", top_k), ("rounds", rounds)):
         if value is not None and value < 1:
             raise UsageError(f"--{flag} must be at least 1, got {value}")
     if budget is not None:
@@ -104,13 +116,78 @@ def search(
             outcome = run_search(
                 model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
                 width=width, steps=steps, seed=seed, sampler=sampler, storage=storage, study_name=study,
-                out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
-                on_event=progress.event,
+                out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned, workers=workers,
+                top_k=top_k, rounds=rounds, on_event=progress.event,
             )
     except SearchInterrupted as stop:
         console.print(f"[yellow]{stop}[/yellow]")
         raise typer.Exit(130) from None
     _print_outcome(outcome)
+
+
+@app.command()
+def worker(
+    storage: StorageOption = None,
+    study: StudyOption = None,
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
+    log: Annotated[str, typer.Option(help="where the trial processes write what torch prints ({study}: study "
+                                          "name)")] = "{study}.log",
+    workers: Annotated[int, typer.Option(help="worker processes on this host: one per visible GPU, or CPU "
+                                              "workers")] = 1,
+) -> None:
+    """Join a study and run its trials until it has its trial count or its time limit: one per host or per GPU."""
+    from .distributed import run_worker
+    from .search import SearchInterrupted
+
+    storage, study = _study_flags(storage, study)
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    try:
+        completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
+                               workers=workers, on_event=_print_event)
+    except SearchInterrupted as stop:
+        console.print(f"[yellow]{stop}[/yellow]")
+        raise typer.Exit(130) from None
+    if workers == 1:
+        console.print(f"this worker completed {completed} trials of study {study}")
+
+
+@app.command()
+def export(
+    storage: StorageOption = None,
+    study: StudyOption = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="profile to write ({study}: study name)")] = "{study}.yaml",
+    top_k: TopKOption = 3,
+    rounds: RoundsOption = 3,
+) -> None:
+    """Write the profile of a study that workers filled, re-measuring its top candidates on this host."""
+    from .distributed import export_profile
+
+    storage, study = _study_flags(storage, study)
+    for flag, value in (("top-k", top_k), ("rounds", rounds)):
+        if value < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {value}")
+    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=_print_event)
+    _print_outcome(outcome)
+
+
+def _study_flags(storage: str | None, study: str | None) -> tuple[str, str]:
+    if not storage:
+        raise UsageError(f"--storage is required (or {STORAGE_ENV}): the URL of the study's storage")
+    if not study:
+        raise UsageError("--study is required: the name of the study")
+    return storage, study
+
+
+def _print_event(kind: str, data: dict) -> None:
+    if kind == "phase":
+        console.print(f"[dim]{data['message']}[/dim]", highlight=False)
+    elif data.get("failure"):
+        console.print(f"trial {data['number']}: {data['failure']}: {data['reason']} "
+                      f"({data['done']}/{data['total']} in the study)", highlight=False)
+    else:
+        console.print(f"trial {data['number']}: {data['images_per_s'] or 0:.3g} images/s "
+                      f"({data['done']}/{data['total']} in the study)", highlight=False)
 
 
 class SearchProgress:
