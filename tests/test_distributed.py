@@ -49,96 +49,28 @@ def _trials(url: str, name: str, *states: TrialState) -> list[optuna.trial.Froze
     return optuna.load_study(study_name=name, storage=url).get_trials(states=states or None)
 
 
-# ---- three workers on one PostgreSQL study, then exported elsewhere ----
+# ---- a fleet: three workers on one PostgreSQL study, one killed mid-trial, then exported by another process ----
 
 
 @pytest.fixture(scope="module")
-def three_workers(tmp_path_factory) -> SimpleNamespace:
-    """`autotune search --workers 3` on PostgreSQL, then `autotune export` of the same study: what each wrote."""
-    folder = tmp_path_factory.mktemp("three")
-    name = _unique("three")
-    search = subprocess.run(_cli("search", "--storage", POSTGRES_URL, "--study", name, "--workers", "3", "--trials",
-                                 "6", "--out", str(folder / "search.yaml"), *FAST_FLAGS),
-                            cwd=folder, capture_output=True, text=True, timeout=600)
-    export = subprocess.run(_cli("export", "--storage", POSTGRES_URL, "--study", name, "-o",
-                                 str(folder / "exported.yaml"), "--top-k", "1", "--rounds", "1"),
-                            cwd=folder, capture_output=True, text=True, timeout=600)
-    return SimpleNamespace(name=name, folder=folder, search=search, export=export)
-
-
-@needs_postgres
-def test_three_workers_complete_exactly_the_requested_trials(three_workers):
-    assert three_workers.search.returncode == 0, three_workers.search.stderr[-3000:]
-    name = three_workers.name
-    complete = _trials(POSTGRES_URL, name, TrialState.COMPLETE)
-    assert len(complete) == 6
-    assert not _trials(POSTGRES_URL, name, TrialState.RUNNING, TrialState.FAIL)  # none lost, none left behind
-    assert len({t.user_attrs["worker"] for t in complete}) == 3  # all three took part
-    assert all("failed_trial" not in t.system_attrs for t in complete)  # none retried, so none counted twice
-    assert load_profile(three_workers.folder / "search.yaml").provenance.trials == 6
-
-    # Optuna's own command line reads the study.
-    optuna_cli = Path(sys.executable).parent / "optuna"
-    listed = subprocess.run([str(optuna_cli), "trials", "--storage", POSTGRES_URL, "--study-name", name, "-f", "json"],
-                            capture_output=True, text=True, timeout=120)
-    assert listed.returncode == 0, listed.stderr
-    assert [row["state"] for row in json.loads(listed.stdout)].count("COMPLETE") == 6
-
-
-@needs_postgres
-def test_export_writes_the_profile_of_a_study_that_workers_filled(three_workers):
-    assert three_workers.export.returncode == 0, three_workers.export.stderr[-3000:]
-    profile = load_profile(three_workers.folder / "exported.yaml")
-    assert profile.model.id == "builtin:tiny-sd" and profile.provenance.study == three_workers.name
-    assert profile.provenance.trials == 6
-    assert profile.hardware.same_model(probe().hardware)
-    measured = [{**t.user_attrs["settings"], "batch_size": t.user_attrs["batch_size"]}
-                for t in _trials(POSTGRES_URL, three_workers.name, TrialState.COMPLETE)]
-    assert profile.settings_dict() in measured  # one of the study's configurations, re-measured here
-
-
-@needs_postgres
-def test_the_storage_password_is_nowhere_the_search_wrote(three_workers):
-    password = make_url(POSTGRES_URL).password
-    assert password and len(password) >= 8
-    files = [path for path in three_workers.folder.rglob("*") if path.is_file()]
-    written = {path.name: path.read_text(errors="replace") for path in files}
-    assert {"search.yaml", "search.log", "exported.yaml", "exported.log"} <= set(written)
-    for run in (three_workers.search, three_workers.export):
-        written[f"{run.args[3]} output"] = run.stdout + run.stderr
-    study = optuna.load_study(study_name=three_workers.name, storage=POSTGRES_URL)
-    written["study attrs"] = json.dumps(study.user_attrs, default=str)
-    written["trial attrs"] = json.dumps([[t.user_attrs, t.system_attrs] for t in study.trials], default=str)
-    assert [where for where, text in written.items() if password in text] == []
-    assert "127.0.0.1" in written["search.yaml"] and "***" in written["search.yaml"]  # the redacted URL is there
-
-
-# ---- a killed worker ----
-
-
-@needs_postgres
-def test_a_worker_killed_mid_trial_has_its_trial_retried_and_the_study_completes(tmp_path):
-    name = _unique("killed")
-    search = subprocess.Popen(_cli("search", "--storage", POSTGRES_URL, "--study", name, "--workers", "2", "--trials",
-                                   "4", "--out", str(tmp_path / "killed.yaml"), *FAST_FLAGS),
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def fleet(tmp_path_factory) -> SimpleNamespace:
+    """`autotune search --workers 3` on PostgreSQL with one worker SIGKILLed mid-trial, then `autotune export`."""
+    folder = tmp_path_factory.mktemp("fleet")
+    name = _unique("fleet")
+    search = subprocess.Popen(_cli("search", "--storage", POSTGRES_URL, "--study", name, "--workers", "3", "--trials",
+                                   "6", "--out", str(folder / "search.yaml"), *FAST_FLAGS),
+                              cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         victim = _running_trial_of_a_worker(name, search.pid, timeout_s=240)
         os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-        output, _ = search.communicate(timeout=600)
+        stdout, stderr = search.communicate(timeout=600)
     finally:
         search.kill()
-    assert search.returncode == 0, output[-3000:]
-    assert "exited with status -9" in output
-
-    trials = {t.number: t for t in _trials(POSTGRES_URL, name)}
-    assert trials[victim.number].state == TrialState.FAIL
-    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim.number]
-    assert [t.state for t in retries] == [TrialState.COMPLETE]
-    assert retries[0].params == victim.params and retries[0].user_attrs["worker"] != victim.user_attrs["worker"]
-    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 4
-    assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
-    assert load_profile(tmp_path / "killed.yaml").provenance.trials == 4
+    export = subprocess.run(_cli("export", "--storage", POSTGRES_URL, "--study", name, "-o",
+                                 str(folder / "exported.yaml"), "--top-k", "1", "--rounds", "1"),
+                            cwd=folder, capture_output=True, text=True, timeout=600)
+    return SimpleNamespace(name=name, folder=folder, victim=victim, export=export,
+                           search=SimpleNamespace(returncode=search.returncode, stdout=stdout, stderr=stderr))
 
 
 def _running_trial_of_a_worker(name: str, search_pid: int, timeout_s: float) -> optuna.trial.FrozenTrial:
@@ -153,6 +85,65 @@ def _running_trial_of_a_worker(name: str, search_pid: int, timeout_s: float) -> 
             if "worker" in trial.user_attrs and not trial.user_attrs["worker"].endswith(f":{search_pid}"):
                 return trial
     raise AssertionError("no worker started a trial")
+
+
+@needs_postgres
+def test_three_workers_complete_exactly_the_requested_trials(fleet):
+    assert fleet.search.returncode == 0, fleet.search.stderr[-3000:]
+    complete = _trials(POSTGRES_URL, fleet.name, TrialState.COMPLETE)
+    assert len(complete) == 6
+    assert not _trials(POSTGRES_URL, fleet.name, TrialState.RUNNING)
+    assert [t.number for t in _trials(POSTGRES_URL, fleet.name, TrialState.FAIL)] == [fleet.victim.number]
+    assert len({t.user_attrs["worker"] for t in complete} | {fleet.victim.user_attrs["worker"]}) == 3
+    lineages = [t.system_attrs.get("failed_trial", t.number) for t in complete]
+    assert len(set(lineages)) == 6  # a retried trial counts once
+    assert load_profile(fleet.folder / "search.yaml").provenance.trials == 6
+
+    # Optuna's own command line reads the study.
+    optuna_cli = Path(sys.executable).parent / "optuna"
+    listed = subprocess.run([str(optuna_cli), "trials", "--storage", POSTGRES_URL, "--study-name", fleet.name, "-f",
+                             "json"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert [row["state"] for row in json.loads(listed.stdout)].count("COMPLETE") == 6
+
+
+@needs_postgres
+def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(fleet):
+    assert "worker" in fleet.search.stdout and "exited with status -9" in fleet.search.stdout
+    trials = _trials(POSTGRES_URL, fleet.name)
+    assert trials[fleet.victim.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == fleet.victim.number]
+    assert [t.state for t in retries] == [TrialState.COMPLETE]
+    assert retries[0].params == fleet.victim.params
+    assert retries[0].user_attrs["worker"] != fleet.victim.user_attrs["worker"]
+
+
+@needs_postgres
+def test_export_writes_the_profile_of_a_study_that_workers_filled(fleet):
+    assert fleet.export.returncode == 0, fleet.export.stderr[-3000:]
+    profile = load_profile(fleet.folder / "exported.yaml")
+    assert profile.model.id == "builtin:tiny-sd" and profile.provenance.study == fleet.name
+    assert profile.provenance.trials == 6
+    assert profile.hardware.same_model(probe().hardware)
+    measured = [{**t.user_attrs["settings"], "batch_size": t.user_attrs["batch_size"]}
+                for t in _trials(POSTGRES_URL, fleet.name, TrialState.COMPLETE)]
+    assert profile.settings_dict() in measured  # one of the study's configurations, re-measured here
+
+
+@needs_postgres
+def test_the_storage_password_is_nowhere_the_search_wrote(fleet):
+    password = make_url(POSTGRES_URL).password
+    assert password and len(password) >= 8
+    files = [path for path in fleet.folder.rglob("*") if path.is_file()]
+    written = {path.name: path.read_text(errors="replace") for path in files}
+    assert {"search.yaml", "search.log", "exported.yaml", "exported.log"} <= set(written)
+    written["search output"] = fleet.search.stdout + fleet.search.stderr
+    written["export output"] = fleet.export.stdout + fleet.export.stderr
+    study = optuna.load_study(study_name=fleet.name, storage=POSTGRES_URL)
+    written["study attrs"] = json.dumps(study.user_attrs, default=str)
+    written["trial attrs"] = json.dumps([[t.user_attrs, t.system_attrs] for t in study.trials], default=str)
+    assert [where for where, text in written.items() if password in text] == []
+    assert "127.0.0.1" in written["search.yaml"] and "***" in written["search.yaml"]  # the redacted URL is there
 
 
 # ---- a machine that is not the study's hardware ----
