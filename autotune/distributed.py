@@ -16,9 +16,17 @@ from pathlib import Path
 
 import optuna
 
-from .exceptions import AutotuneError
+from .exceptions import AutotuneError, first_line
 from .hardware import Fingerprint, Hardware, probe
-from .search import SearchInterrupted, SearchOutcome, _trial_event, finish_study, make_sampler, run_trials
+from .search import (
+    SearchInterrupted,
+    SearchOutcome,
+    _trial_event,
+    finish_study,
+    make_sampler,
+    output_paths,
+    run_trials,
+)
 from .study import STORAGE_ENV, Events, StudySpec, WrongHardware, check_machine, counts, load
 from .worker import Worker, WorkerConfig
 
@@ -57,9 +65,7 @@ def run_worker(
         completed += kind == "trial"
         emit(kind, data)
 
-    config = WorkerConfig(model=spec.model, device=spec.machine.device,
-                          memory_budget_bytes=spec.memory_budget_bytes, log_path=log_path)
-    with Worker(config) as worker:
+    with Worker(_worker_config(spec, log_path)) as worker:
         run_trials(study, worker, spec, count, timeout_s)
     return completed
 
@@ -86,11 +92,8 @@ def export_profile(
     if complete < spec.n_trials:
         emit("phase", {"message": f"the study has {complete} of its {spec.n_trials} trials ({running} running); "
                                   "exporting from those"})
-    out = str(out).replace("{study}", study_name) if out is not None else None
-    log_path = str(Path(out).with_suffix(".log")) if out is not None else os.devnull
-    config = WorkerConfig(model=spec.model, device=spec.machine.device,
-                          memory_budget_bytes=spec.memory_budget_bytes, log_path=log_path)
-    return finish_study(study, spec, fingerprint, config, storage, out, top_k, rounds, emit)
+    out, log_path = output_paths(out, study_name)
+    return finish_study(study, spec, fingerprint, _worker_config(spec, log_path), storage, out, top_k, rounds, emit)
 
 
 def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Study, StudySpec, Fingerprint]:
@@ -106,12 +109,16 @@ def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Stu
     return study, spec, fingerprint
 
 
+def _worker_config(spec: StudySpec, log_path: str) -> WorkerConfig:
+    return WorkerConfig(model=spec.model, device=spec.machine.device, memory_budget_bytes=spec.memory_budget_bytes,
+                        log_path=log_path)
+
+
 def _probe_like(machine: Hardware) -> Fingerprint:
     try:
         return probe(machine.device)
     except Exception as error:  # no CUDA here, for a study made on a GPU
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WrongHardware(f"this machine cannot probe {machine.device} ({reason}); the study measures "
+        raise WrongHardware(f"this machine cannot probe {machine.device} ({first_line(error)}); the study measures "
                             f"{machine.describe()}") from None
 
 
@@ -149,7 +156,7 @@ def launch_workers(
             _follow(procs, study, spec, emit)
         except KeyboardInterrupt:
             _stop(procs)  # Ctrl-C reached them too: each queues its trial again and leaves
-            raise SearchInterrupted("interrupted: the study is saved; run the same command to resume") from None
+            raise SearchInterrupted() from None
     finally:
         if output is not None:
             output.close()

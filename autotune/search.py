@@ -53,6 +53,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class SearchInterrupted(AutotuneError, KeyboardInterrupt):
     """Ctrl-C: the study is saved; the same command resumes it."""
 
+    def __init__(self, message: str = "interrupted: the study is saved; run the same command to resume"):
+        super().__init__(message)
+
 
 @dataclass
 class Candidate:
@@ -184,9 +187,8 @@ def run_search(
             deadline=time.time() + timeout_s if timeout_s is not None else None,
         )
         name = study_name or default_study_name(model_id, fingerprint, workload, objective)
-        out = str(out).replace("{study}", name) if out is not None else None
+        out, log_path = output_paths(out, name)
         storage_url = storage or default_storage(out, name)
-        log_path = str(Path(out).with_suffix(".log")) if out is not None else os.devnull
         emit("phase", {"message": f"worker output goes to {log_path}"})
         worker.redirect_output(log_path)
         study = open_study(name, storage_url, spec)
@@ -355,6 +357,14 @@ def default_study_name(model_id: str, fingerprint: Fingerprint, workload: Worklo
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-").lower()
 
 
+def output_paths(out: str | Path | None, study_name: str) -> tuple[str | None, str]:
+    """The profile to write ("{study}" in it becomes the study's name) and its `.log` sibling for worker output."""
+    if out is None:
+        return None, os.devnull
+    out = str(out).replace("{study}", study_name)
+    return out, str(Path(out).with_suffix(".log"))
+
+
 def default_storage(out: str | Path | None, study_name: str) -> str:
     """An SQLite file next to the output profile (or in the current folder)."""
     base = Path(out).with_suffix(".db") if out is not None else Path(f"{study_name}.db")
@@ -458,7 +468,7 @@ def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Event
         except KeyboardInterrupt:
             if asked:  # Optuna failed it; queued again, it runs first when the study resumes
                 study.enqueue_trial(asked[0].params, skip_if_exists=False)
-            raise SearchInterrupted("interrupted: the study is saved; run the same command to resume") from None
+            raise SearchInterrupted() from None
         except optuna.exceptions.UpdateFinishedTrialError:
             emit("phase", {"message": f"trial {asked[0].number} was taken for dead (no heartbeat for "
                                       f"{GRACE_PERIOD_S} s) and queued again; its result here is dropped"})

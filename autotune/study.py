@@ -22,7 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from .exceptions import AutotuneError
+from .exceptions import AutotuneError, first_line
 from .hardware import Hardware
 
 # A worker's parent process beats while its trial runs (compile included); a trial silent for the grace period is
@@ -85,8 +85,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         hint = "pip install 'autotune[postgres]'" if url.startswith("postgresql") else "install its database driver"
         raise StorageError(f"no database driver for {redact(url)}: {hint}") from None
     except Exception as error:
-        message = _scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, url)
-        raise StorageError(f"cannot open the storage {redact(url)}: {message}") from None
+        raise StorageError(f"cannot open the storage {redact(url)}: {_scrub(first_line(error), url)}") from None
 
 
 def has_heartbeat(study: optuna.Study) -> bool:
