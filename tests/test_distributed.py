@@ -181,11 +181,9 @@ def test_a_worker_on_other_hardware_is_refused_with_a_clear_message(tmp_path):
     ("args", "message"),
     [
         (["worker", "--study", "x"], "--storage is required (or AUTOTUNE_STORAGE)"),
-        (["export", "--storage", "sqlite:///study.db"], "--study is required"),
         (["worker", "--storage", "sqlite:///study.db", "--study", "nope"], "no study 'nope' in sqlite:///study.db"),
         (["export", "--storage", "postgresql://tuner:hunter2@127.0.0.1:1/db", "--study", "x"],
          "cannot open the storage postgresql://tuner:***@127.0.0.1:1/db: "),
-        (["search", "--workers", "0"], "--workers must be at least 1"),
     ],
 )
 def test_bad_worker_and_export_flags_give_one_line_and_exit_2(tmp_path, args, message):
