@@ -19,9 +19,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from . import knobs, pipelines  # noqa: E402
-from .exceptions import AutotuneError, ProfileError  # noqa: E402
+from .exceptions import AutotuneError, ProfileError, first_line  # noqa: E402
 from .hardware import probe as probe_machine  # noqa: E402
 from .profile import json_schema  # noqa: E402
+from .study import STORAGE_ENV  # noqa: E402
 from .units import format_size, parse_size  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
@@ -32,6 +33,15 @@ console = Console()
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, or builtin:tiny-sd / "
                                                                   "builtin:sd15-arch")]
+StorageOption = Annotated[str | None, typer.Option(
+    envvar=STORAGE_ENV, help="the study's Optuna storage: postgresql://user:password@host/db, mysql+pymysql://..., "
+                             "sqlite:///file.db, or a journal file's path")]
+StudyOption = Annotated[str | None, typer.Option(help="the study's name")]
+OutOption = Annotated[str, typer.Option("--out", "-o", help="profile to write ({study}: study name)")]
+WorkersOption = Annotated[int, typer.Option(help="worker processes on this host: one per visible GPU, or CPU workers "
+                                                 "(search --workers 1 runs the trials in its own process)")]
+TopKOption = Annotated[int, typer.Option(help="how many of the study's best configurations to re-measure at the end")]
+RoundsOption = Annotated[int, typer.Option(help="rounds of the interleaved re-measurement")]
 
 
 class UsageError(AutotuneError, ValueError):
@@ -77,8 +87,9 @@ def search(
     height: Annotated[int | None, typer.Option(help="image height (default: the pipeline's own)")] = None,
     width: Annotated[int | None, typer.Option(help="image width (default: the pipeline's own)")] = None,
     steps: Annotated[int | None, typer.Option(help="inference steps (default: the pipeline's own)")] = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="profile to write ({study}: study name)")] = "{study}.yaml",
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite next to --out)")] = None,
+    out: OutOption = "{study}.yaml",
+    storage: Annotated[str | None, typer.Option(envvar=STORAGE_ENV, help="Optuna storage URL (default: SQLite "
+                                                                       "next to --out)")] = None,
     study: Annotated[str | None, typer.Option(help="study name (default: model, hardware, size, objective)")] = None,
     seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile")] = 0,
     sampler: Annotated[str, typer.Option(help="tpe, gp or random")] = "tpe",
@@ -90,18 +101,20 @@ def search(
              "the reference rendering; scheduler, steps, precision and VAE tiling then join the search")] = None,
     reference_steps: Annotated[int, typer.Option(help="steps of the reference rendering")] = 50,
     report: Annotated[bool, typer.Option("--report", help="write the HTML report next to the profile")] = False,
+    workers: WorkersOption = 1,
+    top_k: TopKOption = 3,
+    rounds: RoundsOption = 3,
 ) -> None:
     """Search the fastest configuration under a memory budget and write its profile."""
     from .quality import parse_floor
-    from .search import SearchInterrupted, run_search
+    from .search import run_search
 
     _check_choice("objective", objective, ("throughput", "latency", "pareto"))
     floor = parse_floor(quality_floor) if quality_floor is not None else None
     _check_choice("sampler", sampler, ("tpe", "gp", "random"))
-    for flag, value in (("trials", trials), ("height", height), ("width", width), ("steps", steps),
-                        ("max-batch", max_batch), ("reference-steps", reference_steps)):
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag} must be at least 1, got {value}")
+    _check_at_least_one(("trials", trials), ("height", height), ("width", width), ("steps", steps),
+                        ("max-batch", max_batch), ("workers", workers), ("top-k", top_k), ("rounds", rounds),
+                        ("reference-steps", reference_steps))
     if budget is not None:
         parse_size(budget, probe_machine().hardware.memory_bytes)  # a bad budget fails before any work
     pinned = _parse_pins(pin or [])
@@ -109,20 +122,73 @@ def search(
         model = pipelines.DEFAULT_MODEL
         console.print(f"[dim]no --model given: using the built-in {model} (random weights, no download)[/dim]")
     progress = SearchProgress(console, trials)
-    try:
-        with progress:
-            outcome = run_search(
-                model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
-                width=width, steps=steps, seed=seed, sampler=sampler, storage=storage, study_name=study,
-                out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
-                quality_floor=floor, reference_steps=reference_steps, on_event=progress.event,
-            )
-    except SearchInterrupted as stop:
-        console.print(f"[yellow]{stop}[/yellow]")
-        raise typer.Exit(130) from None
+    with progress:
+        outcome = run_search(
+            model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
+            width=width, steps=steps, seed=seed, sampler=sampler, storage=storage, study_name=study,
+            out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned, workers=workers,
+            top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,
+            on_event=progress.event,
+        )
     _print_outcome(outcome)
     if report:
         _write_search_report(outcome)
+
+
+@app.command()
+def worker(
+    storage: StorageOption = None,
+    study: StudyOption = None,
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
+    log: Annotated[str, typer.Option(help="where the trial processes write what torch prints ({study}: study "
+                                          "name)")] = "{study}.log",
+    workers: WorkersOption = 1,
+) -> None:
+    """Join a study and run its trials until it has its trial count or its time limit: one per host or per GPU."""
+    from .distributed import run_worker
+
+    storage, study = _study_flags(storage, study)
+    _check_at_least_one(("workers", workers))
+    completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
+                           workers=workers, on_event=_print_event)
+    if workers == 1:
+        console.print(f"this worker completed {completed} trials of study {study}")
+
+
+@app.command()
+def export(
+    storage: StorageOption = None,
+    study: StudyOption = None,
+    out: OutOption = "{study}.yaml",
+    top_k: TopKOption = 3,
+    rounds: RoundsOption = 3,
+) -> None:
+    """Write the profile of a study that workers filled, re-measuring its top candidates on this host."""
+    from .distributed import export_profile
+
+    storage, study = _study_flags(storage, study)
+    _check_at_least_one(("top-k", top_k), ("rounds", rounds))
+    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=_print_event)
+    _print_outcome(outcome)
+
+
+def _study_flags(storage: str | None, study: str | None) -> tuple[str, str]:
+    if not storage:
+        raise UsageError(f"--storage is required (or {STORAGE_ENV}): the URL of the study's storage")
+    if not study:
+        raise UsageError("--study is required: the name of the study")
+    return storage, study
+
+
+def _print_event(kind: str, data: dict) -> None:
+    if kind == "phase":
+        console.print(f"[dim]{data['message']}[/dim]", highlight=False)
+    elif data.get("failure"):
+        console.print(f"trial {data['number']}: {data['failure']}: {data['reason']} "
+                      f"({data['done']}/{data['total']} in the study)", highlight=False)
+    else:
+        console.print(f"trial {data['number']}: {data['images_per_s'] or 0:.3g} images/s "
+                      f"({data['done']}/{data['total']} in the study)", highlight=False)
 
 
 class SearchProgress:
@@ -215,6 +281,12 @@ def _parse_pins(pins: list[str]) -> dict[str, object]:
             raise UsageError(f"--pin: unknown knob {name!r}; known: {', '.join(k.name for k in knobs.in_order())}")
         parsed[name] = yaml.safe_load(value)  # YAML scalars, as in a profile: true, 4, null, fp16
     return parsed
+
+
+def _check_at_least_one(*flags: tuple[str, int | None]) -> None:
+    for flag, value in flags:
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {value}")
 
 
 def _check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -355,9 +427,7 @@ def verify(
 
     if not 0 < tolerance < 1:
         raise UsageError(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
-    for flag, value in (("workers", workers), ("rounds", rounds)):
-        if value < 1:
-            raise UsageError(f"--{flag} must be at least 1, got {value}")
+    _check_at_least_one(("workers", workers), ("rounds", rounds))
     with console.status("re-measuring the profile in worker processes"):
         result = verify_profile(profile, model, tolerance=tolerance, workers=workers, rounds=rounds,
                                 search_path=search_path)
@@ -410,13 +480,13 @@ def _show(value: object) -> str:
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
-        print("autotune: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # a search's says how to resume
+        print(f"autotune: {str(stop) or 'interrupted'}", file=sys.stderr)
         sys.exit(130)
     except (AutotuneError, ValueError, FileNotFoundError) as error:
         if os.environ.get("AUTOTUNE_DEBUG"):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         print(f"autotune: error: {message}", file=sys.stderr)
         sys.exit(2)
 

@@ -7,6 +7,12 @@ class AutotuneError(Exception):
     """Root of every error autotune raises on purpose."""
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message in one line, for a one-line report; its type when it has no message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ProfileError(AutotuneError, ValueError):
     """A profile file or value is malformed; the message names the field."""
 

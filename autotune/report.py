@@ -32,7 +32,8 @@ from .exceptions import AutotuneError
 from .hardware import Hardware
 from .profile import Profile, load_profile, profile_from_dict, write_atomic
 from .quality import PSNR_CAP, images_path, load_images, score
-from .search import _feasible, redact
+from .search import _feasible
+from .study import redact
 from .units import format_size
 
 REFERENCE = "reference"  # the images key of the reference rendering

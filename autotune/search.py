@@ -3,27 +3,27 @@
 Flow: probe -> space (knobs available on this hardware and pipeline) -> ask -> worker (apply, measure at growing
 batch sizes) -> tell (images/s, with peak memory <= budget as an Optuna constraint) -> re-measure the top candidates
 and the default configuration interleaved -> Profile. Every trial is in the study's storage, so a search that stops
-resumes with the same command. This module knows nothing of how a knob is applied.
+resumes with the same command, and workers on other hosts can share it (`distributed`). This module knows nothing of
+how a knob is applied.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
 
 from . import __version__, knobs, quality
 from .exceptions import AutotuneError, NothingFits, UnknownModel
-from .hardware import Fingerprint, probe
+from .hardware import Fingerprint, Hardware, probe
 from .measure import Repeats, summarize
 from .profile import (
     Goal,
@@ -36,6 +36,17 @@ from .profile import (
     Stat,
     Workload,
     now,
+)
+from .study import (
+    GRACE_PERIOD_S,
+    Events,
+    StudySpec,
+    check_machine,
+    has_heartbeat,
+    open_storage,
+    redact,
+    surplus,
+    wait_for_slot,
 )
 from .units import format_size, parse_size
 from .worker import ModelSource, TrialFailed, Worker, WorkerConfig
@@ -53,6 +64,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 class SearchInterrupted(AutotuneError, KeyboardInterrupt):
     """Ctrl-C: the study is saved; the same command resumes it."""
+
+    def __init__(self, message: str = "interrupted: the study is saved; run the same command to resume"):
+        super().__init__(message)
 
 
 @dataclass
@@ -103,9 +117,6 @@ class SearchOutcome:
         return self.best.images_per_s.median / base if base > 0 else math.inf
 
 
-Events = Callable[[str, dict[str, Any]], None]
-
-
 def search(
     model: ModelSource = "builtin:tiny-sd",
     *,
@@ -149,11 +160,15 @@ def run_search(
     max_batch: int = 16,
     top_k: int = 3,
     rounds: int = 3,
+    workers: int = 1,
     quality_floor: str | quality.FloorSpec | None = None,
     reference_steps: int = quality.DEFAULT_REFERENCE_STEPS,
     on_event: Events | None = None,
 ) -> SearchOutcome:
     """The engine behind `search` and `autotune search`; returns the profile with the baseline comparison.
+
+    `workers` > 1 runs the trials in that many `autotune worker` processes on this host (one per visible GPU), which
+    share the study with any worker started elsewhere; then the winner is re-measured here.
 
     With `quality_floor` (`ssim=0.9`, `psnr=30`, `ssim=-5%`) every trial is scored against a reference rendering
     and must meet the floor; scheduler, steps, precision and VAE tiling then join the search. `objective="pareto"`
@@ -168,6 +183,9 @@ def run_search(
     if reference_steps < 1:
         raise ValueError("the reference steps must be at least 1")
     floor = quality.parse_floor(quality_floor) if isinstance(quality_floor, str) else quality_floor
+    if workers > 1 and not isinstance(model, str):
+        raise ValueError("several workers need a model they can load by name (hub id, folder or builtin:*), "
+                         "not a Python function")
     emit = on_event or (lambda kind, data: None)
     fingerprint = probe(device)
     hardware = fingerprint.hardware
@@ -192,31 +210,50 @@ def run_search(
         space = build_space(info["available"], steps_range(steps, reference_steps) if scored else None,
                             batch_sizes=_doublings(max_batch) if objective == "pareto" else None)
         space = {name: values for name, values in space.items() if name not in pinned}
-        fixed = {**({} if "steps" in space else {"steps": steps}), **pinned}
+        spec = StudySpec(
+            model=model_id, loadable=isinstance(model, str), pipeline=info["pipeline"], denoiser=info["denoiser"],
+            workload=workload.model_dump(), objective=objective,
+            fixed={**({} if "steps" in space else {"steps": steps}), **pinned},
+            hardware=hardware.model_dump(), space=space, memory_budget_bytes=budget_bytes, n_trials=n_trials,
+            max_batch=max_batch, trial_timeout_s=trial_timeout_s, sampler=sampler, seed=seed,
+            deadline=time.time() + timeout_s if timeout_s is not None else None, steps=steps,
+            quality_floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None,
+        )
         name = study_name or default_study_name(model_id, fingerprint, workload, objective, floor)
-        out = str(out).replace("{study}", name) if out is not None else None
+        out, log_path = output_paths(out, name)
         storage_url = storage or default_storage(out, name)
-        log_path = str(Path(out).with_suffix(".log")) if out is not None else os.devnull
         emit("phase", {"message": f"worker output goes to {log_path}"})
         worker.redirect_output(log_path)
-        scoring = None
-        if scored:
-            scoring = prepare_reference(worker, model_id, workload, reference_steps, fingerprint, floor,
-                                        trial_timeout_s, emit)
-            if floor is not None:
-                emit("phase", {"message": f"quality floor {floor}: {floor.metric} >= {scoring.minimum:.4g}"})
-        study = open_study(name, storage_url, sampler, seed, objective, fingerprint, workload, model_id, fixed,
-                           floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None)
+        scoring = scoring_for(spec, worker, fingerprint, emit)
+        study = open_study(name, storage_url, spec)
         if not _finished(study):
             warm_start(study, space, hardware.device, previous, warm_start_recipes,
                        reference={"scheduler": "default", "steps": reference_steps} if scored else None,
                        defaults={"steps": steps, "batch_size": 1})
         _warn_if_busy(emit)
-        run_trials(study, worker, space, fixed, workload, budget_bytes, objective, n_trials, timeout_s,
-                   trial_timeout_s, max_batch, emit, scoring)
+        if workers > 1:
+            from .distributed import launch_workers
+
+            worker.close()  # the workers load their own
+            launch_workers(workers, storage_url, study, spec, log_path, emit)
+        else:
+            run_trials(study, worker, spec, emit, scoring=scoring)
+        config = worker.config
     finally:
         worker.close()
+    return finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit, scoring)
 
+
+def finish_study(
+    study: optuna.Study, spec: StudySpec, fingerprint: Fingerprint, config: WorkerConfig, storage_url: str,
+    out: str | Path | None, top_k: int, rounds: int, emit: Events, scoring: Scoring | None = None,
+) -> SearchOutcome:
+    """Re-measure the study's top candidates (its Pareto front) and the default configuration here, interleaved;
+    write the profile (or profile set)."""
+    budget_bytes, objective = spec.memory_budget_bytes, spec.objective
+    if scoring is None and spec.reference_steps:
+        with Worker(config) as worker:
+            scoring = scoring_for(spec, worker, fingerprint, emit)
     finished = [t for t in _finished(study) if _feasible(t)]
     if not finished:
         raise NothingFits(_nothing_fits_message(study, budget_bytes, scoring))
@@ -224,21 +261,25 @@ def run_search(
         candidates = _pareto_candidates(study, limit=max(top_k, 8))
     else:
         candidates = _top_candidates(finished, top_k, objective)
-    baseline = Candidate("default", {**{k.name: k.default for k in knobs.in_order()}, "steps": steps, "batch_size": 1})
+    defaults = {k.name: k.default for k in knobs.in_order()}
+    baseline = Candidate("default", {**defaults, "steps": spec.steps or spec.fixed.get("steps"), "batch_size": 1})
     emit("phase", {"message": f"re-measuring the top {len(candidates)} and the default configuration, interleaved"})
     _warn_if_busy(emit)
-    remeasure([baseline, *candidates], worker.config, workload, rounds, trial_timeout_s, scoring=scoring)
+    workload = Workload(**spec.workload)
+    remeasure([baseline, *candidates], config, workload, rounds, spec.trial_timeout_s, scoring=scoring)
+    floor = scoring.floor_spec if scoring else None
     fitting = [c for c in candidates if c.failure is None and c.peak_memory_bytes <= budget_bytes
                and (scoring is None or scoring.meets(c.quality))]
     if not fitting:
         raise NothingFits(f"none of the top configurations fit {format_size(budget_bytes)}"
                           + (f" and meet {floor}" if floor else "") + " when re-measured")
+    trials = len(_finished(study))
 
     def profile_of(candidate: Candidate) -> Profile:
         return Profile(
-            hardware=hardware,
+            hardware=fingerprint.hardware,
             software=fingerprint.software,
-            model=ModelInfo(id=model_id, pipeline=info["pipeline"], denoiser=info["denoiser"]),
+            model=ModelInfo(id=spec.model, pipeline=spec.pipeline, denoiser=spec.denoiser),
             workload=workload,
             goal=Goal(objective=objective, memory_budget_bytes=budget_bytes,
                       quality_floor=scoring.floor_record() if scoring and floor else None),
@@ -247,15 +288,16 @@ def run_search(
                             peak_memory_bytes=max(1, candidate.peak_memory_bytes),
                             quality={k: round(v, 4) for k, v in candidate.quality.items()},
                             warmup_s=round(candidate.warmup_s, 3)),
-            provenance=Provenance(sampler=type(study.sampler).__name__, seed=seed, trials=len(_finished(study)),
-                                  study=name, storage=redact(storage_url), created=now(), autotune=__version__,
-                                  trial=_trial_number(candidate)),
+            provenance=Provenance(sampler=type(study.sampler).__name__, seed=spec.seed, trials=trials,
+                                  study=study.study_name, storage=redact(storage_url), created=now(),
+                                  autotune=__version__, trial=_trial_number(candidate)),
         )
 
     profile_set = None
     if objective == "pareto":
-        front = pareto_front(fitting, scoring.metric if scoring else "ssim")
-        picks = choose_picks(front, scoring.metric if scoring else "ssim")
+        metric = scoring.metric if scoring else "ssim"
+        front = pareto_front(fitting, metric)
+        picks = choose_picks(front, metric)
         profile_set = ProfileSet(profiles=[profile_of(c) for c in front], picks=picks)
         best = front[picks["balanced"]]
     elif objective == "latency":
@@ -263,7 +305,7 @@ def run_search(
     else:
         best = max(fitting, key=lambda c: c.images_per_s.median)
     profile = profile_of(best)
-    outcome = SearchOutcome(profile, baseline, best, candidates, name, redact(storage_url), len(_finished(study)),
+    outcome = SearchOutcome(profile, baseline, best, candidates, study.study_name, redact(storage_url), trials,
                             profile_set=profile_set, reference=scoring.reference if scoring else None,
                             storage_url=storage_url)
     if out is not None:
@@ -301,20 +343,29 @@ def searched_knobs(available: dict[str, list], with_quality: bool = False) -> li
     ]
 
 
-def steps_range(workload_steps: int, reference_steps: int) -> range:
+# A searched knob's values: a list (categorical), or {"low": a, "high": b} for an integer range (JSON, for the study).
+Values = list | dict
+
+
+def steps_range(workload_steps: int, reference_steps: int) -> dict[str, int]:
     """Step counts searched under a quality floor: from a tenth of the reference up to the reference itself."""
-    high = max(workload_steps, reference_steps)
-    return range(max(2, reference_steps // 10), high + 1)
+    return {"low": max(2, reference_steps // 10), "high": max(workload_steps, reference_steps)}
 
 
-def build_space(available: dict[str, list], steps: range | None = None,
-                batch_sizes: list[int] | None = None) -> dict[str, list | range]:
+def _allows(values: Values, value: Any) -> bool:
+    if isinstance(values, dict):
+        return isinstance(value, int) and values["low"] <= value <= values["high"]
+    return value in values
+
+
+def build_space(available: dict[str, list], steps: dict[str, int] | None = None,
+                batch_sizes: list[int] | None = None) -> dict[str, Values]:
     """Knob name -> the values to search (those available here); `steps` (a range) only with a quality floor.
 
     `batch_sizes` makes the batch a searched value (a Pareto search trades it for memory) instead of the largest
     batch that pays, found within each trial.
     """
-    space: dict[str, list | range] = {
+    space: dict[str, Values] = {
         knob.name: list(available[knob.name]) for knob in searched_knobs(available, with_quality=steps is not None)
     }
     if steps is not None:
@@ -324,14 +375,14 @@ def build_space(available: dict[str, list], steps: range | None = None,
     return space
 
 
-def suggest(trial: optuna.trial.BaseTrial, space: dict[str, list | range], fixed: dict[str, Any]) -> dict[str, Any]:
+def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Values], fixed: dict[str, Any]) -> dict[str, Any]:
     """Define-by-run: an option (slice size, compile mode's options) is asked only when its parent activates it."""
     settings: dict[str, Any] = {knob.name: knob.default for knob in knobs.in_order()} | fixed
     for name, values in space.items():
         if not knobs.get(name).active(settings):
             continue
-        if isinstance(values, range):
-            settings[name] = trial.suggest_int(name, values.start, values.stop - 1, step=values.step)
+        if isinstance(values, dict):
+            settings[name] = trial.suggest_int(name, values["low"], values["high"])
         else:
             settings[name] = trial.suggest_categorical(name, values)
     return settings
@@ -362,13 +413,13 @@ def documentation_recipes(device: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def recipes(space: dict[str, list | range], device: str, defaults: dict[str, Any] | None = None) -> list[dict]:
+def recipes(space: dict[str, Values], device: str, defaults: dict[str, Any] | None = None) -> list[dict]:
     """The documentation recipes as trial params, restricted to the knobs and values searched here."""
     restricted = (_restrict(recipe, space, defaults) for recipe in documentation_recipes(device).values())
     return [params for params in restricted if params is not None]
 
 
-def _restrict(recipe: dict[str, Any], space: dict[str, list | range],
+def _restrict(recipe: dict[str, Any], space: dict[str, Values],
               defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The recipe as full trial params over `space`, or None when one of its values is not searched here.
 
@@ -380,15 +431,15 @@ def _restrict(recipe: dict[str, Any], space: dict[str, list | range],
         if not knob.active({**{k.name: k.default for k in knobs.in_order()}, **params}):
             continue
         value = recipe.get(name, (defaults or {}).get(name, knob.default))
-        if value not in values:
+        if not _allows(values, value):
             if name in recipe:
                 return None
-            value = values[0]
+            value = values["low"] if isinstance(values, dict) else values[0]
         params[name] = value
     return params
 
 
-def warm_start(study: optuna.Study, space: dict[str, list | range], device: str, previous: Profile | None,
+def warm_start(study: optuna.Study, space: dict[str, Values], device: str, previous: Profile | None,
                with_recipes: bool = True, reference: dict[str, Any] | None = None,
                defaults: dict[str, Any] | None = None) -> None:
     """Enqueue the documentation recipes, the previous profile's settings, and under a quality floor the reference's
@@ -419,23 +470,21 @@ def default_study_name(model_id: str, fingerprint: Fingerprint, workload: Worklo
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-").lower()
 
 
+def output_paths(out: str | Path | None, study_name: str) -> tuple[str | None, str]:
+    """The profile to write ("{study}" in it becomes the study's name) and its `.log` sibling for worker output."""
+    if out is None:
+        return None, os.devnull
+    out = str(out).replace("{study}", study_name)
+    return out, str(Path(out).with_suffix(".log"))
+
+
 def default_storage(out: str | Path | None, study_name: str) -> str:
     """An SQLite file next to the output profile (or in the current folder)."""
     base = Path(out).with_suffix(".db") if out is not None else Path(f"{study_name}.db")
     return f"sqlite:///{base.resolve()}"
 
 
-def redact(url: str) -> str:
-    """The storage URL without its password, for anything written or printed."""
-    if "://" not in url:
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://***"
-
-
-def make_sampler(sampler: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if sampler == "random":
@@ -448,39 +497,40 @@ def make_sampler(sampler: str, seed: int) -> optuna.samplers.BaseSampler:
 PARETO_DIRECTIONS = ("maximize", "minimize", "maximize")  # images/s, peak memory (GiB), quality
 
 
-def open_study(
-    name: str, storage: str, sampler: str, seed: int, objective: str, fingerprint: Fingerprint,
-    workload: Workload, model_id: str, fixed: dict[str, Any], floor: str | None = None,
-    reference_steps: int | None = None,
-) -> optuna.Study:
+def directions(objective: str) -> list[str]:
     if objective == "pareto":
-        directions = list(PARETO_DIRECTIONS)
-    else:
-        directions = ["minimize" if objective == "latency" else "maximize"]
-    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(sampler, seed),
-                                directions=directions, load_if_exists=True)
-    if objective == "pareto" and study.metric_names is None:
+        return list(PARETO_DIRECTIONS)
+    return ["minimize" if objective == "latency" else "maximize"]
+
+
+def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
+    """Create the study, or resume it when it was made for the same model, workload, objective and hardware.
+
+    The spec is recorded (again) so that the workers that join see this search's trial count, budget and time limit.
+    """
+    study = optuna.create_study(study_name=name, storage=open_storage(storage),
+                                sampler=make_sampler(spec.sampler, spec.seed), directions=directions(spec.objective),
+                                load_if_exists=True)
+    if spec.objective == "pareto" and study.metric_names is None:
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots label axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["images/s", "peak memory (GiB)", (floor or "ssim").split("=")[0]])
+            study.set_metric_names(["images/s", "peak memory (GiB)", (spec.quality_floor or "ssim").split("=")[0]])
     recorded = study.user_attrs
-    identity = {"model": model_id, "workload": workload.model_dump(), "objective": objective, "fixed": fixed,
-                "quality_floor": floor, "reference_steps": reference_steps,
-                "hardware": fingerprint.hardware.model_dump()}
-    if not recorded:
-        for key, value in identity.items():
-            study.set_user_attr(key, value)
-    else:
-        for key in ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps"):
-            if recorded.get(key) != identity[key]:
-                raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
-                                    "give a new --study name or the same options as before")
-    _reclaim_interrupted(study)
+    for key in StudySpec.IDENTITY if recorded else ():
+        if recorded.get(key) != getattr(spec, key):
+            raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
+                                "give a new --study name or the same options as before")
+    if "hardware" in recorded:
+        check_machine(Hardware(**recorded["hardware"]), spec.machine, name)
+    spec.record(study)
+    if not has_heartbeat(study):
+        _reclaim_interrupted(study)
     return study
 
 
 def _reclaim_interrupted(study: optuna.Study) -> None:
-    # A trial left RUNNING by a search that was killed is failed and queued again, so resuming loses nothing.
+    # Without a heartbeat (a journal file) nothing tells a dead worker's trial from a live one: a search that starts
+    # takes every RUNNING trial for the remains of a killed search, fails it and queues it again.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
@@ -553,50 +603,82 @@ def prepare_reference(worker: Worker, model_id: str, workload: Workload, referen
                    floor_spec=floor, reference_steps=reference_steps)
 
 
+def scoring_for(spec: StudySpec, worker: Worker, fingerprint: Fingerprint, emit: Events) -> Scoring | None:
+    """The study's reference and floor on this host (each host renders or caches its own), or None without one."""
+    if not spec.reference_steps:
+        return None
+    floor = quality.parse_floor(spec.quality_floor) if spec.quality_floor else None
+    scoring = prepare_reference(worker, spec.model, Workload(**spec.workload), spec.reference_steps, fingerprint,
+                                floor, spec.trial_timeout_s, emit)
+    if floor is not None:
+        emit("phase", {"message": f"quality floor {floor}: {floor.metric} >= {scoring.minimum:.4g}"})
+    return scoring
+
+
 # ---- running trials ----
 
 
-def run_trials(
-    study: optuna.Study, worker: Worker, space: dict[str, list | range], fixed: dict[str, Any], workload: Workload,
-    budget_bytes: int, objective: str, n_trials: int, timeout_s: float | None, trial_timeout_s: float,
-    max_batch: int, emit: Events, scoring: Scoring | None = None,
-) -> None:
+def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Events,
+               timeout_s: float | None = None, scoring: Scoring | None = None) -> None:
+    """Run trials until the study has `spec.n_trials` complete ones, over all its workers, or a time limit passes.
+
+    Each trial is one `study.optimize` step: Optuna beats the trial's heartbeat while it runs, and first fails the
+    trials of dead workers so that its retry callback queues them again.
+    """
     started = time.monotonic()
-    while len(_finished(study)) < n_trials:
-        if timeout_s is not None and time.monotonic() - started > timeout_s:
-            emit("phase", {"message": f"time limit of {timeout_s:.0f} s reached"})
-            break
-        trial = study.ask()
-        settings = suggest(trial, space, fixed)
-        if objective == "latency":
+    limits = (spec.deadline, time.time() + timeout_s if timeout_s is not None else None)
+    deadline = min((limit for limit in limits if limit is not None), default=None)
+    workload = Workload(**spec.workload)
+    if scoring is None and spec.reference_steps:
+        scoring = scoring_for(spec, worker, probe(worker.config.device), emit)
+    batch_search = "batch_size" in spec.space  # a Pareto search asks for the batch; otherwise a trial finds its own
+    asked: list[optuna.Trial] = []
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        asked[:] = [trial]
+        if surplus(study, trial, spec.n_trials):
+            raise optuna.TrialPruned("another worker took the study's last trial at the same moment")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        settings = suggest(trial, spec.space, spec.fixed)
+        if spec.objective == "latency":
             batch_sizes = [1]
-        elif "batch_size" in space:
-            batch_sizes = [settings["batch_size"]]
         else:
-            batch_sizes = _doublings(max_batch)
+            batch_sizes = [settings["batch_size"]] if batch_search else _doublings(spec.max_batch)
         task = {
             "kind": "trial", "settings": settings, "workload": workload.model_dump(), "batch_sizes": batch_sizes,
             "call_kwargs": knobs.call_kwargs({**settings, "batch_size": 1}),
-            "memory_budget_bytes": budget_bytes, "repeats": SCREEN_REPEATS.__dict__,
-            "best_images_per_s_at_batch": {} if "batch_size" in space else _best_at_each_batch(study),
+            "memory_budget_bytes": spec.memory_budget_bytes, "repeats": SCREEN_REPEATS.__dict__,
+            "best_images_per_s_at_batch": {} if batch_search else _best_at_each_batch(study),
             "prune_ratio": PRUNE_RATIO,
         }
         if scoring is not None:
             task |= {"reference_path": str(scoring.path), "metrics": list(scoring.metrics)}
         try:
-            answer = worker.request(task, timeout_s=trial_timeout_s)
+            answer = worker.request(task, timeout_s=spec.trial_timeout_s)
         except TrialFailed as failure:
-            _tell_failure(study, trial, objective, failure.kind, failure.reason, scoring)
+            return _record_failure(trial, spec.objective, failure.kind, failure.reason, scoring)
         except KeyboardInterrupt:
             worker.kill()
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(trial.params, skip_if_exists=False)
-            raise SearchInterrupted("interrupted: the study is saved; run the same command to resume") from None
-        else:
-            _tell_result(study, trial, objective, answer, budget_bytes, scoring)
-            if answer.get("recycle") or not _reversible(answer["settings"]):
-                worker.kill()
-        emit("trial", _trial_event(study, trial.number, n_trials, started, timeout_s))
+            raise
+        value = _record_result(trial, spec.objective, answer, spec.memory_budget_bytes, scoring)
+        if answer.get("recycle") or not _reversible(answer["settings"]):
+            worker.kill()
+        return value
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            emit("trial", _trial_event(study, trial.number, spec.n_trials, started, deadline))
+
+    while wait_for_slot(study, spec.n_trials, deadline, emit):
+        try:
+            study.optimize(objective, n_trials=1, callbacks=[report])
+        except KeyboardInterrupt:
+            if asked:  # Optuna failed it; queued again, it runs first when the study resumes
+                study.enqueue_trial(asked[0].params, skip_if_exists=False)
+            raise SearchInterrupted() from None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            emit("phase", {"message": f"trial {asked[0].number} was taken for dead (no heartbeat for "
+                                      f"{GRACE_PERIOD_S} s) and queued again; its result here is dropped"})
 
 
 def _doublings(max_batch: int) -> list[int]:
@@ -623,13 +705,13 @@ def _best_at_each_batch(study: optuna.Study) -> dict[int, float]:
     return best
 
 
-def _tell_result(study, trial, objective: str, answer: dict, budget_bytes: int, scoring: Scoring | None = None) -> None:
+def _record_result(trial: optuna.Trial, objective: str, answer: dict, budget_bytes: int,
+                   scoring: Scoring | None = None) -> float | list[float]:
     batches = [b for b in answer["batches"] if "oom" not in b]
+    if not batches:  # out of memory at the only batch size asked for
+        return _record_failure(trial, objective, "oom", answer["batches"][0]["oom"], scoring)
     problem = next((b["image_problem"] for b in batches if b.get("image_problem")), None)
     fitting = [b for b in batches if b["peak_memory_bytes"] <= budget_bytes and not b.get("image_problem")]
-    if not batches:  # out of memory at the only batch size asked for
-        _tell_failure(study, trial, objective, "oom", answer["batches"][0]["oom"], scoring)
-        return
     key = (lambda b: -b["seconds_per_image"]) if objective == "latency" else (lambda b: b["images_per_s"]["median"])
     chosen = max(fitting, key=key) if fitting else min(batches, key=lambda b: b["peak_memory_bytes"])
     trial.set_user_attr("batch_size", chosen["batch_size"])
@@ -655,15 +737,16 @@ def _tell_result(study, trial, objective: str, answer: dict, budget_bytes: int, 
     trial.set_constraint("failure", 0.0)
     if scoring is not None:
         trial.set_constraint("quality", scoring.violation(scores) if scores else 1.0)
-    if objective == "pareto" and fitting:
-        values = [chosen["images_per_s"]["median"], chosen["peak_memory_bytes"] / 2**30,
-                  (scores or {}).get(scoring.metric if scoring else "ssim", quality._worst("ssim"))]
-        study.tell(trial, values)
-    else:
-        study.tell(trial, _value(objective, chosen) if fitting else _worst(objective))
+    if not fitting:
+        return _worst(objective)
+    if objective == "pareto":
+        return [chosen["images_per_s"]["median"], chosen["peak_memory_bytes"] / 2**30,
+                (scores or {}).get(scoring.metric if scoring else "ssim", quality._worst("ssim"))]
+    return _value(objective, chosen)
 
 
-def _tell_failure(study, trial, objective: str, kind: str, reason: str, scoring: Scoring | None = None) -> None:
+def _record_failure(trial: optuna.Trial, objective: str, kind: str, reason: str,
+                    scoring: Scoring | None = None) -> float | list[float]:
     # A failure is data: a COMPLETE trial that violates a constraint teaches the sampler; a FAILED one would not.
     trial.set_user_attr("failure", kind)
     trial.set_user_attr("reason", reason)
@@ -672,7 +755,7 @@ def _tell_failure(study, trial, objective: str, kind: str, reason: str, scoring:
     trial.set_constraint("failure", 1.0)
     if scoring is not None:
         trial.set_constraint("quality", 0.0)
-    study.tell(trial, _worst(objective))
+    return _worst(objective)
 
 
 def _value(objective: str, batch: dict) -> float:
@@ -685,15 +768,15 @@ def _worst(objective: str) -> float | list[float]:
     return 1e9 if objective == "latency" else 0.0
 
 
-def _trial_event(study, number: int, n_trials: int, started: float, timeout_s: float | None) -> dict[str, Any]:
+def _trial_event(study, number: int, n_trials: int, started: float, deadline: float | None) -> dict[str, Any]:
     trial = study.trials[number]
     done = len(_finished(study))
     feasible = [t for t in _finished(study) if _feasible(t)]
     best = max((t.user_attrs.get("images_per_s", 0.0) for t in feasible), default=None)
     elapsed = time.monotonic() - started
     left = elapsed / max(1, done) * max(0, n_trials - done)
-    if timeout_s is not None:
-        left = min(left, max(0.0, timeout_s - elapsed))
+    if deadline is not None:
+        left = min(left, max(0.0, deadline - time.time()))
     return {"number": number, "done": done, "total": n_trials, "best_images_per_s": best,
             "images_per_s": trial.user_attrs.get("images_per_s"), "failure": trial.user_attrs.get("failure"),
             "reason": trial.user_attrs.get("reason"), "feasible": _feasible(trial), "seconds_left": left}

@@ -23,6 +23,8 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 
+from .exceptions import first_line
+
 ModelSource = str | Callable[[], DiffusionPipeline]
 
 
@@ -165,9 +167,9 @@ def _serve(conn, config: WorkerConfig) -> None:
         try:
             answer = {"ok": True, **_HANDLERS[task["kind"]](state, task)}
         except (torch.OutOfMemoryError, MemoryError) as error:
-            answer = {"ok": False, "failure": "oom", "reason": _first_line(error) or "out of memory"}
+            answer = {"ok": False, "failure": "oom", "reason": first_line(error) or "out of memory"}
         except Exception as error:
-            answer = {"ok": False, "failure": "error", "reason": f"{type(error).__name__}: {_first_line(error)}",
+            answer = {"ok": False, "failure": "error", "reason": f"{type(error).__name__}: {first_line(error)}",
                       "traceback": traceback.format_exc(limit=8)}
         conn.send(answer)
 
@@ -256,7 +258,7 @@ def _trial(state: _WorkerState, task: dict) -> dict:
         except Exception as error:
             if not measured or not _is_oom(error):
                 raise
-            measured.append({"batch_size": batch, "oom": _first_line(error)})
+            measured.append({"batch_size": batch, "oom": first_line(error)})
             break
         summary = result.summary()
         measured.append(summary)
@@ -365,8 +367,3 @@ def _is_oom(error: BaseException) -> bool:
     import torch
 
     return isinstance(error, (torch.OutOfMemoryError, MemoryError))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,219 @@
+"""The shared study: its storage, what it records for the workers that join it, and when a trial may start.
+
+Optuna is the distributed engine: every worker, on any host, asks the same study in one storage for its next trial.
+An RDB storage (SQLite on one host, PostgreSQL or MySQL for many) runs Optuna's heartbeat: a trial whose worker died
+stops beating, is failed by the next worker that looks, and is queued again by Optuna's retry callback. A journal file
+(a plain path, for a shared filesystem) has no heartbeat. The storage URL's password never leaves this process: every
+message shows `redact(url)`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from .exceptions import AutotuneError, first_line
+from .hardware import Hardware
+
+# A worker's parent process beats while its trial runs (compile included); a trial silent for the grace period is
+# taken for dead. Short enough that a killed worker's trial is retried within a minute, long enough for a busy host.
+HEARTBEAT_INTERVAL_S = 5
+GRACE_PERIOD_S = 20
+MAX_RETRIES = 3
+# Where `autotune worker` also reads its storage URL: workers started here get it there, not on a command line (`ps`).
+STORAGE_ENV = "AUTOTUNE_STORAGE"
+
+Events = Callable[[str, dict[str, Any]], None]
+
+
+class StorageError(AutotuneError, ValueError):
+    """The storage cannot be opened, or holds no such study."""
+
+
+class WrongHardware(AutotuneError, RuntimeError):
+    """This machine is not the hardware the study measures: its timings would poison the study."""
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, for anything written or printed."""
+    if "://" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***"
+
+
+def _scrub(text: str, url: str) -> str:
+    # A driver's error may quote the URL, or the password alone.
+    try:
+        password = make_url(url).password if "://" in url else None
+    except Exception:
+        password = None
+    text = text.replace(url, redact(url))
+    return text.replace(password, "***") if password else text
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`: RDB with heartbeats and retries, or a journal file for a plain path.
+
+    >>> storage = open_storage("sqlite:///tiny.db")  # doctest: +SKIP
+    >>> optuna.load_study(study_name="tiny", storage=storage)  # doctest: +SKIP
+    """
+    if "://" not in url:
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers share the file
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            )
+    except ImportError:
+        hint = "pip install 'autotune[postgres]'" if url.startswith("postgresql") else "install its database driver"
+        raise StorageError(f"no database driver for {redact(url)}: {hint}") from None
+    except Exception as error:
+        raise StorageError(f"cannot open the storage {redact(url)}: {_scrub(first_line(error), url)}") from None
+
+
+def has_heartbeat(study: optuna.Study) -> bool:
+    # Optuna's own test (its ask() makes the same one); a journal file has no heartbeat.
+    return optuna.storages._heartbeat.is_heartbeat_enabled(study._storage)
+
+
+def load(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Join the existing study `name`; a missing study says how to start one."""
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url), sampler=sampler)
+    except KeyError:
+        raise StorageError(f"no study {name!r} in {redact(url)}; start it with autotune search --storage URL "
+                           f"--study {name} (and the model, budget and trials)") from None
+
+
+# ---- what a study records ----
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything a joining worker or an exporter needs, recorded in the study's user attrs, one attr per field.
+
+    `model` is a hub id, a folder or `builtin:*`, or `module:function` for a Python function; only the first three
+    can be loaded by a worker (`loadable`). `deadline` (seconds since the epoch) is the study's time limit, set by
+    the search that started it last.
+    """
+
+    model: str
+    loadable: bool
+    pipeline: str
+    denoiser: str
+    workload: dict[str, Any]
+    objective: str
+    fixed: dict[str, Any]
+    hardware: dict[str, Any]
+    space: dict[str, list | dict]  # a knob's values, or {low, high} for an integer range (steps)
+    memory_budget_bytes: int
+    n_trials: int
+    max_batch: int
+    trial_timeout_s: float
+    sampler: str
+    seed: int
+    deadline: float | None = None
+    steps: int | None = None  # the workload's steps (the default configuration's), searched or not
+    quality_floor: str | None = None  # as given: psnr=35, ssim=-5%
+    reference_steps: int | None = None  # set when trials are scored against a reference rendering
+
+    # A resumed search must match these; the others follow the latest search's options.
+    IDENTITY = ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps")
+
+    @property
+    def machine(self) -> Hardware:
+        return Hardware(**self.hardware)
+
+    def record(self, study: optuna.Study) -> None:
+        for key, value in asdict(self).items():
+            study.set_user_attr(key, value)
+
+    @classmethod
+    def read(cls, study: optuna.Study) -> StudySpec:
+        recorded = study.user_attrs
+        missing = [f.name for f in fields(cls) if f.name not in recorded and f.default is not None]
+        if missing:
+            raise StorageError(f"study {study.study_name!r} does not record {', '.join(missing)}: it was made by an "
+                               "older autotune; resume it once with autotune search")
+        return cls(**{f.name: recorded[f.name] for f in fields(cls) if f.name in recorded})
+
+
+def check_machine(recorded: Hardware, here: Hardware, study_name: str) -> None:
+    """Refuse a machine that is not the study's hardware model (GPU model; CPU model and core count)."""
+    if not recorded.same_model(here):
+        raise WrongHardware(f"this machine ({here.describe()}) is not the hardware of study {study_name!r} "
+                            f"({recorded.describe()}): its timings would poison the study; run it on a "
+                            f"{recorded.describe()}, or start another study")
+
+
+# ---- when a trial may start ----
+
+
+def counts(study: optuna.Study) -> tuple[int, int]:
+    """(complete, running) trials of the study, over all workers."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    complete = sum(1 for t in trials if t.state == TrialState.COMPLETE)
+    return complete, len(trials) - complete
+
+
+def wait_for_slot(study: optuna.Study, n_trials: int, deadline: float | None, emit: Events,
+                  poll_s: float = HEARTBEAT_INTERVAL_S) -> bool:
+    """True when a new trial may start: fewer than `n_trials` trials are complete or running.
+
+    While the last slots are held by other workers' running trials, wait: if one of those workers dies, Optuna's
+    heartbeat fails its trial and the retry callback queues it again, for this worker to take. False when the study
+    has its trials, when `deadline` passed, or when the storage has no heartbeat to tell a dead worker from a slow one.
+    """
+    said = False
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            emit("phase", {"message": "the study's time limit is reached"})
+            return False
+        if has_heartbeat(study):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)
+        complete, running = counts(study)
+        if complete >= n_trials:
+            return False
+        if complete + running < n_trials:
+            return True
+        if not has_heartbeat(study):
+            return False
+        if not said:
+            emit("phase", {"message": f"{running} trials of other workers hold the study's last slots; waiting in "
+                                      f"case one dies (its trial is retried {GRACE_PERIOD_S} s after its last beat)"})
+            said = True
+        time.sleep(poll_s)
+
+
+def surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """True when `n_trials` trials (complete or running) started before `trial`: two workers asked at once.
+
+    Every worker orders the study's trials the same way, by start time then number, and only the first `n_trials`
+    run: the total never overshoots. (Start times come from each host's clock: keep the hosts' clocks in sync.)
+    """
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+
+    def order(t: optuna.trial.FrozenTrial) -> tuple[datetime.datetime, int]:
+        return t.datetime_start or datetime.datetime.min, t.number
+
+    mine = next((order(t) for t in trials if t.number == trial.number), None)
+    return mine is not None and sum(1 for t in trials if order(t) < mine) >= n_trials
