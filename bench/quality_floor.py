@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--strict-trials", type=int, default=12)
     parser.add_argument("--reference-steps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--trial-timeout", type=float, default=300.0)
     args = parser.parse_args()
     console = Console()
 
@@ -52,7 +53,8 @@ def main() -> None:
         console.print(f"search under {args.floor}, {args.trials} trials ...")
         floor = quality.parse_floor(args.floor)
         outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, quality_floor=floor,
-                             reference_steps=args.reference_steps, rounds=args.rounds, out=Path(folder, "floor.yaml"))
+                             reference_steps=args.reference_steps, rounds=args.rounds, out=Path(folder, "floor.yaml"),
+                             trial_timeout_s=args.trial_timeout)
         best, base = outcome.best, outcome.baseline
         again = rescore(outcome.profile, outcome.reference)
         minimum = outcome.profile.goal.quality_floor.min
@@ -68,7 +70,8 @@ def main() -> None:
 
         console.print(f"search under {args.strict}, {args.strict_trials} trials ...")
         strict = run_search(args.model, budget=args.budget, n_trials=args.strict_trials, quality_floor=args.strict,
-                            reference_steps=args.reference_steps, rounds=1, out=Path(folder, "strict.yaml"))
+                            reference_steps=args.reference_steps, rounds=1, out=Path(folder, "strict.yaml"),
+                            trial_timeout_s=args.trial_timeout)
         settings = strict.profile.settings_dict()
         kept = settings["scheduler"] == "default" and settings["steps"] == args.reference_steps
         console.print(f"under {args.strict}: scheduler={settings['scheduler']}, steps={settings['steps']} "
