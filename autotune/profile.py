@@ -161,12 +161,8 @@ class ProfileSet(_Strict):
             raise ProfileError(f"no pick {name!r} in this profile set; picks: {', '.join(self.picks)}")
         return self.profiles[self.picks[name]]
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True,
-                              default_flow_style=False, width=120)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        return write_atomic(path, self.to_yaml())
+    to_yaml = Profile.to_yaml
+    save = Profile.save
 
 
 def now() -> datetime:
@@ -174,10 +170,14 @@ def now() -> datetime:
 
 
 def profile_from_dict(data: Any, source: str = "profile") -> Profile:
+    return _validated(Profile, data, source, "a profile")
+
+
+def _validated(model: type[_Strict], data: Any, source: str, noun: str) -> Any:
     if not isinstance(data, dict):
-        raise ProfileError(f"{source}: a profile is a mapping of fields, got {type(data).__name__}")
+        raise ProfileError(f"{source}: {noun} is a mapping of fields, got {type(data).__name__}")
     try:
-        return Profile.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
         raise ProfileError(f"{source}: {describe_errors(error)}") from None
 
@@ -217,12 +217,7 @@ def load_profile_set(path: str | os.PathLike) -> ProfileSet:
 
 
 def profile_set_from_dict(data: Any, source: str = "profile set") -> ProfileSet:
-    if not isinstance(data, dict):
-        raise ProfileError(f"{source}: a profile set is a mapping of fields, got {type(data).__name__}")
-    try:
-        return ProfileSet.model_validate(data)
-    except ValidationError as error:
-        raise ProfileError(f"{source}: {describe_errors(error)}") from None
+    return _validated(ProfileSet, data, source, "a profile set")
 
 
 def _read_yaml(path: Path) -> Any:
