@@ -107,7 +107,8 @@ def test_a_floor_is_met_by_the_chosen_configuration_when_rescored(tmp_path):
 
 @pytest.mark.slow
 def test_a_floor_only_the_reference_meets_keeps_its_scheduler_and_steps(tmp_path):
-    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=4, out=None, quality_floor="psnr=60", **SMALL)
+    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=4, out=None, quality_floor="psnr=60",
+                         storage=f"sqlite:///{tmp_path / 'strict.db'}", **SMALL)
 
     settings = outcome.profile.settings_dict()
     assert settings["scheduler"] == "default" and settings["steps"] == 6
