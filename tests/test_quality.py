@@ -154,3 +154,24 @@ def test_the_front_drops_dominated_configurations_and_picks_name_the_extremes():
     assert [c.label for c in front] == ["fast", "middle", "small"]
     picks = choose_picks(front, "ssim")
     assert picks == {"fastest": 0, "balanced": 1, "smallest": 2}
+
+
+@pytest.mark.slow
+def test_a_study_under_a_floor_is_joined_by_a_worker_and_exported_with_its_floor(tmp_path):
+    from autotune.distributed import export_profile, run_worker
+
+    storage, name = f"sqlite:///{tmp_path / 'shared.db'}", "shared"
+    run_search("builtin:tiny-sd", budget="8GB", n_trials=2, out=None, storage=storage, study_name=name,
+               quality_floor="psnr=35", **SMALL)
+    study = optuna.load_study(study_name=name, storage=storage)
+    study.set_user_attr("n_trials", 3)  # as a later `autotune search --trials 3` would record it
+
+    assert run_worker(storage, name) == 1  # the joining worker scores against the reference too
+    joined = [t for t in optuna.load_study(study_name=name, storage=storage).trials if "quality" in t.user_attrs]
+    assert len(joined) == 3 and all("quality" in t.constraints for t in joined)
+    outcome = export_profile(storage, name, tmp_path / "exported.yaml", top_k=1, rounds=1)
+
+    exported = load_profile(tmp_path / "exported.yaml")
+    assert exported.goal.quality_floor.metric == "psnr" and exported.goal.quality_floor.min == 35
+    assert exported.metrics.quality["psnr"] >= 35
+    assert outcome.profile.settings == exported.settings
