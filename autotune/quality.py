@@ -79,6 +79,12 @@ def stack(images_by_prompt: dict[int, np.ndarray], n_prompts: int) -> np.ndarray
     return np.stack([np.asarray(images_by_prompt[index], dtype=np.float32) for index in range(n_prompts)])
 
 
+def render_missing(pipe: Any, workload: Any, call_kwargs: dict[str, Any], rendered: dict[int, Any]) -> np.ndarray:
+    """All prompts' images: those already `rendered` (a trial's timed calls), the others rendered now."""
+    missing = [index for index in range(len(workload.prompts)) if index not in rendered]
+    return stack({**rendered, **render(pipe, workload, call_kwargs, missing)}, len(workload.prompts))
+
+
 # ---- the reference cache ----
 
 

@@ -198,10 +198,9 @@ class _WorkerState:
         path = task["reference_path"]
         if path not in self._references:
             self._references[path] = quality.load_reference(path)[0]
-        missing = [index for index in range(len(workload.prompts)) if index not in first_images]
-        images = {**first_images, **quality.render(pipe, workload, call_kwargs, missing)}
-        return quality.score(quality.stack(images, len(workload.prompts)), self._references[path],
-                             tuple(task.get("metrics", quality.DEFAULT_METRICS)), workload.prompts)
+        images = quality.render_missing(pipe, workload, call_kwargs, first_images)
+        return quality.score(images, self._references[path], tuple(task.get("metrics", quality.DEFAULT_METRICS)),
+                             workload.prompts)
 
     def fresh_pipeline(self) -> DiffusionPipeline:
         """A pipeline no trial has touched: the model is loaded once, each trial works on a copy."""
@@ -323,10 +322,8 @@ def _time(state: _WorkerState, task: dict) -> dict:
     if task.get("render"):
         from . import quality
 
-        workload = Workload(**task["workload"])
-        missing = [index for index in range(len(workload.prompts)) if index not in result.first_images]
-        rendered = {**result.first_images, **quality.render(state.kept, workload, state.kept_kwargs, missing)}
-        answer["rendered"] = quality.stack(rendered, len(workload.prompts))
+        answer["rendered"] = quality.render_missing(state.kept, Workload(**task["workload"]), state.kept_kwargs,
+                                                    result.first_images)
     return answer
 
 
