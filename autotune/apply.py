@@ -52,15 +52,13 @@ def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
         if pipe_or_model is None:
             raise ProfileError('profile "auto" picks a profile for a pipeline: give the pipeline (or model) too')
         return select_profile(pipe_or_model, search_path=search_path).require()
-    path, named = split_pick(profile)
-    if named and pick and named != pick:
-        raise ProfileError(f"{profile}: two picks given, {named!r} in the name and {pick!r}")
+    path, pick = split_pick(profile, pick)
     if path.is_file():
-        return load_profile(path, pick or named)
+        return load_profile(path, pick)
     text = str(path)
     if os.sep in text or "/" in text or text.endswith(SUFFIXES):
         raise ProfileError(f"{text}: no such profile file")
-    return load_profile(find_profile(text, search_path), pick or named)
+    return load_profile(find_profile(text, search_path), pick)
 
 
 def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: SearchPath = None,

@@ -70,7 +70,7 @@ def probe(
     for column in ("knob", "value", "available", "why not / note"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["knob"], _show(row["value"]), "yes" if row["available"] else "[red]no[/red]",
+        table.add_row(row["knob"], knobs.show(row["value"]), "yes" if row["available"] else "[red]no[/red]",
                       row["reason"] or row["note"] or "")
     console.print(table)
 
@@ -233,7 +233,7 @@ def _print_outcome(outcome) -> None:
     rows = [("default", outcome.baseline), ("autotune", outcome.best)]
     if outcome.profile_set is not None:
         rows = [("default", outcome.baseline)] + [
-            (name, next(c for c in outcome.candidates if c.label == f"trial {profile.provenance.trial}"))
+            (name, next(c for c in outcome.candidates if c.trial == profile.provenance.trial))
             for name, profile in ((n, outcome.profile_set.pick(n)) for n in outcome.profile_set.picks)]
     for label, candidate in rows:
         rate = candidate.images_per_s
@@ -245,7 +245,7 @@ def _print_outcome(outcome) -> None:
         table.add_row(*cells)
     console.print(table)
     changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
-    console.print("settings: " + (", ".join(f"{k}={_show(v)}" for k, v in changed.items()) or "defaults"))
+    console.print("settings: " + (", ".join(f"{k}={knobs.show(v)}" for k, v in changed.items()) or "defaults"))
     console.print(f"study {outcome.study_name} in {outcome.storage}")
     if outcome.profile_set is not None:
         console.print(f"profile set of {len(outcome.profile_set.profiles)} Pareto-optimal configurations written to "
@@ -471,10 +471,6 @@ def report(
 
     found = report_source(source, study_name=study, storage=storage)
     print(write_report(found.study, output or found.default_output, found.profile, found.images))
-
-
-def _show(value: object) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def main() -> None:

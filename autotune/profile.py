@@ -182,13 +182,15 @@ def _validated(model: type[_Strict], data: Any, source: str, noun: str) -> Any:
         raise ProfileError(f"{source}: {describe_errors(error)}") from None
 
 
-def split_pick(path: str | os.PathLike) -> tuple[Path, str | None]:
-    """`sets/sd15.yaml#balanced` -> (Path("sets/sd15.yaml"), "balanced"); a plain path has no pick."""
+def split_pick(path: str | os.PathLike, pick: str | None = None) -> tuple[Path, str | None]:
+    """`sets/sd15.yaml#balanced` -> (Path("sets/sd15.yaml"), "balanced"); a plain path has only `pick` (if any)."""
     text = os.fspath(path)
-    if "#" in text and not Path(text).exists():
-        text, pick = text.rsplit("#", 1)
-        return Path(text), pick or None
-    return Path(text), None
+    if "#" not in text or Path(text).exists():
+        return Path(text), pick
+    text, named = text.rsplit("#", 1)
+    if named and pick and named != pick:
+        raise ProfileError(f"{text}: two picks given, {named!r} in the path and {pick!r}")
+    return Path(text), named or pick
 
 
 def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
@@ -196,18 +198,16 @@ def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
 
     A profile set (from a Pareto search) needs a pick: `load_profile("set.yaml#balanced")` or `pick="balanced"`.
     """
-    path, named = split_pick(path)
-    if named and pick and named != pick:
-        raise ProfileError(f"{path}: two picks given, {named!r} in the path and {pick!r}")
+    path, pick = split_pick(path, pick)
     data = _read_yaml(path)
     if isinstance(data, dict) and "profiles" in data:
         profiles = profile_set_from_dict(data, str(path))
-        if not (pick or named):
+        if not pick:
             raise ProfileError(f"{path}: a profile set; name a pick as {path}#PICK or pick= "
                                f"(picks: {', '.join(profiles.picks)})")
-        return profiles.pick(pick or named)
-    if pick or named:
-        raise ProfileError(f"{path}: a single profile, not a profile set; it has no pick {pick or named!r}")
+        return profiles.pick(pick)
+    if pick:
+        raise ProfileError(f"{path}: a single profile, not a profile set; it has no pick {pick!r}")
     return profile_from_dict(data, str(path))
 
 

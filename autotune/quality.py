@@ -185,7 +185,7 @@ def score(images: np.ndarray, reference: np.ndarray, metrics: tuple[str, ...] = 
         raise AutotuneError(f"images of shape {tuple(produced.shape)} cannot be scored against a reference of "
                             f"shape {tuple(wanted.shape)}")
     if not torch.isfinite(produced).all():
-        return {metric: _worst(metric) for metric in metrics}
+        return {metric: worst_score(metric) for metric in metrics}
     scores = {}
     for metric in metrics:
         if metric == "psnr":
@@ -212,7 +212,8 @@ def _psnr(produced, wanted) -> float:
     return float(np.mean(values))
 
 
-def _worst(metric: str) -> float:
+def worst_score(metric: str) -> float:
+    """The lowest score a metric gives: what unusable or unscored images count as."""
     return {"psnr": 0.0, "ssim": -1.0, "lpips": 0.0, "clip": 0.0}[metric]
 
 
@@ -239,4 +240,4 @@ def _clip(produced, prompts: list[str]) -> float:
 
 
 def meets(scores: dict[str, float], metric: str, minimum: float) -> bool:
-    return scores.get(metric, _worst(metric)) >= minimum
+    return scores.get(metric, worst_score(metric)) >= minimum

@@ -340,7 +340,7 @@ def _trial_settings(trial: FrozenTrial) -> dict[str, Any]:
 def _changed_settings(study: optuna.Study, trial: FrozenTrial) -> str:
     """The knobs a trial set away from their defaults; the study's fixed ones are in the summary."""
     fixed = study.user_attrs.get("fixed", {})
-    changed = [f"{name}={_show(value)}" for name, value in _trial_settings(trial).items()
+    changed = [f"{name}={knobs.show(value)}" for name, value in _trial_settings(trial).items()
                if name in knobs.KNOBS and name not in fixed and name != "batch_size"
                and value != knobs.get(name).default]
     return ", ".join(changed) or "defaults"
@@ -366,10 +366,6 @@ def _verdict(trial: FrozenTrial) -> str:
 
 def _quality_text(quality: dict[str, float] | None) -> str:
     return ", ".join(f"{name} {value:.4g}" for name, value in quality.items()) if quality else "-"
-
-
-def _show(value: object) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _top_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile | None) -> str:
@@ -416,7 +412,7 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], profile: Profile | 
     ]
     if profile is not None and profile.metrics is not None:
         rows.append(("result (re-measured)", _metrics_text(profile)))
-        rows.append(("settings", ", ".join(f"{k}={_show(v)}" for k, v in profile.settings_dict().items()
+        rows.append(("settings", ", ".join(f"{k}={knobs.show(v)}" for k, v in profile.settings_dict().items()
                                              if k in knobs.KNOBS and v != knobs.get(k).default) or "defaults"))
     elif trials and _feasible(best := _ranked(study, trials)[0]):
         rate = best.user_attrs.get("images_per_s")
@@ -448,7 +444,7 @@ def _workload_text(workload: dict, fixed: dict) -> str:
         return "-"
     parts = [f"{workload.get('height')}x{workload.get('width')}", f"{len(workload.get('prompts', []))} prompts",
              f"seed {workload.get('seed')}"]
-    parts += [f"{name}={_show(value)}" for name, value in fixed.items()]
+    parts += [f"{name}={knobs.show(value)}" for name, value in fixed.items()]
     return ", ".join(parts)
 
 
@@ -512,8 +508,9 @@ def _image_row(label: str, array: np.ndarray, reference: np.ndarray | None) -> s
     elif not comparable:
         header = f"size {array.shape[1:3]} differs from the reference: not compared"
     else:
-        mean = score(array, reference)
-        header = f"PSNR {mean['psnr']:.1f} dB, SSIM {mean['ssim']:.4f} (as the search scores it)"
+        # The search's PSNR is the mean of the per-image values already computed for the captions.
+        ssim = score(array, reference, ("ssim",))["ssim"]
+        header = f"PSNR {np.mean(per_image):.1f} dB, SSIM {ssim:.4f} (as the search scores it)"
     cells = []
     for i, image in enumerate(array):
         caption = _psnr_text(per_image[i]) if per_image else ""

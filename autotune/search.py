@@ -82,6 +82,7 @@ class Candidate:
     failure: str | None = None
     quality: dict[str, float] = field(default_factory=dict)
     images: Any = None  # prompts x H x W x 3, rendered in the last round of the re-measurement
+    trial: int | None = None  # the study's trial it came from (None for the default configuration)
 
     @property
     def batch_size(self) -> int:
@@ -290,7 +291,7 @@ def finish_study(
                             warmup_s=round(candidate.warmup_s, 3)),
             provenance=Provenance(sampler=type(study.sampler).__name__, seed=spec.seed, trials=trials,
                                   study=study.study_name, storage=redact(storage_url), created=now(),
-                                  autotune=__version__, trial=_trial_number(candidate)),
+                                  autotune=__version__, trial=candidate.trial),
         )
 
     profile_set = None
@@ -313,10 +314,6 @@ def finish_study(
         if scoring is not None:
             outcome.images_path = save_images(Path(out), scoring.reference, baseline, candidates)
     return outcome
-
-
-def _trial_number(candidate: Candidate) -> int | None:
-    return int(candidate.label.split()[-1]) if candidate.label.startswith("trial ") else None
 
 
 def _warn_if_busy(emit: Events) -> None:
@@ -567,7 +564,7 @@ class Scoring:
         """<= 0 when the floor is met; scaled so that PSNR in dB and SSIM in [0, 1] weigh alike for the sampler."""
         if self.minimum is None:
             return 0.0
-        achieved = (scores or {}).get(self.metric, quality._worst(self.metric))
+        achieved = (scores or {}).get(self.metric, quality.worst_score(self.metric))
         return (self.minimum - achieved) / (10.0 if self.metric == "psnr" else 0.1)
 
     def floor_record(self) -> QualityFloor:
@@ -741,7 +738,7 @@ def _record_result(trial: optuna.Trial, objective: str, answer: dict, budget_byt
         return _worst(objective)
     if objective == "pareto":
         return [chosen["images_per_s"]["median"], chosen["peak_memory_bytes"] / 2**30,
-                (scores or {}).get(scoring.metric if scoring else "ssim", quality._worst("ssim"))]
+                (scores or {}).get(scoring.metric if scoring else "ssim", quality.worst_score("ssim"))]
     return _value(objective, chosen)
 
 
@@ -797,35 +794,26 @@ def _nothing_fits_message(study: optuna.Study, budget_bytes: int, scoring: Scori
     return f"nothing fits in {format_size(budget_bytes)}: every trial failed (no profile written)"
 
 
-def _top_candidates(trials: list, top_k: int, objective: str) -> list[Candidate]:
-    ranked = sorted(trials, key=lambda t: t.value, reverse=objective != "latency")
-    chosen: list[Candidate] = []
-    seen: set[str] = set()
-    for trial in ranked:
+def _distinct_candidates(trials: list[optuna.trial.FrozenTrial]) -> list[Candidate]:
+    """The trials as candidates, in order, each configuration (settings and batch) once."""
+    chosen: dict[str, Candidate] = {}
+    for trial in trials:
         settings = {**trial.user_attrs["settings"], "batch_size": trial.user_attrs["batch_size"]}
         key = repr(sorted(settings.items(), key=lambda item: item[0]))
-        if key in seen:
-            continue
-        seen.add(key)
-        chosen.append(Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"]))
-        if len(chosen) == top_k:
-            break
-    return chosen
+        chosen.setdefault(key, Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"],
+                                         trial=trial.number))
+    return list(chosen.values())
+
+
+def _top_candidates(trials: list, top_k: int, objective: str) -> list[Candidate]:
+    ranked = sorted(trials, key=lambda t: t.value, reverse=objective != "latency")
+    return _distinct_candidates(ranked)[:top_k]
 
 
 def _pareto_candidates(study: optuna.Study, limit: int) -> list[Candidate]:
     """The feasible Pareto-optimal trials (Optuna's `best_trials` honour the constraints), fastest first."""
-    front = sorted(study.best_trials, key=lambda t: -t.values[0])
-    chosen: list[Candidate] = []
-    seen: set[str] = set()
-    for trial in front:
-        if not _feasible(trial):
-            continue
-        settings = {**trial.user_attrs["settings"], "batch_size": trial.user_attrs["batch_size"]}
-        key = repr(sorted(settings.items(), key=lambda item: item[0]))
-        if key not in seen:
-            seen.add(key)
-            chosen.append(Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"]))
+    front = sorted((t for t in study.best_trials if _feasible(t)), key=lambda t: -t.values[0])
+    chosen = _distinct_candidates(front)
     if len(chosen) > limit:  # keep the extremes and an even spread between them
         step = (len(chosen) - 1) / (limit - 1)
         chosen = [chosen[round(index * step)] for index in range(limit)]
@@ -835,7 +823,7 @@ def _pareto_candidates(study: optuna.Study, limit: int) -> list[Candidate]:
 def _objectives(candidate: Candidate, metric: str) -> tuple[float, float, float]:
     """Images/s, peak memory and quality, each turned so that bigger is better."""
     return (candidate.images_per_s.median, -float(candidate.peak_memory_bytes),
-            candidate.quality.get(metric, quality._worst(metric)))
+            candidate.quality.get(metric, quality.worst_score(metric)))
 
 
 def pareto_front(candidates: list[Candidate], metric: str) -> list[Candidate]:

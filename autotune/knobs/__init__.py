@@ -13,6 +13,6 @@ from . import (
     scheduler,  # noqa: F401
     vae,  # noqa: F401
 )
-from .base import KNOBS, ORDER, Knob, availability, call_kwargs, get, in_order, register
+from .base import KNOBS, ORDER, Knob, availability, call_kwargs, get, in_order, register, show
 
-__all__ = ["KNOBS", "ORDER", "Knob", "availability", "call_kwargs", "get", "in_order", "register"]
+__all__ = ["KNOBS", "ORDER", "Knob", "availability", "call_kwargs", "get", "in_order", "register", "show"]

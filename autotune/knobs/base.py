@@ -114,6 +114,11 @@ def in_order() -> list[Knob]:
     return sorted(KNOBS.values(), key=lambda knob: knob.order)
 
 
+def show(value: Any) -> str:
+    """A knob value as a profile's YAML writes it: `null`, `true`, `fp16`, `4`."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def call_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Pipeline-call keyword arguments of the call-time knobs (steps, batch) in `settings`."""
     kwargs: dict[str, Any] = {}
