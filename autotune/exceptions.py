@@ -43,3 +43,27 @@ class FallbackWarning(AutotuneWarning):
 
 class ProfileMismatchWarning(AutotuneWarning):
     """The profile was measured on other hardware or library versions; its numbers may not hold here."""
+
+
+class InvalidInput(AutotuneError, ValueError):
+    """A flag, argument or option value is wrong; the message names it and what it accepts."""
+
+
+class UnknownKnob(AutotuneError, LookupError):
+    """A knob name (in a pin, a profile or a rule) names no registered knob."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a key
+        return str(self.args[0]) if self.args else "unknown knob"
+
+
+class KnobConflict(IncompatibleProfile):
+    """Two settings exclude each other (or one lacks what it requires); the message names both knobs."""
+
+
+class TrialFailed(AutotuneError, RuntimeError):
+    """A worker's task failed: out of memory, an exception, a crash or a timeout. `kind` says which."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason

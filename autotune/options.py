@@ -1,0 +1,13 @@
+"""The choices and defaults that the CLI checks before any heavy import, and the library uses: one place each.
+
+Nothing here imports torch, diffusers or Optuna, so `autotune search --objective nope` is refused at once.
+"""
+
+from __future__ import annotations
+
+OBJECTIVES = ("throughput", "latency", "pareto")
+SAMPLERS = ("tpe", "gp", "random")
+# The reference rendering's step count when quality is measured (fp32, the pipeline's own scheduler).
+DEFAULT_REFERENCE_STEPS = 50
+# How far below a profile's recorded images/s `verify` still passes (a fraction).
+DEFAULT_TOLERANCE = 0.10
