@@ -15,9 +15,8 @@ from typing import Any
 from diffusers import DiffusionPipeline
 
 from . import knobs, pipelines
-from .exceptions import FallbackWarning, IncompatibleProfile, ProfileError, ProfileMismatchWarning
+from .exceptions import FallbackWarning, IncompatibleProfile, KnobConflict, ProfileError, ProfileMismatchWarning
 from .hardware import Fingerprint, Hardware, probe
-from .knobs.precision import DTYPES
 from .library import SUFFIXES, SearchPath, check_name, find_profile, select_profile, shipped_profiles_dir
 from .profile import Profile, load_profile, split_pick
 
@@ -98,8 +97,8 @@ def load_pipeline(model: str | None = None, profile: ProfileLike | None = None,
         raise ProfileError('profile "auto" picks a profile for a model: give the model too')
     resolved = resolve_profile(profile, search_path, model) if profile is not None else None
     model = model or (resolved.model.id if resolved else pipelines.DEFAULT_MODEL)
-    dtype = DTYPES[resolved.settings.precision] if resolved else None
-    pipe = pipelines.load(model, dtype=dtype)
+    load_kwargs = knobs.load_kwargs(resolved.settings_dict()) if resolved else {}
+    pipe = pipelines.load(model, **load_kwargs)
     return apply_profile(pipe, resolved) if resolved else pipe
 
 
@@ -110,6 +109,9 @@ def apply_settings(
 
     With `fallback=False` an unavailable value raises `KnobUnavailable` instead of being replaced (the tuner's mode).
     """
+    broken = knobs.violations(settings)
+    if broken:
+        raise KnobConflict(f"these settings cannot be applied together: {broken[0]}")
     effective = {knob.name: settings.get(knob.name, knob.default) for knob in knobs.in_order()}
     for knob in knobs.in_order():
         value = effective[knob.name]
@@ -126,7 +128,7 @@ def apply_settings(
         effective[knob.name] = replacement
     for knob in knobs.in_order():
         if not knob.call_time and knob.parent is None:
-            knob.apply(pipe, effective[knob.name], effective)
+            knob.apply(pipe, effective[knob.name], effective, hardware)
     return effective
 
 

@@ -1,6 +1,12 @@
-"""Every knob, registered in application order. Importing this package imports each knob module once."""
+"""Every knob: the ones in this folder, then those other packages declare as `autotune.knobs` entry points.
+
+An entry point names a module (importing it registers its knobs with `@register`) or a `Knob` subclass (registered
+here). Importing this package loads each once and checks that every rule names a known knob.
+"""
 
 from __future__ import annotations
+
+from importlib.metadata import entry_points
 
 from . import (
     attention,  # noqa: F401
@@ -13,6 +19,46 @@ from . import (
     scheduler,  # noqa: F401
     vae,  # noqa: F401
 )
-from .base import KNOBS, ORDER, Knob, availability, call_kwargs, get, in_order, register, show
+from .base import (
+    KNOBS,
+    STAGE_ORDER,
+    Knob,
+    availability,
+    call_kwargs,
+    defaults,
+    domains,
+    get,
+    in_order,
+    load_kwargs,
+    register,
+    show,
+    violations,
+)
+from .domain import Categorical, Domain, FloatRange, IntRange, domain_from_dict
+from .rules import Excludes, Requires, Rule
 
-__all__ = ["KNOBS", "ORDER", "Knob", "availability", "call_kwargs", "get", "in_order", "register", "show"]
+ENTRY_POINT_GROUP = "autotune.knobs"
+
+
+def _load_entry_points() -> None:
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = entry.load()
+        if isinstance(loaded, type) and issubclass(loaded, Knob) and loaded.name not in KNOBS:
+            register(loaded)
+
+
+def _check_rules() -> None:
+    for knob in KNOBS.values():
+        for rule in knob.rules:
+            if rule.other not in KNOBS:
+                raise ValueError(f"knob {knob.name!r} has a rule about {rule.other!r}, which is no registered knob")
+
+
+_load_entry_points()
+_check_rules()
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "KNOBS", "STAGE_ORDER", "Categorical", "Domain", "Excludes", "FloatRange", "IntRange",
+    "Knob", "Requires", "Rule", "availability", "call_kwargs", "defaults", "domain_from_dict", "domains", "get",
+    "in_order", "load_kwargs", "register", "show", "violations",
+]

@@ -71,6 +71,7 @@ class Attention(Knob):
                          "sliced"]
     default = "sdpa"
     stage = "attention"
+    after = ("scheduler",)
 
     def choices(self):
         return ["sdpa", *KERNELS, "xformers", "vanilla", "sliced"]
@@ -102,7 +103,7 @@ class Attention(Knob):
             return f"{type(net).__name__} does not support attention slicing"
         return None
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         net = denoiser(pipe)
         if _family(net) == "dispatch":
             _set_dispatch_backend(net, DISPATCH_BACKENDS[value])

@@ -1,8 +1,10 @@
-"""The knob unit and its registry.
+"""The knob contract and its registry.
 
-A knob value is plain data (what a profile stores); the unit that applies it is registered once, and the loader and the
-tuner iterate the registry in application order. Adding a knob is one new file in this folder, imported by
-`knobs/__init__.py`; no other module changes.
+A knob declares, in its own file, everything the rest of the package needs: its values and their domain on given
+hardware and pipeline, why a value is unavailable, its stage in the application order (with the stages it follows
+and precedes), what it requires of and excludes with other knobs, whether it is exact, reversible or call-time, and
+how to read its value back from a pipeline's real state. The loader and the tuner iterate the registry; adding a
+knob is one new file in this folder or one `autotune.knobs` entry point, and no other module changes.
 """
 
 from __future__ import annotations
@@ -12,33 +14,26 @@ from typing import Any, ClassVar
 
 from diffusers import DiffusionPipeline
 
+from ..exceptions import UnknownKnob
 from ..hardware import Hardware
-
-# Application order: a knob with a lower number is applied first. Precision decides the dtype every later knob sees;
-# offload must come after anything that changes the modules it hooks; compile traces the final modules, so it is last.
-ORDER = {
-    "process": 0,
-    "precision": 10,
-    "scheduler": 20,
-    "attention": 30,
-    "vae": 40,
-    "memory_format": 50,
-    "placement": 60,
-    "compile": 70,
-    "call": 100,
-}
+from .domain import Categorical, Domain, show  # noqa: F401  (show: re-exported)
+from .rules import Rule, broken_rules
+from .stages import resolve_stages
 
 
 class Knob:
     """One tuning lever. Subclasses set the class attributes and override what applies to them.
 
     - `name`: the key in a profile's settings; `annotation` and `default`: its type and neutral value.
+    - `stage`: where it goes in the application order; `after` / `before`: the stages this stage must follow and
+      precede (declared once by any knob of the stage; the registry resolves them into one order).
     - `exact`: True when the knob changes only speed and memory, not the image beyond numerical noise.
     - `reversible`: False when applying it leaves state that cannot be undone in place (compile, offload hooks):
       a tuner must then start the next trial from a fresh pipeline.
     - `parent`: for an option of another knob (`attention_slice_size` of `attention`), the parent's name and the
       parent values under which this option means something. The parent applies it.
     - `call_time`: the value goes into the pipeline call (`call_kwargs`), not into the pipeline's state.
+    - `rules`: what this knob's values require of other knobs or exclude (`Requires`, `Excludes`).
     """
 
     name: ClassVar[str]
@@ -46,17 +41,20 @@ class Knob:
     annotation: ClassVar[Any]
     default: ClassVar[Any]
     stage: ClassVar[str]
+    after: ClassVar[tuple[str, ...]] = ()
+    before: ClassVar[tuple[str, ...]] = ()
     exact: ClassVar[bool] = True
     reversible: ClassVar[bool] = True
     parent: ClassVar[tuple[str, frozenset] | None] = None
     call_time: ClassVar[bool] = False
+    rules: ClassVar[tuple[Rule, ...]] = ()
 
     @property
     def order(self) -> int:
-        return ORDER[self.stage]
+        return STAGE_ORDER[self.stage]
 
     def choices(self) -> list:
-        """Every value this knob offers anywhere (for open-ended integers, the ones a search tries)."""
+        """Every value this knob offers anywhere (for open-ended numbers, the ones a probe lists and a search tries)."""
         raise NotImplementedError
 
     def unavailable(self, value: Any, hw: Hardware, pipe: DiffusionPipeline | None = None) -> str | None:
@@ -68,8 +66,12 @@ class Knob:
         return None
 
     def values(self, hw: Hardware, pipe: DiffusionPipeline | None = None) -> list:
-        """The domain on this hardware (and pipeline): every choice that is available."""
+        """The choices available on this hardware (and pipeline)."""
         return [value for value in self.choices() if self.unavailable(value, hw, pipe) is None]
+
+    def domain(self, hw: Hardware, pipe: DiffusionPipeline | None = None) -> Domain:
+        """What a search samples on this hardware and pipeline. A knob with a number range overrides this."""
+        return Categorical(tuple(self.values(hw, pipe)))
 
     def fallback(self, value: Any, hw: Hardware, pipe: DiffusionPipeline | None = None) -> Any:
         """What the loader applies instead of an unavailable value."""
@@ -79,8 +81,9 @@ class Knob:
         """Whether this knob means anything under `settings` (an option only counts under its parent's values)."""
         return self.parent is None or settings.get(self.parent[0]) in self.parent[1]
 
-    def apply(self, pipe: DiffusionPipeline, value: Any, settings: Mapping[str, Any]) -> None:
-        """Put `value` on `pipe` with the public diffusers/torch call. `settings` holds this knob's options."""
+    def apply(self, pipe: DiffusionPipeline, value: Any, settings: Mapping[str, Any], hw: Hardware) -> None:
+        """Put `value` on `pipe` with the public diffusers/torch call, for the hardware `hw` names (a CPU search on a
+        GPU host stays on the CPU). `settings` holds this knob's options."""
 
     def read(self, pipe: DiffusionPipeline) -> Any:
         """The value `pipe` has now, read from its real state."""
@@ -90,15 +93,24 @@ class Knob:
         """Keyword arguments for the pipeline call (call-time knobs only)."""
         return {}
 
+    def load_kwargs(self, value: Any) -> dict[str, Any]:
+        """Keyword arguments for `from_pretrained` that avoid loading the weights twice (precision's `dtype`)."""
+        return {}
+
 
 KNOBS: dict[str, Knob] = {}
+# Stage name -> its position, resolved from the knobs' `after` / `before` whenever a knob registers.
+STAGE_ORDER: dict[str, int] = {}
 
 
 def register(cls: type[Knob]) -> type[Knob]:
-    """Class decorator: make `cls` a knob of the registry."""
+    """Class decorator: make `cls` a knob of the registry (also for knobs of other packages)."""
     if cls.name in KNOBS:
         raise ValueError(f"knob {cls.name!r} is registered twice")
-    KNOBS[cls.name] = cls()
+    knobs = {**KNOBS, cls.name: cls()}
+    STAGE_ORDER.clear()
+    STAGE_ORDER.update(resolve_stages([(k.stage, k.after, k.before) for k in knobs.values()]))
+    KNOBS[cls.name] = knobs[cls.name]
     return cls
 
 
@@ -106,7 +118,7 @@ def get(name: str) -> Knob:
     try:
         return KNOBS[name]
     except KeyError:
-        raise KeyError(f"unknown knob {name!r}; known: {', '.join(KNOBS)}") from None
+        raise UnknownKnob(f"unknown knob {name!r}; known: {', '.join(KNOBS)}") from None
 
 
 def in_order() -> list[Knob]:
@@ -114,9 +126,9 @@ def in_order() -> list[Knob]:
     return sorted(KNOBS.values(), key=lambda knob: knob.order)
 
 
-def show(value: Any) -> str:
-    """A knob value as a profile's YAML writes it: `null`, `true`, `fp16`, `4`."""
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+def defaults() -> dict[str, Any]:
+    """Every knob at its neutral value: the configuration a pipeline has as loaded."""
+    return {knob.name: knob.default for knob in in_order()}
 
 
 def call_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,6 +140,22 @@ def call_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def load_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments the knobs in `settings` ask for (precision's dtype)."""
+    kwargs: dict[str, Any] = {}
+    for knob in in_order():
+        kwargs.update(knob.load_kwargs(settings.get(knob.name, knob.default)))
+    return kwargs
+
+
+def violations(settings: Mapping[str, Any]) -> list[str]:
+    """Every rule between knobs that `settings` breaks, each a line naming both knobs; [] when all hold."""
+    neutral = defaults()
+    effective = {**neutral, **settings}
+    active = {knob.name for knob in in_order() if knob.active(effective)}
+    return broken_rules({knob.name: knob.rules for knob in in_order()}, neutral, effective, active)
+
+
 def availability(hw: Hardware, pipe: DiffusionPipeline | None = None) -> list[dict[str, Any]]:
     """Every value of every knob on this hardware: available or not, why not, and any caveat."""
     rows = []
@@ -137,3 +165,8 @@ def availability(hw: Hardware, pipe: DiffusionPipeline | None = None) -> list[di
             rows.append({"knob": knob.name, "value": value, "available": reason is None, "reason": reason,
                          "note": knob.caveat(value, hw) if reason is None else None})
     return rows
+
+
+def domains(hw: Hardware, pipe: DiffusionPipeline | None = None) -> dict[str, Domain]:
+    """Every knob's domain on this hardware and pipeline (what a search may sample)."""
+    return {knob.name: knob.domain(hw, pipe) for knob in in_order()}

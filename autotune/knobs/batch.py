@@ -14,6 +14,7 @@ class BatchSize(Knob):
     annotation = PositiveInt
     default = 1
     stage = "call"
+    after = ("compile",)
     call_time = True
 
     def choices(self):

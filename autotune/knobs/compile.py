@@ -24,6 +24,7 @@ class Compile(Knob):
     annotation = Literal["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
     default = "none"
     stage = "compile"
+    after = ("placement",)
     reversible = False
 
     def choices(self):
@@ -43,7 +44,7 @@ class Compile(Knob):
             return "CUDA graphs are CUDA-only; on CPU this mode behaves like default"
         return None
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         if value == "none":
             return
         net = denoiser(pipe)

@@ -15,11 +15,12 @@ class ChannelsLast(Knob):
     annotation = bool
     default = False
     stage = "memory_format"
+    after = ("vae",)
 
     def choices(self):
         return [False, True]
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         memory_format = torch.channels_last if value else torch.contiguous_format
         for model in (denoiser(pipe), getattr(pipe, "vae", None)):
             if model is not None:

@@ -17,10 +17,6 @@ from .base import Knob, register
 _GROUP = {"group-block": "block_level", "group-leaf": "leaf_level"}
 
 
-def execution_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @register
 class Offload(Knob):
     name = "offload"
@@ -28,6 +24,7 @@ class Offload(Knob):
     annotation = Literal["none", "model", "sequential", "group-block", "group-leaf"]
     default = "none"
     stage = "placement"
+    after = ("memory_format",)
     reversible = False
 
     def choices(self):
@@ -45,9 +42,9 @@ class Offload(Knob):
                 return f"{type(denoiser(pipe)).__name__} does not support group offloading"
         return None
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         if value == "none":
-            pipe.to(execution_device())
+            pipe.to(hw.device)  # the device the search or profile names, not whatever this host has
         elif value == "model":
             pipe.enable_model_cpu_offload()
         elif value == "sequential":

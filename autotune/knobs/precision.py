@@ -24,6 +24,7 @@ class Precision(Knob):
     annotation = Literal["fp32", "tf32", "fp16", "bf16"]
     default = "fp32"
     stage = "precision"
+    after = ("process",)
     exact = False
 
     def choices(self):
@@ -41,7 +42,7 @@ class Precision(Knob):
             return "runs, but usually much slower than fp32 on a CPU"
         return None
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         tf32 = value == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
@@ -50,6 +51,9 @@ class Precision(Knob):
         vae = getattr(pipe, "vae", None)
         if value == "fp16" and vae is not None and vae.config.get("force_upcast", False):
             keep_vae_in_fp32(vae)
+
+    def load_kwargs(self, value):
+        return {"dtype": DTYPES[value]}
 
     def read(self, pipe):
         dtype = next(denoiser(pipe).parameters()).dtype

@@ -34,7 +34,7 @@ class CpuThreads(Knob):
             return f"more threads than this machine's {hw.cpu_cores} cores"
         return None
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         torch.set_num_threads(value or _TORCH_DEFAULT_THREADS)
 
     def read(self, pipe):
@@ -57,7 +57,7 @@ class CudnnBenchmark(Knob):
             return "cuDNN runs only on CUDA GPUs"
         return None
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         torch.backends.cudnn.benchmark = value
 
     def read(self, pipe):

@@ -38,6 +38,7 @@ class Scheduler(Knob):
     annotation = Literal[(DEFAULT, *SCHEDULERS)]
     default = DEFAULT
     stage = "scheduler"
+    after = ("precision",)
     exact = False
 
     def choices(self):
@@ -57,7 +58,7 @@ class Scheduler(Knob):
                 return f"not compatible with {type(pipe).__name__}'s {type(pipe.scheduler).__name__}"
         return None
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         if value == DEFAULT:
             return
         class_name, overrides = SCHEDULERS[value]
@@ -81,6 +82,7 @@ class Steps(Knob):
     annotation = PositiveInt | None
     default = None
     stage = "call"
+    after = ("compile",)
     exact = False
     call_time = True
 

@@ -13,6 +13,7 @@ class _VaeFlag(Knob):
     annotation = bool
     default = False
     stage = "vae"
+    after = ("attention",)
     method: str  # enable_<method> / disable_<method> on the VAE
     flag: str  # the attribute the VAE keeps
 
@@ -24,7 +25,7 @@ class _VaeFlag(Knob):
             return f"{type(pipe).__name__} has no VAE with enable_{self.method}()"
         return None
 
-    def apply(self, pipe, value, settings):
+    def apply(self, pipe, value, settings, hw):
         vae = getattr(pipe, "vae", None)
         if vae is not None and hasattr(vae, f"enable_{self.method}"):
             getattr(vae, f"{'enable' if value else 'disable'}_{self.method}")()
