@@ -7,6 +7,7 @@ and a tuner starts the next trial from a fresh pipeline after a compiled one.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from typing import Literal
 
 from ..hardware import has_c_compiler
@@ -55,18 +56,49 @@ class Compile(Knob):
             net.compile_repeated_blocks(**kwargs)
         else:
             net.compile(**kwargs)
-        # torch keeps no readable record of the mode; keep one beside the compiled state `read` checks.
-        net._autotune_compile = {"compile": value, "compile_fullgraph": fullgraph, "compile_scope": scope}
 
     def read(self, pipe):
         return compiled_state(pipe).get("compile", "none")
 
 
 def compiled_state(pipe) -> dict:
-    """What was compiled and how, or {} when no module of the denoiser is compiled."""
+    """What torch holds compiled in the denoiser, and with which options: {} when nothing is compiled.
+
+    Read from the compiled modules themselves: the scope from which modules are compiled, the mode from the inductor
+    options torch keeps (matched against `torch._inductor.list_mode_options`), fullgraph from dynamo's context.
+    """
     net = denoiser(pipe)
-    compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in net.modules())
-    return dict(getattr(net, "_autotune_compile", {})) if compiled else {}
+    compiled = [m for m in net.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    if not compiled:
+        return {}
+    context = _dynamo_context(compiled[0]._compiled_call_impl)
+    options = _inductor_options(context)
+    modes = [mode for mode in MODES[1:] if options is not None and _mode_options(mode) == options]
+    return {
+        "compile": modes[0] if modes else None,
+        "compile_fullgraph": getattr(context, "fullgraph", None),
+        "compile_scope": "denoiser" if compiled == [net] else "regional",
+    }
+
+
+def _dynamo_context(compiled_call):
+    # torch.compile(fn) returns a wrapper closing over dynamo's OptimizeContext, which keeps `fullgraph` and the
+    # backend; torch has no public reader for them. Missing pieces read as None, which fails the knob's contract test.
+    closure = inspect.getclosurevars(compiled_call).nonlocals if inspect.isfunction(compiled_call) else {}
+    return closure.get("self")
+
+
+def _inductor_options(context) -> dict | None:
+    backend = getattr(getattr(context, "callback", None), "_torchdynamo_orig_backend", None)
+    while backend is not None and not hasattr(backend, "config"):
+        backend = getattr(backend, "_torchdynamo_orig_backend", None)
+    return None if backend is None else dict(backend.config)
+
+
+def _mode_options(mode: str) -> dict:
+    from torch._inductor import list_mode_options
+
+    return dict(list_mode_options(mode))
 
 
 @register
