@@ -18,14 +18,15 @@ COST_S = {"state": 3.0, "fresh": 12.0, "compile": 30.0, "compile-whole": 60.0}
 UNAVAILABLE = "unavailable"
 
 
-def _parent_value(knob, hw, pipe) -> dict[str, Any]:
+def _parent_value(knob, hw, pipe) -> dict[str, Any] | None:
+    """The parent value an option needs ({} for a knob without a parent); None when no such value runs here."""
     from autotune import knobs
 
     if knob.parent is None:
         return {}
     name, allowed = knob.parent
-    value = next(v for v in knobs.get(name).values(hw, pipe) if v in allowed)
-    return {name: value}
+    value = next((v for v in knobs.get(name).values(hw, pipe) if v in allowed), None)
+    return None if value is None else {name: value}
 
 
 def _kind(settings: dict[str, Any]) -> str:
@@ -48,7 +49,12 @@ def cases(hw, pipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             if reason is not None:
                 unavailable.append({"knob": knob.name, "value": value, "status": UNAVAILABLE, "reason": reason})
                 continue
-            settings = {**_parent_value(knob, hw, pipe), knob.name: value}
+            parent = _parent_value(knob, hw, pipe)
+            if parent is None:
+                unavailable.append({"knob": knob.name, "value": value, "status": UNAVAILABLE,
+                                    "reason": f"an option of {knob.parent[0]}, and no value it needs runs here"})
+                continue
+            settings = {**parent, knob.name: value}
             if settings.get("compile", "none") != "none" and "compile_scope" not in settings:
                 # Regional compile (the repeated blocks) takes seconds, whole-model compile a minute: the mode is what
                 # this case checks, so it takes the cheap scope; compile_scope=denoiser gets its own case.
