@@ -143,3 +143,11 @@ def test_the_knob_sweep_covers_every_value_available_on_cuda(tiny_pipe, gpu_hard
     if not modes:  # no triton here: compile and its options are listed as unavailable, with the reason
         reasons = {row["knob"]: row["reason"] for row in unavailable if row["value"] != "none"}
         assert "triton" in reasons["compile"] and "an option of compile" in reasons["compile_fullgraph"]
+
+
+def test_the_profile_is_named_after_the_gpu():
+    from gpu_checks.cli_checks import gpu_slug
+
+    assert gpu_slug("NVIDIA H200") == "h200"
+    assert gpu_slug("NVIDIA GeForce RTX 3060") == "rtx-3060"
+    assert gpu_slug(None) == "gpu"

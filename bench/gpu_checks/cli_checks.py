@@ -48,11 +48,13 @@ def _outcome(code: int | None) -> str:
     return "killed at the time box" if code is None else f"exit {code}"
 
 
-def gpu_slug() -> str:
-    """The GPU's name as a file name: `NVIDIA H200` -> `h200`."""
-    import torch
+def gpu_slug(name: str | None) -> str:
+    """The GPU's name as a file name: `NVIDIA H200` -> `h200`.
 
-    name = torch.cuda.get_device_name(0).lower().replace("nvidia", "").replace("geforce", "")
+    >>> gpu_slug("NVIDIA GeForce RTX 3060")
+    'rtx-3060'
+    """
+    name = (name or "").lower().replace("nvidia", "").replace("geforce", "")
     return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "gpu"
 
 
@@ -105,7 +107,10 @@ def budget(ctx: Context) -> tuple[str, str | None]:
 def search(ctx: Context) -> tuple[str, str | None]:
     from autotune.profile import load_profile
 
-    out = ctx.out / f"{gpu_slug()}-sd15-arch.yaml"
+    from .gpu import hardware
+
+    # The GPU's name from NVML: asking torch would hold a CUDA context on the card while the search runs.
+    out = ctx.out / f"{gpu_slug(hardware().gpu)}-sd15-arch.yaml"
     trials = "3" if ctx.left() > 150 else "2"
     # compile is pinned off: one compiled trial takes most of this box (check 5b measures compile instead).
     command = _autotune("search", "--model", SD15, "--budget", BUDGET, "--trials", trials,
@@ -119,9 +124,10 @@ def search(ctx: Context) -> tuple[str, str | None]:
         ctx.figures["output"] = _tail(log)
         return FAIL, f"autotune search: {_outcome(code)}: {last_line(log.read_text(errors='replace'))}"
     profile = load_profile(out)
+    rate, peak = profile.metrics.images_per_s, profile.metrics.peak_memory_bytes
     ctx.figures |= {"profile": str(out), "settings": profile.settings_dict(),
-                    "images_per_s": profile.metrics.images_per_s.median,
-                    "peak_gib": round(profile.metrics.peak_memory_bytes / 2**30, 3)}
+                    "images_per_s": None if rate is None else rate.median,
+                    "peak_gib": None if peak is None else round(peak / 2**30, 3)}
     return PASS, None
 
 
