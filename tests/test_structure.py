@@ -57,7 +57,8 @@ def test_no_private_name_is_imported_across_modules(path):
 def test_no_import_cycle():
     graph = {module_name(path): {target for target, _ in imports(path)} for path in MODULES}
     # A package's __init__ that re-exports its modules is the package itself, not a cycle with them.
-    graph = {name: {t for t in targets if not name.startswith(t + ".") and t != name} for name, targets in graph.items()}
+    graph = {name: {t for t in targets if not name.startswith(t + ".") and t != name}
+             for name, targets in graph.items()}
 
     def cycle_from(start: str) -> list[str] | None:
         stack, seen = [(start, [start])], set()

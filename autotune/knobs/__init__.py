@@ -1,25 +1,19 @@
-"""Every knob: the ones in this folder, then those other packages declare as `autotune.knobs` entry points.
+"""Every knob: each module of this folder, then those other packages declare as `autotune.knobs` entry points.
 
-An entry point names a module (importing it registers its knobs with `@register`) or a `Knob` subclass (registered
-here). Importing this package loads each once and checks that every rule names a known knob.
+A knob module registers its knobs with `@register` when imported; every module here that is not part of the
+contract itself is imported, in name order, so a new knob is one new file. An entry point names a module (imported
+the same way) or a `Knob` subclass (registered here). Importing this package loads each once and checks that every
+rule names a known knob.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from importlib.metadata import entry_points
 
-from . import (
-    attention,  # noqa: F401
-    batch,  # noqa: F401
-    compile,  # noqa: F401
-    memory_format,  # noqa: F401
-    placement,  # noqa: F401
-    precision,  # noqa: F401
-    process,  # noqa: F401  (registration order inside a stage matters: options follow their parent)
-    scheduler,  # noqa: F401
-    vae,  # noqa: F401
-)
 from .base import (
+    AS_LOADED,
     KNOBS,
     STAGE_ORDER,
     Knob,
@@ -38,6 +32,13 @@ from .domain import Categorical, Domain, FloatRange, IntRange, domain_from_dict
 from .rules import Excludes, Requires, Rule
 
 ENTRY_POINT_GROUP = "autotune.knobs"
+_CONTRACT = {"base", "domain", "rules", "stages"}  # the modules that define knobs, not knobs
+
+
+def _load_own_modules() -> None:
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        if module not in _CONTRACT:
+            importlib.import_module(f"{__name__}.{module}")
 
 
 def _load_entry_points() -> None:
@@ -54,11 +55,12 @@ def _check_rules() -> None:
                 raise ValueError(f"knob {knob.name!r} has a rule about {rule.other!r}, which is no registered knob")
 
 
+_load_own_modules()
 _load_entry_points()
 _check_rules()
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "KNOBS", "STAGE_ORDER", "Categorical", "Domain", "Excludes", "FloatRange", "IntRange",
-    "Knob", "Requires", "Rule", "availability", "call_kwargs", "defaults", "domain_from_dict", "domains", "get",
-    "in_order", "load_kwargs", "register", "show", "violations",
+    "AS_LOADED", "ENTRY_POINT_GROUP", "KNOBS", "STAGE_ORDER", "Categorical", "Domain", "Excludes", "FloatRange",
+    "IntRange", "Knob", "Requires", "Rule", "availability", "call_kwargs", "defaults", "domain_from_dict", "domains",
+    "get", "in_order", "load_kwargs", "register", "show", "violations",
 ]

@@ -13,6 +13,7 @@ from typing import Literal
 from diffusers.models.attention_processor import (
     AttnProcessor,
     AttnProcessor2_0,
+    FusedAttnProcessor2_0,
     SlicedAttnProcessor,
     XFormersAttnProcessor,
 )
@@ -142,7 +143,9 @@ class Attention(Knob):
             return "xformers"
         if type(processor) is AttnProcessor:
             return "vanilla"
-        return "sdpa"
+        if type(processor) in (AttnProcessor2_0, FusedAttnProcessor2_0):  # fused QKV still runs torch's SDPA
+            return "sdpa"
+        return type(processor).__name__  # a processor this knob did not set: never claimed as one of its values
 
 
 def _set_dispatch_backend(model, backend: str) -> None:
@@ -175,6 +178,12 @@ class AttentionSliceSize(Knob):
             if dims and value > min(dims):
                 return f"slice size {value} is more than this model's {min(dims)} heads"
         return None
+
+    def reads_as(self, value, pipe):
+        if value in ("auto", "max"):  # what diffusers' enable_attention_slicing makes of them
+            heads = min(m.sliceable_head_dim for m in denoiser(pipe).modules() if hasattr(m, "sliceable_head_dim"))
+            return heads // 2 if value == "auto" else 1
+        return value
 
     def read(self, pipe):
         processor = next(iter(denoiser(pipe).attn_processors.values()), None)

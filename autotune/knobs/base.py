@@ -89,6 +89,12 @@ class Knob:
         """The value `pipe` has now, read from its real state."""
         raise NotImplementedError
 
+    def reads_as(self, value: Any, pipe: DiffusionPipeline) -> Any:
+        """What `read` must give once `value` is applied to `pipe`: the value itself, the concrete form the pipeline
+        keeps of it (`auto` slices as a head count), or `AS_LOADED` for a value that leaves the pipeline as it was
+        loaded (the pipeline's own scheduler). The contract test holds every knob to it."""
+        return value
+
     def call_kwargs(self, value: Any) -> dict[str, Any]:
         """Keyword arguments for the pipeline call (call-time knobs only)."""
         return {}
@@ -97,6 +103,8 @@ class Knob:
         """Keyword arguments for `from_pretrained` that avoid loading the weights twice (precision's `dtype`)."""
         return {}
 
+
+AS_LOADED = "<as loaded>"  # `reads_as`: whatever a freshly loaded pipeline reads as
 
 KNOBS: dict[str, Knob] = {}
 # Stage name -> its position, resolved from the knobs' `after` / `before` whenever a knob registers.

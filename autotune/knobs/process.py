@@ -37,6 +37,9 @@ class CpuThreads(Knob):
     def apply(self, pipe, value, settings, hw):
         torch.set_num_threads(value or _TORCH_DEFAULT_THREADS)
 
+    def reads_as(self, value, pipe):
+        return value or _TORCH_DEFAULT_THREADS
+
     def read(self, pipe):
         return torch.get_num_threads()
 

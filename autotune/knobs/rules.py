@@ -34,7 +34,8 @@ class Rule:
 
     def describe(self, name: str, mine: Any, theirs: Any) -> str:
         verb = "needs" if self.must_hold else "excludes"
-        wanted = "a non-default value" if self.other_values is None else " or ".join(map(_show, self.other_values))
+        options = sorted(self.other_values or (), key=str)
+        wanted = "a non-default value" if self.other_values is None else " or ".join(map(show, options))
         what = f"{self.other} = {wanted}" if self.must_hold else f"{self.other}={show(theirs)}"
         return f"{name}={show(mine)} {verb} {what}: {self.reason}"
 

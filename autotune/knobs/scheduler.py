@@ -12,7 +12,7 @@ from typing import Literal
 import diffusers
 from pydantic import PositiveInt
 
-from .base import Knob, register
+from .base import AS_LOADED, Knob, register
 
 # name -> (diffusers class, config overrides). The one place the allowlist lives.
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -29,6 +29,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 # Schedulers that import an extra package when they run.
 _NEEDS = {"lms": "scipy"}
 DEFAULT = "default"
+_LOADED = "_autotune_loaded_scheduler"
 
 
 @register
@@ -59,11 +60,17 @@ class Scheduler(Knob):
         return None
 
     def apply(self, pipe, value, settings, hw):
+        # The scheduler the pipeline was loaded with is kept on the first swap, so `default` can bring it back.
+        loaded = pipe.__dict__.setdefault(_LOADED, pipe.scheduler)
         if value == DEFAULT:
+            pipe.scheduler = loaded
             return
         class_name, overrides = SCHEDULERS[value]
         cls = getattr(diffusers, class_name)
-        pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+        pipe.scheduler = cls.from_config(loaded.config, **overrides)
+
+    def reads_as(self, value, pipe):
+        return AS_LOADED if value == DEFAULT else value
 
     def read(self, pipe):
         scheduler = pipe.scheduler
