@@ -17,7 +17,15 @@ from diffusers import DiffusionPipeline
 from . import knobs, pipelines
 from .exceptions import FallbackWarning, IncompatibleProfile, KnobConflict, ProfileError, ProfileMismatchWarning
 from .hardware import Fingerprint, Hardware, probe
-from .library import SUFFIXES, SearchPath, check_name, find_profile, select_profile, shipped_profiles_dir
+from .library import (
+    SUFFIXES,
+    SearchPath,
+    check_name,
+    classes_mismatch,
+    find_profile,
+    select_profile,
+    shipped_profiles_dir,
+)
 from .profile import Profile, load_profile, split_pick
 
 ProfileLike = Profile | str | os.PathLike
@@ -132,13 +140,17 @@ def apply_settings(
     return effective
 
 
-def check_pipeline_fits(profile: Profile, pipe: DiffusionPipeline) -> None:
-    pipeline, net = type(pipe).__name__, type(pipelines.denoiser(pipe)).__name__
-    if (profile.model.pipeline, profile.model.denoiser) != (pipeline, net):
-        raise IncompatibleProfile(
-            f"the profile was tuned for {profile.model.pipeline} with a {profile.model.denoiser} "
-            f"({profile.model.id}); this pipeline is {pipeline} with a {net}: tune it with autotune search"
-        )
+def check_pipeline_fits(profile: Profile, pipe_or_model: DiffusionPipeline | str) -> None:
+    """Raise `IncompatibleProfile` when `profile` was tuned for other pipeline or denoiser classes than `pipe_or_model`
+    (a pipeline, or a model id read without loading it)."""
+    if isinstance(pipe_or_model, str):
+        (pipeline, net), subject = pipelines.classes(pipe_or_model), pipe_or_model
+    else:
+        pipeline, net = type(pipe_or_model).__name__, type(pipelines.denoiser(pipe_or_model)).__name__
+        subject = "this pipeline"
+    mismatch = classes_mismatch(profile, pipeline, net, subject)
+    if mismatch:
+        raise IncompatibleProfile(f"{mismatch}: tune it with autotune search")
 
 
 def warn_if_measured_elsewhere(profile: Profile, here: Fingerprint) -> None:

@@ -1,6 +1,8 @@
 """The `autotune` command line: thin typer commands over the Python API.
 
-Known errors print one line and exit 2; `AUTOTUNE_DEBUG=1` shows the traceback instead.
+An error the user can cause (an `AutotuneError`) prints one line and exits 2; `AUTOTUNE_DEBUG=1` shows its traceback
+instead. Anything else is a bug and shows its traceback (exit 1). Flags are checked before torch, diffusers or Optuna
+is imported: the modules imported here are light, the heavy ones are imported inside each command.
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 # transformers announces optional image backends at import; that is noise on a command line.
@@ -18,21 +19,23 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from . import knobs, pipelines  # noqa: E402
-from .exceptions import AutotuneError, ProfileError, first_line  # noqa: E402
-from .hardware import probe as probe_machine  # noqa: E402
-from .profile import json_schema  # noqa: E402
-from .study import STORAGE_ENV  # noqa: E402
-from .units import format_size, parse_size  # noqa: E402
+from .cli_profiles import SearchPathOption, profiles_app  # noqa: E402
+from .exceptions import AutotuneError, InvalidInput, first_line  # noqa: E402
+from .options import (  # noqa: E402
+    DEFAULT_MODEL,
+    DEFAULT_REFERENCE_STEPS,
+    DEFAULT_TOLERANCE,
+    OBJECTIVES,
+    SAMPLERS,
+    STORAGE_ENV,
+)
+from .units import check_size, format_size  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-profiles_app = typer.Typer(help="Shipped and local profiles.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 console = Console()
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, or builtin:tiny-sd / "
-                                                                  "builtin:sd15-arch")]
 StorageOption = Annotated[str | None, typer.Option(
     envvar=STORAGE_ENV, help="the study's Optuna storage: postgresql://user:password@host/db, mysql+pymysql://..., "
                              "sqlite:///file.db, or a journal file's path")]
@@ -44,16 +47,15 @@ TopKOption = Annotated[int, typer.Option(help="how many of the study's best conf
 RoundsOption = Annotated[int, typer.Option(help="rounds of the interleaved re-measurement")]
 
 
-class UsageError(AutotuneError, ValueError):
-    """A flag's value is wrong."""
-
-
 @app.command()
 def probe(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
     model: Annotated[str | None, typer.Option("--model", "-m", help="also check knobs against this pipeline")] = None,
 ) -> None:
     """Print this machine's fingerprint and every knob value: available here or not, and why not."""
+    from . import knobs, pipelines
+    from .hardware import probe as probe_machine
+
     fingerprint = probe_machine()
     pipe = pipelines.load(model) if model else None
     rows = knobs.availability(fingerprint.hardware, pipe)
@@ -92,34 +94,35 @@ def search(
                                                                        "next to --out)")] = None,
     study: Annotated[str | None, typer.Option(help="study name (default: model, hardware, size, objective)")] = None,
     seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile")] = 0,
-    sampler: Annotated[str, typer.Option(help="tpe, gp or random")] = "tpe",
+    sampler: Annotated[str, typer.Option(help=", ".join(SAMPLERS))] = SAMPLERS[0],
     trial_timeout: Annotated[float, typer.Option(help="seconds before a trial is killed as hung")] = 600.0,
     max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = 16,
     pin: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE: keep a knob at a value (repeatable)")] = None,
     quality_floor: Annotated[str | None, typer.Option(
         help="ssim=0.90, psnr=30, or ssim=-5% (of the reference's own noise): every image must score this against "
              "the reference rendering; scheduler, steps, precision and VAE tiling then join the search")] = None,
-    reference_steps: Annotated[int, typer.Option(help="steps of the reference rendering")] = 50,
+    reference_steps: Annotated[int, typer.Option(help="steps of the reference rendering")] = DEFAULT_REFERENCE_STEPS,
     report: Annotated[bool, typer.Option("--report", help="write the HTML report next to the profile")] = False,
     workers: WorkersOption = 1,
     top_k: TopKOption = 3,
     rounds: RoundsOption = 3,
 ) -> None:
     """Search the fastest configuration under a memory budget and write its profile."""
-    from .quality import parse_floor
-    from .search import run_search
+    from .quality import parse_floor  # numpy only: the floor is checked before torch is imported
 
-    _check_choice("objective", objective, ("throughput", "latency", "pareto"))
+    _check_choice("objective", objective, OBJECTIVES)
     floor = parse_floor(quality_floor) if quality_floor is not None else None
-    _check_choice("sampler", sampler, ("tpe", "gp", "random"))
+    _check_choice("sampler", sampler, SAMPLERS)
     _check_at_least_one(("trials", trials), ("height", height), ("width", width), ("steps", steps),
                         ("max-batch", max_batch), ("workers", workers), ("top-k", top_k), ("rounds", rounds),
                         ("reference-steps", reference_steps))
     if budget is not None:
-        parse_size(budget, probe_machine().hardware.memory_bytes)  # a bad budget fails before any work
-    pinned = _parse_pins(pin or [])
+        check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
+    pinned = _parse_pins(pin or [])  # needs the knob registry, so torch: after every light check
+    from .search import run_search
+
     if not model:
-        model = pipelines.DEFAULT_MODEL
+        model = DEFAULT_MODEL
         console.print(f"[dim]no --model given: using the built-in {model} (random weights, no download)[/dim]")
     progress = SearchProgress(console, trials)
     with progress:
@@ -145,10 +148,10 @@ def worker(
     workers: WorkersOption = 1,
 ) -> None:
     """Join a study and run its trials until it has its trial count or its time limit: one per host or per GPU."""
-    from .distributed import run_worker
-
     storage, study = _study_flags(storage, study)
     _check_at_least_one(("workers", workers))
+    from .distributed import run_worker
+
     completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
                            workers=workers, on_event=_print_event)
     if workers == 1:
@@ -164,19 +167,19 @@ def export(
     rounds: RoundsOption = 3,
 ) -> None:
     """Write the profile of a study that workers filled, re-measuring its top candidates on this host."""
-    from .distributed import export_profile
-
     storage, study = _study_flags(storage, study)
     _check_at_least_one(("top-k", top_k), ("rounds", rounds))
+    from .distributed import export_profile
+
     outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=_print_event)
     _print_outcome(outcome)
 
 
 def _study_flags(storage: str | None, study: str | None) -> tuple[str, str]:
     if not storage:
-        raise UsageError(f"--storage is required (or {STORAGE_ENV}): the URL of the study's storage")
+        raise InvalidInput(f"--storage is required (or {STORAGE_ENV}): the URL of the study's storage")
     if not study:
-        raise UsageError("--study is required: the name of the study")
+        raise InvalidInput("--study is required: the name of the study")
     return storage, study
 
 
@@ -222,6 +225,8 @@ class SearchProgress:
 
 
 def _print_outcome(outcome) -> None:
+    from . import knobs
+
     table = Table(title=f"Best of {outcome.trials} trials vs the default configuration, measured in the same run")
     metric = outcome.profile.goal.quality_floor.metric if outcome.profile.goal.quality_floor else "ssim"
     columns = ["configuration", "images/s", "spread", "s/call", "peak memory", "batch", "vs default"]
@@ -272,13 +277,15 @@ def _write_search_report(outcome) -> None:
 def _parse_pins(pins: list[str]) -> dict[str, object]:
     import yaml
 
+    from . import knobs
+
     parsed: dict[str, object] = {}
     for pin in pins:
         name, sep, value = pin.partition("=")
         if not sep or not name:
-            raise UsageError(f"--pin takes KNOB=VALUE, got {pin!r}")
+            raise InvalidInput(f"--pin takes KNOB=VALUE, got {pin!r}")
         if name not in knobs.KNOBS:
-            raise UsageError(f"--pin: unknown knob {name!r}; known: {', '.join(k.name for k in knobs.in_order())}")
+            raise InvalidInput(f"--pin: unknown knob {name!r}; known: {', '.join(k.name for k in knobs.in_order())}")
         parsed[name] = yaml.safe_load(value)  # YAML scalars, as in a profile: true, 4, null, fp16
     return parsed
 
@@ -286,129 +293,12 @@ def _parse_pins(pins: list[str]) -> dict[str, object]:
 def _check_at_least_one(*flags: tuple[str, int | None]) -> None:
     for flag, value in flags:
         if value is not None and value < 1:
-            raise UsageError(f"--{flag} must be at least 1, got {value}")
+            raise InvalidInput(f"--{flag} must be at least 1, got {value}")
 
 
 def _check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise UsageError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
-
-
-@profiles_app.command("schema")
-def profiles_schema() -> None:
-    """Print the profile's JSON Schema."""
-    print(json.dumps(json_schema(), indent=2))
-
-
-SearchPathOption = Annotated[list[str] | None, typer.Option(
-    "--search-path", "-p", help="an app's folder of profiles, looked up after AUTOTUNE_PROFILE_PATH (repeatable)")]
-
-
-@profiles_app.command("list")
-def profiles_list(search_path: SearchPathOption = None) -> None:
-    """Every profile found: AUTOTUNE_PROFILE_PATH, then --search-path, then the shipped ones."""
-    from .library import list_profiles, profile_folders
-
-    table = Table(title="Profiles")
-    for column in ("name", "from", "hardware", "model", "workload", "goal", "images/s", "peak memory"):
-        table.add_column(column, justify="right" if column in ("images/s", "peak memory") else "left",
-                         overflow="fold")
-    for entry in list_profiles(search_path):
-        name = entry.name if entry.shadowed_by is None else f"[dim]{entry.name} (hidden)[/dim]"
-        if entry.profile is None:
-            error = (entry.error or "").removeprefix(f"{entry.path}: ")
-            table.add_row(name, entry.origin, f"[red]invalid: {error}[/red]", "", "", "", "", "")
-            continue
-        table.add_row(name, entry.origin, *_headline(entry.profile))
-    console.print(table)
-    folders = ", ".join(f"{folder.path} ({folder.origin})" for folder in profile_folders(search_path))
-    console.print(f"[dim]looked in {folders}[/dim]")
-
-
-def _headline(profile) -> list[str]:
-    workload, settings, goal, metrics = profile.workload, profile.settings, profile.goal, profile.metrics
-    steps = f", {settings.steps} steps" if settings.steps else ""
-    rate = metrics.images_per_s.median if metrics and metrics.images_per_s else None
-    return [
-        profile.hardware.describe(),
-        f"{profile.model.id} ({profile.model.pipeline})",
-        f"{workload.height}x{workload.width}{steps}, batch {settings.batch_size}",
-        f"{goal.objective}, budget {format_size(goal.memory_budget_bytes)}"
-        + (f", {goal.quality_floor.metric} >= {goal.quality_floor.min}" if goal.quality_floor else ""),
-        f"{rate:.3g}" if rate is not None else "-",
-        format_size(metrics.peak_memory_bytes if metrics else None),
-    ]
-
-
-@profiles_app.command("show")
-def profiles_show(
-    name: Annotated[str, typer.Argument(help="a profile name from `autotune profiles list`, or a path")],
-    search_path: SearchPathOption = None,
-) -> None:
-    """Print one profile: where it was found, then its YAML."""
-    from pathlib import Path
-
-    from .library import find_profile
-    from .profile import load_profile
-
-    path = Path(name) if Path(name).is_file() else find_profile(name, search_path)
-    profile = load_profile(path)
-    console.print(f"[bold]{path}[/bold]", highlight=False, soft_wrap=True)
-    print(profile.to_yaml(), end="")
-
-
-@profiles_app.command("validate")
-def profiles_validate(
-    files: Annotated[list[str], typer.Argument(help="profile files to check (for an app's CI)")],
-) -> None:
-    """Check profile files: schema, values, and contradictions; exit 1 when any file has a problem."""
-    from .library import check_profile, profile_picks
-    from .profile import load_profile
-
-    bad = 0
-    for file in files:
-        try:
-            picks = profile_picks(Path(file)) if Path(file).is_file() else []
-            problems = [f"{pick}: {problem}" for pick in picks for problem in check_profile(load_profile(file, pick))]
-            if not picks:
-                problems = check_profile(load_profile(file))
-        except ProfileError as error:
-            problems = [str(error).removeprefix(f"{file}: ")]
-        if problems:
-            bad += 1
-            for problem in problems:
-                console.print(f"[red]invalid[/red] {file}: {problem}", highlight=False, soft_wrap=True)
-        else:
-            console.print(f"[green]ok[/green] {file}", highlight=False)
-    if bad:
-        console.print(f"{bad} of {len(files)} profiles have problems")
-        raise typer.Exit(1)
-
-
-@profiles_app.command("select")
-def profiles_select(
-    model: ModelOption = pipelines.DEFAULT_MODEL,
-    search_path: SearchPathOption = None,
-) -> None:
-    """Show which profile `apply_profile(pipe, "auto")` would pick for a model here, and why each other is not."""
-    from .library import select_profile
-
-    selection = select_profile(model, search_path=search_path)
-    console.print(f"{selection.pipeline} with a {selection.denoiser} ({model}) on {selection.hardware.describe()}, "
-                  f"{format_size(selection.free_memory_bytes)} free", highlight=False)
-    table = Table(title="Ranking" if selection.ranking else "Ranking: no profile fits, nothing would be applied")
-    for column in ("rank", "profile", "images/s", "why"):
-        table.add_column(column)
-    for number, item in enumerate(selection.ranking, 1):
-        rate = item.images_per_s
-        table.add_row("chosen" if number == 1 else str(number), item.label, f"{rate:.3g}" if rate else "-",
-                      "; ".join(item.notes))
-    for item in selection.rejected:
-        table.add_row("[red]rejected[/red]", item.label, "", "; ".join(item.rejections))
-    console.print(table)
-    if selection.profile is None:
-        console.print("no profile fits: tune this model here with autotune search, or ship one made on this hardware")
-        raise typer.Exit(1)
+        raise InvalidInput(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 @app.command()
@@ -417,17 +307,17 @@ def verify(
     model: Annotated[str | None, typer.Option("--model", "-m", help="the model to run it on (default: the "
                                                                        "profile's)")] = None,
     tolerance: Annotated[float, typer.Option(help="how far below the recorded images/s still passes (0.10: 10%)")]
-    = 0.10,
+    = DEFAULT_TOLERANCE,
     workers: Annotated[int, typer.Option(help="worker processes measured, one after the other")] = 5,
     rounds: Annotated[int, typer.Option(help="rounds of 2 timed runs in each worker, after its warm-up")] = 2,
     search_path: SearchPathOption = None,
 ) -> None:
     """Re-measure a profile here: images/s, peak memory and quality against its record; exit 1 when one fails."""
+    if not 0 < tolerance < 1:
+        raise InvalidInput(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
+    _check_at_least_one(("workers", workers), ("rounds", rounds))
     from .verify import verify_profile
 
-    if not 0 < tolerance < 1:
-        raise UsageError(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
-    _check_at_least_one(("workers", workers), ("rounds", rounds))
     with console.status("re-measuring the profile in worker processes"):
         result = verify_profile(profile, model, tolerance=tolerance, workers=workers, rounds=rounds,
                                 search_path=search_path)
@@ -474,12 +364,14 @@ def report(
 
 
 def main() -> None:
+    """The `autotune` console script. Only autotune's own errors become one line: any other exception is a bug, and
+    its traceback is what a bug report needs."""
     try:
         app()
     except KeyboardInterrupt as stop:  # a search's says how to resume
         print(f"autotune: {str(stop) or 'interrupted'}", file=sys.stderr)
         sys.exit(130)
-    except (AutotuneError, ValueError, FileNotFoundError) as error:
+    except AutotuneError as error:
         if os.environ.get("AUTOTUNE_DEBUG"):
             raise
         message = first_line(error)

@@ -49,6 +49,10 @@ class InvalidInput(AutotuneError, ValueError):
     """A flag, argument or option value is wrong; the message names it and what it accepts."""
 
 
+class Unavailable(AutotuneError, RuntimeError):
+    """Something a request needs is not on this machine (a package, a local model); the message says what to use."""
+
+
 class UnknownKnob(AutotuneError, LookupError):
     """A knob name (in a pin, a profile or a rule) names no registered knob."""
 

@@ -10,11 +10,16 @@ import importlib.metadata
 import os
 import platform
 import shutil
-from typing import Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any, Literal
 
 import psutil
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from .exceptions import InvalidInput
 
 
 class Hardware(BaseModel):
@@ -95,7 +100,7 @@ def probe(device: str | None = None) -> Fingerprint:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+        raise InvalidInput(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
     ram = psutil.virtual_memory().total
     cpu = dict(cpu=_cpu_name(), cpu_cores=os.cpu_count() or 1, ram_bytes=ram, cpu_capability=cpu_capability())
     if device == "cuda":
@@ -121,16 +126,60 @@ def available_memory_bytes(device: str | None = None) -> int:
 
 
 def _gpu_free_bytes() -> int:
+    with nvml_session() as nvml:
+        if nvml is not None:
+            try:
+                return int(nvml.nvmlDeviceGetMemoryInfo(nvml_device(nvml)).free)
+            except Exception:  # NVML up but refusing this query
+                pass
+    # NVML absent or failing: ask the CUDA runtime (this creates a context).
+    return int(torch.cuda.mem_get_info()[0])
+
+
+@contextmanager
+def nvml_session() -> Iterator[ModuleType | None]:
+    """NVML, initialised for the block and shut down after it; None when NVML is missing or refuses to start.
+
+    >>> with nvml_session() as nvml:  # doctest: +SKIP
+    ...     name = nvml.nvmlDeviceGetName(nvml_device(nvml)) if nvml else None
+    """
     try:
         import pynvml
 
         pynvml.nvmlInit()
+    except Exception:  # no driver library, no GPU, or a container that hides it
+        yield None
+        return
+    try:
+        yield pynvml
+    finally:
         try:
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(_gpu_index())).free)
-        finally:
             pynvml.nvmlShutdown()
-    except Exception:  # NVML absent or failing: ask the CUDA runtime (this creates a context).
-        return int(torch.cuda.mem_get_info()[0])
+        except Exception:  # shutting down cannot fail a measurement that is already made
+            pass
+
+
+def nvml_device(nvml: ModuleType, torch_index: int = 0) -> Any:
+    """NVML's handle for torch's CUDA device `torch_index`.
+
+    NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES, so torch's index is not NVML's: under
+    CUDA_VISIBLE_DEVICES=3 torch's device 0 is NVML's GPU 3. Once CUDA is up, the device's UUID (or PCI bus id) names
+    it for both; before, the visible-devices list does, so that probing does not start CUDA.
+    """
+    if torch.cuda.is_initialized():
+        properties = torch.cuda.get_device_properties(torch_index)
+        uuid = str(getattr(properties, "uuid", "") or "")
+        if uuid:
+            return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+        bus = getattr(properties, "pci_bus_id", None)
+        if bus is not None:
+            domain, device = getattr(properties, "pci_domain_id", 0), getattr(properties, "pci_device_id", 0)
+            return nvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08X}:{bus:02X}:{device:02X}.0")
+    visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    named = visible[torch_index] if torch_index < len(visible) else ""
+    if named.startswith(("GPU-", "MIG-")):
+        return nvml.nvmlDeviceGetHandleByUUID(named)
+    return nvml.nvmlDeviceGetHandleByIndex(int(named) if named.isdigit() else torch_index)
 
 
 def software_versions() -> Software:
@@ -194,41 +243,31 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _gpu_index() -> int:
-    # NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES; torch's device 0 is its first entry.
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return int(visible) if visible.isdigit() else 0
-
-
 def _gpu_info() -> dict:
     """GPU facts from NVML, with torch's own view where NVML is missing (no driver library, a container)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(_gpu_index())
-            name = pynvml.nvmlDeviceGetName(handle)
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            cuda_version = pynvml.nvmlSystemGetCudaDriverVersion()
-            return dict(
-                gpu=name.decode() if isinstance(name, bytes) else name,
-                memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-                capability=f"{major}.{minor}",
-                driver=_text(pynvml.nvmlSystemGetDriverVersion()),
-                cuda=f"{cuda_version // 1000}.{cuda_version % 1000 // 10}",
-            )
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # NVML absent or failing: torch still knows the basics.
-        properties = torch.cuda.get_device_properties(0)
-        return dict(
-            gpu=properties.name,
-            memory_bytes=int(properties.total_memory),
-            capability=f"{properties.major}.{properties.minor}",
-            driver=None,
-            cuda=torch.version.cuda,
-        )
+    with nvml_session() as nvml:
+        if nvml is not None:
+            try:
+                handle = nvml_device(nvml)
+                major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+                cuda_version = nvml.nvmlSystemGetCudaDriverVersion()
+                return dict(
+                    gpu=_text(nvml.nvmlDeviceGetName(handle)),
+                    memory_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+                    capability=f"{major}.{minor}",
+                    driver=_text(nvml.nvmlSystemGetDriverVersion()),
+                    cuda=f"{cuda_version // 1000}.{cuda_version % 1000 // 10}",
+                )
+            except Exception:  # NVML up but refusing this query: torch still knows the basics.
+                pass
+    properties = torch.cuda.get_device_properties(0)
+    return dict(
+        gpu=properties.name,
+        memory_bytes=int(properties.total_memory),
+        capability=f"{properties.major}.{properties.minor}",
+        driver=None,
+        cuda=torch.version.cuda,
+    )
 
 
 def _text(value: str | bytes) -> str:

@@ -311,10 +311,25 @@ def _with_generation(hardware: Hardware) -> str:
     return hardware.describe() if hardware.device == "cuda" else f"{hardware.describe()}, {hardware.generation()}"
 
 
+def classes_mismatch(profile: Profile, pipeline: str, net: str, subject: str = "this pipeline") -> str | None:
+    """Why `profile` cannot go on a pipeline of class `pipeline` with a `net` denoiser, or None when it can: the
+    one check of a profile against a pipeline's classes (apply, verify and the selection all use it).
+
+    >>> classes_mismatch(profile, "StableDiffusionXLPipeline", "UNet2DConditionModel")  # doctest: +SKIP
+    'the profile was tuned for StableDiffusionPipeline with a UNet2DConditionModel (builtin:tiny-sd); ...'
+    """
+    recorded = profile.model
+    if (recorded.pipeline, recorded.denoiser) == (pipeline, net):
+        return None
+    return (f"the profile was tuned for {recorded.pipeline} with a {recorded.denoiser} ({recorded.id}); "
+            f"{subject} is {pipeline} with a {net}")
+
+
 def _pipeline_mismatch(profile: Profile, pipeline: str, net: str, model: str | None) -> list[str]:
     recorded = profile.model
-    if (recorded.pipeline, recorded.denoiser) != (pipeline, net):
-        return [f"tuned for {recorded.pipeline} with a {recorded.denoiser}; this is {pipeline} with a {net}"]
+    mismatch = classes_mismatch(profile, pipeline, net, model or "this pipeline")
+    if mismatch:
+        return [mismatch]
     builtin = pipelines.BUILTIN_PREFIX
     # A built-in is a synthetic model: its profile says nothing about a real model of the same classes.
     if recorded.id != model and (recorded.id.startswith(builtin) or (model or "").startswith(builtin)):

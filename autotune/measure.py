@@ -6,6 +6,7 @@ is timed separately and reported, not hidden. This module knows nothing of proce
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -17,12 +18,16 @@ import psutil
 import torch
 from diffusers import DiffusionPipeline
 
+from .hardware import nvml_device, nvml_session
 from .profile import Stat, Workload
 
 
 @dataclass(frozen=True)
 class Repeats:
-    """How long to keep timing: until the coefficient of variation is under `target_cv`, within the caps."""
+    """How long to keep timing: until the coefficient of variation is under `target_cv`, within the caps.
+
+    `max_runs=0` only warms up: the pipeline is built and its warm-up timed, with no timed call after it.
+    """
 
     warmup: int = 1
     min_runs: int = 3
@@ -33,30 +38,33 @@ class Repeats:
 
 @dataclass
 class Measurement:
+    """What `measure` saw. A number that was not measured is None: no warm-up call, no timed call, no memory
+    reading."""
+
     batch_size: int
     latency_s: list[float] = field(default_factory=list)
-    warmup_s: float = 0.0
-    peak_memory_bytes: int = 0
+    warmup_s: float | None = None  # the warm-up calls only, never a timed one
+    peak_memory_bytes: int | None = None
     image_problem: str | None = None
     images: np.ndarray | None = None
     # The first image of the latest call for each prompt: the same image at any batch size, so it is scored for quality.
     first_images: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
-    def latency(self) -> Stat:
+    def latency(self) -> Stat | None:
         return summarize(self.latency_s)
 
     @property
-    def images_per_s(self) -> Stat:
-        rates = [self.batch_size / seconds for seconds in self.latency_s]
-        return summarize(rates)
+    def images_per_s(self) -> Stat | None:
+        return summarize([self.batch_size / seconds for seconds in self.latency_s])
 
     def summary(self) -> dict[str, Any]:
+        latency, rate = self.latency, self.images_per_s
         return {
             "batch_size": self.batch_size,
-            "images_per_s": self.images_per_s.model_dump(),
-            "latency_s": self.latency.model_dump(),
-            "seconds_per_image": self.latency.median / self.batch_size,
+            "images_per_s": rate.model_dump() if rate else None,
+            "latency_s": latency.model_dump() if latency else None,
+            "seconds_per_image": latency.median / self.batch_size if latency else None,
             "warmup_s": self.warmup_s,
             "peak_memory_bytes": self.peak_memory_bytes,
             "image_problem": self.image_problem,
@@ -78,13 +86,14 @@ def measure(
     cuda = _on_cuda(pipe)
     memory = PeakMemory(cuda)
     result = Measurement(batch_size=int(call_kwargs.get("num_images_per_prompt", 1)))
-    started = time.perf_counter()
-    for index in range(repeats.warmup):
-        _call(pipe, workload, call_kwargs, index, cuda)
-    result.warmup_s = time.perf_counter() - started
-    started = time.perf_counter()
     images = None
-    while True:
+    if repeats.warmup:
+        started = time.perf_counter()
+        for index in range(repeats.warmup):
+            images = _call(pipe, workload, call_kwargs, index, cuda)
+        result.warmup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    while len(result.latency_s) < repeats.max_runs:
         index = len(result.latency_s)
         seconds, images = _timed_call(pipe, workload, call_kwargs, index, cuda)
         result.latency_s.append(seconds)
@@ -92,8 +101,6 @@ def measure(
         if _stable(result.latency_s, repeats) or time.perf_counter() - started > repeats.max_seconds:
             if len(result.latency_s) >= min(2, repeats.min_runs):
                 break
-        if len(result.latency_s) >= repeats.max_runs:
-            break
     result.peak_memory_bytes = memory.peak()
     result.image_problem = image_problem(images)
     if keep_images:
@@ -102,13 +109,14 @@ def measure(
 
 
 def _stable(latencies: list[float], repeats: Repeats) -> bool:
-    return len(latencies) >= repeats.min_runs and summarize(latencies).cv <= repeats.target_cv
+    stat = summarize(latencies)
+    return stat is not None and stat.n >= repeats.min_runs and stat.cv <= repeats.target_cv
 
 
-def summarize(values: list[float]) -> Stat:
-    """Median, coefficient of variation and count of repeated measurements."""
+def summarize(values: list[float]) -> Stat | None:
+    """Median, coefficient of variation and count of repeated measurements; None when there are none."""
     if not values:
-        return Stat(median=0.0, cv=0.0, n=1)
+        return None
     mean = statistics.fmean(values)
     spread = statistics.stdev(values) / mean if len(values) > 1 and mean > 0 else 0.0
     return Stat(median=statistics.median(values), cv=spread, n=len(values))
@@ -161,13 +169,14 @@ class PeakMemory:
         else:
             _reset_peak_rss()
 
-    def peak(self) -> int:
+    def peak(self) -> int | None:
+        """The peak in bytes; None when nothing could be read (no allocation seen and no NVML figure)."""
         if not self.cuda:
             return _peak_rss()
         reserved_peak = torch.cuda.max_memory_reserved()
         process_now = _nvml_process_bytes()
         if process_now is None:
-            return int(reserved_peak)
+            return int(reserved_peak) or None
         # What NVML sees beyond the allocator's pool is the CUDA context and library workspaces.
         context = max(0, process_now - torch.cuda.memory_reserved())
         return int(max(reserved_peak + context, process_now))
@@ -197,19 +206,15 @@ def _peak_rss() -> int:
 
 
 def _nvml_process_bytes() -> int | None:
-    try:
-        import os
-
-        import pynvml
-
-        pynvml.nvmlInit()
+    """What NVML says this process holds on torch's current device; None when NVML cannot tell."""
+    with nvml_session() as nvml:
+        if nvml is None:
+            return None
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            handle = nvml_device(nvml, torch.cuda.current_device())
+            for process in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 if process.pid == os.getpid() and process.usedGpuMemory:
                     return int(process.usedGpuMemory)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # NVML missing or refusing (containers often hide per-process data)
-        return None
+        except Exception:  # containers often hide per-process data
+            return None
     return None

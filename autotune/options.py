@@ -11,3 +11,7 @@ SAMPLERS = ("tpe", "gp", "random")
 DEFAULT_REFERENCE_STEPS = 50
 # How far below a profile's recorded images/s `verify` still passes (a fraction).
 DEFAULT_TOLERANCE = 0.10
+# The model the CLI and the library use when none is given: built in, random weights, no download.
+DEFAULT_MODEL = "builtin:tiny-sd"
+# The environment variable that names a study's Optuna storage, for `search`, `worker` and `export`.
+STORAGE_ENV = "AUTOTUNE_STORAGE"

@@ -22,9 +22,9 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .exceptions import UnknownModel
+from .options import DEFAULT_MODEL as DEFAULT_MODEL  # the CLI reads it without importing torch
 
 BUILTIN_PREFIX = "builtin:"
-DEFAULT_MODEL = "builtin:tiny-sd"
 
 
 def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:

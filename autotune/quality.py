@@ -13,21 +13,21 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .exceptions import AutotuneError
+from .exceptions import InvalidInput, Unavailable
+from .files import write_atomic
+from .options import DEFAULT_REFERENCE_STEPS as DEFAULT_REFERENCE_STEPS  # the search reads it from here
 
 # Reference fidelity metrics (higher is better) and alignment metrics that need a model the user has locally.
 METRICS = ("psnr", "ssim", "lpips", "clip")
 DEFAULT_METRICS = ("psnr", "ssim")
 # Identical images have an infinite PSNR; YAML and the samplers want a number.
 PSNR_CAP = 100.0
-DEFAULT_REFERENCE_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,15 @@ def parse_floor(text: str) -> FloorSpec:
     """`ssim=0.9`, `psnr=30`, `ssim=-5%` -> FloorSpec; a clear error for anything else."""
     match = re.fullmatch(r"\s*([a-z]+)\s*=\s*([-+]?[0-9]*\.?[0-9]+)\s*(%?)\s*", text or "")
     if not match:
-        raise AutotuneError(f"--quality-floor {text!r}: expected METRIC=VALUE such as ssim=0.90, psnr=30 or ssim=-5%")
+        raise InvalidInput(f"--quality-floor {text!r}: expected METRIC=VALUE such as ssim=0.90, psnr=30 or ssim=-5%")
     metric, value, percent = match.group(1), float(match.group(2)), bool(match.group(3))
     if metric not in METRICS:
-        raise AutotuneError(f"--quality-floor {text!r}: unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        raise InvalidInput(f"--quality-floor {text!r}: unknown metric {metric!r}; use one of {', '.join(METRICS)}")
     if percent and not -100 < value <= 0:
-        raise AutotuneError(f"--quality-floor {text!r}: a relative floor is a drop from the reference, "
-                            "between -100% and 0%")
+        raise InvalidInput(f"--quality-floor {text!r}: a relative floor is a drop from the reference, "
+                           "between -100% and 0%")
     if metric == "ssim" and not percent and not -1 <= value <= 1:
-        raise AutotuneError(f"--quality-floor {text!r}: SSIM lies between -1 and 1")
+        raise InvalidInput(f"--quality-floor {text!r}: SSIM lies between -1 and 1")
     return FloorSpec(metric, value, percent)
 
 
@@ -111,11 +111,7 @@ def save_reference(path: Path, images: np.ndarray, noise_floor: dict[str, float]
     """Write atomically: two searches sharing a cache never read half a file."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=images, noise_floor=json.dumps(noise_floor))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(buffer.getvalue())
-    os.replace(temporary, path)
-    return path
+    return write_atomic(path, buffer.getvalue())
 
 
 def load_reference(path: str | Path) -> tuple[np.ndarray, dict[str, float]]:
@@ -137,17 +133,9 @@ def save_images(path: str | os.PathLike, images: dict[str, np.ndarray]) -> Path:
     path = Path(path)
     for label, array in images.items():
         _check_images(label, np.asarray(array))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez_compressed(out, **images)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **images)
+    return write_atomic(path, buffer.getvalue())
 
 
 def load_images(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -156,7 +144,7 @@ def load_images(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             images = {label: archive[label] for label in archive.files}
     except (OSError, ValueError) as error:
-        raise AutotuneError(f"{path}: cannot read the images ({error})") from None
+        raise InvalidInput(f"{path}: cannot read the images ({error})") from None
     for label, array in images.items():
         _check_images(label, array)
     return images
@@ -164,7 +152,7 @@ def load_images(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _check_images(label: str, array: np.ndarray) -> None:
     if array.ndim != 4 or array.shape[-1] != 3:
-        raise AutotuneError(f"images {label!r}: expected (prompts, height, width, 3), got shape {array.shape}")
+        raise InvalidInput(f"images {label!r}: expected (prompts, height, width, 3), got shape {array.shape}")
 
 
 # ---- metrics ----
@@ -182,8 +170,8 @@ def score(images: np.ndarray, reference: np.ndarray, metrics: tuple[str, ...] = 
     produced = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
     wanted = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
     if produced.shape != wanted.shape:
-        raise AutotuneError(f"images of shape {tuple(produced.shape)} cannot be scored against a reference of "
-                            f"shape {tuple(wanted.shape)}")
+        raise InvalidInput(f"images of shape {tuple(produced.shape)} cannot be scored against a reference of "
+                           f"shape {tuple(wanted.shape)}")
     if not torch.isfinite(produced).all():
         return {metric: worst_score(metric) for metric in metrics}
     scores = {}
@@ -199,7 +187,7 @@ def score(images: np.ndarray, reference: np.ndarray, metrics: tuple[str, ...] = 
         elif metric == "clip":
             scores[metric] = _clip(produced, prompts or [])
         else:
-            raise AutotuneError(f"unknown quality metric {metric!r}; use one of {', '.join(METRICS)}")
+            raise InvalidInput(f"unknown quality metric {metric!r}; use one of {', '.join(METRICS)}")
     return scores
 
 
@@ -223,15 +211,15 @@ def _lpips(produced, wanted) -> float:
 
         return float(learned_perceptual_image_patch_similarity(produced * 2 - 1, wanted * 2 - 1, net_type="alex"))
     except Exception as error:  # torchvision or the LPIPS weights missing
-        raise AutotuneError(f"LPIPS needs torchvision and the LPIPS weights on this machine ({error}); "
-                            "use psnr or ssim") from None
+        raise Unavailable(f"LPIPS needs torchvision and the LPIPS weights on this machine ({error}); "
+                          "use psnr or ssim") from None
 
 
 def _clip(produced, prompts: list[str]) -> float:
     model = os.environ.get("AUTOTUNE_CLIP_MODEL")
     if not model or not Path(model).is_dir():
-        raise AutotuneError("the CLIP score needs a local CLIP model folder in AUTOTUNE_CLIP_MODEL "
-                            "(it is never downloaded); use psnr or ssim")
+        raise Unavailable("the CLIP score needs a local CLIP model folder in AUTOTUNE_CLIP_MODEL "
+                          "(it is never downloaded); use psnr or ssim")
     import torch
     from torchmetrics.functional.multimodal import clip_score
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .exceptions import InvalidInput
+
 _UNITS = {
     "": 1,
     "B": 1,
@@ -27,20 +29,30 @@ def parse_size(text: str, total_bytes: int | None = None) -> int:
         try:
             share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
         except ValueError:
-            raise ValueError(not_understood) from None
+            raise InvalidInput(not_understood) from None
         if total_bytes is None:
-            raise ValueError(f"size {text!r} is a share of the device's memory, but that memory is unknown")
+            raise InvalidInput(f"size {text!r} is a share of the device's memory, but that memory is unknown")
         if not 0 < share <= 1:
-            raise ValueError(f"size {text!r} must be a share between 0% and 100% of the device's memory")
+            raise InvalidInput(f"size {text!r} must be a share between 0% and 100% of the device's memory")
         return int(total_bytes * share)
     match = _SIZE.match(text)
     unit = match.group(2).upper() if match else None
     if match is None or unit not in _UNITS:
-        raise ValueError(not_understood)
+        raise InvalidInput(not_understood)
     value = float(match.group(1)) * _UNITS[unit]
     if value <= 0:
-        raise ValueError(f"size {text!r} must be more than zero")
+        raise InvalidInput(f"size {text!r} must be more than zero")
     return int(value)
+
+
+def check_size(text: str) -> None:
+    """Refuse a size that `parse_size` could never read, without knowing the device's memory (a share is checked
+    for its range only): the CLI calls it before it probes the machine.
+
+    >>> check_size("6XB")  # doctest: +SKIP
+    InvalidInput: size '6XB' is not understood; write it like 6GB, 6GiB, 6000MB, 6.5G or 80%
+    """
+    parse_size(text, total_bytes=1)
 
 
 def _is_fraction(text: str) -> bool:

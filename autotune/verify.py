@@ -20,18 +20,17 @@ from typing import Literal
 
 import psutil
 
-from . import pipelines
-from .apply import ProfileLike, resolve_profile
-from .exceptions import IncompatibleProfile
+from .apply import ProfileLike, check_pipeline_fits, resolve_profile
+from .exceptions import IncompatibleProfile, InvalidInput
 from .hardware import Hardware, probe
 from .library import SearchPath
+from .options import DEFAULT_REFERENCE_STEPS, DEFAULT_TOLERANCE
 from .profile import Profile, Stat
-from .quality import DEFAULT_REFERENCE_STEPS, FloorSpec
+from .quality import FloorSpec
 from .search import Candidate, Scoring, prepare_reference, remeasure
 from .units import format_size
 from .worker import Worker, WorkerConfig
 
-DEFAULT_TOLERANCE = 0.10
 # Other processes using more than this share of the machine's CPU time while verify measures make its timings suspect.
 BUSY_SHARE = 0.10
 Status = Literal["pass", "fail", "skip"]
@@ -99,9 +98,9 @@ def verify_profile(
     (True, [('images/s', 'pass'), ('peak memory', 'pass'), ('quality', 'skip')])
     """
     if not 0 < tolerance < 1:
-        raise ValueError(f"tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
+        raise InvalidInput(f"tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
     if workers < 1 or rounds < 1:
-        raise ValueError("verify needs at least one worker and one round")
+        raise InvalidInput("verify needs at least one worker and one round")
     resolved = resolve_profile(profile, search_path)
     model = model or resolved.model.id
     hardware = probe().hardware
@@ -119,10 +118,7 @@ def _check_runnable_here(profile: Profile, model: str, hardware: Hardware) -> No
     if profile.hardware.device != hardware.device:
         raise IncompatibleProfile(f"the profile runs on {profile.hardware.device} ({profile.hardware.describe()}); "
                                   f"this machine runs on {hardware.device}: verify it on such a machine")
-    pipeline, net = pipelines.classes(model)
-    if (profile.model.pipeline, profile.model.denoiser) != (pipeline, net):
-        raise IncompatibleProfile(f"the profile was tuned for {profile.model.pipeline} with a "
-                                  f"{profile.model.denoiser}; {model} is {pipeline} with a {net}")
+    check_pipeline_fits(profile, model)
 
 
 def _measure(result: Verification, timeout_s: float) -> None:

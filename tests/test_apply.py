@@ -13,7 +13,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 import autotune
 from autotune import knobs, pipelines
-from autotune.apply import KnobUnavailable, apply_profile, apply_settings, load_pipeline
+from autotune.apply import KnobUnavailable, apply_profile, apply_settings, check_pipeline_fits, load_pipeline
 from autotune.exceptions import (
     AutotuneWarning,
     FallbackWarning,
@@ -22,6 +22,7 @@ from autotune.exceptions import (
     UnknownModel,
 )
 from autotune.hardware import probe
+from autotune.library import select_profile
 
 HARDWARE = probe().hardware
 UNAVAILABLE = [(knob.name, value) for knob in knobs.in_order() if not knob.call_time
@@ -150,6 +151,22 @@ def test_a_profile_for_another_pipeline_is_refused_before_anything_changes(field
     with pytest.raises(IncompatibleProfile, match=rf"tuned for .*{value}.*this pipeline is StableDiffusionPipeline"):
         apply_profile(tiny_pipe, profile)
     assert tiny_pipe.unet.dtype == torch.float32
+
+
+def test_apply_verify_and_the_selection_refuse_another_pipeline_with_the_same_sentence(tiny_pipe, make_profile):
+    profile = make_profile()
+    profile = profile.model_copy(update={"model": profile.model.model_copy(update={"pipeline": "FluxPipeline"})})
+    expected = ("the profile was tuned for FluxPipeline with a UNet2DConditionModel (builtin:tiny-sd); "
+                "{} is StableDiffusionPipeline with a UNet2DConditionModel")
+    with pytest.raises(IncompatibleProfile) as on_pipe:
+        check_pipeline_fits(profile, tiny_pipe)
+    with pytest.raises(IncompatibleProfile) as on_model:
+        check_pipeline_fits(profile, "builtin:tiny-sd")  # verify's form: a model id, nothing loaded
+    assert str(on_pipe.value) == expected.format("this pipeline") + ": tune it with autotune search"
+    assert str(on_model.value) == expected.format("builtin:tiny-sd") + ": tune it with autotune search"
+    selection = select_profile("builtin:tiny-sd", [profile], free_memory_bytes=2**40)
+    assert selection.rejected[0].rejections[0] == expected.format("builtin:tiny-sd")
+    check_pipeline_fits(make_profile(), tiny_pipe)  # the same classes fit
 
 
 def test_load_pipeline_loads_in_the_profile_dtype(make_profile, assert_state, generate):

@@ -14,9 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from autotune import knobs
+from autotune import knobs, pipelines
 from autotune.cli import app
+from autotune.exceptions import InvalidInput
 from autotune.hardware import Hardware, probe
+from autotune.measure import PeakMemory, Repeats, measure, summarize
+from autotune.profile import Workload
 
 
 class FakeNVML(types.ModuleType):
@@ -114,8 +117,104 @@ def test_probe_without_nvml_uses_torch_view(monkeypatch):
 
 
 def test_probe_refuses_other_devices():
-    with pytest.raises(ValueError, match="device 'mps' is not supported; use 'cpu' or 'cuda'"):
+    with pytest.raises(InvalidInput, match="device 'mps' is not supported; use 'cpu' or 'cuda'"):
         probe(device="mps")
+
+
+def test_probe_names_a_visible_gpu_given_by_uuid(nvml, monkeypatch):
+    asked = []
+    nvml.nvmlDeviceGetHandleByUUID = lambda uuid: asked.append(uuid) or "handle"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5d3c1a2b-0000-1111-2222-333344445555")
+    probe(device="cuda")
+    assert asked == ["GPU-5d3c1a2b-0000-1111-2222-333344445555"] and nvml.index is None
+
+
+# ---- measuring: honest numbers ----
+
+GiB = 1024**3
+
+
+class TwoGPUs(types.ModuleType):
+    """`pynvml` on a host with two GPUs; this process runs on the second (NVML index 1), holding 3 GiB there."""
+
+    def __init__(self):
+        super().__init__("pynvml")
+        self.uuids = ["GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-1111-1111-1111-111111111111"]
+        self.held = {1: [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=3 * GiB)]}
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return self.uuids.index(uuid)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return self.held.get(handle, [])
+
+
+@pytest.fixture
+def on_the_second_gpu(monkeypatch) -> TwoGPUs:
+    """A worker started with CUDA_VISIBLE_DEVICES=1: torch's device 0 is NVML's GPU 1. torch's allocator reserved
+    2 GiB at most; NVML sees 3 GiB, the rest being the CUDA context."""
+    fake = TwoGPUs()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(cuda, "current_device", lambda: 0)
+    # torch reports the UUID without NVML's "GPU-" prefix.
+    properties = types.SimpleNamespace(uuid=fake.uuids[1].removeprefix("GPU-"), name="NVIDIA H100")
+    monkeypatch.setattr(cuda, "get_device_properties", lambda index: properties)
+    monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(cuda, "max_memory_reserved", lambda: 2 * GiB)
+    monkeypatch.setattr(cuda, "memory_reserved", lambda: 2 * GiB)
+    return fake
+
+
+def test_the_cuda_context_counts_on_a_gpu_other_than_nvml_s_first(on_the_second_gpu):
+    assert PeakMemory(cuda=True).peak() == 3 * GiB  # 2 GiB of allocator pool + 1 GiB of context
+
+
+def test_the_context_is_found_by_pci_bus_id_when_torch_gives_no_uuid(on_the_second_gpu, monkeypatch):
+    buses = {"00000000:41:00.0": 1}
+    on_the_second_gpu.nvmlDeviceGetHandleByPciBusId = buses.__getitem__
+    properties = types.SimpleNamespace(pci_bus_id=0x41, pci_device_id=0, pci_domain_id=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
+    assert PeakMemory(cuda=True).peak() == 3 * GiB
+
+
+def test_no_memory_reading_is_none_not_zero(on_the_second_gpu, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # NVML missing
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 0)
+    assert PeakMemory(cuda=True).peak() is None
+
+
+def test_no_values_summarize_to_none_and_one_value_to_n_1():
+    assert summarize([]) is None
+    assert summarize([2.0]).model_dump() == {"median": 2.0, "cv": 0.0, "n": 1}
+
+
+def test_warming_up_only_times_no_call_and_reports_no_rate():
+    pipe = pipelines.tiny_sd()
+    result = measure(pipe, Workload(height=64, width=64, prompts=["a cat"]), {"num_inference_steps": 2},
+                     Repeats(warmup=1, max_runs=0))
+    assert result.latency_s == [] and result.warmup_s is not None and result.warmup_s > 0
+    assert result.images_per_s is None and result.latency is None
+    assert result.summary()["seconds_per_image"] is None and result.summary()["images_per_s"] is None
+    assert result.peak_memory_bytes is not None and result.peak_memory_bytes > 0
+
+
+def test_a_measurement_without_warm_up_records_no_warm_up_time():
+    pipe = pipelines.tiny_sd()
+    result = measure(pipe, Workload(height=64, width=64, prompts=["a cat"]), {"num_inference_steps": 2},
+                     Repeats(warmup=0, min_runs=2, max_runs=2))
+    assert result.warmup_s is None and len(result.latency_s) == 2 and result.images_per_s.n == 2
 
 
 def test_hardware_capability_as_numbers(gpu_hardware):

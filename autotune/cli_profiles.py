@@ -1,0 +1,140 @@
+"""`autotune profiles ...`: list, show, validate, select and the schema of the profiles an app ships.
+
+Like the deployment path, these commands never import Optuna; heavy modules are imported inside each command, so a
+bad argument is refused before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .exceptions import ProfileError
+from .options import DEFAULT_MODEL
+from .units import format_size
+
+profiles_app = typer.Typer(help="Shipped and local profiles.", no_args_is_help=True)
+console = Console()
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, or builtin:tiny-sd / "
+                                                                  "builtin:sd15-arch")]
+SearchPathOption = Annotated[list[str] | None, typer.Option(
+    "--search-path", "-p", help="an app's folder of profiles, looked up after AUTOTUNE_PROFILE_PATH (repeatable)")]
+
+
+@profiles_app.command("schema")
+def profiles_schema() -> None:
+    """Print the profile's JSON Schema."""
+    from .profile import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@profiles_app.command("list")
+def profiles_list(search_path: SearchPathOption = None) -> None:
+    """Every profile found: AUTOTUNE_PROFILE_PATH, then --search-path, then the shipped ones."""
+    from .library import list_profiles, profile_folders
+
+    table = Table(title="Profiles")
+    for column in ("name", "from", "hardware", "model", "workload", "goal", "images/s", "peak memory"):
+        table.add_column(column, justify="right" if column in ("images/s", "peak memory") else "left",
+                         overflow="fold")
+    for entry in list_profiles(search_path):
+        name = entry.name if entry.shadowed_by is None else f"[dim]{entry.name} (hidden)[/dim]"
+        if entry.profile is None:
+            error = (entry.error or "").removeprefix(f"{entry.path}: ")
+            table.add_row(name, entry.origin, f"[red]invalid: {error}[/red]", "", "", "", "", "")
+            continue
+        table.add_row(name, entry.origin, *_headline(entry.profile))
+    console.print(table)
+    folders = ", ".join(f"{folder.path} ({folder.origin})" for folder in profile_folders(search_path))
+    console.print(f"[dim]looked in {folders}[/dim]")
+
+
+def _headline(profile) -> list[str]:
+    workload, settings, goal, metrics = profile.workload, profile.settings, profile.goal, profile.metrics
+    steps = f", {settings.steps} steps" if settings.steps else ""
+    rate = metrics.images_per_s.median if metrics and metrics.images_per_s else None
+    return [
+        profile.hardware.describe(),
+        f"{profile.model.id} ({profile.model.pipeline})",
+        f"{workload.height}x{workload.width}{steps}, batch {settings.batch_size}",
+        f"{goal.objective}, budget {format_size(goal.memory_budget_bytes)}"
+        + (f", {goal.quality_floor.metric} >= {goal.quality_floor.min}" if goal.quality_floor else ""),
+        f"{rate:.3g}" if rate is not None else "-",
+        format_size(metrics.peak_memory_bytes if metrics else None),
+    ]
+
+
+@profiles_app.command("show")
+def profiles_show(
+    name: Annotated[str, typer.Argument(help="a profile name from `autotune profiles list`, or a path")],
+    search_path: SearchPathOption = None,
+) -> None:
+    """Print one profile: where it was found, then its YAML."""
+    from .library import find_profile
+    from .profile import load_profile
+
+    path = Path(name) if Path(name).is_file() else find_profile(name, search_path)
+    profile = load_profile(path)
+    console.print(f"[bold]{path}[/bold]", highlight=False, soft_wrap=True)
+    print(profile.to_yaml(), end="")
+
+
+@profiles_app.command("validate")
+def profiles_validate(
+    files: Annotated[list[str], typer.Argument(help="profile files to check (for an app's CI)")],
+) -> None:
+    """Check profile files: schema, values, and contradictions; exit 1 when any file has a problem."""
+    from .library import check_profile, profile_picks
+    from .profile import load_profile
+
+    bad = 0
+    for file in files:
+        try:
+            picks = profile_picks(Path(file)) if Path(file).is_file() else []
+            problems = [f"{pick}: {problem}" for pick in picks for problem in check_profile(load_profile(file, pick))]
+            if not picks:
+                problems = check_profile(load_profile(file))
+        except ProfileError as error:
+            problems = [str(error).removeprefix(f"{file}: ")]
+        if problems:
+            bad += 1
+            for problem in problems:
+                console.print(f"[red]invalid[/red] {file}: {problem}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[green]ok[/green] {file}", highlight=False)
+    if bad:
+        console.print(f"{bad} of {len(files)} profiles have problems")
+        raise typer.Exit(1)
+
+
+@profiles_app.command("select")
+def profiles_select(
+    model: ModelOption = DEFAULT_MODEL,
+    search_path: SearchPathOption = None,
+) -> None:
+    """Show which profile `apply_profile(pipe, "auto")` would pick for a model here, and why each other is not."""
+    from .library import select_profile
+
+    selection = select_profile(model, search_path=search_path)
+    console.print(f"{selection.pipeline} with a {selection.denoiser} ({model}) on {selection.hardware.describe()}, "
+                  f"{format_size(selection.free_memory_bytes)} free", highlight=False)
+    table = Table(title="Ranking" if selection.ranking else "Ranking: no profile fits, nothing would be applied")
+    for column in ("rank", "profile", "images/s", "why"):
+        table.add_column(column)
+    for number, item in enumerate(selection.ranking, 1):
+        rate = item.images_per_s
+        table.add_row("chosen" if number == 1 else str(number), item.label, f"{rate:.3g}" if rate else "-",
+                      "; ".join(item.notes))
+    for item in selection.rejected:
+        table.add_row("[red]rejected[/red]", item.label, "", "; ".join(item.rejections))
+    console.print(table)
+    if selection.profile is None:
+        console.print("no profile fits: tune this model here with autotune search, or ship one made on this hardware")
+        raise typer.Exit(1)

@@ -1,0 +1,101 @@
+"""The command line's contract: a user's mistake is one line and status 2, refused before torch is imported; a bug
+keeps its traceback. Run as a user runs it: the console script in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from autotune import cli, library
+from autotune.exceptions import InvalidInput
+from autotune.options import OBJECTIVES, SAMPLERS
+
+
+def _autotune(*args: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("autotune")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def _modules_loaded_by(*args: str) -> tuple[int, set[str]]:
+    """Run the CLI in a fresh interpreter; the exit status and which heavy modules it had imported by its end."""
+    program = textwrap.dedent(f"""
+        import atexit, sys
+        heavy = ("torch", "diffusers", "optuna")
+        atexit.register(lambda: print("loaded:" + ",".join(m for m in heavy if m in sys.modules)))
+        sys.argv = ["autotune", *{list(args)!r}]
+        from autotune.cli import main
+        main()
+    """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "200"})
+    loaded = result.stdout.strip().splitlines()[-1].removeprefix("loaded:")
+    return result.returncode, set(filter(None, loaded.split(",")))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--budget", "6XB"], "size '6XB' is not understood; write it like 6GB, 6GiB, 6000MB, 6.5G or 80%"),
+    (["--budget", "150%"], "size '150%' must be a share between 0% and 100% of the device's memory"),
+    (["--objective", "nope"], f"--objective must be one of {', '.join(OBJECTIVES)}, got 'nope'"),
+    (["--sampler", "nope"], f"--sampler must be one of {', '.join(SAMPLERS)}, got 'nope'"),
+])
+def test_a_bad_search_flag_is_one_line_and_status_2(args, message):
+    result = _autotune("search", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"autotune: error: {message}"
+
+
+@pytest.mark.parametrize("args", [["search", "--budget", "6XB"], ["search", "--quality-floor", "ssim=2"],
+                                  ["verify", "x.yaml", "--tolerance", "2"], ["worker"]])
+def test_a_bad_flag_is_refused_before_torch_diffusers_or_optuna_is_imported(args):
+    status, loaded = _modules_loaded_by(*args)
+    assert status == 2 and loaded == set()
+
+
+def test_profiles_list_never_imports_optuna():
+    status, loaded = _modules_loaded_by("profiles", "list")
+    assert status == 0 and "optuna" not in loaded
+    assert "torch" in loaded  # the check above is not vacuous: this path does import the knob registry
+
+
+def test_a_bug_is_not_hidden_behind_a_friendly_line(monkeypatch):
+    def broken(search_path=None):
+        raise ValueError("a bug, not the user's mistake")
+
+    monkeypatch.setattr(library, "list_profiles", broken)
+    monkeypatch.setattr(sys, "argv", ["autotune", "profiles", "list"])
+    with pytest.raises(ValueError, match="a bug"):  # python then prints its traceback and exits 1
+        cli.main()
+
+
+def test_an_autotune_error_becomes_one_line_unless_autotune_debug_is_set(monkeypatch, capsys):
+    def refused(search_path=None):
+        raise InvalidInput("the user's mistake\nsecond line")
+
+    monkeypatch.setattr(library, "list_profiles", refused)
+    monkeypatch.setattr(sys, "argv", ["autotune", "profiles", "list"])
+    monkeypatch.delenv("AUTOTUNE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2 and capsys.readouterr().err == "autotune: error: the user's mistake\n"
+    monkeypatch.setenv("AUTOTUNE_DEBUG", "1")
+    with pytest.raises(InvalidInput):
+        cli.main()
+
+
+def test_every_error_autotune_raises_on_purpose_is_also_the_builtin_it_means():
+    import autotune.exceptions as exceptions
+
+    errors = [value for value in vars(exceptions).values()
+              if isinstance(value, type) and issubclass(value, exceptions.AutotuneError)
+              and value is not exceptions.AutotuneError]
+    assert errors
+    vague = (Exception, BaseException, object)
+    for error in errors:
+        assert any(base.__module__ == "builtins" and base not in vague for base in error.__mro__), (
+            f"{error.__name__} inherits no builtin error but Exception")
