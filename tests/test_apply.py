@@ -38,9 +38,9 @@ def test_apply_profile_returns_the_same_pipeline_changed(tiny_pipe, make_profile
 def test_apply_profile_applies_knobs_in_the_documented_order(tiny_pipe, make_profile, monkeypatch, assert_state):
     applied = []
     for knob in knobs.in_order():  # record each real apply, then let it run
-        def recording(pipe, value, settings, _apply=knob.apply, _name=knob.name):
+        def recording(pipe, value, settings, hw, _apply=knob.apply, _name=knob.name):
             applied.append(_name)
-            _apply(pipe, value, settings)
+            _apply(pipe, value, settings, hw)
 
         monkeypatch.setitem(vars(knob), "apply", recording)
     settings = {"precision": "bf16", "scheduler": "euler", "attention": "sliced", "attention_slice_size": 2,

@@ -303,9 +303,11 @@ def test_the_shipped_profiles_are_in_the_tuner_s_own_form_and_consistent():
     assert (tiny.hardware.device, tiny.model.id, tiny.workload.height) == ("cpu", "builtin:tiny-sd", 64)
 
 
-def test_the_shipped_cpu_profile_is_chosen_for_the_tiny_pipeline_on_a_cpu(monkeypatch):
+def test_the_shipped_cpu_profile_is_chosen_for_the_tiny_pipeline_on_its_cpu(monkeypatch):
+    # The machine it was measured on is faked (the hardware boundary): CI's processor model changes between runs.
     monkeypatch.delenv(ENV_VAR, raising=False)
-    selection = select_profile("builtin:tiny-sd")
+    shipped = load_profile(Path(__file__).resolve().parent.parent / "profiles" / "tiny-sd-cpu.yaml")
+    selection = select_profile("builtin:tiny-sd", fingerprint=shipped.hardware, free_memory_bytes=8 * 1024**3)
     assert selection.chosen is not None and selection.chosen.label.startswith("tiny-sd-cpu (shipped")
 
 
