@@ -13,6 +13,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from optuna.storages.journal import JournalFileBackend
 from typer.testing import CliRunner
 
 from autotune import pipelines
@@ -222,6 +223,29 @@ def test_a_study_database_or_url_is_a_source_too(searched):
     assert by_url.default_output == Path(f"{searched.study_name}.html")
 
 
+def test_a_journal_file_study_is_a_source_too_by_path_or_by_a_profiles_provenance(searched, tmp_path, monkeypatch):
+    # A search given a plain path as --storage keeps its study in Optuna's journal file, not in SQLite.
+    journal = tmp_path / "s.journal"
+    optuna.copy_study(from_study_name=searched.study_name, from_storage=searched.profile.provenance.storage,
+                      to_storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
+    profile = searched.profile.model_dump(mode="json", by_alias=True)
+    profile["provenance"]["storage"] = journal.name  # as recorded by a search run in the profile's folder
+    (tmp_path / "j.yaml").write_text(yaml.safe_dump(profile))
+    monkeypatch.chdir(tmp_path.parent)  # the relative path is found next to the profile
+
+    by_file = report_source(journal)
+    by_profile = report_source(tmp_path / "j.yaml")
+    result = CliRunner().invoke(app, ["report", str(journal), "-o", str(tmp_path / "j.html")])
+
+    assert by_file.study.study_name == by_profile.study.study_name == searched.study_name
+    assert len(by_file.study.trials) == TRIALS and by_file.profile is None
+    assert by_file.default_output == tmp_path / "s.html"
+    assert by_profile.profile.provenance.storage == "s.journal" and by_profile.images is None
+    assert by_profile.profile.settings == searched.profile.settings
+    assert result.exit_code == 0, result.output
+    assert Page((tmp_path / "j.html").read_text()).top_rows == TRIALS
+
+
 def test_a_profile_set_uses_its_first_profiles_study(searched, tmp_path):
     first = searched.profile.model_dump(mode="json", by_alias=True)
     (tmp_path / "set.yaml").write_text(yaml.safe_dump({"profiles": [first, first], "picks": {"fastest": 0}}))
@@ -235,6 +259,7 @@ def test_a_profile_set_uses_its_first_profiles_study(searched, tmp_path):
     ("unknown study", "no study 'nope' in sqlite:///"),
     ("hidden password", "hides its password; give the URL with --storage"),
     ("no storage", "records no study storage; give it with --storage"),
+    ("missing journal", "no such journal file"),
 ])
 def test_a_bad_source_says_what_to_give_instead(searched, tmp_path, case, message):
     profile = searched.profile.model_dump(mode="json", by_alias=True)
@@ -242,6 +267,8 @@ def test_a_bad_source_says_what_to_give_instead(searched, tmp_path, case, messag
         profile["provenance"]["storage"] = "postgresql://tuner:***@db.example/studies"
     if case == "no storage":
         profile["provenance"]["storage"] = None
+    if case == "missing journal":
+        profile["provenance"]["storage"] = str(tmp_path / "nothing.journal")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
     source, study = {
         "missing file": (tmp_path / "nothing.yaml", None),
@@ -251,7 +278,7 @@ def test_a_bad_source_says_what_to_give_instead(searched, tmp_path, case, messag
 
     with pytest.raises(ReportError, match=message.replace("(", r"\(")):
         report_source(source, study_name=study)
-    assert not (tmp_path / "nothing.db").exists()
+    assert not (tmp_path / "nothing.db").exists() and not (tmp_path / "nothing.journal").exists()
 
 
 # ---- the command line ----
@@ -272,8 +299,8 @@ def test_autotune_report_on_a_missing_file_gives_one_line_and_exit_2(tmp_path):
 
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == ["autotune: error: nothing.yaml: no such file; give a profile YAML, a study's .db file, or a "
-                     "storage URL"], result.stderr
+    assert lines == ["autotune: error: nothing.yaml: no such file; give a profile YAML, a study's .db or .journal "
+                     "file, or a storage URL"], result.stderr
 
 
 # ---- in a browser ----

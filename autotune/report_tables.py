@@ -1,0 +1,123 @@
+"""The report's two tables: the summary (model, hardware, workload, goal, result) and the top configurations."""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from . import knobs
+from .hardware import Hardware
+from .profile import Profile
+from .report_html import note
+from .report_trials import changed_settings, feasible, multi, quality_text, ranked, trial_settings, verdict
+from .units import format_size
+
+TOP_CONFIGURATIONS = 10
+
+
+def top_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile | None) -> str:
+    """The best `TOP_CONFIGURATIONS` completed trials, as measured during the search; the profile's is marked."""
+    if not trials:
+        return note("No completed trial yet.")
+    chosen = profile.settings_dict() if profile is not None else None
+    rows = []
+    for rank, trial in enumerate(ranked(study, trials)[:TOP_CONFIGURATIONS], 1):
+        attrs = trial.user_attrs
+        settings = trial_settings(trial)
+        is_chosen = chosen is not None and all(chosen.get(k) == v for k, v in settings.items() if k in chosen)
+        rate = attrs.get("images_per_s")
+        cells = [
+            str(rank), f"{trial.number}" + (" (chosen)" if is_chosen else ""), changed_settings(study, trial),
+            str(settings.get("batch_size", "-")), f"{rate:.3g}" if rate is not None else "-",
+            format_size(attrs.get("peak_memory_bytes")), quality_text(attrs.get("quality")), verdict(trial),
+        ]
+        css = ' class="infeasible"' if not feasible(trial) else ' class="chosen"' if is_chosen else ""
+        rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in (
+        "rank", "trial", "settings (changed from defaults)", "batch", "images/s", "peak memory", "quality",
+        "feasible, or why not"))
+    shown = min(len(trials), TOP_CONFIGURATIONS)
+    order = "the Pareto front first, by images/s" if multi(study) else "best first"
+    remeasured = " The chosen profile was re-measured afterwards: its numbers are in the summary." if chosen else ""
+    return (f"<p>{shown} of {len(trials)} completed trials, {order}, as measured during the search.{remeasured}</p>\n"
+            f'<table class="top"><thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody></table>")
+
+
+def summary_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile | None) -> str:
+    """What was searched and what came of it: from the profile when there is one, else from the study's attrs."""
+    attrs = study.user_attrs
+    workload = profile.workload.model_dump() if profile is not None else attrs.get("workload", {})
+    fixed = attrs.get("fixed", {})
+    states = Counter(t.state.name.lower() for t in study.trials)
+    rows = [
+        ("model", profile.model.id if profile is not None else attrs.get("model", "-")),
+        ("hardware", _hardware_text(profile.hardware if profile is not None else attrs.get("hardware"))),
+        ("workload", _workload_text(workload, fixed)),
+        ("goal", _goal_text(study, profile)),
+        ("study", f"{study.study_name}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))),
+    ]
+    if profile is not None and profile.metrics is not None:
+        rows.append(("result (re-measured)", _metrics_text(profile)))
+        rows.append(("settings", ", ".join(f"{k}={knobs.show(v)}" for k, v in profile.settings_dict().items()
+                                             if k in knobs.KNOBS and v != knobs.get(k).default) or "defaults"))
+    elif trials and feasible(best := ranked(study, trials)[0]):
+        rate = best.user_attrs.get("images_per_s")
+        measured = f"{rate:.3g} images/s, " if rate is not None else ""
+        rows.append(("fastest on the Pareto front" if multi(study) else "best trial",
+                     f"trial {best.number}: {measured}{format_size(best.user_attrs.get('peak_memory_bytes'))} peak, "
+                     + changed_settings(study, best)))
+    if profile is not None and profile.provenance is not None:
+        provenance = profile.provenance
+        rows.append(("made", f"{provenance.created:%Y-%m-%d %H:%M} UTC, {provenance.sampler} seed {provenance.seed}, "
+                             f"autotune {provenance.autotune or '-'}"))
+    body = "\n".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>" for key, value in rows)
+    return f'<table class="summary">\n{body}\n</table>'
+
+
+def _hardware_text(hardware: Hardware | dict | None) -> str:
+    if isinstance(hardware, dict):
+        try:
+            hardware = Hardware.model_validate(hardware)
+        except ValueError:
+            return str(hardware)
+    if hardware is None:
+        return "-"
+    return f"{hardware.describe()}, {format_size(hardware.memory_bytes)}"
+
+
+def _workload_text(workload: dict, fixed: dict) -> str:
+    if not workload:
+        return "-"
+    parts = [f"{workload.get('height')}x{workload.get('width')}", f"{len(workload.get('prompts', []))} prompts",
+             f"seed {workload.get('seed')}"]
+    parts += [f"{name}={knobs.show(value)}" for name, value in fixed.items()]
+    return ", ".join(parts)
+
+
+def _goal_text(study: optuna.Study, profile: Profile | None) -> str:
+    if profile is None:
+        return study.user_attrs.get("objective", "-")
+    goal = profile.goal
+    text = f"{goal.objective}, memory budget {format_size(goal.memory_budget_bytes)}"
+    if goal.quality_floor is not None:
+        text += f", {goal.quality_floor.metric} >= {goal.quality_floor.min}"
+    return text
+
+
+def _metrics_text(profile: Profile) -> str:
+    metrics = profile.metrics
+    parts = []
+    if metrics.images_per_s is not None:
+        stat = metrics.images_per_s
+        parts.append(f"{stat.median:.3g} images/s (spread {stat.cv:.0%}, {stat.n} runs)")
+    if metrics.latency_s is not None:
+        parts.append(f"{metrics.latency_s.median:.3g} s/call")
+    parts.append(f"peak memory {format_size(metrics.peak_memory_bytes)}")
+    if metrics.quality:
+        parts.append(quality_text(metrics.quality))
+    if metrics.warmup_s is not None:
+        parts.append(f"warm-up {metrics.warmup_s:.1f} s")
+    return ", ".join(parts)
