@@ -265,10 +265,12 @@ def _write_search_report(outcome) -> None:
 
     from .quality import load_images
     from .report import write_report
+    from .study import open_storage
 
     if outcome.profile_path is None:
         return
-    study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url)
+    # open_storage reads every storage a search writes to, a journal file's plain path too.
+    study = optuna.load_study(study_name=outcome.study_name, storage=open_storage(outcome.storage_url))
     images = load_images(outcome.images_path) if outcome.images_path else None
     path = write_report(study, outcome.profile_path.with_suffix(".html"), outcome.profile, images)
     console.print(f"report written to [bold]{path}[/bold]")
@@ -349,7 +351,7 @@ def verify(
 @app.command()
 def report(
     source: Annotated[str, typer.Argument(metavar="STUDY_OR_PROFILE",
-                                          help="a profile YAML, a study's SQLite .db file, or a storage URL")],
+                                          help="a profile YAML, a study's SQLite .db or .journal file, or a storage URL")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="the HTML file to write (default: next to "
                                                                        "the profile or .db, as <stem>.html)")] = None,
     study: Annotated[str | None, typer.Option(help="study name (needed when the storage holds several)")] = None,
