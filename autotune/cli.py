@@ -229,7 +229,8 @@ def _print_outcome(outcome) -> None:
         columns.append(metric)
     for column in columns:
         table.add_column(column, justify="right" if column != "configuration" else "left")
-    base = outcome.baseline.images_per_s.median
+    # No ratio to a default configuration that failed here (`speedup` is None): its column shows "-".
+    base = outcome.baseline.images_per_s.median if outcome.speedup is not None else 0.0
     rows = [("default", outcome.baseline), ("autotune", outcome.best)]
     if outcome.profile_set is not None:
         rows = [("default", outcome.baseline)] + [
@@ -244,6 +245,9 @@ def _print_outcome(outcome) -> None:
             cells.append(f"{candidate.quality[metric]:.4g}" if metric in candidate.quality else "-")
         table.add_row(*cells)
     console.print(table)
+    if outcome.speedup is None:
+        console.print(f"the default configuration did not run here ({outcome.baseline.failure or 'not timed'}): "
+                      "no speed-up ratio")
     changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
     console.print("settings: " + (", ".join(f"{k}={knobs.show(v)}" for k, v in changed.items()) or "defaults"))
     console.print(f"study {outcome.study_name} in {outcome.storage}")
