@@ -234,7 +234,8 @@ def _print_outcome(outcome) -> None:
         columns.append(metric)
     for column in columns:
         table.add_column(column, justify="right" if column != "configuration" else "left")
-    base = outcome.baseline.images_per_s.median
+    # No ratio to a default configuration that failed here (`speedup` is None): its column shows "-".
+    base = outcome.baseline.images_per_s.median if outcome.speedup is not None else 0.0
     rows = [("default", outcome.baseline), ("autotune", outcome.best)]
     if outcome.profile_set is not None:
         rows = [("default", outcome.baseline)] + [
@@ -249,6 +250,9 @@ def _print_outcome(outcome) -> None:
             cells.append(f"{candidate.quality[metric]:.4g}" if metric in candidate.quality else "-")
         table.add_row(*cells)
     console.print(table)
+    if outcome.speedup is None:
+        console.print(f"the default configuration did not run here ({outcome.baseline.failure or 'not timed'}): "
+                      "no speed-up ratio")
     changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
     console.print("settings: " + (", ".join(f"{k}={knobs.show(v)}" for k, v in changed.items()) or "defaults"))
     console.print(f"study {outcome.study_name} in {outcome.storage}")
@@ -351,7 +355,7 @@ def verify(
 @app.command()
 def report(
     source: Annotated[str, typer.Argument(metavar="STUDY_OR_PROFILE",
-                                          help="a profile YAML, a study's SQLite .db or .journal file, or a storage URL")],
+                                          help="a profile YAML, a study's .db or .journal file, or a storage URL")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="the HTML file to write (default: next to "
                                                                        "the profile or .db, as <stem>.html)")] = None,
     study: Annotated[str | None, typer.Option(help="study name (needed when the storage holds several)")] = None,

@@ -3,7 +3,8 @@
 Optuna is the distributed engine (see `study`): workers on any number of hosts share one study through its storage.
 This module only starts workers on this host (one per visible GPU, each pinned with CUDA_VISIBLE_DEVICES), refuses a
 machine that is not the study's hardware, and re-measures a study's winners on the host that exports it. Trials are
-run by `search.run_trials`, the profile is made by `search.finish_study`, as in a one-process search.
+run by `trials.run_trials`, the profile is made by `outcome.finish_study`, as in a one-process search; this module
+never imports `search` (which imports it for `--workers`).
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ import optuna
 
 from .exceptions import AutotuneError, first_line
 from .hardware import Fingerprint, Hardware, probe
-from .search import (
-    SearchInterrupted,
-    SearchOutcome,
-    _trial_event,
-    finish_study,
+from .outcome import SearchOutcome, finish_study
+from .study import (
+    STORAGE_ENV,
+    Events,
+    StudySpec,
+    WrongHardware,
+    check_machine,
+    counts,
+    load,
     make_sampler,
     output_paths,
-    run_trials,
 )
-from .study import STORAGE_ENV, Events, StudySpec, WrongHardware, check_machine, counts, load
+from .trials import SearchInterrupted, run_trials, trial_event
 from .worker import Worker, WorkerConfig
 
 # How often the process that started local workers reads the study for its progress bar.
@@ -186,7 +190,7 @@ def _follow(procs: list[subprocess.Popen], study: optuna.Study, spec: StudySpec,
         for trial in study.get_trials(deepcopy=False, states=(complete,)):
             if trial.number not in seen:
                 seen.add(trial.number)
-                emit("trial", _trial_event(study, trial.number, spec.n_trials, started, spec.deadline))
+                emit("trial", trial_event(study, trial.number, spec.n_trials, started, spec.deadline))
         if not running:
             return
         try:

@@ -90,7 +90,7 @@ def measure(
     if repeats.warmup:
         started = time.perf_counter()
         for index in range(repeats.warmup):
-            images = _call(pipe, workload, call_kwargs, index, cuda)
+            images = render(pipe, workload, call_kwargs, index, cuda)
         result.warmup_s = time.perf_counter() - started
     started = time.perf_counter()
     while len(result.latency_s) < repeats.max_runs:
@@ -126,7 +126,8 @@ def _on_cuda(pipe: DiffusionPipeline) -> bool:
     return torch.cuda.is_available() and pipe._execution_device.type == "cuda"
 
 
-def _call(pipe, workload: Workload, call_kwargs: dict, index: int, cuda: bool) -> np.ndarray:
+def render(pipe: DiffusionPipeline, workload: Workload, call_kwargs: dict, index: int, cuda: bool) -> np.ndarray:
+    """One pipeline call of the workload: its `index`-th prompt with that prompt's seed; the images as arrays."""
     prompt = workload.prompts[index % len(workload.prompts)]
     generator = torch.Generator("cpu").manual_seed(workload.seed + index % len(workload.prompts))
     kwargs = {"height": workload.height, "width": workload.width, "guidance_scale": workload.guidance_scale,
@@ -141,7 +142,7 @@ def _timed_call(pipe, workload, call_kwargs, index, cuda) -> tuple[float, np.nda
     if cuda:
         torch.cuda.synchronize()
     started = time.perf_counter()
-    images = _call(pipe, workload, call_kwargs, index, cuda)
+    images = render(pipe, workload, call_kwargs, index, cuda)
     return time.perf_counter() - started, images
 
 

@@ -69,10 +69,10 @@ def parse_floor(text: str) -> FloorSpec:
 
 def render(pipe: Any, workload: Any, call_kwargs: dict[str, Any], prompts: list[int] | None = None) -> dict[int, Any]:
     """The first image of each prompt's call, rendered with that prompt's seed: prompt index -> HxWx3 floats."""
-    from .measure import _call
+    from .measure import render
 
     indices = range(len(workload.prompts)) if prompts is None else prompts
-    return {index: _call(pipe, workload, call_kwargs, index, cuda=False)[0] for index in indices}
+    return {index: render(pipe, workload, call_kwargs, index, cuda=False)[0] for index in indices}
 
 
 def stack(images_by_prompt: dict[int, np.ndarray], n_prompts: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The shared study: its storage, what it records for the workers that join it, and when a trial may start.
+"""The shared study: its name, storage and sampler, opening and resuming it, what it records for the workers that
+join it, and when a trial may start.
 
 Optuna is the distributed engine: every worker, on any host, asks the same study in one storage for its next trial.
 An RDB storage (SQLite on one host, PostgreSQL or MySQL for many) runs Optuna's heartbeat: a trial whose worker died
@@ -10,11 +11,13 @@ message shows `redact(url)`.
 from __future__ import annotations
 
 import datetime
+import os
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -23,7 +26,11 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from .exceptions import AutotuneError, first_line
-from .hardware import Hardware
+from .hardware import Fingerprint, Hardware
+
+if TYPE_CHECKING:
+    from .profile import Workload
+    from .quality import FloorSpec
 
 # A worker's parent process beats while its trial runs (compile included); a trial silent for the grace period is
 # taken for dead. Short enough that a killed worker's trial is retried within a minute, long enough for a busy host.
@@ -122,7 +129,7 @@ class StudySpec:
     objective: str
     fixed: dict[str, Any]
     hardware: dict[str, Any]
-    space: dict[str, list | dict]  # a knob's values, or {low, high} for an integer range (steps)
+    space: dict[str, list | dict]  # knob name -> `Domain.to_dict()` (older studies: a list, or {low, high})
     memory_budget_bytes: int
     n_trials: int
     max_batch: int
@@ -161,6 +168,96 @@ def check_machine(recorded: Hardware, here: Hardware, study_name: str) -> None:
         raise WrongHardware(f"this machine ({here.describe()}) is not the hardware of study {study_name!r} "
                             f"({recorded.describe()}): its timings would poison the study; run it on a "
                             f"{recorded.describe()}, or start another study")
+
+
+# ---- naming, opening and resuming a study ----
+
+
+def default_study_name(model_id: str, fingerprint: Fingerprint, workload: Workload, objective: str,
+                       floor: FloorSpec | None = None) -> str:
+    """The model, the hardware, the size, the objective and the floor, as one name fit for a file."""
+    hardware = fingerprint.hardware
+    where = hardware.gpu if hardware.device == "cuda" else "cpu"
+    text = f"{model_id}-{where}-{workload.height}x{workload.width}-{objective}"
+    if floor is not None:
+        text += f"-{floor.metric}{floor.value:g}{'pct' if floor.relative else ''}"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-").lower()
+
+
+def output_paths(out: str | Path | None, study_name: str) -> tuple[str | None, str]:
+    """The profile to write ("{study}" in it becomes the study's name) and its `.log` sibling for worker output."""
+    if out is None:
+        return None, os.devnull
+    out = str(out).replace("{study}", study_name)
+    return out, str(Path(out).with_suffix(".log"))
+
+
+def default_storage(out: str | Path | None, study_name: str) -> str:
+    """An SQLite file next to the output profile (or in the current folder)."""
+    base = Path(out).with_suffix(".db") if out is not None else Path(f"{study_name}.db")
+    return f"sqlite:///{base.resolve()}"
+
+
+def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Pinned, since Optuna 5 changed defaults (multivariate, constant_liar): the profile records what ran.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, constant_liar=True)
+
+
+# A Pareto study's objectives, in order.
+PARETO_DIRECTIONS = ("maximize", "minimize", "maximize")  # images/s, peak memory (GiB), quality
+
+
+def directions(objective: str) -> list[str]:
+    if objective == "pareto":
+        return list(PARETO_DIRECTIONS)
+    return ["minimize" if objective == "latency" else "maximize"]
+
+
+def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
+    """Create the study, or resume it when it was made for the same model, workload, objective and hardware.
+
+    The spec is recorded (again) so that the workers that join see this search's trial count, budget and time limit.
+    """
+    study = optuna.create_study(study_name=name, storage=open_storage(storage),
+                                sampler=make_sampler(spec.sampler, spec.seed), directions=directions(spec.objective),
+                                load_if_exists=True)
+    if spec.objective == "pareto" and study.metric_names is None:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots label axes with
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["images/s", "peak memory (GiB)", (spec.quality_floor or "ssim").split("=")[0]])
+    recorded = study.user_attrs
+    for key in StudySpec.IDENTITY if recorded else ():
+        if recorded.get(key) != getattr(spec, key):
+            raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
+                                "give a new --study name or the same options as before")
+    if "hardware" in recorded:
+        check_machine(Hardware(**recorded["hardware"]), spec.machine, name)
+    spec.record(study)
+    if not has_heartbeat(study):
+        _reclaim_interrupted(study)
+    return study
+
+
+def _reclaim_interrupted(study: optuna.Study) -> None:
+    # Without a heartbeat (a journal file) nothing tells a dead worker's trial from a live one: a search that starts
+    # takes every RUNNING trial for the remains of a killed search, fails it and queues it again.
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete trials (feasible or not), over all workers."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Every constraint of the trial is met (<= 0): it ran, fit the budget, rendered images, met the floor."""
+    return all(value <= 0 for value in trial.constraints.values())
 
 
 # ---- when a trial may start ----

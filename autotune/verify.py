@@ -1,6 +1,6 @@
 """Verify: re-measure a profile on this machine and hold it to what it records.
 
-The profile runs the way the search measured it (`search.remeasure`): in a worker process, warmed up, then timed
+The profile runs the way the search measured it (`remeasure.remeasure`): in a worker process, warmed up, then timed
 in rounds of 2 runs. Several workers, one after the other: on a small CPU a whole process can run ~25% slower than
 the next one with the same settings and nothing else running.
 
@@ -21,13 +21,15 @@ from typing import Literal
 import psutil
 
 from .apply import ProfileLike, check_pipeline_fits, resolve_profile
+from .candidates import Candidate
 from .exceptions import IncompatibleProfile, InvalidInput
 from .hardware import Hardware, probe
 from .library import SearchPath
 from .options import DEFAULT_REFERENCE_STEPS, DEFAULT_TOLERANCE
 from .profile import Profile, Stat
 from .quality import FloorSpec
-from .search import Candidate, Scoring, prepare_reference, remeasure
+from .remeasure import remeasure
+from .scoring import Scoring, prepare_reference
 from .units import format_size
 from .worker import Worker, WorkerConfig
 
@@ -142,7 +144,7 @@ def _measure(result: Verification, timeout_s: float) -> None:
     if pooled.latency_s:
         result.images_per_s = pooled.images_per_s
         result.warmup_s = max(run.warmup_s for run in runs)
-    result.peak_memory_bytes = max((run.peak_memory_bytes for run in runs), default=0) or None
+    result.peak_memory_bytes = max((run.peak_memory_bytes for run in runs if run.peak_memory_bytes), default=None)
 
 
 class _OthersCpu:

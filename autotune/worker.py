@@ -23,7 +23,8 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 
-from .exceptions import first_line
+from . import protocol
+from .exceptions import TrialFailed, first_line
 
 ModelSource = str | Callable[[], DiffusionPipeline]
 
@@ -38,19 +39,11 @@ class WorkerConfig:
     log_path: str | None = None  # where workers write what torch, diffusers and inductor print
 
 
-class TrialFailed(Exception):
-    """The worker could not finish a task; `kind` is oom, error, timeout or crash."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(f"{kind}: {reason}")
-        self.kind, self.reason = kind, reason
-
-
 class Worker:
     """Parent-side handle of one worker process.
 
     >>> with Worker(WorkerConfig("builtin:tiny-sd")) as worker:  # doctest: +SKIP
-    ...     worker.request({"kind": "describe"}, timeout_s=120)
+    ...     worker.request(protocol.Describe(), timeout_s=120).domains
     """
 
     def __init__(self, config: WorkerConfig):
@@ -72,7 +65,7 @@ class Worker:
         """Send this worker's output, and that of every replacement, to `log_path`."""
         self.config = dataclasses.replace(self.config, log_path=log_path)
         if self.alive:
-            self.request({"kind": "log", "path": log_path}, timeout_s)
+            self.request(protocol.RedirectLog(log_path), timeout_s)
 
     def start(self) -> None:
         # transformers announces optional image backends at import; each worker would repeat it.
@@ -84,7 +77,7 @@ class Worker:
         child_conn.close()
         self._conn = parent_conn
 
-    def request(self, task: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def request(self, task: protocol.Task, timeout_s: float) -> Any:
         """Send `task`, wait at most `timeout_s` for the answer; raise `TrialFailed` on any failure."""
         if not self.alive:
             self.close()
@@ -98,9 +91,9 @@ class Worker:
             answer = self._conn.recv()
         except (EOFError, OSError):
             raise TrialFailed("crash", self._death_reason()) from None
-        if not answer.get("ok"):
+        if isinstance(answer, protocol.Failed):
             self.kill()  # never trust a worker after a failure: replace it
-            raise TrialFailed(answer["failure"], answer["reason"])
+            raise TrialFailed(answer.kind, answer.reason)
         return answer
 
     def _death_reason(self) -> str:
@@ -165,12 +158,12 @@ def _serve(conn, config: WorkerConfig) -> None:
         if task is None:
             return
         try:
-            answer = {"ok": True, **_HANDLERS[task["kind"]](state, task)}
+            answer = _HANDLERS[type(task)](state, task)
         except (torch.OutOfMemoryError, MemoryError) as error:
-            answer = {"ok": False, "failure": "oom", "reason": first_line(error) or "out of memory"}
+            answer = protocol.Failed("oom", first_line(error) or "out of memory")
         except Exception as error:
-            answer = {"ok": False, "failure": "error", "reason": f"{type(error).__name__}: {first_line(error)}",
-                      "traceback": traceback.format_exc(limit=8)}
+            answer = protocol.Failed("error", f"{type(error).__name__}: {first_line(error)}",
+                                     traceback.format_exc(limit=8))
         conn.send(answer)
 
 
@@ -187,20 +180,21 @@ class _WorkerState:
         self.config = config
         self.hardware = hardware
         self._pristine: DiffusionPipeline | None = None
+        self._pristine_bytes = 0
         self.kept: DiffusionPipeline | None = None
         self.kept_kwargs: dict[str, Any] = {}
         self._references: dict[str, Any] = {}
 
-    def score(self, pipe, workload, call_kwargs: dict, first_images: dict, task: dict) -> dict[str, float]:
+    def score(self, pipe, workload, call_kwargs: dict, first_images: dict,
+              against: protocol.ScoreAgainst) -> dict[str, float]:
         """Fidelity of this trial's images to the reference; prompts the timed calls did not reach are rendered."""
         from . import quality
 
-        path = task["reference_path"]
+        path = against.reference_path
         if path not in self._references:
             self._references[path] = quality.load_reference(path)[0]
         images = quality.render_missing(pipe, workload, call_kwargs, first_images)
-        return quality.score(images, self._references[path], tuple(task.get("metrics", quality.DEFAULT_METRICS)),
-                             workload.prompts)
+        return quality.score(images, self._references[path], tuple(against.metrics), workload.prompts)
 
     def fresh_pipeline(self) -> DiffusionPipeline:
         """A pipeline no trial has touched: the model is loaded once, each trial works on a copy."""
@@ -210,124 +204,111 @@ class _WorkerState:
             model = self.config.model
             self._pristine = pipelines.load(model) if isinstance(model, str) else model()
             self._pristine.set_progress_bar_config(disable=True)
+            self._pristine_bytes = tensor_bytes(self._pristine)
         return copy.deepcopy(self._pristine)
 
+    def app_peak(self, peak_bytes: int | None) -> int | None:
+        """`peak_bytes` as an app applying the profile would see it.
 
-def _describe(state: _WorkerState, task: dict) -> dict:
+        On the CPU the peak is this process's resident set, which also holds the pristine pipeline each trial is
+        copied from; an app holds one pipeline, so the pristine copy's parameters and buffers are taken off. (On a
+        GPU the pristine copy stays in host memory and the device's peak does not count it.)
+        """
+        if peak_bytes is None or self.hardware.device != "cpu":
+            return peak_bytes
+        return max(0, peak_bytes - self._pristine_bytes)
+
+
+def tensor_bytes(pipe: DiffusionPipeline) -> int:
+    """Bytes of the parameters and buffers of a pipeline's modules, each tensor's storage counted once."""
+    import torch
+
+    seen: dict[int, int] = {}
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in [*component.parameters(), *component.buffers()]:
+                storage = tensor.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def _describe(state: _WorkerState, task: protocol.Describe) -> protocol.Description:
     from . import knobs, pipelines
 
     pipe = state.fresh_pipeline()
-    return {
-        "pipeline": type(pipe).__name__,
-        "denoiser": type(pipelines.denoiser(pipe)).__name__,
-        "default_size": pipelines.default_call_size(pipe),
-        "default_steps": pipelines.default_steps(pipe, state.config.model),
-        "scheduler": type(pipe.scheduler).__name__,
-        "available": _available(knobs.availability(state.hardware, pipe)),
-        "hardware": state.hardware.model_dump(),
-    }
+    return protocol.Description(
+        pipeline=type(pipe).__name__,
+        denoiser=type(pipelines.denoiser(pipe)).__name__,
+        default_size=pipelines.default_call_size(pipe),
+        default_steps=pipelines.default_steps(pipe, state.config.model),
+        scheduler=type(pipe.scheduler).__name__,
+        domains={name: domain.to_dict() for name, domain in knobs.domains(state.hardware, pipe).items()},
+        hardware=state.hardware.model_dump(),
+    )
 
 
-def _available(rows: list[dict]) -> dict[str, list]:
-    available: dict[str, list] = {}
-    for row in rows:
-        if row["available"]:
-            available.setdefault(row["knob"], []).append(row["value"])
-    return available
-
-
-def _trial(state: _WorkerState, task: dict) -> dict:
-    """Apply `settings`, then measure at growing batch sizes while throughput improves and memory fits."""
+def _trial(state: _WorkerState, task: protocol.TrialTask) -> protocol.TrialResult:
+    """Apply the settings, then time growing batch sizes for as long as the task's batch policy says it pays."""
     from .apply import apply_settings
-    from .measure import Repeats, measure
-    from .profile import Workload
+    from .measure import measure
 
     pipe = state.fresh_pipeline()
-    settings = apply_settings(pipe, task["settings"], state.hardware, fallback=False)
-    workload = Workload(**task["workload"])
-    repeats = Repeats(**task.get("repeats", {}))
-    budget = task.get("memory_budget_bytes")
-    measured: list[dict] = []
-    # The best images/s other trials reached at each batch size: far below it, bigger batches will not close the gap.
-    best_at = {int(batch): rate for batch, rate in task.get("best_images_per_s_at_batch", {}).items()}
-    for batch in task["batch_sizes"]:
-        kwargs = {**task["call_kwargs"], "num_images_per_prompt": batch}
+    settings = apply_settings(pipe, task.settings, state.hardware, fallback=False)
+    measured: list[protocol.BatchResult] = []
+    for batch in task.policy.sizes:
+        kwargs = {**task.call_kwargs, "num_images_per_prompt": batch}
         try:
-            result = measure(pipe, workload, kwargs, repeats)
+            result = measure(pipe, task.workload, kwargs, task.repeats)
         except Exception as error:
             if not measured or not _is_oom(error):
                 raise
-            measured.append({"batch_size": batch, "oom": first_line(error)})
+            measured.append(protocol.BatchResult(batch_size=batch, oom=first_line(error)))
             break
-        summary = result.summary()
-        measured.append(summary)
-        if task.get("reference_path") and "quality" not in measured[0] and not result.image_problem:
+        scores = None
+        if task.score is not None and not measured and not result.image_problem:
             # Scored once, at the first batch: the knobs that change the image do so at every batch size alike.
-            summary["quality"] = state.score(pipe, workload, kwargs, result.first_images, task)
-        if result.image_problem or (budget and result.peak_memory_bytes > budget):
+            scores = state.score(pipe, task.workload, kwargs, result.first_images, task.score)
+        measured.append(protocol.BatchResult(
+            batch_size=batch, images_per_s=result.images_per_s,
+            seconds_per_image=result.latency.median / batch, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
+            warmup_s=result.warmup_s, image_problem=result.image_problem, quality=scores))
+        if not task.policy.worth_next(measured):
             break
-        if result.images_per_s.median * task.get("prune_ratio", 2.0) < best_at.get(batch, 0.0):
-            break
-        if not _worth_a_bigger_batch(measured, budget, task.get("min_gain", 0.05)):
-            break
-    quality = next((entry["quality"] for entry in measured if "quality" in entry), None)
     # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
-    return {"settings": settings, "batches": measured, "quality": quality,
-            "recycle": any("oom" in entry for entry in measured)}
+    return protocol.TrialResult(settings=settings, batches=tuple(measured), quality=measured[0].quality,
+                                recycle=any(entry.oom for entry in measured))
 
 
-def _worth_a_bigger_batch(measured: list[dict], budget: int | None, min_gain: float) -> bool:
-    if len(measured) < 2:
-        return True
-    previous, last = measured[-2], measured[-1]
-    if last["images_per_s"]["median"] < previous["images_per_s"]["median"] * (1 + min_gain):
-        return False
-    if budget:
-        # Memory grows about linearly with the batch: predict the next (doubled) batch from the last two.
-        per_image = (last["peak_memory_bytes"] - previous["peak_memory_bytes"]) / max(
-            1, last["batch_size"] - previous["batch_size"]
-        )
-        if last["peak_memory_bytes"] + per_image * last["batch_size"] > budget:
-            return False
-    return True
-
-
-def _prepare(state: _WorkerState, task: dict) -> dict:
+def _prepare(state: _WorkerState, task: protocol.Prepare) -> protocol.Prepared:
     """Build and warm up one configuration and keep it, for interleaved re-measurement (`_time`)."""
     from .apply import apply_settings
     from .measure import Repeats, measure
-    from .profile import Workload
 
     pipe = state.fresh_pipeline()
-    apply_settings(pipe, task["settings"], state.hardware, fallback=False)
-    state.kept, state.kept_kwargs = pipe, task["call_kwargs"]
+    apply_settings(pipe, task.settings, state.hardware, fallback=False)
+    state.kept, state.kept_kwargs = pipe, task.call_kwargs
     started = time.perf_counter()
-    result = measure(pipe, Workload(**task["workload"]), task["call_kwargs"], Repeats(warmup=1, min_runs=1, max_runs=1))
-    return {"warmup_s": time.perf_counter() - started, "peak_memory_bytes": result.peak_memory_bytes}
+    result = measure(pipe, task.workload, task.call_kwargs, Repeats(warmup=1, min_runs=1, max_runs=1))
+    return protocol.Prepared(warmup_s=time.perf_counter() - started,
+                             peak_memory_bytes=state.app_peak(result.peak_memory_bytes))
 
 
-def _time(state: _WorkerState, task: dict) -> dict:
+def _time(state: _WorkerState, task: protocol.Time) -> protocol.Timed:
     from .measure import Repeats, measure
-    from .profile import Workload
 
     assert state.kept is not None, "prepare must come before time"
-    runs = int(task.get("runs", 3))
-    result = measure(state.kept, Workload(**task["workload"]), state.kept_kwargs,
-                     Repeats(warmup=0, min_runs=runs, max_runs=runs, max_seconds=float("inf")),
-                     keep_images=task.get("keep_images", False))
-    answer = {"latency_s": result.latency_s, "peak_memory_bytes": result.peak_memory_bytes,
-              "image_problem": result.image_problem}
-    if result.images is not None:
-        answer["images"] = result.images
-    if task.get("render"):
+    result = measure(state.kept, task.workload, state.kept_kwargs,
+                     Repeats(warmup=0, min_runs=task.runs, max_runs=task.runs, max_seconds=float("inf")))
+    rendered = None
+    if task.render:
         from . import quality
 
-        answer["rendered"] = quality.render_missing(state.kept, Workload(**task["workload"]), state.kept_kwargs,
-                                                    result.first_images)
-    return answer
+        rendered = quality.render_missing(state.kept, task.workload, state.kept_kwargs, result.first_images)
+    return protocol.Timed(latency_s=list(result.latency_s), peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
+                          image_problem=result.image_problem, rendered=rendered)
 
 
-def _reference(state: _WorkerState, task: dict) -> dict:
+def _reference(state: _WorkerState, task: protocol.Reference) -> protocol.ReferenceSaved:
     """Render the reference (fp32, the pipeline's own scheduler, the reference steps) twice, and cache it.
 
     The second rendering scored against the first is the noise floor: what the same configuration varies by here.
@@ -335,29 +316,30 @@ def _reference(state: _WorkerState, task: dict) -> dict:
     from . import quality
     from .apply import apply_settings
     from .measure import image_problem
-    from .profile import Workload
 
     pipe = state.fresh_pipeline()
     apply_settings(pipe, {}, state.hardware, fallback=False)
-    workload = Workload(**task["workload"])
-    kwargs = {"num_inference_steps": task["steps"]}
+    workload = task.workload
+    kwargs = {"num_inference_steps": task.steps}
     first = quality.stack(quality.render(pipe, workload, kwargs), len(workload.prompts))
     second = quality.stack(quality.render(pipe, workload, kwargs), len(workload.prompts))
     problem = image_problem(first)
     if problem:
         raise RuntimeError(f"the reference configuration renders unusable images ({problem})")
-    noise_floor = quality.score(second, first, tuple(task.get("metrics", quality.DEFAULT_METRICS)), workload.prompts)
-    quality.save_reference(Path(task["path"]), first, noise_floor)
-    return {"noise_floor": noise_floor}
+    noise_floor = quality.score(second, first, tuple(task.metrics), workload.prompts)
+    quality.save_reference(Path(task.path), first, noise_floor)
+    return protocol.ReferenceSaved(noise_floor=noise_floor)
 
 
-def _log(state: _WorkerState, task: dict) -> dict:
-    _redirect_output(task["path"])
-    return {}
+def _log(state: _WorkerState, task: protocol.RedirectLog) -> protocol.Done:
+    _redirect_output(task.path)
+    return protocol.Done()
 
 
-_HANDLERS = {"describe": _describe, "log": _log, "trial": _trial, "prepare": _prepare, "time": _time,
-             "reference": _reference}
+_HANDLERS: dict[type, Callable[[_WorkerState, Any], Any]] = {
+    protocol.Describe: _describe, protocol.RedirectLog: _log, protocol.TrialTask: _trial, protocol.Prepare: _prepare,
+    protocol.Time: _time, protocol.Reference: _reference,
+}
 
 
 def _is_oom(error: BaseException) -> bool:

@@ -21,8 +21,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from autotune import knobs  # noqa: E402
+from autotune.candidates import Candidate  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
-from autotune.search import Candidate, documentation_recipes, remeasure, run_search  # noqa: E402
+from autotune.remeasure import remeasure  # noqa: E402
+from autotune.search import run_search  # noqa: E402
+from autotune.space import documentation_recipes  # noqa: E402
 from autotune.units import format_size, parse_size  # noqa: E402
 from autotune.worker import WorkerConfig  # noqa: E402
 

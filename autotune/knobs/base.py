@@ -28,6 +28,8 @@ class Knob:
     - `stage`: where it goes in the application order; `after` / `before`: the stages this stage must follow and
       precede (declared once by any knob of the stage; the registry resolves them into one order).
     - `exact`: True when the knob changes only speed and memory, not the image beyond numerical noise.
+    - `guarded`: for an inexact knob, True when the worker's NaN / black-image check catches how it fails, so a
+      search tries it without a quality floor (precision: fp16 overflow decodes black images).
     - `reversible`: False when applying it leaves state that cannot be undone in place (compile, offload hooks):
       a tuner must then start the next trial from a fresh pipeline.
     - `parent`: for an option of another knob (`attention_slice_size` of `attention`), the parent's name and the
@@ -44,6 +46,7 @@ class Knob:
     after: ClassVar[tuple[str, ...]] = ()
     before: ClassVar[tuple[str, ...]] = ()
     exact: ClassVar[bool] = True
+    guarded: ClassVar[bool] = False
     reversible: ClassVar[bool] = True
     parent: ClassVar[tuple[str, frozenset] | None] = None
     call_time: ClassVar[bool] = False

@@ -26,6 +26,7 @@ class Precision(Knob):
     stage = "precision"
     after = ("process",)
     exact = False
+    guarded = True  # fp16 overflow decodes NaN / black images, which every trial checks for
 
     def choices(self):
         return list(DTYPES)

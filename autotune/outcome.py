@@ -1,0 +1,148 @@
+"""The end of a search: re-measure the study's best configurations beside the default one, and write the profile.
+
+Shared by a one-process search (`search.run_search`) and by `autotune export` of a study that workers filled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from . import __version__, knobs
+from .candidates import Candidate, choose_picks, pareto_candidates, pareto_front, save_images, top_candidates
+from .exceptions import NothingFits
+from .hardware import Fingerprint
+from .profile import Goal, Metrics, ModelInfo, Profile, ProfileSet, Provenance, Workload, now
+from .remeasure import remeasure
+from .scoring import Scoring, scoring_for
+from .study import Events, StudySpec, feasible, finished, redact
+from .units import format_size
+from .worker import Worker, WorkerConfig
+
+
+@dataclass
+class SearchOutcome:
+    profile: Profile  # with --objective pareto, the `balanced` pick of `profile_set`
+    baseline: Candidate
+    best: Candidate
+    candidates: list[Candidate]
+    study_name: str
+    storage: str
+    trials: int
+    profile_path: Path | None = None
+    profile_set: ProfileSet | None = None
+    reference: Any = None  # the reference rendering, when quality was measured
+    images_path: Path | None = None
+    storage_url: str | None = None  # unredacted, for reopening the study in this process; never written
+
+    @property
+    def speedup(self) -> float | None:
+        """The best configuration's images/s over the default's, measured side by side; None when the default
+        configuration failed here or was never timed (there is no ratio to give)."""
+        if not self.baseline.measured or not self.best.measured:
+            return None
+        base = self.baseline.images_per_s.median
+        return self.best.images_per_s.median / base if base > 0 else None
+
+
+def finish_study(
+    study: optuna.Study, spec: StudySpec, fingerprint: Fingerprint, config: WorkerConfig, storage_url: str,
+    out: str | Path | None, top_k: int, rounds: int, emit: Events, scoring: Scoring | None = None,
+) -> SearchOutcome:
+    """Re-measure the study's top candidates (its Pareto front) and the default configuration here, interleaved;
+    write the profile (or profile set)."""
+    budget_bytes, objective = spec.memory_budget_bytes, spec.objective
+    if scoring is None and spec.reference_steps:
+        with Worker(config) as worker:
+            scoring = scoring_for(spec, worker, fingerprint, emit)
+    ran = [t for t in finished(study) if feasible(t)]
+    if not ran:
+        raise NothingFits(nothing_fits_message(study, budget_bytes, scoring))
+    if objective == "pareto":
+        candidates = pareto_candidates([t for t in study.best_trials if feasible(t)], limit=max(top_k, 8))
+    else:
+        candidates = top_candidates(ran, top_k, objective)
+    baseline = Candidate("default", {**knobs.defaults(), "steps": spec.steps or spec.fixed.get("steps"),
+                                     "batch_size": 1})
+    emit("phase", {"message": f"re-measuring the top {len(candidates)} and the default configuration, interleaved"})
+    warn_if_busy(emit)
+    workload = Workload(**spec.workload)
+    remeasure([baseline, *candidates], config, workload, rounds, spec.trial_timeout_s, scoring=scoring)
+    floor = scoring.floor_spec if scoring else None
+    fitting = [c for c in candidates if c.fits(budget_bytes) and (scoring is None or scoring.meets(c.quality))]
+    if not fitting:
+        raise NothingFits(f"none of the top configurations fit {format_size(budget_bytes)}"
+                          + (f" and meet {floor}" if floor else "") + " when re-measured")
+    trials = len(finished(study))
+
+    def profile_of(candidate: Candidate) -> Profile:
+        return Profile(
+            hardware=fingerprint.hardware,
+            software=fingerprint.software,
+            model=ModelInfo(id=spec.model, pipeline=spec.pipeline, denoiser=spec.denoiser),
+            workload=workload,
+            goal=Goal(objective=objective, memory_budget_bytes=budget_bytes,
+                      quality_floor=scoring.floor_record() if scoring and floor else None),
+            settings=candidate.settings,
+            metrics=metrics_of(candidate),
+            provenance=Provenance(sampler=type(study.sampler).__name__, seed=spec.seed, trials=trials,
+                                  study=study.study_name, storage=redact(storage_url), created=now(),
+                                  autotune=__version__, trial=candidate.trial),
+        )
+
+    profile_set = None
+    if objective == "pareto":
+        metric = scoring.metric if scoring else "ssim"
+        front = pareto_front(fitting, metric)
+        picks = choose_picks(front, metric)
+        profile_set = ProfileSet(profiles=[profile_of(c) for c in front], picks=picks)
+        best = front[picks["balanced"]]
+    elif objective == "latency":
+        best = min(fitting, key=lambda c: c.latency.median)
+    else:
+        best = max(fitting, key=lambda c: c.images_per_s.median)
+    profile = profile_of(best)
+    outcome = SearchOutcome(profile, baseline, best, candidates, study.study_name, redact(storage_url), trials,
+                            profile_set=profile_set, reference=scoring.reference if scoring else None,
+                            storage_url=storage_url)
+    if out is not None:
+        outcome.profile_path = (profile_set or profile).save(out)
+        if scoring is not None:
+            outcome.images_path = save_images(Path(out), scoring.reference, baseline, candidates)
+    return outcome
+
+
+def metrics_of(candidate: Candidate) -> Metrics:
+    """A re-measured candidate's numbers as a profile records them; what was not measured is None."""
+    return Metrics(images_per_s=candidate.images_per_s, latency_s=candidate.latency,
+                   peak_memory_bytes=candidate.peak_memory_bytes or None,
+                   quality={k: round(v, 4) for k, v in candidate.quality.items()},
+                   warmup_s=round(candidate.warmup_s, 3))
+
+
+def warn_if_busy(emit: Events) -> None:
+    """Say so when the machine is busy: another process on a small machine can slow a timed run many times over."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.75 * cores:
+        emit("phase", {"message": f"warning: the machine is busy (load {load:.1f} on {cores} cores); "
+                                  "timings will be noisy"})
+
+
+def nothing_fits_message(study: optuna.Study, budget_bytes: int, scoring: Scoring | None = None) -> str:
+    """Why no trial is feasible, and what to change: the best quality reached, or the smallest memory needed."""
+    if scoring is not None and scoring.minimum is not None:
+        scored = [t.user_attrs["quality"][scoring.metric] for t in finished(study)
+                  if t.user_attrs.get("quality") and t.constraints.get("memory", 1) <= 0]
+        if scored:
+            return (f"nothing meets the quality floor {scoring.metric} >= {scoring.minimum:.4g} within "
+                    f"{format_size(budget_bytes)}: the best {scoring.metric} measured was {max(scored):.4g}; "
+                    "lower --quality-floor (no profile written)")
+    peaks = [t.user_attrs["peak_memory_bytes"] for t in finished(study) if t.user_attrs.get("peak_memory_bytes")]
+    if peaks:
+        return (f"nothing fits in {format_size(budget_bytes)}: the smallest configuration measured needed "
+                f"{format_size(min(peaks))}; raise --budget (no profile written)")
+    return f"nothing fits in {format_size(budget_bytes)}: every trial failed (no profile written)"

@@ -1,0 +1,166 @@
+"""What the search sends a worker process and what comes back: frozen dataclasses, each default set here once.
+
+The parent sends a task (`Describe`, `TrialTask`, `Prepare`, `Time`, `Reference`, `RedirectLog`) over a pipe and
+gets back its result, or a `Failed` that `Worker.request` raises as `exceptions.TrialFailed`. Nothing here imports
+Optuna: `verify` and `bench` talk to workers without the tuner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .batching import BatchPolicy
+from .measure import Repeats
+from .profile import Stat, Workload
+from .quality import DEFAULT_METRICS
+
+# Search-time timing is a quick screen; the interleaved re-measurement at the end decides.
+SCREEN_REPEATS = Repeats(warmup=1, min_runs=2, max_runs=5, max_seconds=5.0, target_cv=0.05)
+# Timed runs per worker per round in the final re-measurement.
+RUNS_PER_ROUND = 2
+
+
+# ---- tasks ----
+
+
+@dataclass(frozen=True)
+class Describe:
+    """Load the model; answer with a `Description`."""
+
+
+@dataclass(frozen=True)
+class RedirectLog:
+    """Write this worker's output (file descriptors 1 and 2) to `path` from now on."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ScoreAgainst:
+    """A reference rendering (saved by a `Reference` task) that a trial's images are scored against."""
+
+    reference_path: str
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """Apply `settings` to a fresh pipeline, then time it at the batch sizes `policy` allows."""
+
+    settings: dict[str, Any]
+    workload: Workload
+    call_kwargs: dict[str, Any]  # at batch size 1; the batch is `policy`'s
+    policy: BatchPolicy = BatchPolicy()
+    repeats: Repeats = SCREEN_REPEATS
+    score: ScoreAgainst | None = None
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Build and warm up one configuration and keep it for `Time` tasks."""
+
+    settings: dict[str, Any]
+    workload: Workload
+    call_kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Time:
+    """Time the prepared configuration `runs` times; with `render`, also its image for every prompt."""
+
+    workload: Workload
+    runs: int = RUNS_PER_ROUND
+    render: bool = False
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Render the reference (fp32, the pipeline's own scheduler, `steps`) twice, and save it with its noise floor."""
+
+    workload: Workload
+    steps: int
+    path: str
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+
+
+Task = Describe | RedirectLog | TrialTask | Prepare | Time | Reference
+
+
+# ---- results ----
+
+
+@dataclass(frozen=True)
+class Description:
+    pipeline: str
+    denoiser: str
+    default_size: int
+    default_steps: int
+    scheduler: str
+    domains: dict[str, Any]  # knob name -> its domain here, as `Domain.to_dict()`
+    hardware: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One batch size of a trial: its timing, or the out-of-memory error that ended it."""
+
+    batch_size: int
+    images_per_s: Stat | None = None
+    seconds_per_image: float | None = None
+    peak_memory_bytes: int | None = None
+    warmup_s: float | None = None
+    image_problem: str | None = None
+    oom: str | None = None
+    quality: dict[str, float] | None = None  # scored at the first batch only
+
+    @property
+    def images_per_s_median(self) -> float:
+        return self.images_per_s.median if self.images_per_s else 0.0
+
+    def record(self) -> dict[str, Any]:
+        """The JSON form a study stores in its trial's user attrs."""
+        return {"batch_size": self.batch_size, "images_per_s": self.images_per_s.model_dump() if self.images_per_s
+                else None, "peak_memory_bytes": self.peak_memory_bytes, "oom": self.oom,
+                "image_problem": self.image_problem}
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    settings: dict[str, Any]  # as applied (read back from the pipeline)
+    batches: tuple[BatchResult, ...]
+    quality: dict[str, float] | None = None
+    recycle: bool = False  # the worker's state is suspect (after an out-of-memory error): replace it
+
+
+@dataclass(frozen=True)
+class Prepared:
+    warmup_s: float
+    peak_memory_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Timed:
+    latency_s: list[float]
+    peak_memory_bytes: int | None
+    image_problem: str | None = None
+    rendered: Any = None  # prompts x H x W x 3, with `Time(render=True)`
+
+
+@dataclass(frozen=True)
+class ReferenceSaved:
+    noise_floor: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Done:
+    """The answer to a task that returns nothing (`RedirectLog`)."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The task failed in the worker; `kind` is oom or error (timeout and crash are seen by the parent)."""
+
+    kind: str
+    reason: str
+    traceback: str | None = field(default=None, repr=False)

@@ -1,0 +1,64 @@
+"""The final, interleaved re-measurement: each candidate in its own warmed-up worker, timed round-robin.
+
+Slow drifts of the machine then hit every candidate alike. Optuna-free: `verify` and `bench` use it without the tuner.
+"""
+
+from __future__ import annotations
+
+from . import knobs, protocol, quality
+from .candidates import Candidate
+from .exceptions import TrialFailed
+from .profile import Workload
+from .scoring import Scoring
+from .worker import Worker, WorkerConfig
+
+
+def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workload, rounds: int,
+              timeout_s: float, runs_per_round: int = protocol.RUNS_PER_ROUND, scoring: Scoring | None = None) -> None:
+    """Time every candidate in its own warmed-up worker, round-robin; with `scoring`, render and score its images in
+    the last round. Fills each candidate's latencies, peak memory, warm-up, images and quality, or its failure.
+
+    >>> remeasure([Candidate("default", {})], WorkerConfig("builtin:tiny-sd"), workload, 2, 600)  # doctest: +SKIP
+    """
+    workers = {id(c): Worker(config) for c in candidates}
+    try:
+        for worker in workers.values():
+            worker.start()  # all at once: their imports and model loads overlap
+        for candidate in candidates:
+            _ask(candidate, workers[id(candidate)], protocol.Prepare(candidate.settings, workload,
+                                                                     knobs.call_kwargs(candidate.settings)), timeout_s)
+        for round_number in range(rounds):
+            order = candidates[round_number % len(candidates):] + candidates[:round_number % len(candidates)]
+            last = round_number == rounds - 1
+            for candidate in order:
+                _ask(candidate, workers[id(candidate)],
+                     protocol.Time(workload, runs_per_round, render=scoring is not None and last), timeout_s)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    if scoring is not None:
+        for candidate in candidates:
+            if candidate.images is not None:
+                candidate.quality = quality.score(candidate.images, scoring.reference, scoring.metrics,
+                                                  workload.prompts)
+
+
+def _ask(candidate: Candidate, worker: Worker, task: protocol.Prepare | protocol.Time, timeout_s: float) -> None:
+    if candidate.failure is not None:
+        return
+    try:
+        answer = worker.request(task, timeout_s=timeout_s)
+    except TrialFailed as failure:
+        candidate.failure = f"{failure.kind}: {failure.reason}"
+        return
+    if isinstance(answer, protocol.Prepared):
+        candidate.warmup_s = answer.warmup_s
+    else:
+        candidate.latency_s.extend(answer.latency_s)
+        if answer.rendered is not None:
+            candidate.images = answer.rendered
+        if answer.image_problem:
+            candidate.failure = f"image: {answer.image_problem}"
+    peaks = [p for p in (candidate.peak_memory_bytes, candidate.trial_peak_bytes, answer.peak_memory_bytes)
+             if p is not None]
+    candidate.peak_memory_bytes = max(peaks, default=None)

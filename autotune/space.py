@@ -1,0 +1,155 @@
+"""The search space as data: which knobs are searched, their domains, and how a trial samples them.
+
+The space maps a knob's name to its domain as `Domain.to_dict()` gives it (JSON, recorded in the study); studies made
+by older versions recorded a list of values or `{low, high}`, which `knobs.domain_from_dict` still reads, so they
+resume. Sampling is define-by-run: an option (slice size, compile's options) is asked only when its parent activates
+it. A configuration that breaks a rule between knobs is never run (the trial loop records it as infeasible). Nothing
+here imports Optuna: a trial or a study is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from . import knobs
+from .exceptions import InvalidInput
+
+if TYPE_CHECKING:
+    import optuna
+
+    from .profile import Profile
+
+# A searched knob's domain, as `Domain.to_dict()` (or an older study's list / {low, high}).
+DomainData = list | dict
+
+
+def searched_knobs(domains: Mapping[str, DomainData], with_quality: bool = False) -> list[knobs.Knob]:
+    """Knobs that change only speed and memory, plus those the image check guards, each with a choice to make here.
+
+    Scheduler and VAE tiling change the image: they join only when a quality floor measures what they cost.
+    """
+    return [
+        knob for knob in knobs.in_order()
+        if not knob.call_time and knob.name in domains
+        and (knob.exact or knob.guarded or with_quality)
+        and len(knobs.domain_from_dict(domains[knob.name])) > 1
+    ]
+
+
+def steps_range(workload_steps: int, reference_steps: int) -> knobs.IntRange:
+    """Step counts searched under a quality floor: from a tenth of the reference up to the reference itself."""
+    return knobs.IntRange(max(2, reference_steps // 10), max(workload_steps, reference_steps))
+
+
+def build_space(domains: Mapping[str, DomainData], steps: knobs.IntRange | None = None,
+                batch_sizes: tuple[int, ...] | None = None) -> dict[str, dict]:
+    """Knob name -> the domain to search (what the worker found available here); `steps` only with a quality floor.
+
+    `steps` and `batch_size` are the call-time knobs the space makes itself rather than take their registered
+    domain: the steps range depends on the reference's step count, and `batch_sizes` makes the batch a searched
+    value (a Pareto search trades it for memory) instead of the largest batch that pays, found within each trial.
+    """
+    space = {knob.name: knobs.domain_from_dict(domains[knob.name]).to_dict()
+             for knob in searched_knobs(domains, with_quality=steps is not None)}
+    if steps is not None:
+        space["steps"] = steps.to_dict()
+    if batch_sizes:
+        space["batch_size"] = knobs.Categorical(tuple(batch_sizes)).to_dict()
+    return space
+
+
+def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, DomainData], fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """Every knob's value for this trial: the defaults, the fixed values, and what the trial samples from `space`."""
+    settings: dict[str, Any] = {**knobs.defaults(), **fixed}
+    for name, data in space.items():
+        if knobs.get(name).active(settings):
+            settings[name] = sample(trial, name, knobs.domain_from_dict(data))
+    return settings
+
+
+def sample(trial: optuna.trial.BaseTrial, name: str, domain: knobs.Domain) -> Any:
+    """One value of `domain` from `trial`: categorical, integer or float (linear or log) as the domain says."""
+    if isinstance(domain, knobs.IntRange):
+        return trial.suggest_int(name, domain.low, domain.high, log=domain.log)
+    if isinstance(domain, knobs.FloatRange):
+        return trial.suggest_float(name, domain.low, domain.high, log=domain.log)
+    return trial.suggest_categorical(name, list(domain.values))
+
+
+def validate_pinned(pinned: Mapping[str, Any]) -> dict[str, Any]:
+    """Check pinned knob values against the profile schema and the rules between knobs; return them typed."""
+    from .profile import Settings, describe_errors
+
+    try:
+        typed = Settings.model_validate(dict(pinned))
+    except ValidationError as error:
+        raise InvalidInput(f"pinned settings: {describe_errors(error)}") from None
+    values = {name: getattr(typed, name) for name in pinned}
+    broken = knobs.violations(values)
+    if broken:
+        raise InvalidInput(f"pinned settings break a rule: {'; '.join(broken)}")
+    return values
+
+
+def documentation_recipes(device: str) -> dict[str, dict[str, Any]]:
+    """The diffusers optimization guides' usual recipes, by name (restricted to the space before they run)."""
+    compile_mode = "max-autotune-no-cudagraphs" if device == "cuda" else "default"
+    return {
+        "as loaded": {},
+        "fp16 + SDPA": {"precision": "fp16", "attention": "sdpa"},
+        "fp16 + SDPA + channels-last + compile": {"precision": "fp16", "attention": "sdpa", "channels_last": True,
+                                                  "compile": compile_mode},
+        "fp16 + attention slicing": {"precision": "fp16", "attention": "sliced", "attention_slice_size": "auto"},
+        "fp16 + model offload": {"precision": "fp16", "offload": "model"},
+        "fp16 + sequential offload": {"precision": "fp16", "offload": "sequential"},
+    }
+
+
+def recipes(space: Mapping[str, DomainData], device: str, defaults: Mapping[str, Any] | None = None) -> list[dict]:
+    """The documentation recipes as trial params, restricted to the knobs and values searched here."""
+    restricted = (restrict(recipe, space, defaults) for recipe in documentation_recipes(device).values())
+    return [params for params in restricted if params is not None]
+
+
+def restrict(recipe: Mapping[str, Any], space: Mapping[str, DomainData],
+             defaults: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The recipe as full trial params over `space`, or None when one of its values is not searched here.
+
+    A knob the recipe leaves out takes its value from `defaults` (the workload's steps), else the knob's default,
+    else the first value of its domain. Knobs of the recipe that are not searched are left out.
+    """
+    params: dict[str, Any] = {}
+    for name, data in space.items():
+        knob = knobs.get(name)
+        if not knob.active({**knobs.defaults(), **params}):
+            continue
+        domain = knobs.domain_from_dict(data)
+        value = recipe.get(name, (defaults or {}).get(name, knob.default))
+        if value not in domain:
+            if name in recipe:
+                return None
+            value = domain.first()
+        params[name] = value
+    return params
+
+
+def warm_start(study: optuna.Study, space: Mapping[str, DomainData], device: str, previous: Profile | None,
+               fixed: Mapping[str, Any], with_recipes: bool = True, reference: Mapping[str, Any] | None = None,
+               defaults: Mapping[str, Any] | None = None) -> None:
+    """Enqueue the documentation recipes, the previous profile's settings, and under a quality floor the reference's
+    own scheduler and steps (so the search always has a configuration that meets the floor).
+
+    A seed that breaks a rule between knobs (with the fixed values) is left out: it would never run.
+    """
+    seeds = recipes(space, device, defaults) if with_recipes else []
+    for first in (reference, previous.settings_dict() if previous is not None else None):
+        if first is not None:
+            restricted = restrict({k: v for k, v in first.items() if k in space}, space, defaults)
+            if restricted is not None:
+                seeds.insert(0, restricted)
+    for params in seeds:
+        if not knobs.violations({**fixed, **params}):
+            study.enqueue_trial(params, skip_if_exists=True)

@@ -1,0 +1,203 @@
+"""The trial loop: ask the study, send the configuration to a worker, record what came back.
+
+A failure is data: an out-of-memory error, a crash, a hang, unusable images or a configuration that breaks a rule
+between knobs all end as a COMPLETE trial that violates a constraint (`trial.set_constraint`), so the sampler learns
+from it; a FAILED trial would teach it nothing. This module knows nothing of how a knob is applied.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import optuna
+
+from . import knobs, protocol, quality
+from .batching import BatchPolicy, doublings
+from .exceptions import AutotuneError, TrialFailed
+from .hardware import probe
+from .profile import Workload
+from .scoring import Scoring, scoring_for
+from .space import suggest
+from .study import GRACE_PERIOD_S, Events, StudySpec, feasible, finished, surplus, wait_for_slot
+from .worker import Worker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class SearchInterrupted(AutotuneError, KeyboardInterrupt):
+    """Ctrl-C: the study is saved; the same command resumes it."""
+
+    def __init__(self, message: str = "interrupted: the study is saved; run the same command to resume"):
+        super().__init__(message)
+
+
+def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Events,
+               timeout_s: float | None = None, scoring: Scoring | None = None) -> None:
+    """Run trials until the study has `spec.n_trials` complete ones, over all its workers, or a time limit passes.
+
+    Each trial is one `study.optimize` step: Optuna beats the trial's heartbeat while it runs, and first fails the
+    trials of dead workers so that its retry callback queues them again.
+    """
+    started = time.monotonic()
+    limits = (spec.deadline, time.time() + timeout_s if timeout_s is not None else None)
+    deadline = min((limit for limit in limits if limit is not None), default=None)
+    if scoring is None and spec.reference_steps:
+        scoring = scoring_for(spec, worker, probe(worker.config.device), emit)
+    asked: list[optuna.Trial] = []
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        asked[:] = [trial]
+        if surplus(study, trial, spec.n_trials):
+            raise optuna.TrialPruned("another worker took the study's last trial at the same moment")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        return run_one(trial, study, worker, spec, scoring)
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            emit("trial", trial_event(study, trial.number, spec.n_trials, started, deadline))
+
+    while wait_for_slot(study, spec.n_trials, deadline, emit):
+        try:
+            study.optimize(objective, n_trials=1, callbacks=[report])
+        except KeyboardInterrupt:
+            if asked:  # Optuna failed it; queued again, it runs first when the study resumes
+                study.enqueue_trial(asked[0].params, skip_if_exists=False)
+            raise SearchInterrupted() from None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            emit("phase", {"message": f"trial {asked[0].number} was taken for dead (no heartbeat for "
+                                      f"{GRACE_PERIOD_S} s) and queued again; its result here is dropped"})
+
+
+def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: StudySpec,
+            scoring: Scoring | None = None) -> float | list[float]:
+    """Sample one configuration, run it in `worker` (unless it breaks a rule between knobs) and record the result."""
+    settings = suggest(trial, spec.space, spec.fixed)
+    broken = knobs.violations(settings)
+    if broken:  # never run: the sampler learns it from an infeasible trial
+        return record_failure(trial, spec.objective, "rules", "; ".join(broken), scoring)
+    task = protocol.TrialTask(
+        settings=settings, workload=Workload(**spec.workload),
+        call_kwargs=knobs.call_kwargs({**settings, "batch_size": 1}),
+        policy=batch_policy(study, spec, settings), score=scoring.task() if scoring else None)
+    try:
+        answer = worker.request(task, timeout_s=spec.trial_timeout_s)
+    except TrialFailed as failure:
+        return record_failure(trial, spec.objective, failure.kind, failure.reason, scoring)
+    except KeyboardInterrupt:
+        worker.kill()
+        raise
+    value = record_result(trial, spec.objective, answer, spec.memory_budget_bytes, scoring)
+    if answer.recycle or not reversible(answer.settings):
+        worker.kill()
+    return value
+
+
+def batch_policy(study: optuna.Study, spec: StudySpec, settings: dict[str, Any]) -> BatchPolicy:
+    """A latency trial times batch 1; a Pareto trial its sampled batch; a throughput trial doubles the batch, pruned
+    against the best rate other trials reached at each size."""
+    if spec.objective == "latency":
+        sizes: tuple[int, ...] = (1,)
+    elif "batch_size" in spec.space:
+        sizes = (settings["batch_size"],)
+    else:
+        return BatchPolicy(doublings(spec.max_batch), spec.memory_budget_bytes,
+                           tuple(sorted(best_at_each_batch(study).items())))
+    return BatchPolicy(sizes, spec.memory_budget_bytes)
+
+
+def reversible(settings: dict[str, Any]) -> bool:
+    """Whether a worker that applied `settings` can serve another trial (no compile, no offload hooks)."""
+    return all(knob.reversible or settings.get(knob.name, knob.default) == knob.default for knob in knobs.in_order())
+
+
+def best_at_each_batch(study: optuna.Study) -> dict[int, float]:
+    """The best images/s any feasible trial of the study reached at each batch size."""
+    best: dict[int, float] = {}
+    for trial in finished(study):
+        if not feasible(trial):
+            continue
+        for measured in trial.user_attrs.get("batches", []):
+            if measured.get("images_per_s"):
+                batch, rate = measured["batch_size"], measured["images_per_s"]["median"]
+                best[batch] = max(best.get(batch, 0.0), rate)
+    return best
+
+
+def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialResult, budget_bytes: int,
+                  scoring: Scoring | None = None) -> float | list[float]:
+    """Record a trial the worker finished: the chosen batch's numbers, its constraints, and its objective value(s)."""
+    batches = [b for b in answer.batches if b.oom is None]
+    if not batches:  # out of memory at the only batch size asked for
+        return record_failure(trial, objective, "oom", answer.batches[0].oom, scoring)
+    problem = next((b.image_problem for b in batches if b.image_problem), None)
+    fitting = [b for b in batches if b.peak_memory_bytes is not None and b.peak_memory_bytes <= budget_bytes
+               and not b.image_problem]
+    key = (lambda b: -b.seconds_per_image) if objective == "latency" else (lambda b: b.images_per_s_median)
+    chosen = max(fitting, key=key) if fitting else min(batches, key=lambda b: b.peak_memory_bytes or 0)
+    trial.set_user_attr("batch_size", chosen.batch_size)
+    trial.set_user_attr("images_per_s", chosen.images_per_s_median)
+    trial.set_user_attr("seconds_per_image", chosen.seconds_per_image)
+    trial.set_user_attr("peak_memory_bytes", chosen.peak_memory_bytes)
+    trial.set_user_attr("warmup_s", round(chosen.warmup_s, 3) if chosen.warmup_s is not None else None)
+    trial.set_user_attr("settings", answer.settings)
+    trial.set_user_attr("batches", [b.record() for b in answer.batches])
+    if problem:
+        trial.set_user_attr("failure", "image")
+        trial.set_user_attr("reason", problem)
+    scores = answer.quality
+    if scoring is not None:
+        trial.set_user_attr("quality", scores or {})
+        if scores and not scoring.meets(scores) and not problem:
+            trial.set_user_attr("failure", "quality")
+            trial.set_user_attr("reason", f"{scoring.metric} {scores[scoring.metric]:.4g} < {scoring.minimum:.4g}")
+    # Constraints are <= 0 when met; in GiB, so the sampler sees sizes it can compare. Unmeasured memory violates.
+    peak = chosen.peak_memory_bytes
+    trial.set_constraint("memory", (peak - budget_bytes) / 2**30 if peak is not None else 1.0)
+    trial.set_constraint("image", 1.0 if problem and not fitting else 0.0)
+    trial.set_constraint("failure", 0.0)
+    if scoring is not None:
+        trial.set_constraint("quality", scoring.violation(scores) if scores else 1.0)
+    if not fitting:
+        return worst(objective)
+    if objective == "pareto":
+        return [chosen.images_per_s_median, peak / 2**30,
+                (scores or {}).get(scoring.metric if scoring else "ssim", quality.worst_score("ssim"))]
+    return chosen.seconds_per_image if objective == "latency" else chosen.images_per_s_median
+
+
+def record_failure(trial: optuna.Trial, objective: str, kind: str, reason: str,
+                   scoring: Scoring | None = None) -> float | list[float]:
+    """Record a trial that did not run to the end (`kind`: oom, error, timeout, crash, rules) as infeasible."""
+    trial.set_user_attr("failure", kind)
+    trial.set_user_attr("reason", reason)
+    trial.set_constraint("memory", 1.0 if kind == "oom" else 0.0)
+    trial.set_constraint("image", 0.0)
+    trial.set_constraint("failure", 1.0)
+    if scoring is not None:
+        trial.set_constraint("quality", 0.0)
+    return worst(objective)
+
+
+def worst(objective: str) -> float | list[float]:
+    """An objective value anything that ran beats."""
+    if objective == "pareto":
+        return [0.0, 1e3, -1.0]  # no images/s, a terabyte, no likeness: dominated by anything that ran
+    return 1e9 if objective == "latency" else 0.0
+
+
+def trial_event(study: optuna.Study, number: int, n_trials: int, started: float,
+                deadline: float | None) -> dict[str, Any]:
+    """A finished trial as a progress event: its numbers, the best so far, and an estimate of the time left."""
+    trial = study.trials[number]
+    done = len(finished(study))
+    best = max((t.user_attrs.get("images_per_s", 0.0) for t in finished(study) if feasible(t)), default=None)
+    elapsed = time.monotonic() - started
+    left = elapsed / max(1, done) * max(0, n_trials - done)
+    if deadline is not None:
+        left = min(left, max(0.0, deadline - time.time()))
+    return {"number": number, "done": done, "total": n_trials, "best_images_per_s": best,
+            "images_per_s": trial.user_attrs.get("images_per_s"), "failure": trial.user_attrs.get("failure"),
+            "reason": trial.user_attrs.get("reason"), "feasible": feasible(trial), "seconds_left": left}

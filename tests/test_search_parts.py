@@ -1,0 +1,163 @@
+"""The search's parts on their own: the space as data, rules that keep a configuration from running, the batch
+policy, honest numbers when the default configuration fails, and which modules import Optuna."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from autotune import knobs
+from autotune.batching import BatchPolicy, doublings
+from autotune.candidates import Candidate
+from autotune.exceptions import InvalidInput
+from autotune.hardware import probe
+from autotune.outcome import SearchOutcome, metrics_of
+from autotune.profile import Stat
+from autotune.protocol import BatchResult
+from autotune.space import build_space, restrict, sample, suggest, validate_pinned
+from autotune.study import StudySpec, feasible
+from autotune.trials import run_one
+from autotune.worker import Worker, WorkerConfig
+
+
+def _modules_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              timeout=300).stdout.split())
+
+
+def test_verify_and_the_remeasurement_do_not_import_optuna():
+    loaded = _modules_after("import autotune.verify, autotune.remeasure, autotune.candidates, autotune.space")
+    assert "autotune.remeasure" in loaded and "optuna" not in loaded
+
+
+def test_distributed_does_not_import_the_search_back():
+    loaded = _modules_after("import autotune.distributed")
+    assert "autotune.trials" in loaded and "autotune.search" not in loaded
+
+
+def _study() -> optuna.Study:
+    return optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def test_each_domain_becomes_its_optuna_distribution_and_older_study_forms_still_read():
+    space = {
+        "attention": knobs.Categorical(("sdpa", "sliced")).to_dict(),
+        "attention_slice_size": ["auto", 2],  # an older study's list
+        "steps": {"low": 2, "high": 8},  # an older study's integer range
+        "cpu_threads": knobs.IntRange(1, 8, log=True).to_dict(),
+        "guidance": knobs.FloatRange(0.5, 8.0, log=True).to_dict(),
+    }
+    study = _study()
+    study.enqueue_trial({"attention": "sliced"})
+    trial = study.ask()
+    real = {k: v for k, v in space.items() if k != "guidance"}
+    settings = suggest(trial, real, fixed={"compile": "none"})
+    distributions = trial.distributions
+    assert isinstance(distributions["attention"], optuna.distributions.CategoricalDistribution)
+    assert isinstance(distributions["attention_slice_size"], optuna.distributions.CategoricalDistribution)
+    assert distributions["steps"] == optuna.distributions.IntDistribution(2, 8)
+    assert distributions["cpu_threads"] == optuna.distributions.IntDistribution(1, 8, log=True)
+    assert settings["compile"] == "none" and 2 <= settings["steps"] <= 8
+    float_trial = study.ask()
+    value = sample(float_trial, "guidance", knobs.domain_from_dict(space["guidance"]))
+    assert float_trial.distributions["guidance"] == optuna.distributions.FloatDistribution(0.5, 8.0, log=True)
+    assert 0.5 <= value <= 8.0
+
+
+def test_an_option_is_asked_only_under_its_parent():
+    study = _study()
+    study.enqueue_trial({"attention": "sdpa"})
+    trial = study.ask()
+    space = {"attention": ["sdpa", "sliced"], "attention_slice_size": ["auto", 2]}
+    settings = suggest(trial, space, fixed={})
+    assert "attention_slice_size" not in trial.params
+    assert settings["attention_slice_size"] == knobs.get("attention_slice_size").default
+
+
+def test_the_space_keeps_what_has_a_choice_and_leaves_image_changing_knobs_to_a_floor():
+    domains = {name: domain.to_dict() for name, domain in knobs.domains(probe().hardware).items()}
+    plain = build_space(domains)
+    scored = build_space(domains, steps=knobs.IntRange(5, 50))
+    assert "precision" in plain and "scheduler" not in plain and "steps" not in plain
+    assert "scheduler" in scored and scored["steps"] == {"type": "int", "low": 5, "high": 50, "log": False}
+    assert all(len(knobs.domain_from_dict(data)) > 1 for data in plain.values())
+
+
+def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():
+    space = {"precision": ["fp32", "bf16"], "attention": ["sdpa", "sliced"]}
+    assert restrict({"precision": "fp16", "attention": "sdpa"}, space) is None
+    assert restrict({"attention": "sliced"}, space) == {"precision": "fp32", "attention": "sliced"}
+
+
+@pytest.fixture
+def offload_excludes_compile(monkeypatch):
+    """A rule as a knob declares it: sequential offload excludes any compile mode."""
+    rule = knobs.Excludes("compile", "offload hooks break the compiled graph", values={"sequential"})
+    monkeypatch.setattr(type(knobs.get("offload")), "rules", (rule,))
+
+
+def test_pins_that_break_a_rule_are_refused_naming_both_knobs(offload_excludes_compile):
+    with pytest.raises(InvalidInput, match="offload=sequential excludes compile=default"):
+        validate_pinned({"offload": "sequential", "compile": "default"})
+    assert validate_pinned({"offload": "sequential"}) == {"offload": "sequential"}
+
+
+def test_a_suggestion_that_breaks_a_rule_is_recorded_infeasible_and_never_sent_to_a_worker(
+        offload_excludes_compile, fingerprint):
+    spec = StudySpec(model="tests:none", loadable=False, pipeline="StableDiffusionPipeline",
+                     denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
+                     objective="throughput", fixed={"steps": 2}, hardware=fingerprint.hardware.model_dump(),
+                     space={"offload": ["none", "sequential"], "compile": ["none", "default"]},
+                     memory_budget_bytes=2**30, n_trials=1, max_batch=1, trial_timeout_s=5, sampler="random", seed=0)
+    study = _study()
+    study.enqueue_trial({"offload": "sequential", "compile": "default"})
+    # A worker for a model that cannot load: sending it the trial would record an error, not the rule.
+    worker = Worker(WorkerConfig(model="builtin:nope"))
+    study.optimize(lambda trial: run_one(trial, study, worker, spec), n_trials=1)
+
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and not feasible(trial)
+    assert trial.user_attrs["failure"] == "rules" and "offload=sequential excludes compile" in trial.user_attrs[
+        "reason"]
+    assert not worker.alive
+
+
+def _batch(size: int, rate: float, peak: int) -> BatchResult:
+    return BatchResult(batch_size=size, images_per_s=Stat(median=rate, cv=0, n=2), peak_memory_bytes=peak)
+
+
+def test_the_batch_policy_doubles_while_it_pays_and_the_memory_guess_fits():
+    policy = BatchPolicy(doublings(8), memory_budget_bytes=1000)
+    assert policy.sizes == (1, 2, 4, 8)
+    assert policy.worth_next([_batch(1, 1.0, 100)])
+    assert policy.worth_next([_batch(1, 1.0, 100), _batch(2, 1.5, 200)])
+    assert not policy.worth_next([_batch(1, 1.0, 100), _batch(2, 1.02, 200)])  # gained less than min_gain
+    assert not policy.worth_next([_batch(1, 1.0, 300), _batch(2, 1.5, 600)])  # 4 would need ~1200 > 1000
+    assert not policy.worth_next([_batch(1, 1.0, 1100)])  # over the budget already
+
+
+def test_the_batch_policy_prunes_against_the_best_rate_at_the_same_batch():
+    policy = BatchPolicy(doublings(4), best_images_per_s_at=((1, 10.0),))
+    assert not policy.worth_next([_batch(1, 4.0, 100)])
+    assert policy.worth_next([_batch(1, 6.0, 100)])
+
+
+def test_there_is_no_speedup_over_a_default_configuration_that_failed():
+    best = Candidate("trial 0", {"batch_size": 1}, latency_s=[0.5, 0.5], peak_memory_bytes=10)
+    for failed in (Candidate("default", {}, failure="oom: out of memory"),
+                   Candidate("default", {}, latency_s=[1.0], failure="image: all-black images")):
+        outcome = SearchOutcome(profile=None, baseline=failed, best=best, candidates=[best], study_name="s",
+                                storage="sqlite://", trials=1)
+        assert outcome.speedup is None
+    timed = Candidate("default", {"batch_size": 1}, latency_s=[1.0, 1.0], peak_memory_bytes=10)
+    assert SearchOutcome(None, timed, best, [best], "s", "sqlite://", 1).speedup == pytest.approx(2.0)
+
+
+def test_a_peak_memory_that_was_never_measured_is_recorded_as_none():
+    assert metrics_of(Candidate("trial 0", {"batch_size": 1}, latency_s=[1.0])).peak_memory_bytes is None
+    assert metrics_of(Candidate("trial 0", {"batch_size": 1}, latency_s=[1.0],
+                                peak_memory_bytes=2048)).peak_memory_bytes == 2048
