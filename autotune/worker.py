@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,10 +286,8 @@ def _prepare(state: _WorkerState, task: protocol.Prepare) -> protocol.Prepared:
     pipe = state.fresh_pipeline()
     apply_settings(pipe, task.settings, state.hardware, fallback=False)
     state.kept, state.kept_kwargs = pipe, task.call_kwargs
-    started = time.perf_counter()
-    result = measure(pipe, task.workload, task.call_kwargs, Repeats(warmup=1, min_runs=1, max_runs=1))
-    return protocol.Prepared(warmup_s=time.perf_counter() - started,
-                             peak_memory_bytes=state.app_peak(result.peak_memory_bytes))
+    result = measure(pipe, task.workload, task.call_kwargs, Repeats(warmup=1, min_runs=0, max_runs=0))
+    return protocol.Prepared(warmup_s=result.warmup_s, peak_memory_bytes=state.app_peak(result.peak_memory_bytes))
 
 
 def _time(state: _WorkerState, task: protocol.Time) -> protocol.Timed:

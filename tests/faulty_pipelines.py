@@ -47,3 +47,18 @@ def nan_tiny_sd():
 
     pipe.vae.decoder.register_forward_hook(poison)
     return pipe
+
+
+COUNT_FILE_ENV = "AUTOTUNE_TEST_UNET_CALLS"
+
+
+def counting_tiny_sd():
+    """tiny-sd whose UNet appends a line to the file named in COUNT_FILE_ENV at each step, in whatever process."""
+    pipe = tiny_sd()
+
+    def count(unet, args):
+        with open(os.environ[COUNT_FILE_ENV], "a") as file:
+            file.write("step\n")
+
+    pipe.unet.register_forward_pre_hook(count)
+    return pipe

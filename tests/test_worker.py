@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from faulty_pipelines import COUNT_FILE_ENV, counting_tiny_sd
 
 from autotune import knobs, pipelines, protocol
 from autotune.hardware import probe
@@ -45,3 +46,18 @@ def test_cpu_peak_memory_counts_one_copy_of_the_pipeline_not_the_pristine_one_to
     # once in the peak, not twice.
     extra = _prepared_peak(tiny_sd_with_a_big_buffer) - _prepared_peak("builtin:tiny-sd")
     assert 0.5 * BIG_BYTES < extra < 1.5 * BIG_BYTES, f"{extra / 2**20:.0f} MiB more for {BIG_BYTES / 2**20:.0f} MiB"
+
+
+def test_preparing_a_configuration_times_its_warm_up_call_alone(tmp_path, monkeypatch):
+    # warmup_s is the warm-up's time: preparing must run the warm-up call and no timed call after it.
+    counter = tmp_path / "unet-calls"
+    counter.touch()
+    monkeypatch.setenv(COUNT_FILE_ENV, str(counter))
+    steps = 3
+    with Worker(WorkerConfig(model=counting_tiny_sd)) as worker:
+        answer = worker.request(protocol.Prepare({}, WORKLOAD, {"num_inference_steps": steps}), timeout_s=300)
+    assert answer.warmup_s is not None and answer.warmup_s > 0
+    in_worker = len(counter.read_text().splitlines())
+    counter.write_text("")
+    counting_tiny_sd()("a cube", num_inference_steps=steps, height=64, width=64, output_type="np")
+    assert in_worker == len(counter.read_text().splitlines()), "prepare ran more than its one warm-up call"
