@@ -62,12 +62,26 @@ def build_space(domains: Mapping[str, DomainData], steps: knobs.IntRange | None 
 
 
 def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, DomainData], fixed: Mapping[str, Any]) -> dict[str, Any]:
-    """Every knob's value for this trial: the defaults, the fixed values, and what the trial samples from `space`."""
+    """Every knob's value for this trial: the defaults, the fixed values, and what the trial samples from `space`.
+
+    Knobs are sampled in application order; a knob that the values so far leave one legal value (`fuse_qkv` once
+    attention is not SDPA) takes it without being asked, so the sampler never spends a trial on a broken rule there.
+    """
     settings: dict[str, Any] = {**knobs.defaults(), **fixed}
     for name, data in space.items():
-        if knobs.get(name).active(settings):
-            settings[name] = sample(trial, name, knobs.domain_from_dict(data))
+        if not knobs.get(name).active(settings):
+            continue
+        domain = knobs.domain_from_dict(data)
+        legal = _legal_values(domain, name, settings)
+        settings[name] = legal[0] if len(legal) == 1 else sample(trial, name, domain)
     return settings
+
+
+def _legal_values(domain: knobs.Domain, name: str, settings: Mapping[str, Any]) -> list:
+    if not isinstance(domain, knobs.Categorical):
+        return []
+    before = set(knobs.violations(settings))
+    return [v for v in domain.values if set(knobs.violations({**settings, name: v})) <= before]
 
 
 def sample(trial: optuna.trial.BaseTrial, name: str, domain: knobs.Domain) -> Any:

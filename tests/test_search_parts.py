@@ -95,8 +95,9 @@ def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():
 
 @pytest.fixture
 def offload_excludes_compile(monkeypatch):
-    """A rule as a knob declares it: sequential offload excludes any compile mode."""
-    rule = knobs.Excludes("compile", "offload hooks break the compiled graph", values={"sequential"})
+    """A rule as a knob declares it: sequential offload excludes compile's default mode (not max-autotune)."""
+    rule = knobs.Excludes("compile", "offload hooks break the compiled graph", values={"sequential"},
+                          other_values={"default"})
     monkeypatch.setattr(type(knobs.get("offload")), "rules", (rule,))
 
 
@@ -111,7 +112,7 @@ def test_a_suggestion_that_breaks_a_rule_is_recorded_infeasible_and_never_sent_t
     spec = StudySpec(model="tests:none", loadable=False, pipeline="StableDiffusionPipeline",
                      denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
                      objective="throughput", fixed={"steps": 2}, hardware=fingerprint.hardware.model_dump(),
-                     space={"offload": ["none", "sequential"], "compile": ["none", "default"]},
+                     space={"offload": ["none", "sequential"], "compile": ["none", "default", "max-autotune"]},
                      memory_budget_bytes=2**30, n_trials=1, max_batch=1, trial_timeout_s=5, sampler="random", seed=0)
     study = _study()
     study.enqueue_trial({"offload": "sequential", "compile": "default"})
@@ -124,6 +125,17 @@ def test_a_suggestion_that_breaks_a_rule_is_recorded_infeasible_and_never_sent_t
     assert trial.user_attrs["failure"] == "rules" and "offload=sequential excludes compile" in trial.user_attrs[
         "reason"]
     assert not worker.alive
+
+
+def test_a_knob_left_one_legal_value_takes_it_without_being_sampled():
+    # fuse_qkv needs attention=sdpa: once attention is vanilla, only fuse_qkv=false is legal, so it is not asked.
+    study = _study()
+    space = {"attention": ["sdpa", "vanilla"], "fuse_qkv": [False, True]}
+    study.enqueue_trial({"attention": "vanilla", "fuse_qkv": True})
+    study.enqueue_trial({"attention": "sdpa", "fuse_qkv": True})
+    first, second = study.ask(), study.ask()
+    assert suggest(first, space, {})["fuse_qkv"] is False and "fuse_qkv" not in first.params
+    assert suggest(second, space, {})["fuse_qkv"] is True
 
 
 def _batch(size: int, rate: float, peak: int) -> BatchResult:
