@@ -2,13 +2,15 @@
 
 The built-ins need no download. `builtin:tiny-sd` is a Stable Diffusion pipeline small enough for dozens of trials on
 two CPU cores; `builtin:sd15-arch` has the real SD 1.5 shapes (860M-parameter UNet) for tuning speed and memory on a
-GPU without weights. Both are seeded, so the same name gives the same weights every time.
+GPU without weights; `builtin:tiny-flux` and `builtin:flux-arch` are the same pair for FLUX (`builtin_flux`). All are
+seeded, so the same name gives the same weights every time.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,12 +21,12 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
+from .builtin_flux import flux_arch, tiny_flux
+from .builtin_parts import BUILTIN_PREFIX, clip_tokenizer, named
 from .exceptions import UnknownModel
 from .options import DEFAULT_MODEL as DEFAULT_MODEL  # the CLI reads it without importing torch
-
-BUILTIN_PREFIX = "builtin:"
 
 
 def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
@@ -40,7 +42,7 @@ def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
         name = model[len(BUILTIN_PREFIX):]
         if name not in BUILTINS:
             raise UnknownModel(f"unknown built-in model {model!r}; known: {', '.join(builtin_names())}")
-        pipe = BUILTINS[name]()
+        pipe = BUILTINS[name].make()
         return pipe.to(dtype) if dtype is not None else pipe
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
@@ -59,10 +61,10 @@ def classes(model: str) -> tuple[str, str]:
     ('StableDiffusionPipeline', 'UNet2DConditionModel')
     """
     if model.startswith(BUILTIN_PREFIX):
-        if model[len(BUILTIN_PREFIX):] not in BUILTINS:
+        builtin = BUILTINS.get(model[len(BUILTIN_PREFIX):])
+        if builtin is None:
             raise UnknownModel(f"unknown built-in model {model!r}; known: {', '.join(builtin_names())}")
-        # Every built-in is made by `_stable_diffusion`.
-        return StableDiffusionPipeline.__name__, UNet2DConditionModel.__name__
+        return builtin.pipeline, builtin.denoiser
     try:
         index = DiffusionPipeline.load_config(model)
     except (OSError, ValueError) as error:
@@ -90,8 +92,11 @@ def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
     return getattr(pipe, denoiser_name(pipe))
 
 
-def default_call_size(pipe: DiffusionPipeline) -> int:
-    """The pipeline's own default image side, as its `__call__` computes it."""
+def default_call_size(pipe: DiffusionPipeline, model: object = None) -> int:
+    """The image side a workload uses when none is given: the pipeline's own default, as its `__call__` computes it,
+    except for the built-ins, which declare theirs."""
+    if isinstance(model, str) and model.startswith(BUILTIN_PREFIX) and model[len(BUILTIN_PREFIX):] in BUILTINS:
+        return BUILTINS[model[len(BUILTIN_PREFIX):]].size
     net = denoiser(pipe)
     sample = getattr(net.config, "sample_size", 64)
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
@@ -102,34 +107,11 @@ def default_steps(pipe: DiffusionPipeline, model: object = None) -> int | None:
     """The step count a workload uses when none is given: the pipeline call's own default, except for the built-ins
     that declare theirs (tiny-sd is tuned at 20 steps, the usual count for a fast scheduler)."""
     if isinstance(model, str) and model.startswith(BUILTIN_PREFIX):
-        return BUILTIN_STEPS.get(model[len(BUILTIN_PREFIX):])
+        builtin = BUILTINS.get(model[len(BUILTIN_PREFIX):])
+        return builtin.steps if builtin else None
     parameter = inspect.signature(type(pipe).__call__).parameters.get("num_inference_steps")
     default = None if parameter is None else parameter.default
     return default if isinstance(default, int) else None
-
-
-def _tiny_tokenizer() -> CLIPTokenizer:
-    # A byte-level BPE vocabulary with no merges: every byte is a token, so any prompt tokenizes, and nothing is
-    # read from disk or the hub. CLIP's tokenizer needs model_max_length, or it overflows when padding.
-    bytes_as_text = _bytes_to_unicode()
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in bytes_as_text:
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def _bytes_to_unicode() -> list[str]:
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            chars.append(chr(byte))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
 
 
 def _scheduler() -> PNDMScheduler:
@@ -141,7 +123,7 @@ def _scheduler() -> PNDMScheduler:
 
 
 def _stable_diffusion(unet: dict, vae: dict, text: dict) -> StableDiffusionPipeline:
-    tokenizer = _tiny_tokenizer()
+    tokenizer = clip_tokenizer()
     torch.manual_seed(0)
     unet_model = UNet2DConditionModel(**unet)
     torch.manual_seed(1)
@@ -152,19 +134,12 @@ def _stable_diffusion(unet: dict, vae: dict, text: dict) -> StableDiffusionPipel
         unet=unet_model, vae=vae_model, text_encoder=text_model.eval(), tokenizer=tokenizer,
         scheduler=_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _named(model: str, pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
-    # What `from_pretrained` records for a hub id or folder (`pipe.name_or_path`): profile selection reads it.
-    pipe.register_to_config(_name_or_path=model)
     return pipe
 
 
 def tiny_sd() -> StableDiffusionPipeline:
     """SD architecture at toy size: 4-block VAE (latents are image/8, as in SD), 2-level UNet, 5-layer CLIP."""
-    return _named(BUILTIN_PREFIX + "tiny-sd", _stable_diffusion(
+    return named(BUILTIN_PREFIX + "tiny-sd", _stable_diffusion(
         unet=dict(
             block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -184,7 +159,7 @@ def tiny_sd() -> StableDiffusionPipeline:
 
 def sd15_arch() -> StableDiffusionPipeline:
     """Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L text encoder) with random weights."""
-    return _named(BUILTIN_PREFIX + "sd15-arch", _stable_diffusion(
+    return named(BUILTIN_PREFIX + "sd15-arch", _stable_diffusion(
         unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
         vae=dict(
             block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
@@ -195,5 +170,20 @@ def sd15_arch() -> StableDiffusionPipeline:
     ))
 
 
-BUILTINS: dict[str, Callable[[], DiffusionPipeline]] = {"tiny-sd": tiny_sd, "sd15-arch": sd15_arch}
-BUILTIN_STEPS: dict[str, int] = {"tiny-sd": 20, "sd15-arch": 50}
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in pipeline: how to make it, what it is (read without building it), and its default workload."""
+
+    make: Callable[[], DiffusionPipeline]
+    pipeline: str
+    denoiser: str
+    size: int  # the default image side
+    steps: int  # tiny-sd is tuned at 20 steps, the usual count for a fast scheduler
+
+
+BUILTINS: dict[str, Builtin] = {
+    "tiny-sd": Builtin(tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20),
+    "sd15-arch": Builtin(sd15_arch, "StableDiffusionPipeline", "UNet2DConditionModel", 512, 50),
+    "tiny-flux": Builtin(tiny_flux, "FluxPipeline", "FluxTransformer2DModel", 64, 20),
+    "flux-arch": Builtin(flux_arch, "FluxPipeline", "FluxTransformer2DModel", 1024, 28),
+}

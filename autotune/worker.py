@@ -238,7 +238,7 @@ def _describe(state: _WorkerState, task: protocol.Describe) -> protocol.Descript
     return protocol.Description(
         pipeline=type(pipe).__name__,
         denoiser=type(pipelines.denoiser(pipe)).__name__,
-        default_size=pipelines.default_call_size(pipe),
+        default_size=pipelines.default_call_size(pipe, state.config.model),
         default_steps=pipelines.default_steps(pipe, state.config.model),
         scheduler=type(pipe.scheduler).__name__,
         domains={name: domain.to_dict() for name, domain in knobs.domains(state.hardware, pipe).items()},

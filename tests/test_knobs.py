@@ -23,6 +23,7 @@ from autotune.profile import Settings, profile_from_text
 
 HARDWARE = probe().hardware
 TINY = pipelines.tiny_sd()
+TINY_DIT = pipelines.load("builtin:tiny-flux")
 
 
 def activating(knob: knobs.Knob) -> dict:
@@ -90,6 +91,36 @@ def test_available_value_applies_reads_back_and_generates(name, value, tiny_pipe
         if applied in state_checks:
             state_checks[applied](tiny_pipe, {**knobs.defaults(), **settings})
     generate(tiny_pipe)
+
+
+def _dit_activating(knob: knobs.Knob) -> dict | None:
+    if knob.parent is None:
+        return {}
+    parent, active_values = knob.parent
+    values = [v for v in knobs.get(parent).values(HARDWARE, TINY_DIT) if v in active_values]
+    return {parent: values[0]} if values else None  # None: the parent cannot activate it on this pipeline
+
+
+# The same contract on a DiT pipeline (FLUX: dispatch attention backends, a flow-matching scheduler), compile apart.
+DIT_CASES = [(knob.name, value) for knob in knobs.in_order() for value in knob.values(HARDWARE, TINY_DIT)
+             if not knob.call_time and _dit_activating(knob) is not None
+             and not _compiled({**_dit_activating(knob), knob.name: value})]
+
+
+@pytest.mark.parametrize(("name", "value"), DIT_CASES, ids=[f"{n}={v}" for n, v in DIT_CASES])
+def test_available_value_applies_reads_back_and_generates_on_a_dit(name, value):
+    knob = knobs.get(name)
+    settings = {**_dit_activating(knob), name: value}
+    pipe = pipelines.load("builtin:tiny-flux")
+    apply_settings(pipe, settings, HARDWARE, fallback=False)
+    for applied, applied_value in settings.items():
+        wanted = knobs.get(applied).reads_as(applied_value, pipe)
+        if wanted == knobs.AS_LOADED:
+            wanted = knobs.get(applied).read(pipelines.load("builtin:tiny-flux"))
+        assert knobs.get(applied).read(pipe) == wanted, applied
+    images = pipe("a lighthouse", height=64, width=64, num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert np.isfinite(images).all() and images.std() > 0
 
 
 @pytest.mark.parametrize(("name", "value"), EXACT, ids=[f"{n}={v}" for n, v in EXACT])

@@ -26,11 +26,25 @@ class ChannelsLast(Knob):
             if model is not None:
                 model.to(memory_format=memory_format)
 
+    def unavailable(self, value, hw, pipe=None):
+        if value and pipe is not None and _layout_weight(pipe) is None:
+            return f"{type(pipe).__name__} has no spatial convolution in its denoiser or VAE to lay out"
+        return None
+
     def read(self, pipe):
-        weight = first_spatial_conv_weight(denoiser(pipe))
+        weight = _layout_weight(pipe)
         return weight is not None and not weight.is_contiguous() and weight.is_contiguous(
             memory_format=torch.channels_last
         )
+
+
+def _layout_weight(pipe) -> torch.Tensor | None:
+    # A DiT denoiser has no convolutions (only its VAE does): read the layout where there is one.
+    for model in (denoiser(pipe), getattr(pipe, "vae", None)):
+        weight = first_spatial_conv_weight(model) if model is not None else None
+        if weight is not None:
+            return weight
+    return None
 
 
 def first_spatial_conv_weight(model: torch.nn.Module) -> torch.Tensor | None:
