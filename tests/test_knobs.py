@@ -26,12 +26,14 @@ TINY = pipelines.tiny_sd()
 TINY_DIT = pipelines.load("builtin:tiny-flux")
 
 
-def activating(knob: knobs.Knob) -> dict:
-    """Settings under which `knob` means something: an option needs its parent at a value that activates it."""
+def activating(knob: knobs.Knob, pipe=TINY) -> dict | None:
+    """Settings under which `knob` means something: an option needs its parent at a value that activates it.
+    None when no available value of the parent activates it on `pipe` (a DiT-only cache's options on a UNet)."""
     if knob.parent is None:
         return {}
     parent, active_values = knob.parent
-    return {parent: next(v for v in knobs.get(parent).values(HARDWARE, TINY) if v in active_values)}
+    values = [v for v in knobs.get(parent).values(HARDWARE, pipe) if v in active_values]
+    return {parent: values[0]} if values else None
 
 
 def expected_read(knob: knobs.Knob, value, pipe):
@@ -51,7 +53,7 @@ def _compiled(settings: dict) -> bool:
 
 # Every available (knob, value) on the tiny pipeline, but the call-time ones, which fill the call instead.
 AVAILABLE = [(knob.name, value) for knob in knobs.in_order() for value in knob.values(HARDWARE, TINY)
-             if not knob.call_time]
+             if not knob.call_time and activating(knob) is not None]
 CASES = [(n, v) for n, v in AVAILABLE if not _compiled({**activating(knobs.get(n)), n: v})]
 CALL_CASES = [(knob.name, value) for knob in knobs.in_order() if knob.call_time
               for value in knob.values(HARDWARE, TINY)]
@@ -73,7 +75,7 @@ def _case_id(settings: dict) -> str:
 
 
 def test_every_knob_has_a_value_to_test_here():
-    covered = {name for name, _ in CASES + CALL_CASES} | {k for case in _compile_cases() for k in case}
+    covered = {name for name, _ in CASES + CALL_CASES + DIT_CASES} | {k for case in _compile_cases() for k in case}
     assert covered == set(knobs.KNOBS)
 
 
@@ -93,24 +95,16 @@ def test_available_value_applies_reads_back_and_generates(name, value, tiny_pipe
     generate(tiny_pipe)
 
 
-def _dit_activating(knob: knobs.Knob) -> dict | None:
-    if knob.parent is None:
-        return {}
-    parent, active_values = knob.parent
-    values = [v for v in knobs.get(parent).values(HARDWARE, TINY_DIT) if v in active_values]
-    return {parent: values[0]} if values else None  # None: the parent cannot activate it on this pipeline
-
-
 # The same contract on a DiT pipeline (FLUX: dispatch attention backends, a flow-matching scheduler), compile apart.
 DIT_CASES = [(knob.name, value) for knob in knobs.in_order() for value in knob.values(HARDWARE, TINY_DIT)
-             if not knob.call_time and _dit_activating(knob) is not None
-             and not _compiled({**_dit_activating(knob), knob.name: value})]
+             if not knob.call_time and activating(knob, TINY_DIT) is not None
+             and not _compiled({**activating(knob, TINY_DIT), knob.name: value})]
 
 
 @pytest.mark.parametrize(("name", "value"), DIT_CASES, ids=[f"{n}={v}" for n, v in DIT_CASES])
 def test_available_value_applies_reads_back_and_generates_on_a_dit(name, value):
     knob = knobs.get(name)
-    settings = {**_dit_activating(knob), name: value}
+    settings = {**activating(knob, TINY_DIT), name: value}
     pipe = pipelines.load("builtin:tiny-flux")
     apply_settings(pipe, settings, HARDWARE, fallback=False)
     for applied, applied_value in settings.items():
@@ -317,7 +311,7 @@ def test_a_knob_registers_once():
 @pytest.mark.parametrize("name", list(knobs.KNOBS))
 def test_every_choice_round_trips_through_yaml(name, make_profile):
     for value in knobs.get(name).choices():
-        settings = {**activating(knobs.get(name)), name: value}
+        settings = {**(activating(knobs.get(name), None) or {}), name: value}
         loaded = profile_from_text(make_profile(**settings).to_yaml())
         assert getattr(loaded.settings, name) == value
         assert type(getattr(loaded.settings, name)) is type(value)
@@ -369,3 +363,12 @@ def test_fullgraph_reaches_torch_on_a_model_with_a_graph_break(make_profile, fre
     torch._dynamo.reset()  # dynamo's cache is per code object: the lenient run must not reuse what strict left
     lenient("a", num_inference_steps=1, height=64, width=64, output_type="np")
     assert fresh_dynamo["graph_break"], "the hook did not break the graph"
+
+
+def test_a_value_a_pipeline_cannot_take_says_why_on_that_pipeline(tiny_pipe):
+    # Availability against a pipeline comes from the knob itself: every refusal here is one line that names the model.
+    for knob in knobs.in_order():
+        for value in knob.values(HARDWARE):
+            reason = knob.unavailable(value, HARDWARE, tiny_pipe)
+            if reason is not None:
+                assert "\n" not in reason and ("UNet" in reason or "Pipeline" in reason), (knob.name, value, reason)
