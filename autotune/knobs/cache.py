@@ -1,0 +1,140 @@
+"""cache: diffusers' step caches on the denoiser (`enable_cache`), which reuse a block's output across steps.
+
+First Block Cache skips the rest of the blocks when the first block's residual changed less than a threshold since
+the last step; TaylorSeer predicts block outputs from cached derivatives between full steps. Both change the image,
+so a search tries them only under a quality floor (or in a Pareto front). They need a denoiser with `enable_cache`
+and a pipeline whose call sets a cache context (FLUX img2img, Kontext and Fill do not, and raise "No cache context
+is set"): elsewhere they are unavailable, with that reason. Their hooks run under `torch.compiler.disable`, which
+breaks the graph, so they exclude `compile_fullgraph`. `disable_cache()` removes them: the knob is reversible.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Literal
+
+from pydantic import Field, NonNegativeInt
+
+from ..pipelines import denoiser
+from .base import Knob, register
+from .domain import FloatRange, IntRange
+from .rules import Excludes
+
+_CONFIGS = {"first-block": "FirstBlockCacheConfig", "taylorseer": "TaylorSeerCacheConfig"}
+
+
+def _unavailable_on(pipe) -> str | None:
+    net = denoiser(pipe)
+    if not hasattr(net, "enable_cache"):
+        return f"{type(net).__name__} has no enable_cache (diffusers' step caches reach its DiT models only)"
+    if "cache_context" not in inspect.getsource(type(pipe).__call__):
+        return f"{type(pipe).__name__} sets no cache context for its denoiser's steps"
+    return None
+
+
+@register
+class Cache(Knob):
+    name = "cache"
+    help = "a step cache on the denoiser: none, First Block Cache, or TaylorSeer (enable_cache)"
+    annotation = Literal["none", "first-block", "taylorseer"]
+    default = "none"
+    stage = "cache"
+    after = ("fuse_qkv",)
+    before = ("vae",)
+    exact = False
+    rules = (Excludes("compile_fullgraph", "a step cache's hooks break the compiled graph", values=set(_CONFIGS),
+                      other_values={True}),)
+
+    def choices(self):
+        return ["none", *_CONFIGS]
+
+    def unavailable(self, value, hw, pipe=None):
+        if value == "none":
+            return None
+        import diffusers
+
+        if not hasattr(diffusers, _CONFIGS[value]):
+            return f"the installed diffusers has no {_CONFIGS[value]}"
+        return _unavailable_on(pipe) if pipe is not None else None
+
+    def apply(self, pipe, value, settings, hw):
+        net = denoiser(pipe)
+        if getattr(net, "is_cache_enabled", False):
+            net.disable_cache()
+        if value == "first-block":
+            from diffusers import FirstBlockCacheConfig
+
+            net.enable_cache(FirstBlockCacheConfig(threshold=settings.get("cache_threshold", 0.05)))
+        elif value == "taylorseer":
+            from diffusers import TaylorSeerCacheConfig
+
+            net.enable_cache(TaylorSeerCacheConfig(
+                cache_interval=settings.get("cache_interval", 5),
+                disable_cache_before_step=settings.get("cache_warmup_steps", 3)))
+
+    def read(self, pipe):
+        config = _config(pipe)
+        return next((value for value, name in _CONFIGS.items() if type(config).__name__ == name), "none")
+
+
+def _config(pipe):
+    # diffusers keeps the enabled cache's config on the model (CacheMixin._cache_config) and no public reader.
+    net = denoiser(pipe)
+    return getattr(net, "_cache_config", None) if getattr(net, "is_cache_enabled", False) else None
+
+
+class _CacheOption(Knob):
+    stage = "cache"
+    exact = False
+    attribute: str  # the config field this option sets
+
+    def read(self, pipe):
+        return getattr(_config(pipe), self.attribute, None)
+
+
+@register
+class CacheThreshold(_CacheOption):
+    name = "cache_threshold"
+    help = "First Block Cache: reuse the cached blocks while the first block's residual changes less than this"
+    annotation = Annotated[float, Field(gt=0, le=1)]
+    default = 0.05
+    parent = ("cache", frozenset({"first-block"}))
+    attribute = "threshold"
+
+    def choices(self):
+        return [0.05, 0.08, 0.12, 0.2]
+
+    def domain(self, hw, pipe=None):
+        return FloatRange(0.02, 0.3, log=True)
+
+
+@register
+class CacheInterval(_CacheOption):
+    name = "cache_interval"
+    help = "TaylorSeer: steps between full computations of the blocks"
+    annotation = Annotated[int, Field(strict=True, ge=1, le=100)]
+    default = 5
+    parent = ("cache", frozenset({"taylorseer"}))
+    attribute = "cache_interval"
+
+    def choices(self):
+        return [2, 3, 5, 8]
+
+    def domain(self, hw, pipe=None):
+        return IntRange(2, 8)
+
+
+@register
+class CacheWarmupSteps(_CacheOption):
+    name = "cache_warmup_steps"
+    help = "TaylorSeer: steps computed in full before the cache starts predicting"
+    annotation = NonNegativeInt
+    default = 3
+    parent = ("cache", frozenset({"taylorseer"}))
+    attribute = "disable_cache_before_step"
+
+    def choices(self):
+        return [1, 3, 5]
+
+    def domain(self, hw, pipe=None):
+        return IntRange(0, 8)
