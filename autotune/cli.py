@@ -16,8 +16,8 @@ from typing import Annotated
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import typer  # noqa: E402
-from rich.markup import escape  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from .cli_profiles import SearchPathOption, profiles_app  # noqa: E402
