@@ -35,7 +35,7 @@ def test_image_k_is_the_same_at_batch_1_and_batch_4(build):
     pipe = build()
     workload = Workload(height=64, width=64, prompts=["a red cube", "a lighthouse"])
     batch = render(pipe, workload, {"num_inference_steps": 3, "num_images_per_prompt": 4}, 1, cuda=False)
-    seed = workload.prompt_seed(1)
+    seed = workload.seed + 1  # the second prompt's
     for k in range(4):
         alone = pipe("a lighthouse", height=64, width=64, num_inference_steps=3, output_type="np",
                      generator=[torch.Generator("cpu").manual_seed(seed + IMAGE_SEED_STRIDE * k)]).images[0]
@@ -97,13 +97,21 @@ def test_probe_shows_the_install_extra_in_brackets(monkeypatch):
     assert "pip install 'autotune[xformers]'" in result.output
 
 
-def test_a_pipeline_without_a_safety_checker_loads_without_a_warning(tmp_path, capfd):
+def test_a_pipeline_without_a_safety_checker_loads_without_a_warning(tmp_path):
+    import logging
+
     from autotune.pipelines import load
 
     families.tiny_sdxl_ancestral().save_pretrained(tmp_path / "sdxl")
-    capfd.readouterr()
-    assert type(load(str(tmp_path / "sdxl"))).__name__ == "StableDiffusionXLPipeline"
-    assert "safety_checker" not in capfd.readouterr().err
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(handler)  # diffusers' loggers do not propagate to pytest's
+    try:
+        assert type(load(str(tmp_path / "sdxl"))).__name__ == "StableDiffusionXLPipeline"
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert not [message for message in warnings if "safety_checker" in message]
 
 
 def test_the_shipped_profiles_call_kwargs_render_the_images_it_measured():
@@ -119,3 +127,39 @@ def test_the_shipped_profiles_call_kwargs_render_the_images_it_measured():
         shipped = pipe(prompt, output_type="np", **profile.call_kwargs(seed=seed)).images
         scored = render(pipe, profile.workload, {**kwargs, "num_images_per_prompt": 1}, index, cuda=False)[0]
         assert np.abs(shipped[0] - scored).max() < FLOAT_NOISE
+
+
+def test_when_every_trial_errored_nothing_fits_says_why_not_memory():
+    import optuna
+
+    from autotune.outcome import nothing_fits_message
+    from autotune.space import REFERENCE_RECIPE
+    from autotune.trials import record_failure
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({}, user_attrs={"recipe": REFERENCE_RECIPE})
+    reasons = ["no answer within 600 s; the worker was killed", "ValueError: Input is in incorrect format",
+               "ValueError: Input is in incorrect format"]
+    kinds = iter(zip(["timeout", "error", "error"], reasons, strict=True))
+    study.optimize(lambda trial: record_failure(trial, "throughput", *next(kinds)), n_trials=3)
+    message = nothing_fits_message(study, 4 * 2**30)
+    assert "nothing fits" not in message
+    assert "every trial failed (3 of 3)" in message
+    assert "(2): error: ValueError: Input is in incorrect format" in message
+    assert "the reference configuration itself (trial 0) failed: no answer within 600 s" in message
+
+
+def test_a_searched_lcm_profile_renders_at_its_batch_the_images_the_search_scored(tmp_path):
+    """LCM draws noise at every step: with a generator per image, the profile's batch changes no image."""
+    from autotune.quality import load_images
+
+    outcome = run_search(families.tiny_lcm, budget="8GB", n_trials=1, out=tmp_path / "lcm.yaml",
+                         storage=f"sqlite:///{tmp_path}/s.db", steps=2, reference_steps=4, max_batch=4, top_k=1,
+                         rounds=1, quality_floor="psnr=0", pinned={"compile": "none", "batch_size": 4})
+    profile = load_profile(outcome.profile_path)
+    assert profile.workload.seeding == "per-image" and profile.call_kwargs()["num_images_per_prompt"] == 4
+    scored = load_images(outcome.images_path)[outcome.best.label]
+    pipe = apply_profile(families.tiny_lcm(), profile)
+    for index, prompt in enumerate(profile.workload.prompts):
+        shipped = pipe(prompt, output_type="np", **profile.call_kwargs(seed=profile.workload.prompt_seed(index)))
+        assert np.abs(shipped.images[0] - scored[index]).max() < FLOAT_NOISE
