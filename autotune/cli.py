@@ -17,6 +17,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from .cli_profiles import SearchPathOption, profiles_app  # noqa: E402
@@ -73,7 +74,7 @@ def probe(
         table.add_column(column)
     for row in rows:
         table.add_row(row["knob"], knobs.show(row["value"]), "yes" if row["available"] else "[red]no[/red]",
-                      row["reason"] or row["note"] or "")
+                      escape(row["reason"] or row["note"] or ""))  # a reason's `[xformers]` is not markup
     console.print(table)
 
 

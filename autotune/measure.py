@@ -47,7 +47,8 @@ class Measurement:
     peak_memory_bytes: int | None = None
     image_problem: str | None = None
     images: np.ndarray | None = None
-    # The first image of the latest call for each prompt: the same image at any batch size, so it is scored for quality.
+    # The first image of the latest call for each prompt. With per-image seeding it is the same image at any batch
+    # size (one generator per image), so it is scored for quality.
     first_images: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -127,12 +128,19 @@ def _on_cuda(pipe: DiffusionPipeline) -> bool:
 
 
 def render(pipe: DiffusionPipeline, workload: Workload, call_kwargs: dict, index: int, cuda: bool) -> np.ndarray:
-    """One pipeline call of the workload: its `index`-th prompt with that prompt's seed; the images as arrays."""
+    """One pipeline call of the workload: its `index`-th prompt with that prompt's seed; the images as arrays.
+
+    Guidance is passed only when the workload sets it (else the pipeline's own default applies); the generator is
+    the one `Profile.call_kwargs(seed=...)` gives an app, so what is measured is what ships.
+    """
     prompt = workload.prompts[index % len(workload.prompts)]
-    generator = torch.Generator("cpu").manual_seed(workload.seed + index % len(workload.prompts))
-    kwargs = {"height": workload.height, "width": workload.width, "guidance_scale": workload.guidance_scale,
-              **call_kwargs}
-    output = pipe(prompt, generator=generator, output_type="np", **kwargs)
+    batch = int(call_kwargs.get("num_images_per_prompt", 1))
+    kwargs: dict[str, Any] = {"height": workload.height, "width": workload.width}
+    if workload.guidance_scale is not None:
+        kwargs["guidance_scale"] = workload.guidance_scale
+    kwargs |= call_kwargs
+    output = pipe(prompt, generator=workload.generators(workload.prompt_seed(index), batch), output_type="np",
+                  **kwargs)
     if cuda:
         torch.cuda.synchronize()
     return output.images

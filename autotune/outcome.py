@@ -6,19 +6,21 @@ Shared by a one-process search (`search.run_search`) and by `autotune export` of
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from . import __version__, knobs
+from . import __version__, knobs, pipelines
 from .candidates import Candidate, choose_picks, pareto_candidates, pareto_front, save_images, top_candidates
 from .exceptions import NothingFits
 from .hardware import Fingerprint
 from .profile import Goal, Metrics, ModelInfo, Profile, ProfileSet, Provenance, Workload, now
 from .remeasure import remeasure
 from .scoring import Scoring, scoring_for
+from .space import REFERENCE_RECIPE
 from .study import Events, StudySpec, feasible, finished, redact
 from .units import format_size
 from .worker import Worker, WorkerConfig
@@ -83,7 +85,8 @@ def finish_study(
         return Profile(
             hardware=fingerprint.hardware,
             software=fingerprint.software,
-            model=ModelInfo(id=spec.model, pipeline=spec.pipeline, denoiser=spec.denoiser),
+            model=ModelInfo(id=spec.model, pipeline=spec.pipeline, denoiser=spec.denoiser,
+                            default_guidance_scale=pipelines.default_guidance(spec.pipeline)),
             workload=workload,
             goal=Goal(objective=objective, memory_budget_bytes=budget_bytes,
                       quality_floor=scoring.floor_record() if scoring and floor else None),
@@ -133,16 +136,30 @@ def warn_if_busy(emit: Events) -> None:
 
 
 def nothing_fits_message(study: optuna.Study, budget_bytes: int, scoring: Scoring | None = None) -> str:
-    """Why no trial is feasible, and what to change: the best quality reached, or the smallest memory needed."""
+    """Why no trial is feasible, and what to change: the best quality reached, the smallest memory needed, or, when
+    no trial ran to the end, why they failed (which says nothing about memory)."""
+    done = finished(study)
+    reference = next((t for t in done if t.user_attrs.get("recipe") == REFERENCE_RECIPE), None)
+    reference_failed = (f"; the reference configuration itself (trial {reference.number}) failed: "
+                        f"{reference.user_attrs.get('reason')}"
+                        if reference is not None and reference.constraints.get("failure", 0) > 0 else "")
     if scoring is not None and scoring.minimum is not None:
-        scored = [t.user_attrs["quality"][scoring.metric] for t in finished(study)
+        scored = [t.user_attrs["quality"][scoring.metric] for t in done
                   if t.user_attrs.get("quality") and t.constraints.get("memory", 1) <= 0]
         if scored:
             return (f"nothing meets the quality floor {scoring.metric} >= {scoring.minimum:.4g} within "
-                    f"{format_size(budget_bytes)}: the best {scoring.metric} measured was {max(scored):.4g}; "
-                    "lower --quality-floor (no profile written)")
-    peaks = [t.user_attrs["peak_memory_bytes"] for t in finished(study) if t.user_attrs.get("peak_memory_bytes")]
+                    f"{format_size(budget_bytes)}: the best {scoring.metric} measured was {max(scored):.4g}"
+                    f"{reference_failed}; lower --quality-floor (no profile written)")
+    ran = [t for t in done if t.constraints.get("failure", 0) <= 0]
+    peaks = [t.user_attrs["peak_memory_bytes"] for t in ran if t.user_attrs.get("peak_memory_bytes")
+             and t.constraints.get("memory", 0) > 0]
     if peaks:
         return (f"nothing fits in {format_size(budget_bytes)}: the smallest configuration measured needed "
-                f"{format_size(min(peaks))}; raise --budget (no profile written)")
-    return f"nothing fits in {format_size(budget_bytes)}: every trial failed (no profile written)"
+                f"{format_size(min(peaks))}{reference_failed}; raise --budget (no profile written)")
+    reasons = Counter(f"{t.user_attrs.get('failure')}: {t.user_attrs.get('reason')}" for t in done
+                      if t.user_attrs.get("failure"))
+    if not reasons:
+        return f"no configuration could be used: none of {len(done)} trials ran to the end (no profile written)"
+    reason, count = reasons.most_common(1)[0]
+    return (f"every trial failed ({sum(reasons.values())} of {len(done)}); the most common reason "
+            f"({count}): {reason}{reference_failed} (no profile written)")

@@ -44,9 +44,12 @@ def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
             raise UnknownModel(f"unknown built-in model {model!r}; known: {', '.join(builtin_names())}")
         pipe = BUILTINS[name].make()
         return pipe.to(dtype) if dtype is not None else pipe
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict = {"dtype": dtype} if dtype is not None else {}
     try:
-        return DiffusionPipeline.from_pretrained(model, safety_checker=None, **kwargs)
+        # Only a pipeline with a safety checker takes `safety_checker`; any other warns that it ignores it.
+        if "safety_checker" in DiffusionPipeline.load_config(model):
+            kwargs["safety_checker"] = None
+        return DiffusionPipeline.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as error:
         where = "folder" if Path(model).exists() else "hub id (or folder)"
         raise UnknownModel(f"cannot load model {model!r} as a {where}: {str(error).splitlines()[0]}") from error
@@ -90,6 +93,24 @@ def denoiser_name(pipe: DiffusionPipeline) -> str:
 
 def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
     return getattr(pipe, denoiser_name(pipe))
+
+
+def check_text_to_image(pipe: DiffusionPipeline) -> None:
+    """Refuse a pipeline whose call takes an input image (img2img, inpainting, ControlNet): the workload has none."""
+    if "image" in inspect.signature(type(pipe).__call__).parameters:
+        raise UnknownModel(f"{type(pipe).__name__} needs an input image (img2img, inpainting or control), which "
+                           "autotune does not support yet; tune the text-to-image pipeline of the same model")
+
+
+def default_guidance(pipeline: str) -> float | None:
+    """The `guidance_scale` a diffusers pipeline class uses when the call passes none; None when it has no such
+    argument or the class is not diffusers'."""
+    import diffusers
+
+    cls = getattr(diffusers, pipeline, None)
+    parameter = inspect.signature(cls.__call__).parameters.get("guidance_scale") if cls is not None else None
+    default = None if parameter is None else parameter.default
+    return float(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else None
 
 
 def default_call_size(pipe: DiffusionPipeline, model: object = None) -> int:

@@ -32,14 +32,41 @@ class ModelInfo(_Strict):
     revision: str | None = None
     pipeline: str
     denoiser: str
+    default_guidance_scale: float | None = None  # the pipeline call's own, used when the workload sets none
+
+
+# Image k of a call seeded s is drawn from its own generator seeded s + IMAGE_SEED_STRIDE * k: the prompts' seeds
+# s, s + 1, ... never meet another prompt's images, and image 0 is seeded s as a single generator would be.
+IMAGE_SEED_STRIDE = 1_000_000
 
 
 class Workload(_Strict):
+    """What is rendered: size, prompts, seed, guidance, and how the seed becomes each image's noise.
+
+    `guidance_scale` None is the pipeline's own default (not passed to the call). `seeding: per-image` gives each
+    image of a call its own generator, so an image does not depend on the batch size, even with a scheduler that
+    draws noise at every step (LCM, Euler ancestral); `shared` (profiles written before it was recorded) is one
+    generator for the whole batch.
+    """
+
     height: PositiveInt
     width: PositiveInt
     prompts: list[str] = Field(min_length=1)
     seed: int = 0
-    guidance_scale: float = Field(default=7.5, ge=0)
+    guidance_scale: float | None = Field(default=None, ge=0)
+    seeding: Literal["shared", "per-image"] = "per-image"
+
+    def prompt_seed(self, index: int) -> int:
+        """The seed of the workload's `index`-th prompt (prompts repeat past the last)."""
+        return self.seed + index % len(self.prompts)
+
+    def generators(self, seed: int, batch: int) -> Any:
+        """The `generator` argument of a call of `batch` images seeded `seed`, as this workload's seeding says."""
+        import torch
+
+        if self.seeding == "shared":
+            return torch.Generator("cpu").manual_seed(seed)
+        return [torch.Generator("cpu").manual_seed(seed + IMAGE_SEED_STRIDE * k) for k in range(batch)]
 
 
 class QualityFloor(_Strict):
@@ -113,14 +140,22 @@ class Profile(_Strict):
     metrics: Metrics | None = None
     provenance: Provenance | None = None
 
-    def call_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the pipeline call: size, guidance, steps, batch. `pipe(prompt, **these)`."""
-        return {
-            "height": self.workload.height,
-            "width": self.workload.width,
-            "guidance_scale": self.workload.guidance_scale,
-            **knobs.call_kwargs(self.settings_dict()),
-        }
+    def call_kwargs(self, seed: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for the pipeline call: size, guidance (when the workload set one), steps, batch.
+
+        With `seed`, also the `generator` the search rendered with: one CPU generator per image (`seeding:
+        per-image`), so each image is the one a batch of one would give. `seed=profile.workload.prompt_seed(i)`
+        with the workload's i-th prompt reproduces the images the search measured.
+
+        >>> pipe(prompt, **profile.call_kwargs(seed=1234))  # doctest: +SKIP
+        """
+        kwargs: dict[str, Any] = {"height": self.workload.height, "width": self.workload.width}
+        if self.workload.guidance_scale is not None:
+            kwargs["guidance_scale"] = self.workload.guidance_scale
+        kwargs |= knobs.call_kwargs(self.settings_dict())
+        if seed is not None:
+            kwargs["generator"] = self.workload.generators(seed, int(kwargs.get("num_images_per_prompt", 1)))
+        return kwargs
 
     def settings_dict(self) -> dict[str, Any]:
         return self.settings.model_dump()
@@ -177,9 +212,20 @@ def _validated(model: type[_Strict], data: Any, source: str, noun: str) -> Any:
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: {noun} is a mapping of fields, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        return model.model_validate(_recorded_seeding(data))
     except ValidationError as error:
         raise ProfileError(f"{source}: {describe_errors(error)}") from None
+
+
+def _recorded_seeding(data: dict) -> dict:
+    """A profile written before the workload recorded its seeding was measured with one generator per call."""
+    if isinstance(data.get("profiles"), list):
+        return {**data, "profiles": [_recorded_seeding(item) if isinstance(item, dict) else item
+                                     for item in data["profiles"]]}
+    workload = data.get("workload")
+    if isinstance(workload, dict) and "seeding" not in workload:
+        return {**data, "workload": {**workload, "seeding": "shared"}}
+    return data
 
 
 def split_pick(path: str | os.PathLike, pick: str | None = None) -> tuple[Path, str | None]:

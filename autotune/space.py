@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
     from .profile import Profile
 
+# The user attr `recipe` of the trial that runs the reference configuration (under a quality floor).
+REFERENCE_RECIPE = "reference"
+
 # A searched knob's domain, as `Domain.to_dict()` (or an older study's list / {low, high}).
 DomainData = list | dict
 
@@ -40,8 +43,10 @@ def searched_knobs(domains: Mapping[str, DomainData], with_quality: bool = False
 
 
 def steps_range(workload_steps: int, reference_steps: int) -> knobs.IntRange:
-    """Step counts searched under a quality floor: from a tenth of the reference up to the reference itself."""
-    return knobs.IntRange(max(2, reference_steps // 10), max(workload_steps, reference_steps))
+    """Step counts searched under a quality floor: from a tenth of the reference (or the workload's own steps, when
+    fewer) up to the reference itself."""
+    low = min(workload_steps, max(2, reference_steps // 10))
+    return knobs.IntRange(max(1, low), max(workload_steps, reference_steps))
 
 
 def build_space(domains: Mapping[str, DomainData], steps: knobs.IntRange | None = None,
@@ -158,12 +163,14 @@ def warm_start(study: optuna.Study, space: Mapping[str, DomainData], device: str
 
     A seed that breaks a rule between knobs (with the fixed values) is left out: it would never run.
     """
-    seeds = recipes(space, device, defaults) if with_recipes else []
-    for first in (reference, previous.settings_dict() if previous is not None else None):
+    seeds = [(params, None) for params in recipes(space, device, defaults)] if with_recipes else []
+    firsts = ((reference, REFERENCE_RECIPE), (previous.settings_dict() if previous is not None else None, None))
+    for first, label in firsts:
         if first is not None:
             restricted = restrict({k: v for k, v in first.items() if k in space}, space, defaults)
             if restricted is not None:
-                seeds.insert(0, restricted)
-    for params in seeds:
+                seeds.insert(0, (restricted, label))
+    for params, label in seeds:
         if not knobs.violations({**fixed, **params}):
-            study.enqueue_trial(params, skip_if_exists=True)
+            # The label lets the trial loop give the reference its time, and the end of a search say it failed.
+            study.enqueue_trial(params, user_attrs={"recipe": label} if label else None, skip_if_exists=True)

@@ -83,7 +83,7 @@ def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stud
         call_kwargs=knobs.call_kwargs({**settings, "batch_size": 1}),
         policy=batch_policy(study, spec, settings), score=scoring.task() if scoring else None)
     try:
-        answer = worker.request(task, timeout_s=spec.trial_timeout_s)
+        answer = worker.request(task, timeout_s=trial_timeout(spec, settings))
     except TrialFailed as failure:
         return record_failure(trial, spec.objective, failure.kind, failure.reason, scoring)
     except KeyboardInterrupt:
@@ -93,6 +93,16 @@ def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stud
     if answer.recycle or not reversible(answer.settings):
         worker.kill()
     return value
+
+
+def trial_timeout(spec: StudySpec, settings: dict[str, Any]) -> float:
+    """The trial timeout, scaled by how many more steps than the workload's this trial renders: the reference
+    configuration (the reference's steps, under a quality floor) must have the time it needs, or no configuration
+    that meets the floor is left."""
+    steps, workload_steps = settings.get("steps"), spec.steps or spec.fixed.get("steps")
+    if not isinstance(steps, int) or not workload_steps or steps <= workload_steps:
+        return spec.trial_timeout_s
+    return spec.trial_timeout_s * steps / workload_steps
 
 
 def batch_policy(study: optuna.Study, spec: StudySpec, settings: dict[str, Any]) -> BatchPolicy:

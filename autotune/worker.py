@@ -235,6 +235,7 @@ def _describe(state: _WorkerState, task: protocol.Describe) -> protocol.Descript
     from . import knobs, pipelines
 
     pipe = state.fresh_pipeline()
+    pipelines.check_text_to_image(pipe)
     return protocol.Description(
         pipeline=type(pipe).__name__,
         denoiser=type(pipelines.denoiser(pipe)).__name__,
@@ -265,7 +266,7 @@ def _trial(state: _WorkerState, task: protocol.TrialTask) -> protocol.TrialResul
             break
         scores = None
         if task.score is not None and not measured and not result.image_problem:
-            # Scored once, at the first batch: the knobs that change the image do so at every batch size alike.
+            # Scored once, at the first batch: per-image seeding keeps each image the same at every batch size.
             scores = state.score(pipe, task.workload, kwargs, result.first_images, task.score)
         measured.append(protocol.BatchResult(
             batch_size=batch, images_per_s=result.images_per_s,

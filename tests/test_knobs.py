@@ -173,7 +173,7 @@ def test_call_time_value_goes_into_the_call(name, value, tiny_pipe, make_profile
 
 def test_call_kwargs_of_a_profile(make_profile):
     assert make_profile(batch_size=4, steps=20).call_kwargs() == {
-        "height": 64, "width": 64, "guidance_scale": 7.5, "num_images_per_prompt": 4, "num_inference_steps": 20,
+        "height": 64, "width": 64, "num_images_per_prompt": 4, "num_inference_steps": 20,
     }
     assert "num_inference_steps" not in make_profile().call_kwargs()  # null: the pipeline's own default
 
