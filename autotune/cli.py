@@ -119,7 +119,7 @@ def search(
     if budget is not None:
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
     pinned = _parse_pins(pin or [])  # needs the knob registry, so torch: after every light check
-    from .search import run_search
+    from .tuner import run_search
 
     if not model:
         model = DEFAULT_MODEL
