@@ -17,6 +17,10 @@ class ProfileError(AutotuneError, ValueError):
     """A profile file or value is malformed; the message names the field."""
 
 
+class UnreadableProfile(ProfileError):
+    """A profile file cannot be read as text (missing, unreadable, not UTF-8); a library folder skips it."""
+
+
 class IncompatibleProfile(AutotuneError, ValueError):
     """The profile was made for another pipeline and cannot be applied to this one."""
 

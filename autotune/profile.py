@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, model_validator
 
 from . import knobs
-from .exceptions import ProfileError
+from .exceptions import ProfileError, UnreadableProfile
 from .files import write_atomic
 from .hardware import Hardware, Software
 
@@ -206,7 +206,7 @@ def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
     A profile set (from a Pareto search) needs a pick: `load_profile("set.yaml#balanced")` or `pick="balanced"`.
     """
     path, pick = split_pick(path, pick)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if isinstance(data, dict) and "profiles" in data:
         profiles = profile_set_from_dict(data, str(path))
         if not pick:
@@ -220,18 +220,22 @@ def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
 
 def load_profile_set(path: str | os.PathLike) -> ProfileSet:
     path = Path(path)
-    return profile_set_from_dict(_read_yaml(path), str(path))
+    return profile_set_from_dict(read_yaml(path), str(path))
 
 
 def profile_set_from_dict(data: Any, source: str = "profile set") -> ProfileSet:
     return _validated(ProfileSet, data, source, "a profile set")
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
+    """A profile file's YAML as data, within the loader's bounds; any problem is one ProfileError naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ProfileError(f"{path}: cannot read the profile ({error.strerror or error})") from None
+        raise UnreadableProfile(f"{path}: cannot read the profile ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise UnreadableProfile(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                                f"{error.start}); save the profile as UTF-8") from None
     return _parse_yaml(text, str(path))
 
 

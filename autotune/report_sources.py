@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import yaml
 
 from .exceptions import AutotuneError
-from .profile import Profile, load_profile, profile_from_dict
+from .profile import Profile, load_profile, profile_from_dict, read_yaml
 from .quality import images_path, load_images
 from .study import open_storage, redact
 
@@ -85,10 +84,7 @@ def _is_journal(path: Path) -> bool:
 
 def _load_profile_or_set(path: Path) -> Profile:
     # A profile set (Pareto results) holds several profiles; they share one study, so the first one's provenance does.
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return load_profile(path)  # its error names the problem
+    data = read_yaml(path)  # bounded, and its error names the problem
     if isinstance(data, dict) and "provenance" not in data and isinstance(data.get("profiles"), list):
         if not data["profiles"]:
             raise ReportError(f"{path}: the profile set has no profiles")

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
 import autotune
-from autotune.exceptions import ProfileError
+from autotune import library
+from autotune.cli import app
+from autotune.exceptions import AutotuneWarning, ProfileError
 from autotune.profile import load_profile
 
 
@@ -61,3 +65,33 @@ def test_a_bad_value_is_quoted_short(tmp_path):
     with pytest.raises(ProfileError) as error:
         load_profile(path)
     _one_short_line(error.value)
+
+
+@pytest.fixture
+def folder_with_a_bad_file(tmp_path) -> Path:
+    folder = tmp_path / "app"
+    folder.mkdir()
+    shutil.copy(library.shipped_profiles_dir() / "tiny-sd-cpu.yaml", folder / "good.yaml")
+    (folder / "latin1.yaml").write_bytes("schema: 1\nhardware: {cpu: Proc\xe9ssor}\n".encode("latin-1"))
+    return folder
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
+
+
+def test_a_non_utf8_profile_is_skipped_with_a_warning_and_the_rest_still_works(folder_with_a_bad_file, tiny_pipe):
+    folder = folder_with_a_bad_file
+    with pytest.warns(AutotuneWarning, match=r"skipping .*latin1\.yaml: not UTF-8 text"):
+        entries = {entry.name: entry for entry in library.list_profiles(folder)}
+    assert entries["good"].profile is not None and entries["latin1"].profile is None
+    with pytest.warns(AutotuneWarning):
+        selection = library.select_profile(tiny_pipe, search_path=folder)
+    assert any("latin1.yaml: not UTF-8" in "; ".join(item.rejections) for item in selection.rejected)
+    for args in (["list"], ["show", "good"], ["select"]):
+        result = _cli("profiles", *args, "--search-path", str(folder))
+        assert result.exit_code in (0, 1) and not isinstance(result.exception, UnicodeDecodeError), result.output
+    result = _cli("profiles", "validate", str(folder / "latin1.yaml"), str(folder / "good.yaml"))
+    assert result.exit_code == 1
+    assert f"invalid {folder / 'latin1.yaml'}: not UTF-8 text" in result.output
+    assert f"ok {folder / 'good.yaml'}" in result.output
