@@ -85,11 +85,19 @@ def find_profile(name: str, search_path: SearchPath = None) -> Path:
     for folder in folders:
         for candidate in (folder.path / name, *(folder.path / f"{name}{suffix}" for suffix in SUFFIXES)):
             if candidate.is_file():
+                if not inside(candidate, folder.path):
+                    raise ProfileError(f"{candidate}: a link that leads outside {folder.path}; a profile name never "
+                                       "leaves its folder (give the path instead)")
                 return candidate
     known = sorted({entry.name for entry in list_profiles(search_path)})
     where = ", ".join(f"{folder.path} ({folder.origin})" for folder in folders)
     raise ProfileError(f"no profile named {name!r} in {where}; known: {', '.join(known) or 'none'} "
                        f"(add a folder with {ENV_VAR} or search_path=)")
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, every link followed, is a file in `folder` (or below it)."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def list_profiles(search_path: SearchPath = None) -> list[Entry]:
@@ -102,6 +110,10 @@ def list_profiles(search_path: SearchPath = None) -> list[Entry]:
         for path in sorted(p for p in folder.path.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".")):
             entry = Entry(path.stem, path, folder.origin, shadowed_by=first.get(path.stem))
             first.setdefault(path.stem, path)
+            if not inside(path, folder.path):
+                entry.error = f"{path}: a link that leads outside {folder.path}; not read"
+                entries.append(entry)
+                continue
             try:
                 picks = profile_picks(path)
                 if picks:  # a profile set: one entry per pick, named NAME#PICK

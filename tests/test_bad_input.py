@@ -95,3 +95,17 @@ def test_a_non_utf8_profile_is_skipped_with_a_warning_and_the_rest_still_works(f
     assert result.exit_code == 1
     assert f"invalid {folder / 'latin1.yaml'}: not UTF-8 text" in result.output
     assert f"ok {folder / 'good.yaml'}" in result.output
+
+
+def test_a_link_out_of_a_profile_folder_is_never_followed(tmp_path):
+    secret = tmp_path / "secret.yaml"
+    shutil.copy(library.shipped_profiles_dir() / "tiny-sd-cpu.yaml", secret)
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "leak.yaml").symlink_to(secret)
+    with pytest.raises(ProfileError, match="leads outside"):
+        library.find_profile("leak", folder)
+    result = _cli("profiles", "show", "leak", "--search-path", str(folder))
+    assert isinstance(result.exception, ProfileError) and "tiny-sd" not in result.output
+    (entry,) = [entry for entry in library.list_profiles(folder) if entry.name == "leak"]
+    assert entry.profile is None and "leads outside" in entry.error
