@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -51,24 +52,46 @@ class WrongHardware(AutotuneError, RuntimeError):
     """This machine is not the hardware the study measures: its timings would poison the study."""
 
 
+# A query-string key that holds a password (`?password=`, `?pass=`, `?pwd=`, `?PGPASSWORD=`, `?passwd=`).
+_SECRET_KEY = re.compile(r"pass|pwd", re.IGNORECASE)
+_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:pass|pwd)[^=&#]*=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The storage URL without its password, for anything written or printed."""
+    """The storage URL without its password (`user:pw@` or in the query string), for anything written or printed.
+
+    >>> redact("postgresql+psycopg://tuner:pw@db/autotune?sslmode=require&password=pw")
+    'postgresql+psycopg://tuner:***@db/autotune?password=***&sslmode=require'
+    """
     if "://" not in url:
         return url
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        shown = make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("://", 1)[0] + "://***"
+    return _SECRET_QUERY.sub(r"\1***", shown)
+
+
+def _passwords(url: str) -> list[str]:
+    try:
+        parsed = make_url(url) if "://" in url else None
+    except Exception:
+        return []
+    if parsed is None:
+        return []
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if _SECRET_KEY.search(key):
+            found += [value] if isinstance(value, str) else list(value)
+    return [password for password in found if password]
 
 
 def _scrub(text: str, url: str) -> str:
     # A driver's error may quote the URL, or the password alone.
-    try:
-        password = make_url(url).password if "://" in url else None
-    except Exception:
-        password = None
     text = text.replace(url, redact(url))
-    return text.replace(password, "***") if password else text
+    for password in _passwords(url):
+        text = text.replace(password, "***")
+    return text
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import autotune
-from autotune import library
+from autotune import library, study
 from autotune.cli import app
 from autotune.exceptions import AutotuneWarning, ProfileError
 from autotune.profile import load_profile
@@ -109,3 +109,15 @@ def test_a_link_out_of_a_profile_folder_is_never_followed(tmp_path):
     assert isinstance(result.exception, ProfileError) and "tiny-sd" not in result.output
     (entry,) = [entry for entry in library.list_profiles(folder) if entry.name == "leak"]
     assert entry.profile is None and "leads outside" in entry.error
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://tuner@db/autotune?password=s3cret-pw",
+    "postgresql+psycopg://db/autotune?sslmode=require&PassWord=s3cret-pw",
+    "mysql+pymysql://tuner@db/autotune?pwd=s3cret-pw",
+    "postgresql+psycopg://db/autotune?db_password=s3cret-pw&pass=s3cret-pw",
+    "postgresql+psycopg://tuner:s3cret-pw@db/autotune",
+])
+def test_a_password_in_the_query_string_is_hidden_too(url):
+    assert "s3cret-pw" not in study.redact(url) and "***" in study.redact(url)
+    assert "sslmode=require" in study.redact(url) or "sslmode" not in url
