@@ -37,6 +37,13 @@ class NoProfileFits(AutotuneError, LookupError):
     """No profile in the library fits this pipeline and machine; nothing was applied. The message lists why."""
 
 
+class CannotWrite(AutotuneError, OSError):
+    """A file or folder autotune must write cannot be written (read-only, full disk); the message names the path."""
+
+    def __str__(self) -> str:  # OSError would show its errno tuple
+        return str(self.args[0]) if self.args else "cannot write"
+
+
 class AutotuneWarning(UserWarning):
     """Root of autotune's warnings."""
 

@@ -3,9 +3,14 @@ machine is one line, never a traceback; nothing leaks, nothing hangs."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -13,9 +18,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import autotune
-from autotune import library, study
+from autotune import files, library, study
+from autotune.candidates import Candidate
 from autotune.cli import app
-from autotune.exceptions import AutotuneWarning, ProfileError
+from autotune.exceptions import AutotuneError, AutotuneWarning, CannotWrite, ProfileError, TrialFailed
+from autotune.outcome import SearchOutcome, write_outcome
 from autotune.profile import load_profile
 
 
@@ -121,3 +128,54 @@ def test_a_link_out_of_a_profile_folder_is_never_followed(tmp_path):
 def test_a_password_in_the_query_string_is_hidden_too(url):
     assert "s3cret-pw" not in study.redact(url) and "***" in study.redact(url)
     assert "sslmode=require" in study.redact(url) or "sslmode" not in url
+
+
+def test_trial_failed_is_one_of_autotune_s_errors():
+    assert issubclass(TrialFailed, AutotuneError) and issubclass(TrialFailed, RuntimeError)
+
+
+def test_a_full_disk_at_the_profile_write_is_one_line_that_keeps_the_study(tmp_path, monkeypatch):
+    profile = load_profile(library.shipped_profiles_dir() / "tiny-sd-cpu.yaml")
+    baseline = Candidate("default", {})
+    outcome = SearchOutcome(profile, baseline, baseline, [], "tiny-study", "sqlite:////work/tiny.db", 1)
+
+    def full(source, target):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "replace", full)
+    with pytest.raises(CannotWrite) as error:
+        write_outcome(outcome, tmp_path / "tiny.yaml", None)
+    line = _one_short_line(error.value)
+    assert line.startswith(f"cannot write {tmp_path / 'tiny.yaml'}: No space left on device")
+    assert "the study 'tiny-study' is kept in sqlite:////work/tiny.db" in line
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def _cli_process(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    program = textwrap.dedent(f"""
+        import atexit, sys
+        atexit.register(lambda: print("loaded:" + ",".join(m for m in ("torch", "optuna") if m in sys.modules)))
+        sys.argv = ["autotune", *{list(args)!r}]
+        from autotune.cli import main
+        main()
+    """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=cwd)
+    loaded = result.stdout.strip().splitlines()[-1].removeprefix("loaded:") if result.stdout.strip() else ""
+    return result, set(filter(None, loaded.split(",")))
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_loads(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result, loaded = _cli_process("search", "--trials", "1", "--out", str(tmp_path / "a-file" / "p.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and loaded == set(), result.stderr
+    assert result.stderr.strip().startswith(f"autotune: error: cannot write {tmp_path / 'a-file' / 'p.yaml'}: ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]  # no study database, no log
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_output_folder_is_refused_before_anything_loads(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    result, loaded = _cli_process("search", "--trials", "1", "--out", str(folder / "p.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and loaded == set(), result.stderr
+    assert "is not a writable folder" in result.stderr
