@@ -7,9 +7,11 @@ is imported: the modules imported here are light, the heavy ones are imported in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 # transformers announces optional image backends at import; that is noise on a command line.
@@ -129,7 +131,7 @@ def search(
         model = DEFAULT_MODEL
         console.print(f"[dim]no --model given: using the built-in {model} (random weights, no download)[/dim]")
     progress = SearchProgress(console, trials)
-    with progress:
+    with resume_line(), progress:
         outcome = run_search(
             model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
             width=width, steps=steps, seed=seed, sampler=sampler, storage=storage, study_name=study,
@@ -157,8 +159,9 @@ def worker(
     check_positive(("timeout", timeout))
     from .distributed import run_worker
 
-    completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
-                           workers=workers, on_event=_print_event)
+    with resume_line():
+        completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
+                               workers=workers, on_event=_print_event)
     if workers == 1:
         console.print(f"this worker completed {completed} trials of study {study}")
 
@@ -179,6 +182,16 @@ def export(
 
     outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=_print_event)
     _print_outcome(outcome)
+
+
+@contextlib.contextmanager
+def resume_line() -> Iterator[None]:
+    """Ctrl-C in a command says how to resume, in one line, exit 130; typer would turn it into a silent 130."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        print(f"autotune: {str(stop) or 'interrupted'}", file=sys.stderr)
+        raise typer.Exit(130) from None
 
 
 def _study_flags(storage: str | None, study: str | None) -> tuple[str, str]:

@@ -8,6 +8,8 @@ import importlib
 import inspect
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -179,3 +181,35 @@ def test_a_read_only_output_folder_is_refused_before_anything_loads(tmp_path):
     result, loaded = _cli_process("search", "--trials", "1", "--out", str(folder / "p.yaml"), cwd=tmp_path)
     assert result.returncode == 2 and loaded == set(), result.stderr
     assert "is not a writable folder" in result.stderr
+
+
+def _complete_trials(database: Path) -> int:
+    if not database.exists():
+        return 0
+    try:
+        with sqlite3.connect(database) as connection:
+            return connection.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # the tables are still being made
+        return 0
+
+
+def test_ctrl_c_in_a_search_prints_the_resume_line_and_no_traceback(tmp_path):
+    script = Path(sys.executable).with_name("autotune")
+    search = subprocess.Popen(
+        [str(script), "search", "--trials", "40", "--steps", "2", "--max-batch", "1", "--pin", "compile=none",
+         "--study", "ctrl-c", "--out", str(tmp_path / "ctrl-c.yaml")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _complete_trials(tmp_path / "ctrl-c.db") < 1 and time.monotonic() < deadline and search.poll() is None:
+            time.sleep(0.5)
+        assert search.poll() is None, search.communicate()
+        os.killpg(search.pid, signal.SIGINT)  # as a terminal sends it: to the search and its worker
+        stdout, stderr = search.communicate(timeout=120)
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+    assert search.returncode == 130, stderr
+    resume = "autotune: interrupted: the study is saved; run the same command to resume"
+    assert stderr.strip().splitlines()[-1] == resume
+    assert "Traceback" not in stdout + stderr and "failed with" not in stderr
