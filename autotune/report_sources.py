@@ -45,6 +45,7 @@ def report_source(
     text = str(arg)
     path = Path(text)
     if path.is_file():
+        _refuse_empty(path, text)
         with path.open("rb") as file:
             is_sqlite = file.read(16) == _SQLITE_MAGIC
         if is_sqlite or _is_journal(path):
@@ -68,6 +69,13 @@ def report_source(
         study = _load_study(storage or text, study_name)
         return ReportSource(study, None, None, Path(f"{study.study_name}.html"))
     raise ReportError(f"{text}: no such file; give a profile YAML, a study's .db or .journal file, or a storage URL")
+
+
+def _refuse_empty(path: Path, shown: str) -> None:
+    # SQLite (and a journal) would take an empty file for a new store and write into it; a report only reads.
+    if path.stat().st_size == 0:
+        raise ReportError(f"{shown}: the file is empty; give a profile YAML, a study's .db or .journal file, "
+                          "or a storage URL")
 
 
 def _is_journal(path: Path) -> bool:
@@ -103,6 +111,8 @@ def _load_study(url: str, name: str | None) -> optuna.Study:
     # Optuna would create an empty database or journal there; a typo should not leave files behind.
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ReportError(f"{shown}: no such database file")
+    if url.startswith("sqlite:///"):
+        _refuse_empty(Path(url.removeprefix("sqlite:///")), shown)
     if journal and not Path(url).is_file():
         raise ReportError(f"{shown}: no such journal file")
     try:

@@ -7,6 +7,7 @@ import errno
 import importlib
 import inspect
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -213,3 +214,52 @@ def test_ctrl_c_in_a_search_prints_the_resume_line_and_no_traceback(tmp_path):
     resume = "autotune: interrupted: the study is saved; run the same command to resume"
     assert stderr.strip().splitlines()[-1] == resume
     assert "Traceback" not in stdout + stderr and "failed with" not in stderr
+
+
+def _autotune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("autotune")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["search", "--budget", "6"], "size '6' has no unit; add one (6GB, 6GiB, 6000MB) or write a share as 80%"),
+    (["search", "--budget", "0.5"], "size '0.5' has no unit; add one (6GB, 6GiB, 6000MB) or write a share as 80%"),
+    (["search", "--timeout", "-5"], "--timeout must be more than 0 seconds, got -5"),
+    (["search", "--trial-timeout", "0"], "--trial-timeout must be more than 0 seconds, got 0"),
+    (["worker", "--storage", "sqlite:///x.db", "--study", "x", "--timeout", "-1"],
+     "--timeout must be more than 0 seconds, got -1"),
+])
+def test_a_bare_size_or_a_negative_time_limit_is_one_line_and_status_2(args, line, tmp_path):
+    result = _autotune(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == f"autotune: error: {line}", result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_refuses_an_empty_file_and_leaves_it_empty(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for source in (str(empty), f"sqlite:///{empty}"):
+        result = _autotune("report", source, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().endswith("the file is empty; give a profile YAML, a study's .db or .journal "
+                                              "file, or a storage URL")
+        assert empty.stat().st_size == 0
+
+
+@pytest.mark.parametrize(("knob", "value"), [("batch_size", True), ("batch_size", 4097), ("batch_size", 0),
+                                             ("cpu_threads", True), ("cpu_threads", 1025)])
+def test_a_batch_or_thread_count_is_a_bounded_integer_never_a_boolean(knob, value, tmp_path):
+    shipped = (library.shipped_profiles_dir() / "tiny-sd-cpu.yaml").read_text()
+    path = tmp_path / "p.yaml"
+    path.write_text(re.sub(rf"(?m)^(\s*{knob}:).*$", rf"\1 {str(value).lower()}", shipped))
+    with pytest.raises(ProfileError, match=rf"settings\.{knob}"):
+        load_profile(path)
+
+
+def test_the_largest_batch_and_thread_count_round_trip_through_yaml(tmp_path):
+    profile = load_profile(library.shipped_profiles_dir() / "tiny-sd-cpu.yaml")
+    big = profile.model_copy(update={"settings": profile.settings.model_copy(
+        update={"batch_size": 4096, "cpu_threads": 1024})})
+    again = load_profile(big.save(tmp_path / "big.yaml"))
+    assert again == big and again.settings.batch_size == 4096 and again.settings.cpu_threads == 1024
