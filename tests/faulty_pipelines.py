@@ -47,3 +47,8 @@ def nan_tiny_sd():
 
     pipe.vae.decoder.register_forward_hook(poison)
     return pipe
+
+
+def never_loads():
+    """A model that takes an hour to load: a worker busy with it is busy computing."""
+    time.sleep(3600)

@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -263,3 +264,47 @@ def test_the_largest_batch_and_thread_count_round_trip_through_yaml(tmp_path):
         update={"batch_size": 4096, "cpu_threads": 1024})})
     again = load_profile(big.save(tmp_path / "big.yaml"))
     assert again == big and again.settings.batch_size == 4096 and again.settings.cpu_threads == 1024
+
+
+def test_a_worker_exits_when_its_driver_is_killed(tmp_path):
+    driver = textwrap.dedent("""
+        import threading, time, psutil
+        import faulty_pipelines
+        from autotune import protocol
+        from autotune.worker import Worker, WorkerConfig
+
+        worker = Worker(WorkerConfig(model=faulty_pipelines.never_loads, device="cpu"))
+        threading.Thread(target=worker.request, args=(protocol.Describe(), 3600), daemon=True).start()
+        def workers():  # not multiprocessing's resource tracker
+            return [child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
+
+        while not workers():
+            time.sleep(0.1)
+        print(workers()[0].pid, flush=True)
+        time.sleep(3600)
+    """)
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True, env=env)
+    worker = None
+    try:
+        worker = psutil.Process(int(process.stdout.readline()))
+        time.sleep(8)  # the worker imports, then loads the model: it is computing
+        assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker)
+    finally:
+        process.kill()
+        if worker is not None and _alive(worker):  # an orphan is no child of ours any more
+            worker.kill()
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
