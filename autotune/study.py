@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -248,6 +250,8 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=open_storage(storage),
                                 sampler=make_sampler(spec.sampler, spec.seed), directions=directions(spec.objective),
                                 load_if_exists=True)
+    if (seed := seed_for(study, spec.seed)) != spec.seed:
+        study.sampler = make_sampler(spec.sampler, seed)
     if spec.objective == "pareto" and study.metric_names is None:
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots label axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -263,6 +267,16 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     if not has_heartbeat(study):
         _reclaim_interrupted(study)
     return study
+
+
+def seed_for(study: optuna.Study, seed: int) -> int:
+    """The sampler seed of a search that opens `study`: `seed` itself, so that one search is reproducible, unless
+    other processes are running trials of it; then `seed` mixed with this host and pid, since two searches with one
+    seed would otherwise suggest the same configurations side by side."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return seed
+    mixed = zlib.crc32(f"{seed}:{socket.gethostname()}:{os.getpid()}".encode())
+    return mixed if mixed != seed else mixed + 1
 
 
 def _reclaim_interrupted(study: optuna.Study) -> None:

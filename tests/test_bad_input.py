@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 from typer.testing import CliRunner, Result
@@ -308,3 +309,16 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_search_joining_a_running_study_samples_with_its_own_seed(tmp_path):
+    one = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert study.seed_for(one, 0) == 0  # alone on its study: the seed, reproducible
+    one.ask()  # another search is running a trial
+    two = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert study.seed_for(two, 0) != 0 and study.seed_for(two, 0) == study.seed_for(two, 0)
+    first = optuna.samplers.RandomSampler(seed=0).sample_independent(
+        two, two.ask(), "x", optuna.distributions.FloatDistribution(0, 1))
+    joined = optuna.samplers.RandomSampler(seed=study.seed_for(two, 0)).sample_independent(
+        two, two.ask(), "x", optuna.distributions.FloatDistribution(0, 1))
+    assert first != joined
