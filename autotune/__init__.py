@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .hardware import probe
     from .library import select_profile
     from .profile import Profile, load_profile
-    from .search import search
+    from .tuner import search
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,7 @@ _EXPORTS = {
     "probe": "hardware",
     "Profile": "profile",
     "load_profile": "profile",
-    "search": "search",
+    "search": "tuner",
     "select_profile": "library",
 }
 __all__ = [

@@ -7,9 +7,11 @@ is imported: the modules imported here are light, the heavy ones are imported in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 # transformers announces optional image backends at import; that is noise on a command line.
@@ -22,6 +24,8 @@ from rich.table import Table  # noqa: E402
 
 from .cli_profiles import SearchPathOption, profiles_app  # noqa: E402
 from .exceptions import AutotuneError, InvalidInput, first_line  # noqa: E402
+from .files import check_writable  # noqa: E402
+from .flags import check_at_least_one, check_choice, check_positive, parse_pins  # noqa: E402
 from .options import (  # noqa: E402
     DEFAULT_MODEL,
     DEFAULT_REFERENCE_STEPS,
@@ -111,22 +115,24 @@ def search(
     """Search the fastest configuration under a memory budget and write its profile."""
     from .quality import parse_floor  # numpy only: the floor is checked before torch is imported
 
-    _check_choice("objective", objective, OBJECTIVES)
+    check_choice("objective", objective, OBJECTIVES)
     floor = parse_floor(quality_floor) if quality_floor is not None else None
-    _check_choice("sampler", sampler, SAMPLERS)
-    _check_at_least_one(("trials", trials), ("height", height), ("width", width), ("steps", steps),
+    check_choice("sampler", sampler, SAMPLERS)
+    check_at_least_one(("trials", trials), ("height", height), ("width", width), ("steps", steps),
                         ("max-batch", max_batch), ("workers", workers), ("top-k", top_k), ("rounds", rounds),
                         ("reference-steps", reference_steps))
+    check_positive(("timeout", timeout), ("trial-timeout", trial_timeout))
     if budget is not None:
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
-    pinned = _parse_pins(pin or [])  # needs the knob registry, so torch: after every light check
-    from .search import run_search
+    check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
+    pinned = parse_pins(pin or [])  # needs the knob registry, so torch: after every light check
+    from .tuner import run_search
 
     if not model:
         model = DEFAULT_MODEL
         console.print(f"[dim]no --model given: using the built-in {model} (random weights, no download)[/dim]")
     progress = SearchProgress(console, trials)
-    with progress:
+    with resume_line(), progress:
         outcome = run_search(
             model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
             width=width, steps=steps, seed=seed, sampler=sampler, storage=storage, study_name=study,
@@ -150,11 +156,13 @@ def worker(
 ) -> None:
     """Join a study and run its trials until it has its trial count or its time limit: one per host or per GPU."""
     storage, study = _study_flags(storage, study)
-    _check_at_least_one(("workers", workers))
+    check_at_least_one(("workers", workers))
+    check_positive(("timeout", timeout))
     from .distributed import run_worker
 
-    completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
-                           workers=workers, on_event=_print_event)
+    with resume_line():
+        completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
+                               workers=workers, on_event=_print_event)
     if workers == 1:
         console.print(f"this worker completed {completed} trials of study {study}")
 
@@ -169,11 +177,22 @@ def export(
 ) -> None:
     """Write the profile of a study that workers filled, re-measuring its top candidates on this host."""
     storage, study = _study_flags(storage, study)
-    _check_at_least_one(("top-k", top_k), ("rounds", rounds))
+    check_at_least_one(("top-k", top_k), ("rounds", rounds))
+    check_writable(out.replace("{study}", study))
     from .distributed import export_profile
 
     outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=_print_event)
     _print_outcome(outcome)
+
+
+@contextlib.contextmanager
+def resume_line() -> Iterator[None]:
+    """Ctrl-C in a command says how to resume, in one line, exit 130; typer would turn it into a silent 130."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        print(f"autotune: {str(stop) or 'interrupted'}", file=sys.stderr)
+        raise typer.Exit(130) from None
 
 
 def _study_flags(storage: str | None, study: str | None) -> tuple[str, str]:
@@ -281,33 +300,6 @@ def _write_search_report(outcome) -> None:
     console.print(f"report written to [bold]{path}[/bold]")
 
 
-def _parse_pins(pins: list[str]) -> dict[str, object]:
-    import yaml
-
-    from . import knobs
-
-    parsed: dict[str, object] = {}
-    for pin in pins:
-        name, sep, value = pin.partition("=")
-        if not sep or not name:
-            raise InvalidInput(f"--pin takes KNOB=VALUE, got {pin!r}")
-        if name not in knobs.KNOBS:
-            raise InvalidInput(f"--pin: unknown knob {name!r}; known: {', '.join(k.name for k in knobs.in_order())}")
-        parsed[name] = yaml.safe_load(value)  # YAML scalars, as in a profile: true, 4, null, fp16
-    return parsed
-
-
-def _check_at_least_one(*flags: tuple[str, int | None]) -> None:
-    for flag, value in flags:
-        if value is not None and value < 1:
-            raise InvalidInput(f"--{flag} must be at least 1, got {value}")
-
-
-def _check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise InvalidInput(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
-
-
 @app.command()
 def verify(
     profile: Annotated[str, typer.Argument(help="a profile file or name")],
@@ -322,7 +314,7 @@ def verify(
     """Re-measure a profile here: images/s, peak memory and quality against its record; exit 1 when one fails."""
     if not 0 < tolerance < 1:
         raise InvalidInput(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
-    _check_at_least_one(("workers", workers), ("rounds", rounds))
+    check_at_least_one(("workers", workers), ("rounds", rounds))
     from .verify import verify_profile
 
     with console.status("re-measuring the profile in worker processes"):

@@ -17,6 +17,10 @@ class ProfileError(AutotuneError, ValueError):
     """A profile file or value is malformed; the message names the field."""
 
 
+class UnreadableProfile(ProfileError):
+    """A profile file cannot be read as text (missing, unreadable, not UTF-8); a library folder skips it."""
+
+
 class IncompatibleProfile(AutotuneError, ValueError):
     """The profile was made for another pipeline and cannot be applied to this one."""
 
@@ -31,6 +35,13 @@ class NothingFits(AutotuneError, RuntimeError):
 
 class NoProfileFits(AutotuneError, LookupError):
     """No profile in the library fits this pipeline and machine; nothing was applied. The message lists why."""
+
+
+class CannotWrite(AutotuneError, OSError):
+    """A file or folder autotune must write cannot be written (read-only, full disk); the message names the path."""
+
+    def __str__(self) -> str:  # OSError would show its errno tuple
+        return str(self.args[0]) if self.args else "cannot write"
 
 
 class AutotuneWarning(UserWarning):

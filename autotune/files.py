@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .exceptions import CannotWrite
+
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write `data` (text as UTF-8) to `path` through a temporary file in the same folder, synced, then renamed.
@@ -17,8 +19,11 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     PosixPath('out/profile.yaml')
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise CannotWrite(f"cannot write {path}: {error.strerror or error}") from error
     try:
         # mkstemp makes the file private (0600); profiles and reports are meant to be shared and shipped.
         os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
@@ -27,7 +32,31 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a quota: the user's to fix, in one line
+            raise CannotWrite(f"cannot write {path}: {error.strerror or error}") from error
         raise
     return path
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a file that could not be written at the end: its folder (or the nearest one that
+    exists, since `write_atomic` makes the rest) must be a folder this process can create files in.
+
+    >>> check_writable("/proc/profile.yaml")  # doctest: +SKIP
+    CannotWrite: cannot write /proc/profile.yaml: /proc is not a writable folder
+    """
+    path = Path(path)
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CannotWrite(f"cannot write {path}: {folder} is not a folder")
+    try:  # os.access says yes to root on a read-only mount; only creating a file tells
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".autotune-write-check.")
+    except OSError as error:
+        raise CannotWrite(f"cannot write {path}: {folder} is not a writable folder ({error.strerror or error})") \
+            from None
+    os.close(handle)
+    os.unlink(probe)

@@ -11,18 +11,18 @@ rest of the deployment path, this module never imports Optuna.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from diffusers import DiffusionPipeline
 
 from . import knobs, pipelines
-from .exceptions import NoProfileFits, ProfileError
+from .exceptions import AutotuneWarning, NoProfileFits, ProfileError, UnreadableProfile
 from .hardware import Fingerprint, Hardware, available_memory_bytes, probe
-from .profile import Profile, load_profile
+from .profile import Profile, load_profile, read_yaml
 from .units import format_size
 
 ENV_VAR = "AUTOTUNE_PROFILE_PATH"
@@ -85,11 +85,19 @@ def find_profile(name: str, search_path: SearchPath = None) -> Path:
     for folder in folders:
         for candidate in (folder.path / name, *(folder.path / f"{name}{suffix}" for suffix in SUFFIXES)):
             if candidate.is_file():
+                if not inside(candidate, folder.path):
+                    raise ProfileError(f"{candidate}: a link that leads outside {folder.path}; a profile name never "
+                                       "leaves its folder (give the path instead)")
                 return candidate
     known = sorted({entry.name for entry in list_profiles(search_path)})
     where = ", ".join(f"{folder.path} ({folder.origin})" for folder in folders)
     raise ProfileError(f"no profile named {name!r} in {where}; known: {', '.join(known) or 'none'} "
                        f"(add a folder with {ENV_VAR} or search_path=)")
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, every link followed, is a file in `folder` (or below it)."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def list_profiles(search_path: SearchPath = None) -> list[Entry]:
@@ -102,6 +110,10 @@ def list_profiles(search_path: SearchPath = None) -> list[Entry]:
         for path in sorted(p for p in folder.path.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".")):
             entry = Entry(path.stem, path, folder.origin, shadowed_by=first.get(path.stem))
             first.setdefault(path.stem, path)
+            if not inside(path, folder.path):
+                entry.error = f"{path}: a link that leads outside {folder.path}; not read"
+                entries.append(entry)
+                continue
             try:
                 picks = profile_picks(path)
                 if picks:  # a profile set: one entry per pick, named NAME#PICK
@@ -110,6 +122,10 @@ def list_profiles(search_path: SearchPath = None) -> list[Entry]:
                                              shadowed_by=entry.shadowed_by, profile=load_profile(path, pick)))
                     continue
                 entry.profile = load_profile(path)
+            except UnreadableProfile as error:
+                # One bad file must not hide the rest of the folder from list, select or "auto".
+                warnings.warn(f"skipping {error}", AutotuneWarning, stacklevel=2)
+                entry.error = str(error)
             except ProfileError as error:
                 entry.error = str(error)
             entries.append(entry)
@@ -119,8 +135,8 @@ def list_profiles(search_path: SearchPath = None) -> list[Entry]:
 def profile_picks(path: Path) -> list[str]:
     """The pick names of a profile set file; empty for a single profile."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path)
+    except ProfileError:  # loading the file names the problem
         return []
     if isinstance(data, dict) and isinstance(data.get("picks"), dict) and "profiles" in data:
         return [str(name) for name in data["picks"]]

@@ -15,7 +15,7 @@ import optuna
 
 from . import __version__, knobs, pipelines
 from .candidates import Candidate, choose_picks, pareto_candidates, pareto_front, save_images, top_candidates
-from .exceptions import NothingFits
+from .exceptions import CannotWrite, NothingFits
 from .hardware import Fingerprint
 from .profile import Goal, Metrics, ModelInfo, Profile, ProfileSet, Provenance, Workload, now
 from .remeasure import remeasure
@@ -113,10 +113,19 @@ def finish_study(
                             profile_set=profile_set, reference=scoring.reference if scoring else None,
                             storage_url=storage_url)
     if out is not None:
-        outcome.profile_path = (profile_set or profile).save(out)
-        if scoring is not None:
-            outcome.images_path = save_images(Path(out), scoring.reference, baseline, candidates)
+        write_outcome(outcome, out, scoring)
     return outcome
+
+
+def write_outcome(outcome: SearchOutcome, out: str | Path, scoring: Scoring | None) -> None:
+    """Write the profile (and its images); a write that fails (a full disk) says the study is safe."""
+    try:
+        outcome.profile_path = (outcome.profile_set or outcome.profile).save(out)
+        if scoring is not None:
+            outcome.images_path = save_images(Path(out), scoring.reference, outcome.baseline, outcome.candidates)
+    except CannotWrite as error:
+        raise CannotWrite(f"{error}; the study {outcome.study_name!r} is kept in {outcome.storage}: make room and "
+                          "run the same command again to write the profile") from error
 
 
 def metrics_of(candidate: Candidate) -> Metrics:

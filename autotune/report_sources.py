@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import yaml
 
 from .exceptions import AutotuneError
-from .profile import Profile, load_profile, profile_from_dict
+from .profile import Profile, load_profile, profile_from_dict, read_yaml
 from .quality import images_path, load_images
 from .study import open_storage, redact
 
@@ -46,6 +45,7 @@ def report_source(
     text = str(arg)
     path = Path(text)
     if path.is_file():
+        _refuse_empty(path, text)
         with path.open("rb") as file:
             is_sqlite = file.read(16) == _SQLITE_MAGIC
         if is_sqlite or _is_journal(path):
@@ -71,6 +71,13 @@ def report_source(
     raise ReportError(f"{text}: no such file; give a profile YAML, a study's .db or .journal file, or a storage URL")
 
 
+def _refuse_empty(path: Path, shown: str) -> None:
+    # SQLite (and a journal) would take an empty file for a new store and write into it; a report only reads.
+    if path.stat().st_size == 0:
+        raise ReportError(f"{shown}: the file is empty; give a profile YAML, a study's .db or .journal file, "
+                          "or a storage URL")
+
+
 def _is_journal(path: Path) -> bool:
     # Optuna's journal file is JSON lines, each an operation with an op_code; a profile is YAML, never such a line.
     if path.suffix == ".journal":
@@ -85,10 +92,7 @@ def _is_journal(path: Path) -> bool:
 
 def _load_profile_or_set(path: Path) -> Profile:
     # A profile set (Pareto results) holds several profiles; they share one study, so the first one's provenance does.
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return load_profile(path)  # its error names the problem
+    data = read_yaml(path)  # bounded, and its error names the problem
     if isinstance(data, dict) and "provenance" not in data and isinstance(data.get("profiles"), list):
         if not data["profiles"]:
             raise ReportError(f"{path}: the profile set has no profiles")
@@ -107,6 +111,8 @@ def _load_study(url: str, name: str | None) -> optuna.Study:
     # Optuna would create an empty database or journal there; a typo should not leave files behind.
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ReportError(f"{shown}: no such database file")
+    if url.startswith("sqlite:///"):
+        _refuse_empty(Path(url.removeprefix("sqlite:///")), shown)
     if journal and not Path(url).is_file():
         raise ReportError(f"{shown}: no such journal file")
     try:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import socket
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -51,24 +54,46 @@ class WrongHardware(AutotuneError, RuntimeError):
     """This machine is not the hardware the study measures: its timings would poison the study."""
 
 
+# A query-string key that holds a password (`?password=`, `?pass=`, `?pwd=`, `?PGPASSWORD=`, `?passwd=`).
+_SECRET_KEY = re.compile(r"pass|pwd", re.IGNORECASE)
+_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:pass|pwd)[^=&#]*=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The storage URL without its password, for anything written or printed."""
+    """The storage URL without its password (`user:pw@` or in the query string), for anything written or printed.
+
+    >>> redact("postgresql+psycopg://tuner:pw@db/autotune?sslmode=require&password=pw")
+    'postgresql+psycopg://tuner:***@db/autotune?password=***&sslmode=require'
+    """
     if "://" not in url:
         return url
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        shown = make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("://", 1)[0] + "://***"
+    return _SECRET_QUERY.sub(r"\1***", shown)
+
+
+def _passwords(url: str) -> list[str]:
+    try:
+        parsed = make_url(url) if "://" in url else None
+    except Exception:
+        return []
+    if parsed is None:
+        return []
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if _SECRET_KEY.search(key):
+            found += [value] if isinstance(value, str) else list(value)
+    return [password for password in found if password]
 
 
 def _scrub(text: str, url: str) -> str:
     # A driver's error may quote the URL, or the password alone.
-    try:
-        password = make_url(url).password if "://" in url else None
-    except Exception:
-        password = None
     text = text.replace(url, redact(url))
-    return text.replace(password, "***") if password else text
+    for password in _passwords(url):
+        text = text.replace(password, "***")
+    return text
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -225,6 +250,8 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=open_storage(storage),
                                 sampler=make_sampler(spec.sampler, spec.seed), directions=directions(spec.objective),
                                 load_if_exists=True)
+    if (seed := seed_for(study, spec.seed)) != spec.seed:
+        study.sampler = make_sampler(spec.sampler, seed)
     if spec.objective == "pareto" and study.metric_names is None:
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots label axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -240,6 +267,16 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     if not has_heartbeat(study):
         _reclaim_interrupted(study)
     return study
+
+
+def seed_for(study: optuna.Study, seed: int) -> int:
+    """The sampler seed of a search that opens `study`: `seed` itself, so that one search is reproducible, unless
+    other processes are running trials of it; then `seed` mixed with this host and pid, since two searches with one
+    seed would otherwise suggest the same configurations side by side."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return seed
+    mixed = zlib.crc32(f"{seed}:{socket.gethostname()}:{os.getpid()}".encode())
+    return mixed if mixed != seed else mixed + 1
 
 
 def _reclaim_interrupted(study: optuna.Study) -> None:

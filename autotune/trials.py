@@ -7,6 +7,7 @@ from it; a FAILED trial would teach it nothing. This module knows nothing of how
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -25,6 +26,25 @@ from .study import GRACE_PERIOD_S, Events, StudySpec, feasible, finished, surplu
 from .worker import Worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _NoCtrlC(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as failed, with the whole traceback, then its value; the search says
+    it in one line (the trial is queued again)."""
+
+    stopped: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] and issubclass(record.exc_info[0], KeyboardInterrupt):
+            self.stopped = str(record.getMessage()).split(" failed", 1)[0]  # "Trial 3"
+            return False
+        if self.stopped and record.getMessage().startswith(f"{self.stopped} failed with value"):
+            self.stopped = None
+            return False
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoCtrlC())
 
 
 class SearchInterrupted(AutotuneError, KeyboardInterrupt):

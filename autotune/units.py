@@ -17,17 +17,23 @@ _UNITS = {
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
 
 
-def parse_size(text: str, total_bytes: int | None = None) -> int:
-    """Parse `6GB`, `6GiB`, `6000MB`, `6.5G`, a plain byte count, or a share of `total_bytes` (`80%`, `0.8`).
+def parse_size(text: str | int, total_bytes: int | None = None) -> int:
+    """Parse `6GB`, `6GiB`, `6000MB`, `6.5G`, `6000000000B`, or a share of `total_bytes` (`80%`); an int is bytes.
 
-    >>> parse_size("6GB"), parse_size("1GiB"), parse_size("50%", total_bytes=1000)
-    (6000000000, 1073741824, 500)
+    A bare number in text is refused: `6` read as bytes and `0.5` as a share were both surprises.
+
+    >>> parse_size("6GB"), parse_size("1GiB"), parse_size("50%", total_bytes=1000), parse_size(1000)
+    (6000000000, 1073741824, 500, 1000)
     """
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = f"{text}B"
     text = str(text).strip()
     not_understood = f"size {text!r} is not understood; write it like 6GB, 6GiB, 6000MB, 6.5G or 80%"
-    if text.endswith("%") or _is_fraction(text):
+    if _is_number(text):
+        raise InvalidInput(f"size {text!r} has no unit; add one (6GB, 6GiB, 6000MB) or write a share as 80%")
+    if text.endswith("%"):
         try:
-            share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+            share = float(text[:-1]) / 100
         except ValueError:
             raise InvalidInput(not_understood) from None
         if total_bytes is None:
@@ -55,11 +61,12 @@ def check_size(text: str) -> None:
     parse_size(text, total_bytes=1)
 
 
-def _is_fraction(text: str) -> bool:
+def _is_number(text: str) -> bool:
     try:
-        return 0 < float(text) <= 1 and "." in text
+        float(text)
     except ValueError:
         return False
+    return True
 
 
 def format_size(num_bytes: int | float | None) -> str:

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ class Worker:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         context = multiprocessing.get_context("spawn")
         parent_conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child_conn, self.config), daemon=True)
+        self._process = context.Process(target=_serve, args=(child_conn, self.config, os.getpid()),
+                                        daemon=True)
         self._process.start()
         child_conn.close()
         self._conn = parent_conn
@@ -129,7 +131,28 @@ class Worker:
 # ---- child side ----
 
 
-def _serve(conn, config: WorkerConfig) -> None:
+# How often a worker checks that its driver is alive; a trial of an orphan is computed for no one.
+PARENT_POLL_S = 1.0
+
+
+def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """End this process (at once, whatever it is computing) when `parent`, the process that started it, dies: a
+    driver killed by SIGKILL cannot close its workers, and the orphan would hold the GPU. A daemon thread compares
+    the parent pid with `parent` (an orphan is re-parented to init or a subreaper); the pid is the one the parent
+    gave, so a parent that died before this process got here is noticed too."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    watcher = threading.Thread(target=watch, name="autotune-parent-watch", daemon=True)
+    watcher.start()
+    return watcher
+
+
+def _serve(conn, config: WorkerConfig, parent: int) -> None:
+    exit_with_parent(parent)
     # Ctrl-C reaches the whole process group: the parent decides what happens to the trial, and kills this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.log_path:

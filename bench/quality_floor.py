@@ -24,7 +24,7 @@ from rich.console import Console  # noqa: E402
 
 from autotune import knobs, pipelines, quality  # noqa: E402
 from autotune.apply import apply_profile  # noqa: E402
-from autotune.search import run_search  # noqa: E402
+from autotune.tuner import run_search  # noqa: E402
 
 
 def rescore(profile, reference) -> dict[str, float]:

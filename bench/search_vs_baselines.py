@@ -24,8 +24,8 @@ from autotune import knobs  # noqa: E402
 from autotune.candidates import Candidate  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.remeasure import remeasure  # noqa: E402
-from autotune.search import run_search  # noqa: E402
 from autotune.space import documentation_recipes  # noqa: E402
+from autotune.tuner import run_search  # noqa: E402
 from autotune.units import format_size, parse_size  # noqa: E402
 from autotune.worker import WorkerConfig  # noqa: E402
 

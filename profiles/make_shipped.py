@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 WORK = HERE.parent / "build" / "shipped-profiles"
 
-# Name -> device it is made on, and the arguments of `autotune.search.run_search`.
+# Name -> device it is made on, and the arguments of `autotune.tuner.run_search`.
 SHIPPED: dict[str, tuple[str, dict]] = {
     "tiny-sd-cpu": ("cpu", dict(
         model="builtin:tiny-sd",
@@ -38,7 +38,7 @@ SHIPPED: dict[str, tuple[str, dict]] = {
 
 def make(name: str) -> Path:
     from autotune.hardware import probe
-    from autotune.search import run_search
+    from autotune.tuner import run_search
 
     device, options = SHIPPED[name]
     if probe(device).hardware.device != device:

@@ -62,3 +62,8 @@ def counting_tiny_sd():
 
     pipe.unet.register_forward_pre_hook(count)
     return pipe
+
+
+def never_loads():
+    """A model that takes an hour to load: a worker busy with it is busy computing."""
+    time.sleep(3600)

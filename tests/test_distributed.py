@@ -24,8 +24,8 @@ from sqlalchemy.engine import make_url
 
 from autotune.hardware import probe
 from autotune.profile import load_profile
-from autotune.search import run_search
 from autotune.study import StorageError, StudySpec, open_storage, surplus, wait_for_slot
+from autotune.tuner import run_search
 
 POSTGRES_URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(

@@ -12,7 +12,7 @@ from autotune.candidates import Candidate, choose_picks, pareto_front
 from autotune.exceptions import AutotuneError, ProfileError
 from autotune.pipelines import tiny_sd
 from autotune.profile import load_profile, load_profile_set
-from autotune.search import run_search
+from autotune.tuner import run_search
 
 # Cheap and still meaningful: a 6-step reference, 3-step workload, batches of 1 and 2, one re-measure round.
 SMALL = dict(height=64, width=64, steps=3, reference_steps=6, max_batch=2, rounds=1, top_k=2,

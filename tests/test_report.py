@@ -22,7 +22,7 @@ from autotune.cli import app
 from autotune.hardware import probe
 from autotune.quality import PSNR_CAP, images_path, save_images
 from autotune.report import REFERENCE, ReportError, psnr, report_source, write_report
-from autotune.search import run_search
+from autotune.tuner import run_search
 
 pytestmark = pytest.mark.slow
 

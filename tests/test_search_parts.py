@@ -36,7 +36,7 @@ def test_verify_and_the_remeasurement_do_not_import_optuna():
 
 def test_distributed_does_not_import_the_search_back():
     loaded = _modules_after("import autotune.distributed")
-    assert "autotune.trials" in loaded and "autotune.search" not in loaded
+    assert "autotune.trials" in loaded and "autotune.tuner" not in loaded
 
 
 def _study() -> optuna.Study:

@@ -18,7 +18,8 @@ GiB = 1024**3
     ("1TB", 10**12),
     ("6 gib", 6 * GiB),
     (" 6gb ", 6_000_000_000),
-    ("1048576", 1048576),
+    ("1048576B", 1048576),
+    (1048576, 1048576),
     ("100B", 100),
 ])
 def test_parse_size(text, expected):
@@ -29,7 +30,6 @@ def test_parse_size(text, expected):
     ("80%", 8 * GiB * 8 // 10),
     ("100%", 8 * GiB),
     ("12.5%", GiB),
-    ("0.5", 4 * GiB),
 ])
 def test_parse_a_share_of_the_total(text, expected):
     assert parse_size(text, total_bytes=8 * GiB) == expected
@@ -44,7 +44,9 @@ def test_parse_a_share_of_the_total(text, expected):
     ("6 G B", None, "size '6 G B' is not understood"),
     ("0GB", None, "size '0GB' must be more than zero"),
     ("80%", None, "size '80%' is a share of the device's memory, but that memory is unknown"),
-    ("0.8", None, "size '0.8' is a share of the device's memory, but that memory is unknown"),
+    ("0.8", None, "size '0.8' has no unit; add one (6GB, 6GiB, 6000MB) or write a share as 80%"),
+    ("6", None, "size '6' has no unit; add one (6GB, 6GiB, 6000MB) or write a share as 80%"),
+    ("0.5", 8 * GiB, "size '0.5' has no unit"),
     ("150%", 8 * GiB, "size '150%' must be a share between 0% and 100%"),
     ("0%", 8 * GiB, "size '0%' must be a share between 0% and 100%"),
     ("lots%", 8 * GiB, "size 'lots%' is not understood"),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import PositiveInt
+from typing import Annotated
+
+from pydantic import Field
 
 from .base import Knob, register
+
+# Far above any batch that fits a GPU of today; a bound keeps a typo (or `true`) from reaching a pipeline call.
+MAX_BATCH_SIZE = 4096
 
 
 @register
 class BatchSize(Knob):
     name = "batch_size"
     help = "images per pipeline call (num_images_per_prompt)"
-    annotation = PositiveInt
+    annotation = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH_SIZE)]  # strict: `true` is not a batch
     default = 1
     stage = "call"
     after = ("compile",)

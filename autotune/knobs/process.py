@@ -5,10 +5,15 @@ They hold for the whole process, which is one more reason a tuner runs each tria
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
-from pydantic import PositiveInt
+from pydantic import Field
 
 from .base import Knob, register
+
+# More than any machine's cores today; a bound keeps a typo (or `true`) from reaching torch.set_num_threads.
+MAX_CPU_THREADS = 1024
 
 # torch's own choice at start-up, restored for `null` so that one trial's thread count never leaks into the next.
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()
@@ -18,7 +23,7 @@ _TORCH_DEFAULT_THREADS = torch.get_num_threads()
 class CpuThreads(Knob):
     name = "cpu_threads"
     help = "torch intra-op threads when running on the CPU (null: torch's default)"
-    annotation = PositiveInt | None
+    annotation = Annotated[int, Field(strict=True, ge=1, le=MAX_CPU_THREADS)] | None
     default = None
     stage = "process"
 

@@ -16,6 +16,7 @@ from typing import Any
 from . import protocol, quality
 from .batching import doublings
 from .exceptions import InvalidInput, TrialFailed, UnknownModel
+from .files import check_writable
 from .hardware import probe
 from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, SAMPLERS
 from .outcome import SearchOutcome, finish_study, warn_if_busy
@@ -105,6 +106,10 @@ def run_search(
         raise InvalidInput("the number of trials must be at least 1")
     if reference_steps < 1:
         raise InvalidInput("the reference steps must be at least 1")
+    if timeout_s is not None and timeout_s <= 0 or trial_timeout_s <= 0:
+        raise InvalidInput("a time limit must be more than 0 seconds")
+    if out is not None:  # before the model loads: a read-only folder found after the search loses the profile
+        check_writable(str(out).replace("{study}", "study"))
     floor = quality.parse_floor(quality_floor) if isinstance(quality_floor, str) else quality_floor
     if workers > 1 and not isinstance(model, str):
         raise InvalidInput("several workers need a model they can load by name (hub id, folder or builtin:*), "
