@@ -38,9 +38,15 @@ def enqueue(storage: str, name: str, *trials: dict) -> None:
         study.enqueue_trial(trial)
 
 
-def by_params(storage: str, name: str) -> dict:
-    study = optuna.load_study(study_name=name, storage=storage)
-    return {repr(sorted(t.params.items())): t for t in study.trials}
+class by_params:  # noqa: N801 (reads as the lookup it is)
+    """The study's trials, looked up by the params a test enqueued (knobs it left out were sampled)."""
+
+    def __init__(self, storage: str, name: str):
+        self.trials = optuna.load_study(study_name=name, storage=storage).trials
+
+    def __getitem__(self, params: dict) -> optuna.trial.FrozenTrial:
+        (trial,) = [t for t in self.trials if params.items() <= t.params.items()]
+        return trial
 
 
 def test_faults_in_trials_are_recorded_and_the_search_completes(tmp_path):
@@ -53,13 +59,13 @@ def test_faults_in_trials_are_recorded_and_the_search_completes(tmp_path):
                          out=tmp_path / "faults.yaml", trial_timeout_s=60, **FAST)
 
     trials = by_params(storage, name)
-    assert [trials[repr(sorted(p.items()))].user_attrs.get("failure") for p in (oom, killed, hung, fine)] == [
+    assert [trials[p].user_attrs.get("failure") for p in (oom, killed, hung, fine)] == [
         "oom", "crash", "timeout", None]
-    assert "SIGKILL" in trials[repr(sorted(killed.items()))].user_attrs["reason"]
-    ours = [trials[repr(sorted(p.items()))] for p in (oom, killed, hung, fine)]
+    assert "SIGKILL" in trials[killed].user_attrs["reason"]
+    ours = [trials[p] for p in (oom, killed, hung, fine)]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ours)
     assert [t.constraints["failure"] > 0 for t in ours] == [True, True, True, False]
-    assert trials[repr(sorted(fine.items()))].value > 0
+    assert trials[fine].value > 0
     assert outcome.profile.settings.attention == "sdpa"
     assert load_profile(tmp_path / "faults.yaml").settings.attention == "sdpa"
 
@@ -72,7 +78,7 @@ def test_nan_images_make_a_trial_infeasible_and_it_is_never_chosen(tmp_path):
     outcome = run_search(nan_tiny_sd, budget="8GB", n_trials=2, storage=storage, study_name=name, out=None,
                          top_k=2, **{k: v for k, v in FAST.items() if k != "top_k"})
 
-    trial = by_params(storage, name)[repr(sorted(poisoned.items()))]
+    trial = by_params(storage, name)[poisoned]
     assert trial.user_attrs["failure"] == "image" and "NaN" in trial.user_attrs["reason"]
     assert trial.constraints["image"] > 0
     assert outcome.profile.settings.channels_last is False
