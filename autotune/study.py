@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 HEARTBEAT_INTERVAL_S = 5
 GRACE_PERIOD_S = 20
 MAX_RETRIES = 3
+CREATE_ATTEMPTS = 5
 # Where `autotune worker` also reads its storage URL: workers started here get it there, not on a command line (`ps`).
 STORAGE_ENV = "AUTOTUNE_STORAGE"
 
@@ -106,18 +107,29 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers share the file
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-            )
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return _rdb_storage(url, engine_kwargs)
+            except Exception as error:
+                # Two searches creating one new database race on its tables ("table studies already exists");
+                # the loser finds them made when it tries again.
+                if "already exists" not in str(error) or attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ImportError:
         hint = "pip install 'autotune[postgres]'" if url.startswith("postgresql") else "install its database driver"
         raise StorageError(f"no database driver for {redact(url)}: {hint}") from None
     except Exception as error:
         raise StorageError(f"cannot open the storage {redact(url)}: {_scrub(first_line(error), url)}") from None
+
+
+def _rdb_storage(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+        )
 
 
 def has_heartbeat(study: optuna.Study) -> bool:

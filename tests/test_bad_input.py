@@ -322,3 +322,25 @@ def test_a_search_joining_a_running_study_samples_with_its_own_seed(tmp_path):
     joined = optuna.samplers.RandomSampler(seed=study.seed_for(two, 0)).sample_independent(
         two, two.ask(), "x", optuna.distributions.FloatDistribution(0, 1))
     assert first != joined
+
+
+RACE = '''
+import sys, time
+import optuna
+from autotune.study import open_storage
+while time.time() < float(sys.argv[2]):
+    pass
+optuna.create_study(study_name="race", storage=open_storage(f"sqlite:///{sys.argv[1]}"), load_if_exists=True)
+print("ok")
+'''
+
+
+def test_searches_creating_one_new_sqlite_study_at_once_all_open_it(tmp_path):
+    # Item 8: the second of two searches died with "table ... already exists" when both created the file at once.
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    start = time.time() + 15  # every process has imported Optuna by then, so they create the tables together
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "new.db"), str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert [out.strip() for out, _ in results] == ["ok"] * 4, [err[-300:] for _, err in results]
