@@ -41,6 +41,7 @@ HEARTBEAT_INTERVAL_S = 5
 GRACE_PERIOD_S = 20
 MAX_RETRIES = 3
 CREATE_ATTEMPTS = 5
+_CREATION_RACE = ("already exists", "alembic_version")
 # Where `autotune worker` also reads its storage URL: workers started here get it there, not on a command line (`ps`).
 STORAGE_ENV = "AUTOTUNE_STORAGE"
 
@@ -111,9 +112,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             try:
                 return _rdb_storage(url, engine_kwargs)
             except Exception as error:
-                # Two searches creating one new database race on its tables ("table studies already exists");
-                # the loser finds them made when it tries again.
-                if "already exists" not in str(error) or attempt == CREATE_ATTEMPTS - 1:
+                # Two searches creating one new database race on its tables ("table studies already exists") or
+                # on stamping its schema version (alembic_version); the loser finds them made when it tries again.
+                if not any(sign in str(error) for sign in _CREATION_RACE) or attempt == CREATE_ATTEMPTS - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
     except ImportError:

@@ -343,4 +343,4 @@ def test_searches_creating_one_new_sqlite_study_at_once_all_open_it(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "new.db"), str(start)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = [proc.communicate(timeout=120) for proc in procs]
-    assert [out.strip() for out, _ in results] == ["ok"] * 4, [err[-300:] for _, err in results]
+    assert [out.strip() for out, _ in results] == ["ok"] * 4, [err[-1500:] for _, err in results]

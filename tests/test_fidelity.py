@@ -19,9 +19,9 @@ from autotune.exceptions import UnknownModel
 from autotune.measure import render
 from autotune.pipelines import tiny_sd
 from autotune.profile import IMAGE_SEED_STRIDE, Workload, load_profile
-from autotune.tuner import run_search
 from autotune.space import recipes, steps_range
 from autotune.trials import trial_timeout
+from autotune.tuner import run_search
 from tests import families
 
 SHIPPED = "profiles/tiny-sd-cpu.yaml"
