@@ -126,11 +126,12 @@ def trial_timeout(spec: StudySpec, settings: dict[str, Any]) -> float:
 
 
 def batch_policy(study: optuna.Study, spec: StudySpec, settings: dict[str, Any]) -> BatchPolicy:
-    """A latency trial times batch 1; a Pareto trial its sampled batch; a throughput trial doubles the batch, pruned
-    against the best rate other trials reached at each size."""
+    """A latency trial times batch 1; a pinned batch (`--pin batch_size=4`) or a Pareto trial's sampled one is the
+    only size timed; a throughput trial doubles the batch, pruned against the best rate other trials reached at each
+    size."""
     if spec.objective == "latency":
         sizes: tuple[int, ...] = (1,)
-    elif "batch_size" in spec.space:
+    elif "batch_size" in spec.space or "batch_size" in spec.fixed:
         sizes = (settings["batch_size"],)
     else:
         return BatchPolicy(doublings(spec.max_batch), spec.memory_budget_bytes,

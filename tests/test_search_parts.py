@@ -173,3 +173,17 @@ def test_a_peak_memory_that_was_never_measured_is_recorded_as_none():
     assert metrics_of(Candidate("trial 0", {"batch_size": 1}, latency_s=[1.0])).peak_memory_bytes is None
     assert metrics_of(Candidate("trial 0", {"batch_size": 1}, latency_s=[1.0],
                                 peak_memory_bytes=2048)).peak_memory_bytes == 2048
+
+
+def test_a_pinned_batch_is_the_only_size_a_trial_times(fingerprint):
+    # --pin batch_size=4 must ship batch 4: the doubling policy would keep batch 1 wherever 2 did not pay.
+    from autotune.trials import batch_policy
+
+    spec = StudySpec(model="tests:none", loadable=False, pipeline="StableDiffusionPipeline",
+                     denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
+                     objective="throughput", fixed={"steps": 2, "batch_size": 4},
+                     hardware=fingerprint.hardware.model_dump(), space={"precision": ["fp32", "bf16"]},
+                     memory_budget_bytes=2**30, n_trials=1, max_batch=16, trial_timeout_s=5, sampler="random", seed=0)
+    assert batch_policy(_study(), spec, {**knobs.defaults(), "steps": 2, "batch_size": 4}).sizes == (4,)
+    unpinned = StudySpec(**{**spec.__dict__, "fixed": {"steps": 2}})
+    assert batch_policy(_study(), unpinned, {**knobs.defaults(), "steps": 2}).sizes == (1, 2, 4, 8, 16)
