@@ -38,11 +38,9 @@ def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
     >>> type(pipe).__name__
     'StableDiffusionPipeline'
     """
-    if model.startswith(BUILTIN_PREFIX):
-        name = model[len(BUILTIN_PREFIX):]
-        if name not in BUILTINS:
-            raise UnknownModel(f"unknown built-in model {model!r}; known: {', '.join(builtin_names())}")
-        pipe = BUILTINS[name].make()
+    builtin = find_builtin(model)
+    if builtin is not None:
+        pipe = builtin.make()
         return pipe.to(dtype) if dtype is not None else pipe
     kwargs: dict = {"dtype": dtype} if dtype is not None else {}
     try:
@@ -63,10 +61,8 @@ def classes(model: str) -> tuple[str, str]:
     >>> classes("builtin:tiny-sd")
     ('StableDiffusionPipeline', 'UNet2DConditionModel')
     """
-    if model.startswith(BUILTIN_PREFIX):
-        builtin = BUILTINS.get(model[len(BUILTIN_PREFIX):])
-        if builtin is None:
-            raise UnknownModel(f"unknown built-in model {model!r}; known: {', '.join(builtin_names())}")
+    builtin = find_builtin(model)
+    if builtin is not None:
         return builtin.pipeline, builtin.denoiser
     try:
         index = DiffusionPipeline.load_config(model)
@@ -77,6 +73,16 @@ def classes(model: str) -> tuple[str, str]:
         if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1]:
             return str(index["_class_name"]), str(entry[1])
     raise UnknownModel(f"{index.get('_class_name', model)} has no unet or transformer component to tune")
+
+
+def find_builtin(model: object) -> Builtin | None:
+    """The built-in a `builtin:*` name means; None for anything else (a hub id, a folder, a function)."""
+    if not (isinstance(model, str) and model.startswith(BUILTIN_PREFIX)):
+        return None
+    builtin = BUILTINS.get(model[len(BUILTIN_PREFIX):])
+    if builtin is None:
+        raise UnknownModel(f"unknown built-in model {model!r}; known: {', '.join(builtin_names())}")
+    return builtin
 
 
 def builtin_names() -> list[str]:
@@ -116,8 +122,9 @@ def default_guidance(pipeline: str) -> float | None:
 def default_call_size(pipe: DiffusionPipeline, model: object = None) -> int:
     """The image side a workload uses when none is given: the pipeline's own default, as its `__call__` computes it,
     except for the built-ins, which declare theirs."""
-    if isinstance(model, str) and model.startswith(BUILTIN_PREFIX) and model[len(BUILTIN_PREFIX):] in BUILTINS:
-        return BUILTINS[model[len(BUILTIN_PREFIX):]].size
+    builtin = find_builtin(model)
+    if builtin is not None:
+        return builtin.size
     net = denoiser(pipe)
     sample = getattr(net.config, "sample_size", 64)
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
@@ -127,9 +134,9 @@ def default_call_size(pipe: DiffusionPipeline, model: object = None) -> int:
 def default_steps(pipe: DiffusionPipeline, model: object = None) -> int | None:
     """The step count a workload uses when none is given: the pipeline call's own default, except for the built-ins
     that declare theirs (tiny-sd is tuned at 20 steps, the usual count for a fast scheduler)."""
-    if isinstance(model, str) and model.startswith(BUILTIN_PREFIX):
-        builtin = BUILTINS.get(model[len(BUILTIN_PREFIX):])
-        return builtin.steps if builtin else None
+    builtin = find_builtin(model)
+    if builtin is not None:
+        return builtin.steps
     parameter = inspect.signature(type(pipe).__call__).parameters.get("num_inference_steps")
     default = None if parameter is None else parameter.default
     return default if isinstance(default, int) else None
