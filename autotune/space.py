@@ -38,8 +38,16 @@ def searched_knobs(domains: Mapping[str, DomainData], with_quality: bool = False
         knob for knob in knobs.in_order()
         if not knob.call_time and knob.name in domains
         and (knob.exact or knob.guarded or with_quality)
-        and len(knobs.domain_from_dict(domains[knob.name])) > 1
+        and len(searched_domain(knob, domains[knob.name], with_quality)) > 1
     ]
+
+
+def searched_domain(knob: knobs.Knob, data: DomainData, with_quality: bool = False) -> knobs.Domain:
+    """The knob's domain as searched: without a quality measurement, its lossy values are left out."""
+    domain = knobs.domain_from_dict(data)
+    if with_quality or not knob.lossy or not isinstance(domain, knobs.Categorical):
+        return domain
+    return knobs.Categorical(tuple(value for value in domain.values if value not in knob.lossy))
 
 
 def steps_range(workload_steps: int, reference_steps: int) -> knobs.IntRange:
@@ -57,7 +65,7 @@ def build_space(domains: Mapping[str, DomainData], steps: knobs.IntRange | None 
     domain: the steps range depends on the reference's step count, and `batch_sizes` makes the batch a searched
     value (a Pareto search trades it for memory) instead of the largest batch that pays, found within each trial.
     """
-    space = {knob.name: knobs.domain_from_dict(domains[knob.name]).to_dict()
+    space = {knob.name: searched_domain(knob, domains[knob.name], with_quality=steps is not None).to_dict()
              for knob in searched_knobs(domains, with_quality=steps is not None)}
     if steps is not None:
         space["steps"] = steps.to_dict()

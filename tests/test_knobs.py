@@ -59,7 +59,7 @@ CALL_CASES = [(knob.name, value) for knob in knobs.in_order() if knob.call_time
               for value in knob.values(HARDWARE, TINY)]
 UNAVAILABLE = [(knob.name, value) for knob in knobs.in_order() for value in knob.choices()
                if knob.unavailable(value, HARDWARE) is not None]
-EXACT = [(n, v) for n, v in CASES if knobs.get(n).exact and v != knobs.get(n).default]
+EXACT = [(n, v) for n, v in CASES if knobs.get(n).exact and v != knobs.get(n).default and v not in knobs.get(n).lossy]
 REVERSIBLE = [(n, v) for n, v in CASES if knobs.get(n).reversible and knobs.get(n).parent is None
               and v != knobs.get(n).default]
 
@@ -372,3 +372,14 @@ def test_a_value_a_pipeline_cannot_take_says_why_on_that_pipeline(tiny_pipe):
             reason = knob.unavailable(value, HARDWARE, tiny_pipe)
             if reason is not None:
                 assert "\n" not in reason and ("UNet" in reason or "Pipeline" in reason), (knob.name, value, reason)
+
+
+def test_dispatch_backends_reach_only_dispatch_transformers_and_a_known_bad_one_says_where(gpu_hardware, tiny_pipe):
+    attention = knobs.get("attention")
+    assert attention.unavailable("flex", HARDWARE, TINY_DIT) is None
+    assert "dispatcher" in attention.unavailable("flex", HARDWARE, tiny_pipe)
+    # SageAttention blackens SD images: said on a UNet whatever the GPU or packages, before anything else.
+    assert "black" in attention.unavailable("sage", gpu_hardware, tiny_pipe)
+    if importlib.util.find_spec("flash_attn") is None:
+        assert "flash_attn" in attention.unavailable("flash", gpu_hardware, TINY_DIT)
+    assert "sage" in attention.lossy and attention.exact

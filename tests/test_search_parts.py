@@ -87,6 +87,15 @@ def test_the_space_keeps_what_has_a_choice_and_leaves_image_changing_knobs_to_a_
     assert all(len(knobs.domain_from_dict(data)) > 1 for data in plain.values())
 
 
+def test_a_lossy_value_of_an_exact_knob_is_searched_only_when_quality_is_measured():
+    # SageAttention's int8 attention, as a GPU with sageattention installed would offer it on a FLUX transformer.
+    domains = {"attention": knobs.Categorical(("sdpa", "flash", "sage")).to_dict()}
+    assert knobs.domain_from_dict(build_space(domains)["attention"]).values == ("sdpa", "flash")
+    scored = build_space(domains, steps=knobs.IntRange(5, 50))
+    assert knobs.domain_from_dict(scored["attention"]).values == ("sdpa", "flash", "sage")
+    assert build_space({"attention": knobs.Categorical(("sdpa", "sage")).to_dict()}) == {}
+
+
 def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():
     space = {"precision": ["fp32", "bf16"], "attention": ["sdpa", "sliced"]}
     assert restrict({"precision": "fp16", "attention": "sdpa"}, space) is None

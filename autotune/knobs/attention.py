@@ -1,8 +1,11 @@
-"""attention: SDPA (optionally restricted to one torch kernel), xformers, vanilla, or sliced.
+"""attention: SDPA (optionally restricted to one torch kernel), xformers, vanilla, sliced, or a dispatch backend.
 
 UNet-style models (SD 1.x/2.x, SDXL, PixArt) take a processor through `set_attn_processor`; torch's
 `sdpa_kernel` context restricts SDPA to one kernel. Dispatch-based transformers (Flux, Wan, Qwen...) ignore processors
 and take a backend name through `set_attention_backend`, which also leaks a process-wide default; it is restored here.
+Those also take the backends diffusers registers beyond torch's SDPA: flash-attn's `flash`, SageAttention's `sage`
+(int8 attention: lossy, so searched only when quality is measured) and torch's `flex`. A backend known to drift or
+blacken images on a model family is not offered there.
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ DISPATCH_BACKENDS = {
     "sdpa-math": "_native_math",
     "sdpa-cudnn": "_native_cudnn",
     "xformers": "xformers",
+    "flash": "flash",
+    "sage": "sage",
+    "flex": "flex",
+}
+# Backends only the diffusers dispatcher reaches, with the package each needs (None: torch's own).
+DISPATCH_ONLY = {"flash": "flash_attn", "sage": "sageattention", "flex": None}
+# (value, denoiser class) -> why that backend is not offered on that model family.
+KNOWN_BAD = {
+    ("sage", "UNet2DConditionModel"): "SageAttention gives black SD 1.5 / SDXL images (stable-diffusion-webui-forge "
+                                      "#2815)",
+    ("flash", "Flux2Transformer2DModel"): "the flash-attn path drifts measurably from SDPA on FLUX.2 (sglang "
+                                          "#39070: FLUX.2 keeps to SDPA for fidelity)",
 }
 
 
@@ -69,15 +84,18 @@ class Attention(Knob):
     name = "attention"
     help = "attention implementation of the denoiser (and the VAE)"
     annotation = Literal["sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-math", "sdpa-cudnn", "xformers", "vanilla",
-                         "sliced"]
+                         "sliced", "flash", "sage", "flex"]
     default = "sdpa"
     stage = "attention"
     after = ("scheduler",)
+    lossy = frozenset({"sage"})
 
     def choices(self):
-        return ["sdpa", *KERNELS, "xformers", "vanilla", "sliced"]
+        return ["sdpa", *KERNELS, "xformers", "vanilla", "sliced", *DISPATCH_ONLY]
 
     def unavailable(self, value, hw, pipe=None):
+        if pipe is not None and (value, type(denoiser(pipe)).__name__) in KNOWN_BAD:
+            return KNOWN_BAD[value, type(denoiser(pipe)).__name__]
         cuda = hw.device == "cuda"
         if value in ("sdpa-efficient", "sdpa-cudnn") and not cuda:
             return f"torch's {value[5:]} SDPA kernel runs only on CUDA GPUs"
@@ -88,13 +106,30 @@ class Attention(Knob):
                 return "xformers is not installed (pip install 'autotune[xformers]')"
             if not cuda:
                 return "xformers attention runs only on CUDA GPUs"
+        if value in DISPATCH_ONLY and DISPATCH_ONLY[value] is not None:
+            package = DISPATCH_ONLY[value]
+            if importlib.util.find_spec(package) is None:
+                return f"the {value} attention backend needs the {package} package, which is not installed"
+            if not cuda:
+                return f"the {value} attention backend runs only on CUDA GPUs"
+            if hw.capability_tuple < (8, 0):
+                return f"the {value} attention backend needs compute capability 8.0 or newer"
+        if value == "flex" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+            return "the flex attention backend needs torch 2.5 or newer"
         if pipe is not None:
             return self._unavailable_on(value, pipe)
+        return None
+
+    def caveat(self, value, hw):
+        if value == "flex":
+            return "flex attention runs unfused unless the denoiser is compiled"
         return None
 
     def _unavailable_on(self, value, pipe):
         net = denoiser(pipe)
         family = _family(net)
+        if value in DISPATCH_ONLY and family != "dispatch":
+            return f"{type(net).__name__} takes attention processors; {value} is a backend of diffusers' dispatcher"
         if family == "dispatch" and value not in DISPATCH_BACKENDS:
             return f"{type(net).__name__} picks attention by backend name; {value} reaches only UNet-style processors"
         if family == "other" and value != "sdpa":

@@ -36,6 +36,8 @@ class Knob:
       parent values under which this option means something. The parent applies it.
     - `call_time`: the value goes into the pipeline call (`call_kwargs`), not into the pipeline's state.
     - `rules`: what this knob's values require of other knobs or exclude (`Requires`, `Excludes`).
+    - `lossy`: values of an exact knob that change the image beyond numerical noise (SageAttention's int8 attention):
+      a search offers them only when it measures quality, like an inexact knob.
     """
 
     name: ClassVar[str]
@@ -51,6 +53,7 @@ class Knob:
     parent: ClassVar[tuple[str, frozenset] | None] = None
     call_time: ClassVar[bool] = False
     rules: ClassVar[tuple[Rule, ...]] = ()
+    lossy: ClassVar[frozenset] = frozenset()
 
     @property
     def order(self) -> int:
