@@ -10,19 +10,23 @@ from __future__ import annotations
 import torch
 from diffusers import (
     AutoencoderKL,
+    DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     LatentConsistencyModelPipeline,
     LCMScheduler,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from autotune.builtin_parts import clip_tokenizer as tiny_tokenizer
+from autotune.builtin_parts import t5_tokenizer
 from autotune.pipelines import tiny_sd
 
 SIZE = 64  # image side: 8x8 latents under every builder's VAE
@@ -93,3 +97,20 @@ def tiny_sd3() -> StableDiffusion3Pipeline:
 def tiny_img2img() -> StableDiffusionImg2ImgPipeline:
     """Image-to-image on tiny-sd's components: its call needs an input image."""
     return _quiet(StableDiffusionImg2ImgPipeline(**tiny_sd().components, requires_safety_checker=False))
+
+
+def tiny_pixart_sigma() -> PixArtSigmaPipeline:
+    """PixArt-Sigma (a DiT with cross-attention to T5, DPM-Solver). At this toy size its resolution binning has no
+    table: the call needs `use_resolution_binning=False`, as diffusers' own tests pass it."""
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=SIZE // 8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+        caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6)
+    torch.manual_seed(3)
+    t5 = T5EncoderModel(T5Config(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, vocab_size=259,
+                                 d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4)).eval()
+    return _quiet(PixArtSigmaPipeline(transformer=transformer.eval(), vae=_vae(1),
+                                      scheduler=DPMSolverMultistepScheduler(), text_encoder=t5,
+                                      tokenizer=t5_tokenizer(64)))
