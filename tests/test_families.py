@@ -57,3 +57,23 @@ def test_probe_names_what_a_family_cannot_take_and_why(tmp_path):
     assert "no enable_cache" in rows["cache", "first-block"]["reason"]
     assert "attention slicing" in rows["attention", "sliced"]["reason"]
     assert rows["layerwise_casting", "fp8-e4m3"]["available"]
+
+
+@pytest.mark.slow
+def test_a_profile_with_a_step_cache_and_fp8_storage_round_trips_applies_and_verifies(tmp_path):
+    from autotune.verify import verify_profile
+
+    pinned = {"compile": "none", "cache": "first-block", "cache_threshold": 0.2, "layerwise_casting": "fp8-e4m3"}
+    outcome = run_search("builtin:tiny-flux", n_trials=1, steps=4, reference_steps=4, max_batch=1, top_k=1, rounds=1,
+                         quality_floor="psnr=5", out=tmp_path / "p.yaml", storage=f"sqlite:///{tmp_path}/s.db",
+                         pinned=pinned)
+    profile = load_profile(outcome.profile_path)
+    assert {name: profile.settings_dict()[name] for name in pinned} == pinned
+    assert profile.metrics.quality["psnr"] >= 5
+    pipe = apply_profile(pipelines.load("builtin:tiny-flux"), profile)
+    assert {name: knobs.get(name).read(pipe) for name in pinned if name != "compile"} == {
+        "cache": "first-block", "cache_threshold": 0.2, "layerwise_casting": "fp8-e4m3"}
+    result = verify_profile(outcome.profile_path, tolerance=0.9, workers=1, rounds=1)
+    checks = {check.metric: check for check in result.checks}
+    assert checks["quality"].status == "pass", checks["quality"]
+    assert result.images_per_s.median > 0 and result.peak_memory_bytes > 0
