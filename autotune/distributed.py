@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 
+from . import compile_cache
 from .exceptions import AutotuneError, first_line
 from .hardware import Fingerprint, Hardware, probe
 from .outcome import SearchOutcome, finish_study
@@ -69,7 +70,7 @@ def run_worker(
         completed += kind == "trial"
         emit(kind, data)
 
-    with Worker(_worker_config(spec, log_path)) as worker:
+    with Worker(_worker_config(spec, log_path, study.study_name)) as worker:
         run_trials(study, worker, spec, count, timeout_s)
     return completed
 
@@ -97,7 +98,8 @@ def export_profile(
         emit("phase", {"message": f"the study has {complete} of its {spec.n_trials} trials ({running} running); "
                                   "exporting from those"})
     out, log_path = output_paths(out, study_name)
-    return finish_study(study, spec, fingerprint, _worker_config(spec, log_path), storage, out, top_k, rounds, emit)
+    return finish_study(study, spec, fingerprint, _worker_config(spec, log_path, study.study_name), storage, out,
+                        top_k, rounds, emit)
 
 
 def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Study, StudySpec, Fingerprint]:
@@ -113,9 +115,9 @@ def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Stu
     return study, spec, fingerprint
 
 
-def _worker_config(spec: StudySpec, log_path: str) -> WorkerConfig:
+def _worker_config(spec: StudySpec, log_path: str, study_name: str) -> WorkerConfig:
     return WorkerConfig(model=spec.model, device=spec.machine.device, memory_budget_bytes=spec.memory_budget_bytes,
-                        log_path=log_path)
+                        log_path=log_path, compile_cache=str(compile_cache.study_folder(study_name)))
 
 
 def _probe_like(machine: Hardware) -> Fingerprint:

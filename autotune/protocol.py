@@ -31,9 +31,11 @@ class Describe:
 
 @dataclass(frozen=True)
 class RedirectLog:
-    """Write this worker's output (file descriptors 1 and 2) to `path` from now on."""
+    """Write this worker's output (file descriptors 1 and 2) to `path` from now on; with `compile_cache`, compile in
+    a slot of that folder (the study's)."""
 
     path: str
+    compile_cache: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import protocol, quality
+from . import compile_cache, protocol, quality
 from .batching import doublings
 from .exceptions import InvalidInput, TrialFailed, UnknownModel
 from .files import check_writable
@@ -151,7 +151,7 @@ def run_search(
         out, log_path = output_paths(out, name)
         storage_url = storage or default_storage(out, name)
         emit("phase", {"message": f"worker output goes to {log_path}"})
-        worker.redirect_output(log_path)
+        worker.redirect_output(log_path, str(compile_cache.study_folder(name)))
         scoring = scoring_for(spec, worker, fingerprint, emit)
         study = open_study(name, storage_url, spec)
         if not finished(study):

@@ -23,7 +23,7 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 
-from . import protocol
+from . import compile_cache, protocol
 from .exceptions import TrialFailed, first_line
 
 ModelSource = str | Callable[[], DiffusionPipeline]
@@ -37,6 +37,7 @@ class WorkerConfig:
     device: str = "cpu"
     memory_budget_bytes: int | None = None
     log_path: str | None = None  # where workers write what torch, diffusers and inductor print
+    compile_cache: str | None = None  # the study's compile folder; each worker claims a slot of it
 
 
 class Worker:
@@ -61,11 +62,13 @@ class Worker:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
-    def redirect_output(self, log_path: str, timeout_s: float = 60) -> None:
-        """Send this worker's output, and that of every replacement, to `log_path`."""
-        self.config = dataclasses.replace(self.config, log_path=log_path)
+    def redirect_output(self, log_path: str, compile_cache: str | None = None, timeout_s: float = 60) -> None:
+        """Send this worker's output, and that of every replacement, to `log_path`; with `compile_cache`, compile in
+        a slot of that folder from now on."""
+        self.config = dataclasses.replace(self.config, log_path=log_path,
+                                          compile_cache=compile_cache or self.config.compile_cache)
         if self.alive:
-            self.request(protocol.RedirectLog(log_path), timeout_s)
+            self.request(protocol.RedirectLog(log_path, compile_cache), timeout_s)
 
     def start(self) -> None:
         # transformers announces optional image backends at import; each worker would repeat it.
@@ -157,6 +160,7 @@ def _serve(conn, config: WorkerConfig, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.log_path:
         _redirect_output(config.log_path)
+    compile_cache.claim(config.compile_cache or compile_cache.study_folder(None))
     # tqdm (diffusers' progress bars) otherwise makes a multiprocessing lock in every worker, which a killed worker
     # leaves behind for the parent's resource tracker to complain about.
     import tqdm
@@ -354,6 +358,8 @@ def _reference(state: _WorkerState, task: protocol.Reference) -> protocol.Refere
 
 def _log(state: _WorkerState, task: protocol.RedirectLog) -> protocol.Done:
     _redirect_output(task.path)
+    if task.compile_cache:
+        compile_cache.claim(task.compile_cache)
     return protocol.Done()
 
 
