@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLWan,
     EulerAncestralDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     LatentConsistencyModelPipeline,
@@ -19,6 +20,8 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    WanPipeline,
+    WanTransformer3DModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
@@ -93,3 +96,28 @@ def tiny_sd3() -> StableDiffusion3Pipeline:
 def tiny_img2img() -> StableDiffusionImg2ImgPipeline:
     """Image-to-image on tiny-sd's components: its call needs an input image."""
     return _quiet(StableDiffusionImg2ImgPipeline(**tiny_sd().components, requires_safety_checker=False))
+
+
+# ---- Wan 2.1 text-to-video ----
+
+
+def tiny_wan() -> WanPipeline:
+    """Wan 2.1 text-to-video, as diffusers' tests/pipelines/wan/test_wan.py builds it: a 2-layer WanTransformer3DModel,
+    the Wan VAE (temporal downsampling: `num_frames` is 4k + 1), a T5 encoder, flow matching with shift 7."""
+    from transformers import T5Config, T5EncoderModel
+
+    from autotune.builtin_parts import t5_tokenizer
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=259, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    return _quiet(WanPipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                              text_encoder=text_encoder, tokenizer=t5_tokenizer(), transformer_2=None))
