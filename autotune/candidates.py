@@ -30,6 +30,14 @@ class Candidate:
     quality: dict[str, float] = field(default_factory=dict)
     images: Any = None  # prompts x H x W x 3, rendered in the last round of the re-measurement
     trial: int | None = None  # the study's trial it came from (None for the default configuration)
+    frames: int | None = None  # frames per output, for a video pipeline
+
+    @property
+    def frames_per_s(self) -> Stat | None:
+        """A video pipeline's frames/s (its images/s counts videos); None for images."""
+        if self.frames is None or not self.latency_s:
+            return None
+        return summarize([self.batch_size * self.frames / seconds for seconds in self.latency_s])
 
     @property
     def batch_size(self) -> int:

@@ -22,10 +22,11 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from .cli_outcome import print_outcome  # noqa: E402
 from .cli_profiles import SearchPathOption, profiles_app  # noqa: E402
 from .exceptions import AutotuneError, InvalidInput, first_line  # noqa: E402
 from .files import check_writable  # noqa: E402
-from .flags import check_at_least_one, check_choice, check_positive, parse_pins  # noqa: E402
+from .flags import check_at_least_one, check_choice, check_positive, parse_pins, read_prompts  # noqa: E402
 from .options import (  # noqa: E402
     DEFAULT_MODEL,
     DEFAULT_REFERENCE_STEPS,
@@ -35,6 +36,7 @@ from .options import (  # noqa: E402
     STORAGE_ENV,
 )
 from .units import check_size, format_size  # noqa: E402
+from .workload import parse_call  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -94,6 +96,15 @@ def search(
     height: Annotated[int | None, typer.Option(help="image height (default: the pipeline's own)")] = None,
     width: Annotated[int | None, typer.Option(help="image width (default: the pipeline's own)")] = None,
     steps: Annotated[int | None, typer.Option(help="inference steps (default: the pipeline's own)")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="a prompt the app renders (repeatable; default: two "
+                                                          "built-in prompts)")] = None,
+    prompts: Annotated[str | None, typer.Option(help="a text file of prompts, one per line (blank lines skipped); "
+                                                     "instead of --prompt")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="the negative prompt of every call")] = None,
+    guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's own)")] = None,
+    call: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE: any other argument of the pipeline call, typed from its signature (num_frames=33, "
+             "max_sequence_length=256, use_resolution_binning=false; repeatable)")] = None,
     out: OutOption = "{study}.yaml",
     storage: Annotated[str | None, typer.Option(envvar=STORAGE_ENV, help="Optuna storage URL (default: SQLite "
                                                                        "next to --out)")] = None,
@@ -122,6 +133,10 @@ def search(
                         ("max-batch", max_batch), ("workers", workers), ("top-k", top_k), ("rounds", rounds),
                         ("reference-steps", reference_steps))
     check_positive(("timeout", timeout), ("trial-timeout", trial_timeout))
+    if guidance is not None and not guidance >= 0:
+        raise InvalidInput(f"--guidance must be 0 or more, got {guidance:g}")
+    workload_prompts = read_prompts(prompt or [], prompts)
+    call_arguments = parse_call(call or [])
     if budget is not None:
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
     check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
@@ -135,12 +150,13 @@ def search(
     with resume_line(), progress:
         outcome = run_search(
             model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
-            width=width, steps=steps, seed=seed, sampler=sampler, storage=storage, study_name=study,
+            width=width, steps=steps, prompts=workload_prompts, negative_prompt=negative_prompt,
+            guidance_scale=guidance, call=call_arguments, seed=seed, sampler=sampler, storage=storage, study_name=study,
             out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned, workers=workers,
             top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,
             on_event=progress.event,
         )
-    _print_outcome(outcome)
+    print_outcome(console, outcome)
     if report:
         _write_search_report(outcome)
 
@@ -182,7 +198,7 @@ def export(
     from .distributed import export_profile
 
     outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=_print_event)
-    _print_outcome(outcome)
+    print_outcome(console, outcome)
 
 
 @contextlib.contextmanager
@@ -242,46 +258,6 @@ class SearchProgress:
                              left=f"~{data['seconds_left'] / 60:.1f} min left")
         if data.get("failure"):
             self.progress.console.print(f"[dim]trial {data['number']}: {data['failure']}: {data['reason']}[/dim]")
-
-
-def _print_outcome(outcome) -> None:
-    from . import knobs
-
-    table = Table(title=f"Best of {outcome.trials} trials vs the default configuration, measured in the same run")
-    metric = outcome.profile.goal.quality_floor.metric if outcome.profile.goal.quality_floor else "ssim"
-    columns = ["configuration", "images/s", "spread", "s/call", "peak memory", "batch", "vs default"]
-    if outcome.reference is not None:
-        columns.append(metric)
-    for column in columns:
-        table.add_column(column, justify="right" if column != "configuration" else "left")
-    # No ratio to a default configuration that failed here (`speedup` is None): its column shows "-".
-    base = outcome.baseline.images_per_s.median if outcome.speedup is not None else 0.0
-    rows = [("default", outcome.baseline), ("autotune", outcome.best)]
-    if outcome.profile_set is not None:
-        rows = [("default", outcome.baseline)] + [
-            (name, next(c for c in outcome.candidates if c.trial == profile.provenance.trial))
-            for name, profile in ((n, outcome.profile_set.pick(n)) for n in outcome.profile_set.picks)]
-    for label, candidate in rows:
-        rate = candidate.images_per_s
-        cells = [label, f"{rate.median:.2f}", f"{rate.cv:.0%}", f"{candidate.latency.median:.3f}",
-                 format_size(candidate.peak_memory_bytes), str(candidate.batch_size),
-                 f"{rate.median / base:.2f}x" if base else "-"]
-        if outcome.reference is not None:
-            cells.append(f"{candidate.quality[metric]:.4g}" if metric in candidate.quality else "-")
-        table.add_row(*cells)
-    console.print(table)
-    if outcome.speedup is None:
-        console.print(f"the default configuration did not run here ({outcome.baseline.failure or 'not timed'}): "
-                      "no speed-up ratio")
-    changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
-    console.print("settings: " + (", ".join(f"{k}={knobs.show(v)}" for k, v in changed.items()) or "defaults"))
-    console.print(f"study {outcome.study_name} in {outcome.storage}")
-    if outcome.profile_set is not None:
-        console.print(f"profile set of {len(outcome.profile_set.profiles)} Pareto-optimal configurations written to "
-                      f"[bold]{outcome.profile_path}[/bold]; apply one with "
-                      f"apply_profile(pipe, \"{outcome.profile_path}#balanced\")")
-    else:
-        console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
 
 
 def _write_search_report(outcome) -> None:

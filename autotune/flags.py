@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .exceptions import InvalidInput
 
 
@@ -36,3 +38,24 @@ def check_positive(*flags: tuple[str, float | None]) -> None:
 def check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise InvalidInput(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def read_prompts(prompts: list[str], path: str | None) -> list[str] | None:
+    """The workload's prompts from `--prompt` (repeatable) or `--prompts FILE` (one per line, blank lines skipped);
+    None when neither was given. Both at once is refused: which list the search tunes for would be a guess."""
+    if path is not None and prompts:
+        raise InvalidInput("give --prompt or --prompts FILE, not both")
+    if path is None:
+        if any(not prompt.strip() for prompt in prompts):
+            raise InvalidInput("--prompt is blank; give the text of a prompt")
+        return prompts or None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--prompts {path}: not UTF-8 text") from None
+    except OSError as error:
+        raise InvalidInput(f"--prompts {path}: cannot read the file ({error.strerror or error})") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InvalidInput(f"--prompts {path}: the file has no prompts (one per line)")
+    return lines

@@ -50,6 +50,7 @@ class Measurement:
     # The first image of the latest call for each prompt. With per-image seeding it is the same image at any batch
     # size (one generator per image), so it is scored for quality.
     first_images: dict[int, np.ndarray] = field(default_factory=dict)
+    frames: int | None = None  # frames per output of a video pipeline; None for images
 
     @property
     def latency(self) -> Stat | None:
@@ -58,6 +59,11 @@ class Measurement:
     @property
     def images_per_s(self) -> Stat | None:
         return summarize([self.batch_size / seconds for seconds in self.latency_s])
+
+    @property
+    def frames_per_s(self) -> Stat | None:
+        return None if self.frames is None else summarize([self.batch_size * self.frames / seconds
+                                                           for seconds in self.latency_s])
 
     def summary(self) -> dict[str, Any]:
         latency, rate = self.latency, self.images_per_s
@@ -104,6 +110,7 @@ def measure(
                 break
     result.peak_memory_bytes = memory.peak()
     result.image_problem = image_problem(images)
+    result.frames = frames_per_output(images)
     if keep_images:
         result.images = images
     return result
@@ -128,22 +135,20 @@ def _on_cuda(pipe: DiffusionPipeline) -> bool:
 
 
 def render(pipe: DiffusionPipeline, workload: Workload, call_kwargs: dict, index: int, cuda: bool) -> np.ndarray:
-    """One pipeline call of the workload: its `index`-th prompt with that prompt's seed; the images as arrays.
+    """One pipeline call of the workload: its `index`-th prompt with that prompt's seed; the images as arrays
+    (batch x H x W x 3), or a video pipeline's clips (batch x frames x H x W x 3).
 
-    Guidance is passed only when the workload sets it (else the pipeline's own default applies); the generator is
-    the one `Profile.call_kwargs(seed=...)` gives an app, so what is measured is what ships.
+    The call arguments are the workload's (`Workload.call_kwargs`: guidance and negative prompt only when it sets
+    them, else the pipeline's own defaults apply) and the generator is the one `Profile.call_kwargs(seed=...)` gives
+    an app, so what is measured is what ships.
     """
     prompt = workload.prompts[index % len(workload.prompts)]
     batch = int(call_kwargs.get("num_images_per_prompt", 1))
-    kwargs: dict[str, Any] = {"height": workload.height, "width": workload.width}
-    if workload.guidance_scale is not None:
-        kwargs["guidance_scale"] = workload.guidance_scale
-    kwargs |= call_kwargs
     output = pipe(prompt, generator=workload.generators(workload.prompt_seed(index), batch), output_type="np",
-                  **kwargs)
+                  **workload.call_kwargs(call_kwargs))
     if cuda:
         torch.cuda.synchronize()
-    return output.images
+    return np.asarray(output.frames if workload.output == "video" else output.images)
 
 
 def _timed_call(pipe, workload, call_kwargs, index, cuda) -> tuple[float, np.ndarray]:
@@ -152,6 +157,11 @@ def _timed_call(pipe, workload, call_kwargs, index, cuda) -> tuple[float, np.nda
     started = time.perf_counter()
     images = render(pipe, workload, call_kwargs, index, cuda)
     return time.perf_counter() - started, images
+
+
+def frames_per_output(images: np.ndarray | None) -> int | None:
+    """The frames of each clip in a video pipeline's output (batch x frames x H x W x 3); None for images."""
+    return int(images.shape[1]) if images is not None and images.ndim == 5 else None
 
 
 def image_problem(images: np.ndarray | None) -> str | None:

@@ -130,7 +130,8 @@ def write_outcome(outcome: SearchOutcome, out: str | Path, scoring: Scoring | No
 
 def metrics_of(candidate: Candidate) -> Metrics:
     """A re-measured candidate's numbers as a profile records them; what was not measured is None."""
-    return Metrics(images_per_s=candidate.images_per_s, latency_s=candidate.latency,
+    return Metrics(images_per_s=candidate.images_per_s, frames_per_s=candidate.frames_per_s,
+                   latency_s=candidate.latency,
                    peak_memory_bytes=candidate.peak_memory_bytes or None,
                    quality={k: round(v, 4) for k, v in candidate.quality.items()},
                    warmup_s=round(candidate.warmup_s, 3))

@@ -19,6 +19,8 @@ from . import knobs
 from .exceptions import ProfileError, UnreadableProfile
 from .files import write_atomic
 from .hardware import Hardware, Software
+from .workload import IMAGE_SEED_STRIDE as IMAGE_SEED_STRIDE  # tests and bench read it from here
+from .workload import Workload
 
 SCHEMA_VERSION = 1
 
@@ -40,40 +42,6 @@ class ModelInfo(_Strict):
     pipeline: str
     denoiser: str
     default_guidance_scale: float | None = None  # the pipeline call's own, used when the workload sets none
-
-
-# Image k of a call seeded s is drawn from its own generator seeded s + IMAGE_SEED_STRIDE * k: the prompts' seeds
-# s, s + 1, ... never meet another prompt's images, and image 0 is seeded s as a single generator would be.
-IMAGE_SEED_STRIDE = 1_000_000
-
-
-class Workload(_Strict):
-    """What is rendered: size, prompts, seed, guidance, and how the seed becomes each image's noise.
-
-    `guidance_scale` None is the pipeline's own default (not passed to the call). `seeding: per-image` gives each
-    image of a call its own generator, so an image does not depend on the batch size, even with a scheduler that
-    draws noise at every step (LCM, Euler ancestral); `shared` (profiles written before it was recorded) is one
-    generator for the whole batch.
-    """
-
-    height: PositiveInt
-    width: PositiveInt
-    prompts: list[str] = Field(min_length=1)
-    seed: int = 0
-    guidance_scale: float | None = Field(default=None, ge=0)
-    seeding: Literal["shared", "per-image"] = "per-image"
-
-    def prompt_seed(self, index: int) -> int:
-        """The seed of the workload's `index`-th prompt (prompts repeat past the last)."""
-        return self.seed + index % len(self.prompts)
-
-    def generators(self, seed: int, batch: int) -> Any:
-        """The `generator` argument of a call of `batch` images seeded `seed`, as this workload's seeding says."""
-        import torch
-
-        if self.seeding == "shared":
-            return torch.Generator("cpu").manual_seed(seed)
-        return [torch.Generator("cpu").manual_seed(seed + IMAGE_SEED_STRIDE * k) for k in range(batch)]
 
 
 class QualityFloor(_Strict):
@@ -102,7 +70,10 @@ class Stat(_Strict):
 
 
 class Metrics(_Strict):
+    """The re-measured numbers; a video pipeline's `images_per_s` counts videos, and `frames_per_s` their frames."""
+
     images_per_s: Stat | None = None
+    frames_per_s: Stat | None = None
     latency_s: Stat | None = None
     peak_memory_bytes: PositiveInt | None = None
     quality: dict[str, float] = Field(default_factory=dict)
@@ -148,7 +119,8 @@ class Profile(_Strict):
     provenance: Provenance | None = None
 
     def call_kwargs(self, seed: int | None = None) -> dict[str, Any]:
-        """Keyword arguments for the pipeline call: size, guidance (when the workload set one), steps, batch.
+        """Keyword arguments for the pipeline call: the workload's (size, guidance, negative prompt and the call
+        arguments it sets), then steps and batch.
 
         With `seed`, also the `generator` the search rendered with: one CPU generator per image (`seeding:
         per-image`), so each image is the one a batch of one would give. `seed=profile.workload.prompt_seed(i)`
@@ -156,12 +128,9 @@ class Profile(_Strict):
 
         >>> pipe(prompt, **profile.call_kwargs(seed=1234))  # doctest: +SKIP
         """
-        kwargs: dict[str, Any] = {"height": self.workload.height, "width": self.workload.width}
-        if self.workload.guidance_scale is not None:
-            kwargs["guidance_scale"] = self.workload.guidance_scale
-        kwargs |= knobs.call_kwargs(self.settings_dict())
+        kwargs = self.workload.call_kwargs(knobs.call_kwargs(self.settings_dict()))
         if seed is not None:
-            kwargs["generator"] = self.workload.generators(seed, int(kwargs.get("num_images_per_prompt", 1)))
+            kwargs["generator"] = self.workload.generators(seed, self.settings.batch_size)
         return kwargs
 
     def settings_dict(self) -> dict[str, Any]:

@@ -101,6 +101,9 @@ class Description:
     scheduler: str
     domains: dict[str, Any]  # knob name -> its domain here, as `Domain.to_dict()`
     hardware: dict[str, Any]
+    # Each argument of the pipeline's call -> the scalar kinds it takes (`workload.call_parameters`).
+    call_parameters: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    output: str = "image"  # or "video" (`workload.output_kind`)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class TrialResult:
 class Prepared:
     warmup_s: float
     peak_memory_bytes: int | None
+    frames: int | None = None  # frames per output of a video pipeline
 
 
 @dataclass(frozen=True)

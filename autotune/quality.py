@@ -69,7 +69,8 @@ def parse_floor(text: str) -> FloorSpec:
 
 
 def render(pipe: Any, workload: Any, call_kwargs: dict[str, Any], prompts: list[int] | None = None) -> dict[int, Any]:
-    """The first image of each prompt's call, rendered with that prompt's seed: prompt index -> HxWx3 floats."""
+    """The first image of each prompt's call, rendered with that prompt's seed: prompt index -> HxWx3 floats (a
+    video pipeline's first clip: frames x H x W x 3)."""
     from .measure import render
 
     indices = range(len(workload.prompts)) if prompts is None else prompts
@@ -130,8 +131,13 @@ def images_path(profile_path: str | os.PathLike) -> Path:
 
 
 def save_images(path: str | os.PathLike, images: dict[str, np.ndarray]) -> Path:
-    """Save label -> (prompts, H, W, 3) arrays in [0, 1], atomically; `"reference"` is the reference rendering."""
+    """Save label -> (prompts, H, W, 3) arrays in [0, 1], atomically; `"reference"` is the reference rendering.
+
+    A video pipeline's clips (prompts, frames, H, W, 3) are saved as their first frames: the report's grid shows
+    one still per prompt (quality is scored on every frame).
+    """
     path = Path(path)
+    images = {label: array[:, 0] if np.ndim(array) == 5 else array for label, array in images.items()}
     for label, array in images.items():
         _check_images(label, np.asarray(array))
     buffer = io.BytesIO()
@@ -163,16 +169,22 @@ def score(images: np.ndarray, reference: np.ndarray, metrics: tuple[str, ...] = 
           prompts: list[str] | None = None) -> dict[str, float]:
     """Mean fidelity of `images` to `reference` (both N x H x W x 3 in [0, 1]), per metric; higher is better.
 
+    Video clips (N x frames x H x W x 3) are scored frame by frame: every frame counts as an image of its prompt.
+
     PSNR and SSIM are torchmetrics'. LPIPS (reported as 1 - distance, so that higher is better) and CLIP score
     need their models on this machine; they are never downloaded.
     """
     import torch
 
+    if np.shape(images) != np.shape(reference):
+        raise InvalidInput(f"images of shape {np.shape(images)} cannot be scored against a reference of shape "
+                           f"{np.shape(reference)}")
+    if np.ndim(images) == 5:
+        frames = np.shape(images)[1]
+        prompts = [prompt for prompt in prompts or [] for _ in range(frames)]
+        images, reference = (np.reshape(a, (-1, *np.shape(a)[2:])) for a in (images, reference))
     produced = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
     wanted = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
-    if produced.shape != wanted.shape:
-        raise InvalidInput(f"images of shape {tuple(produced.shape)} cannot be scored against a reference of "
-                           f"shape {tuple(wanted.shape)}")
     if not torch.isfinite(produced).all():
         return {metric: worst_score(metric) for metric in metrics}
     scores = {}

@@ -52,7 +52,7 @@ def _ask(candidate: Candidate, worker: Worker, task: protocol.Prepare | protocol
         candidate.failure = f"{failure.kind}: {failure.reason}"
         return
     if isinstance(answer, protocol.Prepared):
-        candidate.warmup_s = answer.warmup_s
+        candidate.warmup_s, candidate.frames = answer.warmup_s, answer.frames
     else:
         candidate.latency_s.extend(answer.latency_s)
         if answer.rendered is not None:

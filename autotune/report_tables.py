@@ -93,6 +93,11 @@ def _workload_text(workload: dict, fixed: dict) -> str:
         return "-"
     parts = [f"{workload.get('height')}x{workload.get('width')}", f"{len(workload.get('prompts', []))} prompts",
              f"seed {workload.get('seed')}"]
+    if workload.get("guidance_scale") is not None:
+        parts.append(f"guidance {workload['guidance_scale']:g}")
+    if workload.get("negative_prompt") is not None:
+        parts.append(f"negative prompt {workload['negative_prompt']!r}")
+    parts += [f"{name}={knobs.show(value)}" for name, value in (workload.get("call") or {}).items()]
     parts += [f"{name}={knobs.show(value)}" for name, value in fixed.items()]
     return ", ".join(parts)
 
@@ -112,7 +117,10 @@ def _metrics_text(profile: Profile) -> str:
     parts = []
     if metrics.images_per_s is not None:
         stat = metrics.images_per_s
-        parts.append(f"{stat.median:.3g} images/s (spread {stat.cv:.0%}, {stat.n} runs)")
+        unit = "videos/s" if profile.workload.output == "video" else "images/s"
+        parts.append(f"{stat.median:.3g} {unit} (spread {stat.cv:.0%}, {stat.n} runs)")
+    if metrics.frames_per_s is not None:
+        parts.append(f"{metrics.frames_per_s.median:.3g} frames/s")
     if metrics.latency_s is not None:
         parts.append(f"{metrics.latency_s.median:.3g} s/call")
     parts.append(f"peak memory {format_size(metrics.peak_memory_bytes)}")

@@ -271,7 +271,7 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
             study.set_metric_names(["images/s", "peak memory (GiB)", (spec.quality_floor or "ssim").split("=")[0]])
     recorded = study.user_attrs
     for key in StudySpec.IDENTITY if recorded else ():
-        if recorded.get(key) != getattr(spec, key):
+        if _identity(key, recorded.get(key)) != _identity(key, getattr(spec, key)):
             raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
                                 "give a new --study name or the same options as before")
     if "hardware" in recorded:
@@ -280,6 +280,16 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     if not has_heartbeat(study):
         _reclaim_interrupted(study)
     return study
+
+
+# Workload fields added after studies were first recorded, with the value a study recorded before them meant.
+_LATER_WORKLOAD_FIELDS = {"negative_prompt": None, "call": {}, "output": "image"}
+
+
+def _identity(key: str, value: Any) -> Any:
+    if key == "workload" and isinstance(value, dict):
+        return {**_LATER_WORKLOAD_FIELDS, **value}
+    return value
 
 
 def seed_for(study: optuna.Study, seed: int) -> int:

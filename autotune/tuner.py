@@ -35,6 +35,7 @@ from .study import (
 from .trials import SearchInterrupted, run_trials
 from .units import parse_size
 from .worker import ModelSource, Worker, WorkerConfig
+from .workload import check_call, check_controlled
 
 __all__ = ["DEFAULT_PROMPTS", "SearchInterrupted", "SearchOutcome", "run_search", "search"]
 
@@ -71,6 +72,9 @@ def run_search(
     width: int | None = None,
     steps: int | None = None,
     prompts: list[str] | None = None,
+    negative_prompt: str | None = None,
+    guidance_scale: float | None = None,
+    call: dict[str, Any] | None = None,
     seed: int = 0,
     sampler: str = "tpe",
     storage: str | None = None,
@@ -97,6 +101,11 @@ def run_search(
     With `quality_floor` (`ssim=0.9`, `psnr=30`, `ssim=-5%`) every trial is scored against a reference rendering
     and must meet the floor; scheduler, steps, precision and VAE tiling then join the search. `objective="pareto"`
     trades images/s, peak memory and quality, and returns a profile set with the picks fastest, balanced, smallest.
+
+    The workload is what the app will render: `prompts` (each timed call renders the next), `negative_prompt`,
+    `guidance_scale` (None: the pipeline's own) and `call`, any other argument of the pipeline call
+    (`{"num_frames": 33}`; text values such as `"256"` are typed from the call's signature). An argument the pipeline
+    does not take is refused before any trial runs.
     """
     if objective not in OBJECTIVES:
         raise InvalidInput(f"objective {objective!r} is not supported; use one of {', '.join(OBJECTIVES)}")
@@ -108,6 +117,11 @@ def run_search(
         raise InvalidInput("the reference steps must be at least 1")
     if timeout_s is not None and timeout_s <= 0 or trial_timeout_s <= 0:
         raise InvalidInput("a time limit must be more than 0 seconds")
+    if guidance_scale is not None and not guidance_scale >= 0:
+        raise InvalidInput(f"the guidance scale must be 0 or more, got {guidance_scale:g}")
+    if prompts is not None and (not prompts or not all(isinstance(p, str) and p.strip() for p in prompts)):
+        raise InvalidInput("the prompts must be a non-empty list of non-blank texts")
+    check_controlled(call or {})
     if out is not None:  # before the model loads: a read-only folder found after the search loses the profile
         check_writable(str(out).replace("{study}", "study"))
     floor = quality.parse_floor(quality_floor) if isinstance(quality_floor, str) else quality_floor
@@ -129,8 +143,9 @@ def run_search(
         except TrialFailed as failure:
             raise UnknownModel(f"cannot load {model_id}: {failure.reason}") from None
         workload = Workload(
-            height=height or info.default_size, width=width or info.default_size,
-            prompts=prompts or DEFAULT_PROMPTS, seed=seed,
+            height=height or info.default_size, width=width or info.default_size, prompts=prompts or DEFAULT_PROMPTS,
+            seed=seed, guidance_scale=guidance_scale, negative_prompt=negative_prompt, output=info.output,
+            call=check_workload_arguments(info, call or {}, negative_prompt, guidance_scale),
         )
         steps = steps or info.default_steps
         scored = floor is not None or objective == "pareto"
@@ -170,3 +185,14 @@ def run_search(
     finally:
         worker.close()
     return finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit, scoring)
+
+
+def check_workload_arguments(info: protocol.Description, call: dict[str, Any], negative_prompt: str | None,
+                             guidance_scale: float | None) -> dict[str, Any]:
+    """The call arguments typed from the pipeline's signature; a negative prompt or guidance the pipeline does not
+    take is refused like an unknown call argument, in one line naming it and the pipeline."""
+    for flag, key, value in (("--negative-prompt", "negative_prompt", negative_prompt),
+                             ("--guidance", "guidance_scale", guidance_scale)):
+        if value is not None and info.call_parameters and key not in info.call_parameters:
+            raise InvalidInput(f"{flag}: {info.pipeline} takes no {key}")
+    return check_call(call, info.call_parameters, info.pipeline)

@@ -259,7 +259,7 @@ def tensor_bytes(pipe: DiffusionPipeline) -> int:
 
 
 def _describe(state: _WorkerState, task: protocol.Describe) -> protocol.Description:
-    from . import knobs, pipelines
+    from . import knobs, pipelines, workload
 
     pipe = state.fresh_pipeline()
     pipelines.check_text_to_image(pipe)
@@ -271,6 +271,8 @@ def _describe(state: _WorkerState, task: protocol.Describe) -> protocol.Descript
         scheduler=type(pipe.scheduler).__name__,
         domains={name: domain.to_dict() for name, domain in knobs.domains(state.hardware, pipe).items()},
         hardware=state.hardware.model_dump(),
+        call_parameters=workload.call_parameters(type(pipe)),
+        output=workload.output_kind(type(pipe)),
     )
 
 
@@ -315,7 +317,8 @@ def _prepare(state: _WorkerState, task: protocol.Prepare) -> protocol.Prepared:
     apply_settings(pipe, task.settings, state.hardware, fallback=False)
     state.kept, state.kept_kwargs = pipe, task.call_kwargs
     result = measure(pipe, task.workload, task.call_kwargs, Repeats(warmup=1, min_runs=0, max_runs=0))
-    return protocol.Prepared(warmup_s=result.warmup_s, peak_memory_bytes=state.app_peak(result.peak_memory_bytes))
+    return protocol.Prepared(warmup_s=result.warmup_s, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
+                             frames=result.frames)
 
 
 def _time(state: _WorkerState, task: protocol.Time) -> protocol.Timed:

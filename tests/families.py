@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLWan,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -22,6 +23,8 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    WanPipeline,
+    WanTransformer3DModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -114,3 +117,24 @@ def tiny_pixart_sigma() -> PixArtSigmaPipeline:
     return _quiet(PixArtSigmaPipeline(transformer=transformer.eval(), vae=_vae(1),
                                       scheduler=DPMSolverMultistepScheduler(), text_encoder=t5,
                                       tokenizer=t5_tokenizer(64)))
+
+
+# ---- Wan 2.1 text-to-video ----
+
+
+def tiny_wan() -> WanPipeline:
+    """Wan 2.1 text-to-video, as diffusers' tests/pipelines/wan/test_wan.py builds it: a 2-layer WanTransformer3DModel,
+    the Wan VAE (temporal downsampling: `num_frames` is 4k + 1), a T5 encoder, flow matching with shift 7."""
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=259, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    return _quiet(WanPipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                              text_encoder=text_encoder, tokenizer=t5_tokenizer(), transformer_2=None))

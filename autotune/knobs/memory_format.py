@@ -27,8 +27,14 @@ class ChannelsLast(Knob):
                 model.to(memory_format=memory_format)
 
     def unavailable(self, value, hw, pipe=None):
-        if value and pipe is not None and _layout_weight(pipe) is None:
+        if not value or pipe is None:
+            return None
+        if _layout_weight(pipe) is None:
             return f"{type(pipe).__name__} has no spatial convolution in its denoiser or VAE to lay out"
+        for model in (denoiser(pipe), getattr(pipe, "vae", None)):
+            # channels_last is a 4-D layout: torch raises "required rank 4 tensor" on a Conv3d's 5-D weight.
+            if model is not None and any(isinstance(module, torch.nn.Conv3d) for module in model.modules()):
+                return f"{type(model).__name__} has 3-D convolutions (video), which the 4-D channels-last cannot hold"
         return None
 
     def read(self, pipe):

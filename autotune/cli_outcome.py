@@ -1,0 +1,59 @@
+"""The table a search or an export ends with: the chosen configuration(s) beside the default one, re-measured
+together; a video pipeline's rate in videos/s with frames/s beside it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from .units import format_size
+
+if TYPE_CHECKING:
+    from .outcome import SearchOutcome
+
+
+def print_outcome(console: Console, outcome: SearchOutcome) -> None:
+    """The re-measured table, the chosen settings, and where the study and the profile are."""
+    from . import knobs
+
+    table = Table(title=f"Best of {outcome.trials} trials vs the default configuration, measured in the same run")
+    metric = outcome.profile.goal.quality_floor.metric if outcome.profile.goal.quality_floor else "ssim"
+    video = outcome.profile.workload.output == "video"
+    columns = ["configuration", "videos/s" if video else "images/s", *(["frames/s"] if video else []), "spread",
+               "s/call", "peak memory", "batch", "vs default"]
+    if outcome.reference is not None:
+        columns.append(metric)
+    for column in columns:
+        table.add_column(column, justify="right" if column != "configuration" else "left")
+    # No ratio to a default configuration that failed here (`speedup` is None): its column shows "-".
+    base = outcome.baseline.images_per_s.median if outcome.speedup is not None else 0.0
+    rows = [("default", outcome.baseline), ("autotune", outcome.best)]
+    if outcome.profile_set is not None:
+        rows = [("default", outcome.baseline)] + [
+            (name, next(c for c in outcome.candidates if c.trial == profile.provenance.trial))
+            for name, profile in ((n, outcome.profile_set.pick(n)) for n in outcome.profile_set.picks)]
+    for label, candidate in rows:
+        rate = candidate.images_per_s
+        frames = candidate.frames_per_s
+        cells = [label, f"{rate.median:.2f}", *([f"{frames.median:.2f}" if frames else "-"] if video else []),
+                 f"{rate.cv:.0%}", f"{candidate.latency.median:.3f}",
+                 format_size(candidate.peak_memory_bytes), str(candidate.batch_size),
+                 f"{rate.median / base:.2f}x" if base else "-"]
+        if outcome.reference is not None:
+            cells.append(f"{candidate.quality[metric]:.4g}" if metric in candidate.quality else "-")
+        table.add_row(*cells)
+    console.print(table)
+    if outcome.speedup is None:
+        console.print(f"the default configuration did not run here ({outcome.baseline.failure or 'not timed'}): "
+                      "no speed-up ratio")
+    changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
+    console.print("settings: " + (", ".join(f"{k}={knobs.show(v)}" for k, v in changed.items()) or "defaults"))
+    console.print(f"study {outcome.study_name} in {outcome.storage}")
+    if outcome.profile_set is not None:
+        console.print(f"profile set of {len(outcome.profile_set.profiles)} Pareto-optimal configurations written to "
+                      f"[bold]{outcome.profile_path}[/bold]; apply one with "
+                      f"apply_profile(pipe, \"{outcome.profile_path}#balanced\")")
+    else:
+        console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
