@@ -17,6 +17,10 @@ from typing import Annotated
 # transformers announces optional image backends at import; that is noise on a command line.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from .quiet import quiet_library_noise  # noqa: E402
+
+quiet_library_noise()  # torchao's import messages, before anything imports diffusers
+
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402

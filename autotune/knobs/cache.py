@@ -1,11 +1,18 @@
-"""cache: diffusers' step caches on the denoiser (`enable_cache`), which reuse a block's output across steps.
+"""cache: a step cache on the denoiser, which reuses blocks' output across steps: diffusers' own (`enable_cache`) on
+DiT models, DeepCache on UNets.
 
 First Block Cache skips the rest of the blocks when the first block's residual changed less than a threshold since
-the last step; TaylorSeer predicts block outputs from cached derivatives between full steps. Both change the image,
-so a search tries them only under a quality floor (or in a Pareto front). They need a denoiser with `enable_cache`
-and a pipeline whose call sets a cache context (FLUX img2img, Kontext and Fill do not, and raise "No cache context
-is set"): elsewhere they are unavailable, with that reason. Their hooks run under `torch.compiler.disable`, which
-breaks the graph, so they exclude `compile_fullgraph`. `disable_cache()` removes them: the knob is reversible.
+the last step; TaylorSeer predicts block outputs from cached derivatives between full steps; DeepCache reruns only a
+UNet's shallow skip branch between full steps (deepcache.py). All change the image, so a search tries them only
+under a quality floor (or in a Pareto front). diffusers' caches need a denoiser with `enable_cache` and a pipeline
+whose call sets a cache context (FLUX img2img, Kontext and Fill do not, and raise "No cache context is set"):
+elsewhere they are unavailable, with that reason. `disable_cache()` and DeepCache's `disable()` remove them: the
+knob is reversible.
+
+With compile: diffusers' cache hooks run under `torch.compiler.disable`, which breaks the graph, so they exclude
+`compile_fullgraph`. With breaks allowed, First Block Cache and TaylorSeer run compiled on tiny-flux on the CPU, the
+whole denoiser and its repeated blocks alike; DeepCache does too on tiny-sd. Whether a cache pays under compile
+(fewer blocks against graph breaks) is the search's to measure.
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ from typing import Annotated, Literal
 from pydantic import Field, NonNegativeInt
 
 from ..pipelines import denoiser
+from . import deepcache
 from .base import Knob, register
 from .domain import FloatRange, IntRange
 from .rules import Excludes
 
 _CONFIGS = {"first-block": "FirstBlockCacheConfig", "taylorseer": "TaylorSeerCacheConfig"}
+DEEPCACHE = "deepcache"
 
 
 def _unavailable_on(pipe) -> str | None:
@@ -35,8 +44,8 @@ def _unavailable_on(pipe) -> str | None:
 @register
 class Cache(Knob):
     name = "cache"
-    help = "a step cache on the denoiser: none, First Block Cache, or TaylorSeer (enable_cache)"
-    annotation = Literal["none", "first-block", "taylorseer"]
+    help = "a step cache on the denoiser: none, First Block Cache or TaylorSeer (DiT), DeepCache (UNet)"
+    annotation = Literal["none", "first-block", "taylorseer", "deepcache"]
     default = "none"
     stage = "cache"
     after = ("fuse_qkv",)
@@ -46,11 +55,13 @@ class Cache(Knob):
                       other_values={True}),)
 
     def choices(self):
-        return ["none", *_CONFIGS]
+        return ["none", *_CONFIGS, DEEPCACHE]
 
     def unavailable(self, value, hw, pipe=None):
         if value == "none":
             return None
+        if value == DEEPCACHE:
+            return deepcache.unavailable_on(pipe)
         import diffusers
 
         if not hasattr(diffusers, _CONFIGS[value]):
@@ -61,7 +72,10 @@ class Cache(Knob):
         net = denoiser(pipe)
         if getattr(net, "is_cache_enabled", False):
             net.disable_cache()
-        if value == "first-block":
+        deepcache.disable(pipe)
+        if value == DEEPCACHE:
+            deepcache.enable(pipe, settings.get("cache_interval", 5), settings.get("cache_branch", 0))
+        elif value == "first-block":
             from diffusers import FirstBlockCacheConfig
 
             net.enable_cache(FirstBlockCacheConfig(threshold=settings.get("cache_threshold", 0.05)))
@@ -73,6 +87,8 @@ class Cache(Knob):
                 disable_cache_before_step=settings.get("cache_warmup_steps", 3)))
 
     def read(self, pipe):
+        if deepcache.helper_of(pipe) is not None:
+            return DEEPCACHE
         config = _config(pipe)
         return next((value for value, name in _CONFIGS.items() if type(config).__name__ == name), "none")
 
@@ -89,6 +105,8 @@ class _CacheOption(Knob):
     attribute: str  # the config field this option sets
 
     def read(self, pipe):
+        if deepcache.helper_of(pipe) is not None:
+            return deepcache.option(pipe, self.name)
         return getattr(_config(pipe), self.attribute, None)
 
 
@@ -111,10 +129,10 @@ class CacheThreshold(_CacheOption):
 @register
 class CacheInterval(_CacheOption):
     name = "cache_interval"
-    help = "TaylorSeer: steps between full computations of the blocks"
+    help = "TaylorSeer, DeepCache: steps between full computations of the blocks"
     annotation = Annotated[int, Field(strict=True, ge=1, le=100)]
     default = 5
-    parent = ("cache", frozenset({"taylorseer"}))
+    parent = ("cache", frozenset({"taylorseer", DEEPCACHE}))
     attribute = "cache_interval"
 
     def choices(self):
@@ -138,3 +156,27 @@ class CacheWarmupSteps(_CacheOption):
 
     def domain(self, hw, pipe=None):
         return IntRange(0, 8)
+
+
+@register
+class CacheBranch(_CacheOption):
+    name = "cache_branch"
+    help = "DeepCache: the UNet skip branch rerun between full steps (0: the shallowest, the most reused)"
+    annotation = NonNegativeInt
+    default = 0
+    parent = ("cache", frozenset({DEEPCACHE}))
+    attribute = "cache_branch"  # no diffusers config has one: it reads as None unless DeepCache is on
+
+    def choices(self):
+        return [0, 1, 3]
+
+    def unavailable(self, value, hw, pipe=None):
+        if pipe is not None and deepcache.unavailable_on(pipe) is None and value >= deepcache.branches(pipe):
+            net = denoiser(pipe)
+            return (f"{type(net).__name__} has {len(net.down_blocks)} down blocks, so DeepCache branches "
+                    f"0..{deepcache.branches(pipe) - 1}")
+        return None
+
+    def domain(self, hw, pipe=None):
+        usable = pipe is not None and deepcache.unavailable_on(pipe) is None
+        return IntRange(0, deepcache.branches(pipe) - 1 if usable else max(self.choices()))
