@@ -27,7 +27,11 @@ FAMILIES = {
     "sd3": families.tiny_sd3,
     "flux": "builtin:tiny-flux",
     "lcm": families.tiny_lcm,
+    "pixart-sigma": families.tiny_pixart_sigma,
 }
+# Call arguments a family needs at the toy size (PixArt's resolution bins start at 256 px); Wan 2.1 text-to-video,
+# with its `num_frames`, is searched in test_workload.
+CALLS = {"pixart-sigma": {"use_resolution_binning": False, "clean_caption": False}}
 
 
 def build(model):
@@ -39,7 +43,7 @@ def build(model):
 def test_a_search_completes_and_its_profile_applies_to_a_fresh_pipeline(family, tmp_path):
     model = FAMILIES[family]
     outcome = run_search(model, n_trials=2, steps=2, max_batch=2, top_k=1, rounds=1, out=tmp_path / "p.yaml",
-                         storage=f"sqlite:///{tmp_path}/s.db", pinned={"compile": "none"})
+                         storage=f"sqlite:///{tmp_path}/s.db", pinned={"compile": "none"}, call=CALLS.get(family))
     profile = load_profile(outcome.profile_path)
     assert outcome.best.measured and profile.metrics.images_per_s.median > 0
     assert profile.model.pipeline == type(build(model)).__name__
