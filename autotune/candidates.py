@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import quality
+from .comparison import Ratio, ratio_of_medians
 from .measure import summarize
 from .profile import Stat
 
@@ -45,7 +46,18 @@ class Candidate:
 
     @property
     def images_per_s(self) -> Stat:
-        return summarize([self.batch_size / seconds for seconds in self.latency_s])
+        return summarize(self.rates)
+
+    @property
+    def rates(self) -> list[float]:
+        """images/s of each timed call."""
+        return [self.batch_size / seconds for seconds in self.latency_s]
+
+    def vs(self, other: Candidate) -> Ratio | None:
+        """This candidate's images/s over `other`'s, with its interval; None when either was not timed."""
+        if not self.measured or not other.measured:
+            return None
+        return ratio_of_medians(self.rates, other.rates)
 
     @property
     def latency(self) -> Stat:

@@ -11,6 +11,7 @@ from rich.table import Table
 from .units import format_size
 
 if TYPE_CHECKING:
+    from .candidates import Candidate
     from .outcome import SearchOutcome
 
 
@@ -27,8 +28,6 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
         columns.append(metric)
     for column in columns:
         table.add_column(column, justify="right" if column != "configuration" else "left")
-    # No ratio to a default configuration that failed here (`speedup` is None): its column shows "-".
-    base = outcome.baseline.images_per_s.median if outcome.speedup is not None else 0.0
     rows = [("default", outcome.baseline), ("autotune", outcome.best)]
     if outcome.profile_set is not None:
         rows = [("default", outcome.baseline)] + [
@@ -40,14 +39,19 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
         cells = [label, f"{rate.median:.2f}", *([f"{frames.median:.2f}" if frames else "-"] if video else []),
                  f"{rate.cv:.0%}", f"{candidate.latency.median:.3f}",
                  format_size(candidate.peak_memory_bytes), str(candidate.batch_size),
-                 f"{rate.median / base:.2f}x" if base else "-"]
+                 _versus(candidate, outcome.baseline)]
         if outcome.reference is not None:
             cells.append(f"{candidate.quality[metric]:.4g}" if metric in candidate.quality else "-")
         table.add_row(*cells)
     console.print(table)
+    ratio = outcome.speedup_ratio
     if outcome.speedup is None:
         console.print(f"the default configuration did not run here ({outcome.baseline.failure or 'not timed'}): "
                       "no speed-up ratio")
+    elif ratio.verdict == "cannot tell":
+        console.print(f"[bold]the runs cannot tell autotune's choice from the default: {ratio.low:.2f}x to "
+                      f"{ratio.high:.2f}x ({ratio.confidence:.0%} interval)[/bold]; a busy machine spreads them, "
+                      "so re-measure it on a quiet one with `autotune verify`")
     changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
     console.print("settings: " + (", ".join(f"{k}={knobs.show(v)}" for k, v in changed.items()) or "defaults"))
     console.print(f"study {outcome.study_name} in {outcome.storage}")
@@ -57,3 +61,11 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
                       f"apply_profile(pipe, \"{outcome.profile_path}#balanced\")")
     else:
         console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
+
+
+def _versus(candidate: Candidate, baseline: Candidate) -> str:
+    """The ratio to the default with its interval; "-" for the default itself or when either was not timed."""
+    if candidate is baseline:
+        return "1x"
+    ratio = candidate.vs(baseline)
+    return ratio.show() if ratio is not None else "-"

@@ -15,9 +15,10 @@ import optuna
 
 from . import __version__, knobs, pipelines
 from .candidates import Candidate, choose_picks, pareto_candidates, pareto_front, save_images, top_candidates
+from .comparison import Ratio
 from .exceptions import CannotWrite, NothingFits
 from .hardware import Fingerprint
-from .profile import Goal, Metrics, ModelInfo, Profile, ProfileSet, Provenance, Workload, now
+from .profile import Goal, Metrics, ModelInfo, Profile, ProfileSet, Provenance, SpeedRatio, Workload, now
 from .remeasure import remeasure
 from .scoring import Scoring, scoring_for
 from .space import REFERENCE_RECIPE
@@ -44,11 +45,15 @@ class SearchOutcome:
     @property
     def speedup(self) -> float | None:
         """The best configuration's images/s over the default's, measured side by side; None when the default
-        configuration failed here or was never timed (there is no ratio to give)."""
-        if not self.baseline.measured or not self.best.measured:
-            return None
-        base = self.baseline.images_per_s.median
-        return self.best.images_per_s.median / base if base > 0 else None
+        configuration failed here or was never timed (there is no ratio to give). See `speedup_ratio` for its
+        interval, without which the number is no claim."""
+        ratio = self.speedup_ratio
+        return ratio.median if ratio is not None else None
+
+    @property
+    def speedup_ratio(self) -> Ratio | None:
+        """The speed-up with its bootstrap interval and verdict (faster, slower, or cannot tell)."""
+        return self.best.vs(self.baseline)
 
 
 def finish_study(
@@ -73,7 +78,16 @@ def finish_study(
     emit("phase", {"message": f"re-measuring the top {len(candidates)} and the default configuration, interleaved"})
     warn_if_busy(emit)
     workload = Workload(**spec.workload)
-    remeasure([baseline, *candidates], config, workload, rounds, spec.trial_timeout_s, scoring=scoring)
+
+    def settled() -> bool:
+        """Whether the leader's speed-up over the default is decided (its interval excludes 1) or cannot be."""
+        timed = [c for c in candidates if c.measured]
+        ratio = max(timed, key=lambda c: c.images_per_s.median).vs(baseline) if timed else None
+        return ratio is None or ratio.verdict != "cannot tell"
+
+    # A spread too wide to tell the leader from the default gets up to as many rounds again, then is reported as is.
+    remeasure([baseline, *candidates], config, workload, rounds, spec.trial_timeout_s, scoring=scoring,
+              extra_rounds=rounds, settled=settled)
     floor = scoring.floor_spec if scoring else None
     fitting = [c for c in candidates if c.fits(budget_bytes) and (scoring is None or scoring.meets(c.quality))]
     if not fitting:
@@ -91,7 +105,7 @@ def finish_study(
             goal=Goal(objective=objective, memory_budget_bytes=budget_bytes,
                       quality_floor=scoring.floor_record() if scoring and floor else None),
             settings=candidate.settings,
-            metrics=metrics_of(candidate),
+            metrics=metrics_of(candidate, baseline),
             provenance=Provenance(sampler=type(study.sampler).__name__, seed=spec.seed, trials=trials,
                                   study=study.study_name, storage=redact(storage_url), created=now(),
                                   autotune=__version__, trial=candidate.trial),
@@ -128,9 +142,11 @@ def write_outcome(outcome: SearchOutcome, out: str | Path, scoring: Scoring | No
                           "run the same command again to write the profile") from error
 
 
-def metrics_of(candidate: Candidate) -> Metrics:
+def metrics_of(candidate: Candidate, baseline: Candidate | None = None) -> Metrics:
     """A re-measured candidate's numbers as a profile records them; what was not measured is None."""
+    ratio = candidate.vs(baseline) if baseline is not None else None
     return Metrics(images_per_s=candidate.images_per_s, frames_per_s=candidate.frames_per_s,
+                   vs_default=SpeedRatio(**ratio.record()) if ratio is not None else None,
                    latency_s=candidate.latency,
                    peak_memory_bytes=candidate.peak_memory_bytes or None,
                    quality={k: round(v, 4) for k, v in candidate.quality.items()},

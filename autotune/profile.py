@@ -69,11 +69,22 @@ class Stat(_Strict):
     n: PositiveInt
 
 
+class SpeedRatio(_Strict):
+    """images/s over the default configuration's, measured in the same interleaved rounds: the ratio of the medians
+    and its bootstrap interval (`comparison.ratio_of_medians`). An interval that spans 1 is no claim of a speed-up."""
+
+    median: float = Field(gt=0)
+    low: float = Field(ge=0)
+    high: float = Field(ge=0)
+    confidence: float = Field(gt=0, lt=1)
+
+
 class Metrics(_Strict):
     """The re-measured numbers; a video pipeline's `images_per_s` counts videos, and `frames_per_s` their frames."""
 
     images_per_s: Stat | None = None
     frames_per_s: Stat | None = None
+    vs_default: SpeedRatio | None = None
     latency_s: Stat | None = None
     peak_memory_bytes: PositiveInt | None = None
     quality: dict[str, float] = Field(default_factory=dict)

@@ -5,6 +5,8 @@ Slow drifts of the machine then hit every candidate alike. Optuna-free: `verify`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import knobs, protocol, quality
 from .candidates import Candidate
 from .exceptions import TrialFailed
@@ -14,9 +16,12 @@ from .worker import Worker, WorkerConfig
 
 
 def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workload, rounds: int,
-              timeout_s: float, runs_per_round: int = protocol.RUNS_PER_ROUND, scoring: Scoring | None = None) -> None:
+              timeout_s: float, runs_per_round: int = protocol.RUNS_PER_ROUND, scoring: Scoring | None = None,
+              extra_rounds: int = 0, settled: Callable[[], bool] | None = None) -> None:
     """Time every candidate in its own warmed-up worker, round-robin; with `scoring`, render and score its images in
-    the last round. Fills each candidate's latencies, peak memory, warm-up, images and quality, or its failure.
+    the last planned round. Fills each candidate's latencies, peak memory, warm-up, images and quality, or its
+    failure. With `settled`, up to `extra_rounds` more rounds run while `settled()` says the comparison the caller
+    needs is not decided yet.
 
     >>> remeasure([Candidate("default", {})], WorkerConfig("builtin:tiny-sd"), workload, 2, 600)  # doctest: +SKIP
     """
@@ -27,7 +32,9 @@ def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workl
         for candidate in candidates:
             _ask(candidate, workers[id(candidate)], protocol.Prepare(candidate.settings, workload,
                                                                      knobs.call_kwargs(candidate.settings)), timeout_s)
-        for round_number in range(rounds):
+        for round_number in range(rounds + extra_rounds):
+            if round_number >= rounds and (settled is None or settled()):
+                break
             order = candidates[round_number % len(candidates):] + candidates[:round_number % len(candidates)]
             last = round_number == rounds - 1
             for candidate in order:

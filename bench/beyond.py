@@ -27,6 +27,10 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loads transformers
 
+from autotune.quiet import quiet_library_noise  # noqa: E402
+
+quiet_library_noise()  # torchao's import messages, before diffusers imports it
+
 from rich.console import Console  # noqa: E402
 
 from autotune import knobs, pipelines, quality  # noqa: E402
@@ -181,13 +185,14 @@ def summary(console: Console, rows, candidates, floor) -> None:
         return
     fastest = max(meeting, key=lambda c: c.images_per_s.median)
     console.print(f"[bold]autotune / fastest hand recipe that meets the floor ({fastest.label}): "
-                  f"{ours.images_per_s.median / fastest.images_per_s.median:.2f}x[/bold]")
+                  f"{ours.vs(fastest).show()}[/bold] (95% bootstrap interval of the ratio of medians)")
 
 
 def _ratio(candidate: Candidate, default: Candidate) -> str:
-    if not default.measured or default.images_per_s.median <= 0:
-        return "n/a (default not timed)"
-    return f"{candidate.images_per_s.median / default.images_per_s.median:.2f}x"
+    if candidate is default:
+        return "1x"
+    ratio = candidate.vs(default)
+    return ratio.show() if ratio is not None else "n/a (default not timed)"
 
 
 if __name__ == "__main__":

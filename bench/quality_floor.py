@@ -65,7 +65,7 @@ def main() -> None:
         console.print(f"chosen:  {best.images_per_s.median:.2f} images/s (cv {best.images_per_s.cv:.0%}), "
                       f"{floor.metric} {best.quality[floor.metric]:.4g} in the search, {again[floor.metric]:.4g} "
                       f"re-scored here (floor {minimum:.4g}: {'met' if again[floor.metric] >= minimum else 'MISSED'})")
-        console.print(f"[bold]speed-up under {args.floor}: {_ratio(outcome.speedup)}[/bold] the default "
+        console.print(f"[bold]speed-up under {args.floor}: {_ratio(outcome.speedup_ratio)}[/bold] the default "
                       "configuration, measured interleaved in the same run")
 
         console.print(f"search under {args.strict}, {args.strict_trials} trials ...")
@@ -76,11 +76,11 @@ def main() -> None:
         kept = settings["scheduler"] == "default" and settings["steps"] == args.reference_steps
         console.print(f"under {args.strict}: scheduler={settings['scheduler']}, steps={settings['steps']} "
                       f"({'the reference' if kept else 'NOT the reference'}'s), "
-                      f"{strict.best.images_per_s.median:.2f} images/s, {_ratio(strict.speedup)} the default")
+                      f"{strict.best.images_per_s.median:.2f} images/s, {_ratio(strict.speedup_ratio)} the default")
 
 
-def _ratio(speedup: float | None) -> str:
-    return f"{speedup:.2f}x" if speedup is not None else "no ratio to (it failed here)"
+def _ratio(ratio) -> str:
+    return ratio.show() if ratio is not None else "no ratio to (it failed here)"
 
 
 if __name__ == "__main__":

@@ -64,17 +64,24 @@ def main() -> None:
     remeasure(contenders, WorkerConfig(model=args.model, device=hardware.device, memory_budget_bytes=budget),
               tuned.profile.workload, rounds=args.rounds, timeout_s=900)
 
-    base = contenders[0].images_per_s.median
+    base = contenders[0]
     table = Table(title=f"{args.model} on {hardware.describe()}, {args.steps} steps, "
                         f"{tuned.profile.workload.width}x{tuned.profile.workload.height}, budget {format_size(budget)}")
-    for column in ("contender", "images/s", "spread", "batch", "peak memory", "x default"):
+    for column in ("contender", "images/s", "spread", "batch", "peak memory", "x default (95% interval)"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for contender in contenders:
         rate = contender.images_per_s
         table.add_row(contender.label, f"{rate.median:.2f}" if not contender.failure else contender.failure,
                       f"{rate.cv:.0%}", str(contender.batch_size), format_size(contender.peak_memory_bytes),
-                      f"{rate.median / base:.2f}x" if base and not contender.failure else "-")
+                      _versus(contender, base))
     console.print(table)
+
+
+def _versus(contender: Candidate, base: Candidate) -> str:
+    if contender is base:
+        return "1x"
+    ratio = contender.vs(base)
+    return ratio.show() if ratio is not None else "-"
 
 
 if __name__ == "__main__":

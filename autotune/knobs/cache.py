@@ -35,7 +35,8 @@ DEEPCACHE = "deepcache"
 def _unavailable_on(pipe) -> str | None:
     net = denoiser(pipe)
     if not hasattr(net, "enable_cache"):
-        return f"{type(net).__name__} has no enable_cache (diffusers' step caches reach its DiT models only)"
+        return (f"{type(net).__name__} has no enable_cache (diffusers' step caches reach only models built on its "
+                "CacheMixin)")
     if "cache_context" not in inspect.getsource(type(pipe).__call__):
         return f"{type(pipe).__name__} sets no cache context for its denoiser's steps"
     return None

@@ -1,0 +1,78 @@
+"""Comparisons with their uncertainty: a ratio of medians comes with its bootstrap interval, and the verdict follows
+the interval; the final re-measurement runs more rounds (within a bound) while the interval cannot tell."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autotune.candidates import Candidate
+from autotune.comparison import Ratio, ratio_of_medians
+from autotune.outcome import SearchOutcome, metrics_of
+
+
+def test_a_clear_speed_up_is_claimed_with_an_interval_above_one():
+    rng = np.random.default_rng(1)
+    ratio = ratio_of_medians(2.0 + 0.05 * rng.standard_normal(8), 1.0 + 0.03 * rng.standard_normal(8))
+    assert ratio.verdict == "faster" and 1 < ratio.low < ratio.median < ratio.high < 2.3
+    assert ratio.show() == f"{ratio.median:.2f}x ({ratio.low:.2f}-{ratio.high:.2f}x)"
+
+
+def test_runs_spread_by_a_busy_machine_cannot_tell_and_say_so():
+    # Both sides' runs as a storm leaves them: half near their quiet rate, half slowed 15-20x.
+    ratio = ratio_of_medians([1.4, 0.1, 1.5, 0.07], [1.0, 0.05, 1.1, 0.06])
+    assert ratio.verdict == "cannot tell" and ratio.low < 1 < ratio.high
+    assert ratio.show().startswith("cannot tell (") and "x" not in ratio.show().split("(")[0]
+
+
+def test_a_slower_configuration_is_called_slower():
+    assert ratio_of_medians([0.5, 0.52, 0.49, 0.5], [1.0, 1.02, 0.98, 1.0]).verdict == "slower"
+
+
+def test_no_ratio_without_runs_on_both_sides_or_with_a_zero_default():
+    assert ratio_of_medians([], [1.0]) is None and ratio_of_medians([1.0], []) is None
+    assert ratio_of_medians([1.0], [0.0, 0.0]) is None
+
+
+def test_the_interval_is_reproducible():
+    samples = ([1.2, 1.5, 1.1, 1.9, 1.4], [1.0, 0.7, 1.3, 1.1, 0.9])
+    assert ratio_of_medians(*samples) == ratio_of_medians(*samples)
+
+
+def test_the_outcome_and_the_profile_carry_the_interval_not_only_the_median():
+    baseline = Candidate("default", {}, latency_s=[1.0, 1.05, 0.95, 1.0])
+    best = Candidate("trial 3", {"batch_size": 2}, latency_s=[1.0, 1.02, 0.98, 1.0])  # 2 images a call
+    outcome = SearchOutcome(None, baseline, best, [best], "s", "sqlite://", 4)
+    assert outcome.speedup == pytest.approx(2.0) and outcome.speedup_ratio.verdict == "faster"
+    recorded = metrics_of(best, baseline).vs_default
+    assert recorded.median == pytest.approx(2.0) and recorded.confidence == 0.95
+    assert recorded.low <= recorded.median <= recorded.high
+    assert metrics_of(best).vs_default is None  # nothing to compare with: no ratio recorded
+
+
+def test_a_ratio_record_round_trips():
+    ratio = Ratio(2.0, 1.5, 2.5)
+    assert ratio.record() == {"median": 2.0, "low": 1.5, "high": 2.5, "confidence": 0.95}
+
+
+@pytest.mark.slow
+def test_the_re_measurement_adds_rounds_only_while_the_comparison_is_undecided():
+    from autotune.profile import Workload
+    from autotune.remeasure import remeasure
+    from autotune.worker import WorkerConfig
+
+    workload = Workload(height=64, width=64, prompts=["a cat"])
+    asked = []
+
+    def undecided() -> bool:
+        asked.append(True)
+        return False
+
+    candidates = [Candidate("default", {"steps": 2}), Candidate("same", {"steps": 2})]
+    remeasure(candidates, WorkerConfig("builtin:tiny-sd"), workload, rounds=1, timeout_s=300, runs_per_round=1,
+              extra_rounds=2, settled=undecided)
+    assert [len(c.latency_s) for c in candidates] == [3, 3] and len(asked) == 2  # 1 planned + 2 extra rounds
+    decided = [Candidate("default", {"steps": 2}), Candidate("same", {"steps": 2})]
+    remeasure(decided, WorkerConfig("builtin:tiny-sd"), workload, rounds=1, timeout_s=300, runs_per_round=1,
+              extra_rounds=2, settled=lambda: True)
+    assert [len(c.latency_s) for c in decided] == [1, 1]
