@@ -18,6 +18,7 @@ from .candidates import Candidate, choose_picks, pareto_candidates, pareto_front
 from .comparison import Ratio
 from .exceptions import CannotWrite, NothingFits
 from .hardware import Fingerprint
+from .host_load import BUSY_SHARE, others_share
 from .profile import Goal, Metrics, ModelInfo, Profile, ProfileSet, Provenance, SpeedRatio, Workload, now
 from .remeasure import remeasure
 from .scoring import Scoring, scoring_for
@@ -154,11 +155,12 @@ def metrics_of(candidate: Candidate, baseline: Candidate | None = None) -> Metri
 
 
 def warn_if_busy(emit: Events) -> None:
-    """Say so when the machine is busy: another process on a small machine can slow a timed run many times over."""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > 0.75 * cores:
-        emit("phase", {"message": f"warning: the machine is busy (load {load:.1f} on {cores} cores); "
-                                  "timings will be noisy"})
+    """Say so when other work is using the machine: it can slow a timed run many times over. The search's own
+    workers are not counted."""
+    share = others_share()
+    if share > BUSY_SHARE:
+        emit("phase", {"message": f"warning: other processes are using {share:.0%} of this machine's "
+                                  f"{os.cpu_count() or 1} cores; timings will be noisy"})
 
 
 def nothing_fits_message(study: optuna.Study, budget_bytes: int, scoring: Scoring | None = None) -> str:

@@ -13,17 +13,14 @@ that other processes used meanwhile.
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Literal
-
-import psutil
 
 from .apply import ProfileLike, check_pipeline_fits, resolve_profile
 from .candidates import Candidate
 from .exceptions import IncompatibleProfile, InvalidInput
 from .hardware import Hardware, probe
+from .host_load import OthersCpu
 from .library import SearchPath
 from .options import DEFAULT_REFERENCE_STEPS, DEFAULT_TOLERANCE
 from .profile import Profile, Stat
@@ -109,7 +106,7 @@ def verify_profile(
     _check_runnable_here(resolved, model, hardware)
     result = Verification(resolved, model, hardware, resolved.hardware.same_model(hardware), workers=workers,
                           rounds=rounds)
-    with _OthersCpu() as others:
+    with OthersCpu() as others:
         _measure(result, timeout_s)
     result.others_cpu_share = others.share
     result.checks = [_speed_check(result, tolerance), _memory_check(result), _quality_check(result)]
@@ -145,31 +142,6 @@ def _measure(result: Verification, timeout_s: float) -> None:
         result.images_per_s = pooled.images_per_s
         result.warmup_s = max(run.warmup_s for run in runs)
     result.peak_memory_bytes = max((run.peak_memory_bytes for run in runs if run.peak_memory_bytes), default=None)
-
-
-class _OthersCpu:
-    """The share of the machine's CPU time that processes other than this one and its workers used meanwhile."""
-
-    def __enter__(self) -> _OthersCpu:
-        self.share = 0.0
-        self._start = (time.monotonic(), _busy_seconds(), _own_seconds())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall, busy, own = (now - then for now, then in zip((time.monotonic(), _busy_seconds(), _own_seconds()),
-                                                           self._start, strict=True))
-        self.share = max(0.0, busy - own) / max(1e-9, wall * (os.cpu_count() or 1))
-
-
-def _busy_seconds() -> float:
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
-def _own_seconds() -> float:
-    # Workers are joined when they close, so their CPU time is in this process's children times by then.
-    times = psutil.Process().cpu_times()
-    return times.user + times.system + times.children_user + times.children_system
 
 
 def _speed_check(result: Verification, tolerance: float) -> Check:
