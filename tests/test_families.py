@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from autotune import knobs, pipelines
 from autotune.apply import apply_profile
 from autotune.cli import app
+from autotune.hardware import probe
 from autotune.profile import load_profile
 from autotune.tuner import run_search
 from tests import families
@@ -63,11 +64,20 @@ def test_probe_names_what_a_family_cannot_take_and_why(tmp_path):
     assert rows["layerwise_casting", "fp8-e4m3"]["available"]
 
 
+CHANGES_THE_IMAGE = {
+    "cache-and-fp8-storage": {"cache": "first-block", "cache_threshold": 0.2, "layerwise_casting": "fp8-e4m3"},
+    "int8-quantization": {"quantization": "int8-weight-only"},
+}
+
+
 @pytest.mark.slow
-def test_a_profile_with_a_step_cache_and_fp8_storage_round_trips_applies_and_verifies(tmp_path):
+@pytest.mark.parametrize("case", CHANGES_THE_IMAGE)
+def test_a_profile_that_changes_the_image_round_trips_applies_and_verifies(case, tmp_path):
     from autotune.verify import verify_profile
 
-    pinned = {"compile": "none", "cache": "first-block", "cache_threshold": 0.2, "layerwise_casting": "fp8-e4m3"}
+    if knobs.get("quantization").unavailable("int8-weight-only", probe().hardware) and "quantization" in case:
+        pytest.skip(knobs.get("quantization").unavailable("int8-weight-only", probe().hardware))
+    pinned = {"compile": "none", **CHANGES_THE_IMAGE[case]}
     outcome = run_search("builtin:tiny-flux", n_trials=1, steps=4, reference_steps=4, max_batch=1, top_k=1, rounds=1,
                          quality_floor="psnr=5", out=tmp_path / "p.yaml", storage=f"sqlite:///{tmp_path}/s.db",
                          pinned=pinned)
@@ -75,8 +85,7 @@ def test_a_profile_with_a_step_cache_and_fp8_storage_round_trips_applies_and_ver
     assert {name: profile.settings_dict()[name] for name in pinned} == pinned
     assert profile.metrics.quality["psnr"] >= 5
     pipe = apply_profile(pipelines.load("builtin:tiny-flux"), profile)
-    assert {name: knobs.get(name).read(pipe) for name in pinned if name != "compile"} == {
-        "cache": "first-block", "cache_threshold": 0.2, "layerwise_casting": "fp8-e4m3"}
+    assert {name: knobs.get(name).read(pipe) for name in CHANGES_THE_IMAGE[case]} == CHANGES_THE_IMAGE[case]
     result = verify_profile(outcome.profile_path, tolerance=0.9, workers=1, rounds=1)
     checks = {check.metric: check for check in result.checks}
     assert checks["quality"].status == "pass", checks["quality"]
