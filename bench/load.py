@@ -1,0 +1,104 @@
+"""Benchmark: the README's main search on a quiet machine and with a CPU-heavy process beside it, from one script.
+
+Both searches run the same command (same seed, a study each). A busy search must not ship a worse configuration
+without saying so: afterwards, on the quiet machine, both chosen configurations and the default one are re-measured
+interleaved, and the script prints
+- the busy search's choice against the quiet one's (within 10%, or the busy search said it could not tell), and
+- each search's printed claim (speed-up and its interval) against the quiet re-measurement of the same ratio.
+
+    python bench/load.py --trials 30            # the README's main search, twice; --trials 10 for a shorter run
+
+The busy process is `--burners` pure-Python spinning processes (one per core by default). This is a benchmark, not a
+test: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loads transformers
+
+from autotune.quiet import quiet_library_noise  # noqa: E402
+
+quiet_library_noise()
+
+from rich.console import Console  # noqa: E402
+
+from autotune import knobs  # noqa: E402
+from autotune.candidates import Candidate  # noqa: E402
+from autotune.hardware import probe  # noqa: E402
+from autotune.remeasure import remeasure  # noqa: E402
+from autotune.tuner import run_search  # noqa: E402
+from autotune.worker import WorkerConfig  # noqa: E402
+
+
+def _spin(stop_at: float) -> None:
+    while time.time() < stop_at:
+        pass
+
+
+def search(args, folder: Path, name: str, burners: int) -> tuple:
+    """One search; with `burners`, that many spinning processes run beside it until it ends."""
+    procs = [multiprocessing.get_context("spawn").Process(target=_spin, args=(time.time() + 86400,), daemon=True)
+             for _ in range(burners)]
+    for proc in procs:
+        proc.start()
+    started = time.perf_counter()
+    try:
+        outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, seed=args.seed,
+                             out=folder / f"{name}.yaml", study_name=name)
+    finally:
+        for proc in procs:
+            proc.kill()
+    return outcome, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:tiny-sd")
+    parser.add_argument("--budget", default="4GB")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--burners", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+    console = Console(width=200)
+    hw = probe().hardware
+
+    with tempfile.TemporaryDirectory(prefix="autotune-load-") as folder:
+        console.print(f"quiet search: {args.trials} trials ...")
+        quiet, quiet_s = search(args, Path(folder), "quiet", 0)
+        console.print(f"busy search: {args.trials} trials beside {args.burners} spinning processes ...")
+        busy, busy_s = search(args, Path(folder), "busy", args.burners)
+        console.print(f"re-measuring both choices and the default on the quiet machine, {args.rounds} rounds ...")
+        default = Candidate("default", {**knobs.defaults(), "steps": quiet.baseline.settings.get("steps")})
+        chosen = {"quiet": Candidate("quiet search's choice", quiet.best.settings),
+                  "busy": Candidate("busy search's choice", busy.best.settings)}
+        remeasure([default, *chosen.values()], WorkerConfig(model=args.model, device=hw.device),
+                  quiet.profile.workload, args.rounds, 900)
+
+    console.print(f"\nmachine: {hw.gpu or hw.cpu}, {hw.cpu_cores} cores; quiet search {quiet_s:.0f} s, busy search "
+                  f"{busy_s:.0f} s")
+    console.print("| search | its claim vs default | re-measured quietly | claim holds | images/s re-measured |")
+    console.print("|---|---|---|---|---|")
+    for name, outcome in (("quiet", quiet), ("busy", busy)):
+        claim, again = outcome.speedup_ratio, chosen[name].vs(default)
+        holds = (claim is not None and again is not None
+                 and (claim.verdict == "cannot tell" or claim.low <= again.median <= claim.high))
+        console.print(f"| {name} | {claim.show() if claim else '-'} | {again.show() if again else '-'} | "
+                      f"{'yes' if holds else 'NO'} | {chosen[name].images_per_s.median:.3g} |")
+    ratio = chosen["busy"].vs(chosen["quiet"])
+    said_cannot_tell = busy.speedup_ratio is not None and busy.speedup_ratio.verdict == "cannot tell"
+    within = ratio is not None and ratio.median >= 0.9
+    console.print(f"busy choice / quiet choice, re-measured quietly: {ratio.show() if ratio else '-'}: "
+                  + ("within 10%" if within else "the busy search said it could not tell" if said_cannot_tell
+                     else "WORSE by more than 10%, and the busy search claimed a winner"))
+
+
+if __name__ == "__main__":
+    main()
