@@ -290,16 +290,23 @@ def verify(
     workers: Annotated[int, typer.Option(help="worker processes measured, one after the other")] = 5,
     rounds: Annotated[int, typer.Option(help="rounds of 2 timed runs in each worker, after its warm-up")] = 2,
     search_path: SearchPathOption = None,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", help="seconds after which no further worker "
+                                                     "starts (the first always runs)")] = None,
 ) -> None:
     """Re-measure a profile here: images/s, peak memory and quality against its record; exit 1 when one fails."""
     if not 0 < tolerance < 1:
         raise InvalidInput(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
     check_at_least_one(("workers", workers), ("rounds", rounds))
+    check_positive(("time-limit", time_limit))
     from .verify import verify_profile
 
-    with console.status("re-measuring the profile in worker processes"):
+    with console.status("re-measuring the profile in worker processes") as status:
+        def show(message: str) -> None:
+            console.log(message, highlight=False)
+            status.update(message)
+
         result = verify_profile(profile, model, tolerance=tolerance, workers=workers, rounds=rounds,
-                                search_path=search_path)
+                                search_path=search_path, time_limit_s=time_limit, on_progress=show)
     recorded = result.profile.hardware
     console.print(f"profile measured on {recorded.describe()}; verified on {result.hardware.describe()}"
                   + ("" if result.same_hardware else " [yellow](another machine: budget and floor only)[/yellow]"),

@@ -13,6 +13,8 @@ that other processes used meanwhile.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -89,8 +91,13 @@ def verify_profile(
     rounds: int = 2,
     timeout_s: float = 600.0,
     search_path: SearchPath = None,
+    time_limit_s: float | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Verification:
     """Re-measure `profile` here on `model` (default: the profile's own) and check it against its record.
+
+    `on_progress` is told each step as it starts. With `time_limit_s`, no further worker starts once that time has
+    passed (the first always runs): the verdict is then on the workers measured, and `workers` says how many.
 
     >>> result = verify_profile("tiny-sd-cpu")  # doctest: +SKIP
     >>> result.passed, [(c.metric, c.status) for c in result.checks]  # doctest: +SKIP
@@ -107,7 +114,8 @@ def verify_profile(
     result = Verification(resolved, model, hardware, resolved.hardware.same_model(hardware), workers=workers,
                           rounds=rounds)
     with OthersCpu() as others:
-        _measure(result, timeout_s)
+        _measure(result, timeout_s, time.monotonic() + time_limit_s if time_limit_s else None,
+                 on_progress or (lambda message: None))
     result.others_cpu_share = others.share
     result.checks = [_speed_check(result, tolerance), _memory_check(result), _quality_check(result)]
     return result
@@ -120,14 +128,25 @@ def _check_runnable_here(profile: Profile, model: str, hardware: Hardware) -> No
     check_pipeline_fits(profile, model)
 
 
-def _measure(result: Verification, timeout_s: float) -> None:
+def _measure(result: Verification, timeout_s: float, deadline: float | None, tell: Callable[[str], None]) -> None:
     profile = result.profile
     settings = profile.settings_dict()
     config = WorkerConfig(model=result.model, device=result.hardware.device,
                           memory_budget_bytes=profile.goal.memory_budget_bytes)
     runs = [Candidate(f"worker {number}", settings) for number in range(1, result.workers + 1)]
+    if profile.goal.quality_floor is not None:
+        tell("rendering (or reading) the reference to score quality against")
     scoring = _reference(profile, result.model, config, timeout_s)
-    for run in runs:
+    started = time.monotonic()
+    for number, run in enumerate(runs, 1):
+        if number > 1 and deadline is not None and time.monotonic() > deadline:
+            tell(f"time limit reached after {number - 1} of {len(runs)} workers")
+            runs = runs[:number - 1]
+            result.workers = len(runs)
+            break
+        so_far = ", ".join(f"{r.images_per_s.median:.3g}" for r in runs[:number - 1] if r.latency_s)
+        tell(f"worker {number} of {len(runs)}: warm-up and {result.rounds} round{'s' * (result.rounds != 1)}"
+             + (f" (so far {so_far} images/s" + f", {time.monotonic() - started:.0f} s)" if so_far else ""))
         # One worker alive at a time, as an app runs: on a 2-core machine, the same profile measured ~20% slower with
         # two idle workers alive beside it than alone.
         remeasure([run], config, profile.workload, result.rounds, timeout_s,

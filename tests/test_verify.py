@@ -37,6 +37,14 @@ def test_a_profile_verified_on_the_machine_that_made_it_passes(tuned_profile, tm
     assert checks["quality"].note == "the profile has no quality floor"
 
 
+def test_verify_tells_each_step_and_starts_no_worker_past_its_time_limit(tuned_profile, tmp_path):
+    path = tuned_profile.save(tmp_path / "tuned.yaml")
+    told: list[str] = []
+    result = verify_profile(path, tolerance=0.9, workers=3, rounds=1, time_limit_s=0.01, on_progress=told.append)
+    assert result.workers == 1 and len(result.worker_images_per_s) == 1 and result.images_per_s.n == 2
+    assert told == ["worker 1 of 3: warm-up and 1 round", "time limit reached after 1 of 3 workers"]
+
+
 def test_each_metric_fails_on_its_own_and_the_command_exits_1(tuned_profile, tmp_path):
     promised = tuned_profile.model_copy(update={
         # A promise no pipeline keeps, and a budget less than torch alone takes.
@@ -92,6 +100,7 @@ def test_a_gpu_profile_on_a_cpu_is_refused_before_anything_runs(tuned_profile, g
 @pytest.mark.parametrize(("args", "message"), [
     (["--tolerance", "1.5"], "--tolerance must be between 0 and 1 (0.10 is 10%)"),
     (["--workers", "0"], "--workers must be at least 1"),
+    (["--time-limit", "0"], "--time-limit must be more than 0 seconds"),
 ])
 def test_bad_flags_are_refused_with_one_line_and_status_2(args, message, tmp_path, tuned_profile, monkeypatch,
                                                           capsys):
