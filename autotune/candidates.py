@@ -59,6 +59,13 @@ class Candidate:
             return None
         return ratio_of_medians(self.rates, other.rates)
 
+    def shown_vs(self, other: Candidate, missing: str = "-") -> str:
+        """`vs(other)` as a table shows it: `1x` against itself, `missing` when either was not timed."""
+        if self is other:
+            return "1x"
+        ratio = self.vs(other)
+        return ratio.show() if ratio is not None else missing
+
     @property
     def latency(self) -> Stat:
         return summarize(self.latency_s)

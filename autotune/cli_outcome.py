@@ -11,7 +11,6 @@ from rich.table import Table
 from .units import format_size
 
 if TYPE_CHECKING:
-    from .candidates import Candidate
     from .outcome import SearchOutcome
 
 
@@ -39,7 +38,7 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
         cells = [label, f"{rate.median:.2f}", *([f"{frames.median:.2f}" if frames else "-"] if video else []),
                  f"{rate.cv:.0%}", f"{candidate.latency.median:.3f}",
                  format_size(candidate.peak_memory_bytes), str(candidate.batch_size),
-                 _versus(candidate, outcome.baseline)]
+                 candidate.shown_vs(outcome.baseline)]
         if outcome.reference is not None:
             cells.append(f"{candidate.quality[metric]:.4g}" if metric in candidate.quality else "-")
         table.add_row(*cells)
@@ -62,10 +61,3 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
     else:
         console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
 
-
-def _versus(candidate: Candidate, baseline: Candidate) -> str:
-    """The ratio to the default with its interval; "-" for the default itself or when either was not timed."""
-    if candidate is baseline:
-        return "1x"
-    ratio = candidate.vs(baseline)
-    return ratio.show() if ratio is not None else "-"

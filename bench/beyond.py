@@ -163,7 +163,7 @@ def print_table(console: Console, rows, candidates, default: Candidate, floor) -
             console.print(f"| {name} | {source} | failed: {candidate.failure} | | | | |")
             continue
         speed = candidate.images_per_s
-        ratio = _ratio(candidate, default)
+        ratio = candidate.shown_vs(default, missing="n/a (default not timed)")
         scores = candidate.quality
         met = "yes" if quality.meets(scores, floor.metric, floor.min) else "no"
         console.print(f"| {name} | {source} | {speed.median:.3g} ({speed.cv:.0%}) | {ratio} | "
@@ -186,13 +186,6 @@ def summary(console: Console, rows, candidates, floor) -> None:
     fastest = max(meeting, key=lambda c: c.images_per_s.median)
     console.print(f"[bold]autotune / fastest hand recipe that meets the floor ({fastest.label}): "
                   f"{ours.vs(fastest).show()}[/bold] (95% bootstrap interval of the ratio of medians)")
-
-
-def _ratio(candidate: Candidate, default: Candidate) -> str:
-    if candidate is default:
-        return "1x"
-    ratio = candidate.vs(default)
-    return ratio.show() if ratio is not None else "n/a (default not timed)"
 
 
 if __name__ == "__main__":

@@ -73,15 +73,8 @@ def main() -> None:
         rate = contender.images_per_s
         table.add_row(contender.label, f"{rate.median:.2f}" if not contender.failure else contender.failure,
                       f"{rate.cv:.0%}", str(contender.batch_size), format_size(contender.peak_memory_bytes),
-                      _versus(contender, base))
+                      contender.shown_vs(base))
     console.print(table)
-
-
-def _versus(contender: Candidate, base: Candidate) -> str:
-    if contender is base:
-        return "1x"
-    ratio = contender.vs(base)
-    return ratio.show() if ratio is not None else "-"
 
 
 if __name__ == "__main__":
