@@ -238,7 +238,3 @@ def _slice(settings: Mapping[str, Any], heads: int) -> int:
         return max(1, min(size, heads))
     return max(1, heads // 2)
 
-
-def relative_errors(pairs: Sequence[tuple[float, float]]) -> list[float]:
-    """|predicted - measured| / measured for each (predicted, measured) pair with a measurement."""
-    return [abs(predicted - measured) / measured for predicted, measured in pairs if measured]
