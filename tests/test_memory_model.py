@@ -3,11 +3,15 @@ measured trials of real searches, and the configurations it refuses against what
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 
 import optuna
 import pytest
 import torch
+import yaml
 
 from autotune import knobs
 from autotune.memory_facts import ModelFacts, facts_of
@@ -28,8 +32,10 @@ def test_the_facts_are_read_from_the_real_modules(tiny_pipe, facts):
     assert facts.components["unet"].elements == sum(p.numel() for p in unet.parameters())
     linear = sum(m.weight.numel() for m in unet.modules() if isinstance(m, torch.nn.Linear))
     assert facts.components["unet"].linear_elements == linear
-    # tiny-sd's self-attention runs only in its first level (full latent resolution), 32 channels over 8 heads.
-    assert facts.attention and {(s.heads, s.head_dim, s.pixels_per_token) for s in facts.attention} == {(8, 4, 1)}
+    # tiny-sd's self-attention runs in its first level (full latent resolution, 32 channels over 8 heads: down and
+    # up) and in its mid block at the bottom level (half the side, 64 channels).
+    sites = sorted((s.heads, s.head_dim, s.pixels_per_token) for s in facts.attention)
+    assert sites == [(8, 4, 1), (8, 4, 1), (8, 4, 1), (8, 8, 4)]
     assert facts.vae_channels == (16, 32, 32, 32) and facts.vae_scale_factor == 8 and facts.guidance_batch == 2
     assert ModelFacts.from_dict(facts.to_dict()) == facts
 
@@ -179,3 +185,33 @@ def test_the_configurations_refused_under_a_tight_budget_are_ones_that_exceed_it
         assert trial.constraints["memory"] > 0
         # What it needs when it does run (measured in the first study, same workload and batch): over the budget.
         assert peaks[attention_of(trial)] > budget, attention_of(trial)
+
+
+# ---- autotune recommend, as a user runs it ----
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    program = ("import sys; sys.argv = ['autotune', *sys.argv[1:]]; from autotune.cli import main; main(); "
+               "print('torch loaded' if 'torch' in sys.modules else '')")
+    return subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_recommend_refuses_a_bad_budget_in_one_line_before_torch_loads():
+    result = run_cli("recommend", "--budget", "6XB")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("autotune: error: size '6XB' is not understood; write it like 6GB, 6GiB, "
+                                     "6000MB, 6.5G or 80%")
+    bad_device = run_cli("recommend", "--device", "tpu")
+    assert bad_device.returncode == 2 and "--device must be one of cpu, cuda" in bad_device.stderr
+
+
+def test_recommend_prints_the_choice_with_the_predicted_peak_and_writes_it(tmp_path):
+    out = tmp_path / "rec.yaml"
+    result = run_cli("recommend", "--model", "builtin:tiny-sd", "--budget", "4GB", "--device", "cpu", "--out",
+                     str(out))
+    assert result.returncode == 0, result.stderr
+    assert "predicted peak" in result.stdout and "at batch 1 of the budget" in result.stdout
+    written = yaml.safe_load(out.read_text())
+    assert written["measured"] is False and written["settings"]["compile"] == "none"
+    assert written["memory_budget_bytes"] == 4 * 10**9 and written["predicted_peak_bytes"] > 0
