@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .hardware import probe
     from .library import select_profile
     from .profile import Profile, load_profile
+    from .recommend import recommend
     from .tuner import search
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ _EXPORTS = {
     "probe": "hardware",
     "Profile": "profile",
     "load_profile": "profile",
+    "recommend": "recommend",
     "search": "tuner",
     "select_profile": "library",
 }
@@ -46,6 +48,7 @@ __all__ = [
     "load_pipeline",
     "load_profile",
     "probe",
+    "recommend",
     "search",
     "select_profile",
 ]

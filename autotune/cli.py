@@ -28,6 +28,7 @@ from rich.table import Table  # noqa: E402
 
 from .cli_outcome import print_outcome  # noqa: E402
 from .cli_profiles import SearchPathOption, profiles_app  # noqa: E402
+from .cli_recommend import recommend  # noqa: E402
 from .exceptions import AutotuneError, InvalidInput, first_line  # noqa: E402
 from .files import check_writable  # noqa: E402
 from .flags import check_at_least_one, check_choice, check_positive, parse_pins, read_prompts  # noqa: E402
@@ -45,6 +46,7 @@ from .workload import parse_call  # noqa: E402
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(profiles_app, name="profiles")
+app.command()(recommend)
 console = Console()
 
 StorageOption = Annotated[str | None, typer.Option(

@@ -104,6 +104,7 @@ class Description:
     # Each argument of the pipeline's call -> the scalar kinds it takes (`workload.call_parameters`).
     call_parameters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     output: str = "image"  # or "video" (`workload.output_kind`)
+    memory: dict[str, Any] = field(default_factory=dict)  # `memory_facts.ModelFacts.to_dict()`
 
 
 @dataclass(frozen=True)

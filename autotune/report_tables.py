@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import statistics
 from collections import Counter
 
 import optuna
@@ -32,18 +33,40 @@ def top_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile |
         cells = [
             str(rank), f"{trial.number}" + (" (chosen)" if is_chosen else ""), changed_settings(study, trial),
             str(settings.get("batch_size", "-")), f"{rate:.3g}" if rate is not None else "-",
-            format_size(attrs.get("peak_memory_bytes")), quality_text(attrs.get("quality")), verdict(trial),
+            format_size(attrs.get("peak_memory_bytes")), predicted_text(attrs), quality_text(attrs.get("quality")),
+            verdict(trial),
         ]
         css = ' class="infeasible"' if not feasible(trial) else ' class="chosen"' if is_chosen else ""
         rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>")
     head = "".join(f"<th>{html.escape(h)}</th>" for h in (
-        "rank", "trial", "settings (changed from defaults)", "batch", "images/s", "peak memory", "quality",
-        "feasible, or why not"))
+        "rank", "trial", "settings (changed from defaults)", "batch", "images/s", "peak memory",
+        "predicted (error)", "quality", "feasible, or why not"))
     shown = min(len(trials), TOP_CONFIGURATIONS)
     order = "the Pareto front first, by images/s" if multi(study) else "best first"
     remeasured = " The chosen profile was re-measured afterwards: its numbers are in the summary." if chosen else ""
+    errors = prediction_errors(trials)
+    if errors:
+        remeasured += (f" The memory model, calibrated on the trials before each one, predicted the peak within "
+                       f"{statistics.median(errors):.0%} (median; worst {max(errors):.0%}) over {len(errors)} "
+                       "measured trials.")
     return (f"<p>{shown} of {len(trials)} completed trials, {order}, as measured during the search.{remeasured}</p>\n"
             f'<table class="top"><thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody></table>")
+
+
+def predicted_text(attrs: dict) -> str:
+    """The memory model's prediction for a trial, with its error against the measured peak when there is one."""
+    predicted, measured = attrs.get("predicted_peak_bytes"), attrs.get("peak_memory_bytes")
+    if predicted is None:
+        return "-"
+    if not measured:
+        return format_size(predicted)
+    return f"{format_size(predicted)} ({(predicted - measured) / measured:+.0%})"
+
+
+def prediction_errors(trials: list[FrozenTrial]) -> list[float]:
+    """|predicted - measured| / measured for each trial that has both."""
+    pairs = [(t.user_attrs.get("predicted_peak_bytes"), t.user_attrs.get("peak_memory_bytes")) for t in trials]
+    return [abs(p - m) / m for p, m in pairs if p is not None and m]
 
 
 def summary_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile | None) -> str:

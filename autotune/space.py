@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 # The user attr `recipe` of the trial that runs the reference configuration (under a quality floor).
 REFERENCE_RECIPE = "reference"
+# The user attr `recipe` of the trial that runs `recommend`'s configuration: the baseline the search must beat.
+RECOMMENDED_RECIPE = "recommended"
 
 # A searched knob's domain, as `Domain.to_dict()` (or an older study's list / {low, high}).
 DomainData = list | dict
@@ -165,19 +167,24 @@ def restrict(recipe: Mapping[str, Any], space: Mapping[str, DomainData],
 
 def warm_start(study: optuna.Study, space: Mapping[str, DomainData], device: str, previous: Profile | None,
                fixed: Mapping[str, Any], with_recipes: bool = True, reference: Mapping[str, Any] | None = None,
-               defaults: Mapping[str, Any] | None = None) -> None:
-    """Enqueue the documentation recipes, the previous profile's settings, and under a quality floor the reference's
-    own scheduler and steps (so the search always has a configuration that meets the floor).
+               defaults: Mapping[str, Any] | None = None, recommended: Mapping[str, Any] | None = None) -> None:
+    """Enqueue, in this order: under a quality floor the reference's own scheduler and steps (so the search always
+    has a configuration that meets the floor), the recommended configuration (`recommend`), the previous profile's
+    settings, then the documentation recipes.
 
-    A seed that breaks a rule between knobs (with the fixed values) is left out: it would never run.
+    A seed that breaks a rule between knobs (with the fixed values) is left out: it would never run; one with the
+    same params as an earlier seed is enqueued once, under the earlier one's label (the recommendation is often the
+    configuration as loaded).
     """
-    seeds = [(params, None) for params in recipes(space, device, defaults)] if with_recipes else []
-    firsts = ((reference, REFERENCE_RECIPE), (previous.settings_dict() if previous is not None else None, None))
+    firsts = ((reference, REFERENCE_RECIPE), (recommended, RECOMMENDED_RECIPE),
+              (previous.settings_dict() if previous is not None else None, None))
+    seeds = []
     for first, label in firsts:
         if first is not None:
             restricted = restrict({k: v for k, v in first.items() if k in space}, space, defaults)
             if restricted is not None:
-                seeds.insert(0, (restricted, label))
+                seeds.append((restricted, label))
+    seeds += [(params, None) for params in recipes(space, device, defaults)] if with_recipes else []
     for params, label in seeds:
         if not knobs.violations({**fixed, **params}):
             # The label lets the trial loop give the reference its time, and the end of a search say it failed.

@@ -19,10 +19,13 @@ from . import knobs, protocol, quality
 from .batching import BatchPolicy, doublings
 from .exceptions import AutotuneError, TrialFailed
 from .hardware import probe
+from .memory_facts import ModelFacts
+from .memory_model import FACTS_ATTR, REFUSE_MARGIN, MemoryModel, Observation
 from .profile import Workload
 from .scoring import Scoring, scoring_for
 from .space import suggest
 from .study import GRACE_PERIOD_S, Events, StudySpec, feasible, finished, surplus, wait_for_slot
+from .units import format_size
 from .worker import Worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -98,20 +101,63 @@ def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stud
     broken = knobs.violations(settings)
     if broken:  # never run: the sampler learns it from an infeasible trial
         return record_failure(trial, spec.objective, "rules", "; ".join(broken), scoring)
+    policy = batch_policy(study, spec, settings)
+    model = memory_model(study, spec)
+    if model is not None:
+        trial.set_user_attr("prediction_trials", model.calibration.trials)
+        smallest = policy.sizes[0]
+        if model.refuses(settings, smallest, spec.memory_budget_bytes):
+            return record_predicted_oom(trial, spec, model.predict(settings, smallest), smallest, scoring)
     task = protocol.TrialTask(
         settings=settings, workload=Workload(**spec.workload),
         call_kwargs=knobs.call_kwargs({**settings, "batch_size": 1}),
-        policy=batch_policy(study, spec, settings), score=scoring.task() if scoring else None)
+        policy=policy, score=scoring.task() if scoring else None)
     try:
         answer = worker.request(task, timeout_s=trial_timeout(spec, settings))
     except TrialFailed as failure:
-        return record_failure(trial, spec.objective, failure.kind, failure.reason, scoring)
+        value = record_failure(trial, spec.objective, failure.kind, failure.reason, scoring)
     except KeyboardInterrupt:
         worker.kill()
         raise
-    value = record_result(trial, spec.objective, answer, spec.memory_budget_bytes, scoring)
-    if answer.recycle or not reversible(answer.settings):
-        worker.kill()
+    else:
+        value = record_result(trial, spec.objective, answer, spec.memory_budget_bytes, scoring)
+        if answer.recycle or not reversible(answer.settings):
+            worker.kill()
+    if model is not None:
+        # Beside the measurement, at the batch it was measured at: the report shows the model's error.
+        batch = trial.user_attrs.get("batch_size") or policy.sizes[0]
+        trial.set_user_attr("predicted_peak_bytes", model.predict(settings, batch))
+    return value
+
+
+def memory_model(study: optuna.Study, spec: StudySpec) -> MemoryModel | None:
+    """The study's memory model, calibrated on its measured trials so far; None when the study records no facts
+    about its pipeline (made by an older autotune)."""
+    facts = study.user_attrs.get(FACTS_ATTR)
+    if not facts:
+        return None
+    workload = Workload(**spec.workload)
+    model = MemoryModel(ModelFacts.from_dict(facts), workload.height, workload.width, workload.guidance_scale)
+    return model.calibrated([o for o in map(observation, finished(study)) if o is not None])
+
+
+def observation(trial: optuna.trial.FrozenTrial) -> Observation | None:
+    """A trial's measured (batch, peak) points, with the settings it ran; None when it measured none."""
+    settings = trial.user_attrs.get("settings")
+    points = tuple((b["batch_size"], b["peak_memory_bytes"]) for b in trial.user_attrs.get("batches", [])
+                   if b.get("peak_memory_bytes") is not None and not b.get("oom"))
+    return Observation(settings, points) if settings and points else None
+
+
+def record_predicted_oom(trial: optuna.Trial, spec: StudySpec, predicted: int, batch: int,
+                         scoring: Scoring | None = None) -> float | list[float]:
+    """Record a configuration the memory model says cannot fit as infeasible, without running it; its memory
+    constraint is the predicted excess, so the sampler learns how far over it is."""
+    budget = spec.memory_budget_bytes
+    value = record_failure(trial, spec.objective, "predicted-oom",
+                           f"predicted {format_size(predicted)} at batch {batch}, over {REFUSE_MARGIN:g}x the "
+                           f"budget {format_size(budget)}: not run", scoring, (predicted - budget) / 2**30)
+    trial.set_user_attr("predicted_peak_bytes", predicted)
     return value
 
 
@@ -200,11 +246,14 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
 
 
 def record_failure(trial: optuna.Trial, objective: str, kind: str, reason: str,
-                   scoring: Scoring | None = None) -> float | list[float]:
-    """Record a trial that did not run to the end (`kind`: oom, error, timeout, crash, rules) as infeasible."""
+                   scoring: Scoring | None = None, memory_violation: float | None = None) -> float | list[float]:
+    """Record a trial that did not run to the end (`kind`: oom, error, timeout, crash, rules, predicted-oom) as
+    infeasible."""
     trial.set_user_attr("failure", kind)
     trial.set_user_attr("reason", reason)
-    trial.set_constraint("memory", 1.0 if kind == "oom" else 0.0)
+    if memory_violation is None:
+        memory_violation = 1.0 if kind == "oom" else 0.0
+    trial.set_constraint("memory", memory_violation)
     trial.set_constraint("image", 0.0)
     trial.set_constraint("failure", 1.0)
     if scoring is not None:

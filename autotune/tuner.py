@@ -18,9 +18,12 @@ from .batching import doublings
 from .exceptions import InvalidInput, TrialFailed, UnknownModel
 from .files import check_writable
 from .hardware import probe
+from .memory_facts import ModelFacts
+from .memory_model import FACTS_ATTR
 from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, SAMPLERS
 from .outcome import SearchOutcome, finish_study, warn_if_busy
 from .profile import Profile, Workload
+from .recommend import recommend_settings
 from .scoring import scoring_for
 from .space import build_space, steps_range, validate_pinned, warm_start
 from .study import (
@@ -169,10 +172,16 @@ def run_search(
         worker.redirect_output(log_path, str(compile_cache.study_folder(name)))
         scoring = scoring_for(spec, worker, fingerprint, emit)
         study = open_study(name, storage_url, spec)
+        if info.memory:  # for the memory model of every worker of the study, on any host
+            study.set_user_attr(FACTS_ATTR, info.memory)
         if not finished(study):
+            recommended = recommend_settings(
+                hardware, info.domains, ModelFacts.from_dict(info.memory) if info.memory else None, budget_bytes,
+                workload.height, workload.width, guidance_scale, fixed=pinned) if warm_start_recipes else None
             warm_start(study, space, hardware.device, previous, fixed, warm_start_recipes,
                        reference={"scheduler": "default", "steps": reference_steps} if scored else None,
-                       defaults={"steps": steps, "batch_size": 1})
+                       defaults={"steps": steps, "batch_size": 1},
+                       recommended=recommended.changed() if recommended else None)
         warn_if_busy(emit)
         if workers > 1:
             from .distributed import launch_workers

@@ -244,6 +244,15 @@ class _WorkerState:
             return peak_bytes
         return max(0, peak_bytes - self._pristine_bytes)
 
+    def baseline_bytes(self, pipe: DiffusionPipeline) -> int | None:
+        """On the CPU, what this process holds now besides the pristine pipeline and `pipe` (a copy of it): the
+        runtime that every trial's peak also counts. None on a GPU, whose peak does not count host memory."""
+        if self.hardware.device != "cpu":
+            return None
+        import psutil
+
+        return max(0, psutil.Process().memory_info().rss - self._pristine_bytes - tensor_bytes(pipe))
+
 
 def tensor_bytes(pipe: DiffusionPipeline) -> int:
     """Bytes of the parameters and buffers of a pipeline's modules, each tensor's storage counted once."""
@@ -260,6 +269,7 @@ def tensor_bytes(pipe: DiffusionPipeline) -> int:
 
 def _describe(state: _WorkerState, task: protocol.Describe) -> protocol.Description:
     from . import knobs, pipelines, workload
+    from .memory_facts import facts_of
 
     pipe = state.fresh_pipeline()
     pipelines.check_text_to_image(pipe)
@@ -273,6 +283,7 @@ def _describe(state: _WorkerState, task: protocol.Describe) -> protocol.Descript
         hardware=state.hardware.model_dump(),
         call_parameters=workload.call_parameters(type(pipe)),
         output=workload.output_kind(type(pipe)),
+        memory=facts_of(pipe, state.baseline_bytes(pipe)).to_dict(),
     )
 
 
