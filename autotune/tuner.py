@@ -23,6 +23,7 @@ from .outcome import SearchOutcome, finish_study, warn_if_busy
 from .profile import Profile, Workload
 from .scoring import scoring_for
 from .space import build_space, steps_range, validate_pinned, warm_start
+from .storages import surface_storage_failures
 from .study import (
     Events,
     StudySpec,
@@ -61,6 +62,7 @@ def search(
     return run_search(model, budget=budget, objective=objective, n_trials=n_trials, **options).profile
 
 
+@surface_storage_failures
 def run_search(
     model: ModelSource = "builtin:tiny-sd",
     *,
