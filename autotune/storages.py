@@ -172,8 +172,9 @@ class _Guard:
         return describe_file_failure(path, shown, cause, errno.ENOSPC if cause == _SQLITE_FULL else None)
 
     def connect(self, dialect: Any, record: Any, cargs: tuple, cparams: dict) -> Any:
-        # A restarting server refuses connections for a few seconds: wait for it rather than end the search.
-        deadline = time.monotonic() + RECONNECT_S
+        # A restarting server refuses connections for a few seconds: wait for it rather than end the search; but
+        # only once, not again for each of the writes Optuna tries after the first failed.
+        deadline = time.monotonic() + (RECONNECT_S if self.failure is None else 0)
         while True:
             try:
                 return dialect.connect(*cargs, **cparams)

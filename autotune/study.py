@@ -24,7 +24,7 @@ import optuna
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
-from .exceptions import AutotuneError
+from .exceptions import AutotuneError, CannotWrite
 from .hardware import Fingerprint, Hardware
 from .storages import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StorageError, open_storage, redact
 
@@ -132,10 +132,17 @@ def default_study_name(model_id: str, fingerprint: Fingerprint, workload: Worklo
 
 
 def output_paths(out: str | Path | None, study_name: str) -> tuple[str | None, str]:
-    """The profile to write ("{study}" in it becomes the study's name) and its `.log` sibling for worker output."""
+    """The profile to write ("{study}" in it becomes the study's name) and its `.log` sibling for worker output.
+
+    The profile's folder is made now (`check_writable` allowed one that does not exist yet): the log and the default
+    SQLite study go there long before the profile does, and SQLite makes no folder."""
     if out is None:
         return None, os.devnull
     out = str(out).replace("{study}", study_name)
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CannotWrite(f"cannot write {out}: {error.strerror or error}") from None
     return out, str(Path(out).with_suffix(".log"))
 
 

@@ -256,33 +256,41 @@ def _pg_ctl(*args: str) -> None:
                    check=True, stdout=subprocess.DEVNULL, timeout=120)
 
 
-def _complete_in(url: str, name: str) -> int:
+@pytest.fixture
+def server() -> Iterator[optuna.storages.RDBStorage]:
+    """The test's own connection to the server, which survives its restarts; its pool closed after."""
+    storage = optuna.storages.RDBStorage(str(POSTGRES_URL), engine_kwargs={"pool_pre_ping": True})
+    yield storage
+    storage.engine.dispose()
+
+
+def _complete_in(storage: optuna.storages.RDBStorage, name: str) -> int:
     try:
-        study = optuna.load_study(study_name=name, storage=url)
-    except KeyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # not made yet
         return 0
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 @needs_a_server_to_restart
-def test_a_database_server_restarted_mid_search_is_reconnected_to(tmp_path):
+def test_a_database_server_restarted_mid_search_is_reconnected_to(tmp_path, server):
     name = f"restart-{uuid.uuid4().hex[:8]}"  # the server outlives a test run: never reuse a study
     args = ["--storage", POSTGRES_URL, "--study", name, "--out", str(tmp_path / "p.yaml")]
     search = _search(*args, cwd=tmp_path)
-    _wait_for(lambda: _complete_in(POSTGRES_URL, name) >= 1, search)
+    _wait_for(lambda: _complete_in(server, name) >= 1, search)
     _pg_ctl("-m", "fast", "restart")  # every connection dropped, the server away for a moment
     stdout, stderr = _finish(search)
     assert search.returncode == 0, stderr
     assert "Traceback" not in stdout + stderr
-    assert _complete_in(POSTGRES_URL, name) == 3 and (tmp_path / "p.yaml").exists()
+    assert _complete_in(server, name) == 3 and (tmp_path / "p.yaml").exists()
 
 
 @needs_a_server_to_restart
-def test_a_database_server_that_stays_away_is_one_line_and_the_same_command_resumes(tmp_path):
+def test_a_database_server_that_stays_away_is_one_line_and_the_same_command_resumes(tmp_path, server):
     name = f"away-{uuid.uuid4().hex[:8]}"
     args = ["--storage", POSTGRES_URL, "--study", name, "--out", str(tmp_path / "p.yaml")]
     search = _search(*args, cwd=tmp_path)
-    _wait_for(lambda: _complete_in(POSTGRES_URL, name) >= 1, search)
+    _wait_for(lambda: _complete_in(server, name) >= 1, search)
     _pg_ctl("-m", "fast", "stop")
     try:
         stdout, stderr = _finish(search)  # after the reconnection window (storages.RECONNECT_S)
@@ -294,4 +302,4 @@ def test_a_database_server_that_stays_away_is_one_line_and_the_same_command_resu
                         r"the server: run the same command to resume once it answers", line), line
     resumed = _run_search(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert _complete_in(POSTGRES_URL, name) == 3 and (tmp_path / "p.yaml").exists()
+    assert _complete_in(server, name) == 3 and (tmp_path / "p.yaml").exists()
