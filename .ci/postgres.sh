@@ -1,6 +1,7 @@
 # A throwaway PostgreSQL server on loopback for the distributed-search tests. Source it, then:
 #   postgres_start   # installs PostgreSQL from the system's packages when missing (root), starts a server on a free
-#                    # port, exports AUTOTUNE_TEST_POSTGRES_URL (with a random password)
+#                    # port, exports AUTOTUNE_TEST_POSTGRES_URL (with a random password), and its data folder and
+#                    # binaries (AUTOTUNE_TEST_POSTGRES_DATA, _BIN) for the test that restarts it
 #   postgres_stop    # stops it and deletes its data
 # The server runs as the `postgres` system user when called as root (PostgreSQL refuses to run as root).
 
@@ -33,6 +34,8 @@ postgres_start() {
         -o "-c listen_addresses=127.0.0.1 -p $port -k $POSTGRES_DIR" start >/dev/null
     PGPASSWORD=$password "$bin/createdb" -h 127.0.0.1 -p "$port" -U autotune autotune_test
     export AUTOTUNE_TEST_POSTGRES_URL="postgresql://autotune:$password@127.0.0.1:$port/autotune_test"
+    # For the test that restarts the server under a search (tests/test_faults.py).
+    export AUTOTUNE_TEST_POSTGRES_DATA="$POSTGRES_DIR/data" AUTOTUNE_TEST_POSTGRES_BIN="$bin"
     echo "$("$bin/postgres" --version) on 127.0.0.1:$port (data in $POSTGRES_DIR)"
 }
 
@@ -40,5 +43,5 @@ postgres_stop() {
     [ -n "${POSTGRES_DIR:-}" ] || return 0
     "${POSTGRES_RUN_AS[@]}" "$POSTGRES_BIN/pg_ctl" -D "$POSTGRES_DIR/data" -m fast -w stop >/dev/null || true
     rm -rf "$POSTGRES_DIR"
-    unset POSTGRES_DIR AUTOTUNE_TEST_POSTGRES_URL
+    unset POSTGRES_DIR AUTOTUNE_TEST_POSTGRES_URL AUTOTUNE_TEST_POSTGRES_DATA AUTOTUNE_TEST_POSTGRES_BIN
 }

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -29,7 +30,7 @@ from rich.table import Table  # noqa: E402
 from .cli_outcome import print_outcome  # noqa: E402
 from .cli_profiles import SearchPathOption, profiles_app  # noqa: E402
 from .cli_recommend import recommend  # noqa: E402
-from .exceptions import AutotuneError, InvalidInput, first_line  # noqa: E402
+from .exceptions import AutotuneError, InvalidInput, StorageFailed, first_line  # noqa: E402
 from .files import check_writable  # noqa: E402
 from .flags import check_at_least_one, check_choice, check_positive, parse_pins, read_prompts  # noqa: E402
 from .options import (  # noqa: E402
@@ -354,6 +355,7 @@ def report(
 def main() -> None:
     """The `autotune` console script. Only autotune's own errors become one line: any other exception is a bug, and
     its traceback is what a bug report needs."""
+    threading.excepthook = _quiet_storage_threads
     try:
         app()
     except KeyboardInterrupt as stop:  # a search's says how to resume
@@ -365,6 +367,13 @@ def main() -> None:
         message = first_line(error)
         print(f"autotune: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _quiet_storage_threads(args: threading.ExceptHookArgs) -> None:
+    # Optuna's heartbeat thread often meets a failed storage first; the command meets it next and says it in one line.
+    if isinstance(args.exc_value, StorageFailed) and not os.environ.get("AUTOTUNE_DEBUG"):
+        return
+    threading.__excepthook__(args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from . import compile_cache
 from .exceptions import AutotuneError, first_line
 from .hardware import Fingerprint, Hardware, probe
 from .outcome import SearchOutcome, finish_study
+from .storages import surface_storage_failures
 from .study import (
     STORAGE_ENV,
     Events,
@@ -41,6 +42,7 @@ FOLLOW_S = 2.0
 STOP_S = 30.0
 
 
+@surface_storage_failures
 def run_worker(
     storage: str,
     study_name: str,
@@ -75,6 +77,7 @@ def run_worker(
     return completed
 
 
+@surface_storage_failures
 def export_profile(
     storage: str,
     study_name: str,

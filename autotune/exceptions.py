@@ -44,6 +44,11 @@ class CannotWrite(AutotuneError, OSError):
         return str(self.args[0]) if self.args else "cannot write"
 
 
+class StorageFailed(AutotuneError, RuntimeError):
+    """The study's storage failed under a command (a full disk, a read-only or removed folder, a lost server); the
+    study keeps the trials recorded before it, and the message says what to do before running the command again."""
+
+
 class AutotuneWarning(UserWarning):
     """Root of autotune's warnings."""
 

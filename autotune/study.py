@@ -4,15 +4,13 @@ join it, and when a trial may start.
 Optuna is the distributed engine: every worker, on any host, asks the same study in one storage for its next trial.
 An RDB storage (SQLite on one host, PostgreSQL or MySQL for many) runs Optuna's heartbeat: a trial whose worker died
 stops beating, is failed by the next worker that looks, and is queued again by Optuna's retry callback. A journal file
-(a plain path, for a shared filesystem) has no heartbeat. The storage URL's password never leaves this process: every
-message shows `redact(url)`.
+(a plain path, for a shared filesystem) has no heartbeat. Opening a storage, and what its failures say, is `storages`'.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-import re
 import socket
 import time
 import warnings
@@ -23,114 +21,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
 
-from .exceptions import AutotuneError, first_line
+from .exceptions import AutotuneError, CannotWrite
 from .hardware import Fingerprint, Hardware
+from .storages import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StorageError, open_storage, redact
 
 if TYPE_CHECKING:
     from .profile import Workload
     from .quality import FloorSpec
 
-# A worker's parent process beats while its trial runs (compile included); a trial silent for the grace period is
-# taken for dead. Short enough that a killed worker's trial is retried within a minute, long enough for a busy host.
-HEARTBEAT_INTERVAL_S = 5
-GRACE_PERIOD_S = 20
-MAX_RETRIES = 3
-CREATE_ATTEMPTS = 5
-_CREATION_RACE = ("already exists", "alembic_version")
 # Where `autotune worker` also reads its storage URL: workers started here get it there, not on a command line (`ps`).
 STORAGE_ENV = "AUTOTUNE_STORAGE"
 
 Events = Callable[[str, dict[str, Any]], None]
 
 
-class StorageError(AutotuneError, ValueError):
-    """The storage cannot be opened, or holds no such study."""
-
-
 class WrongHardware(AutotuneError, RuntimeError):
     """This machine is not the hardware the study measures: its timings would poison the study."""
-
-
-# A query-string key that holds a password (`?password=`, `?pass=`, `?pwd=`, `?PGPASSWORD=`, `?passwd=`).
-_SECRET_KEY = re.compile(r"pass|pwd", re.IGNORECASE)
-_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:pass|pwd)[^=&#]*=)[^&#]*", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password (`user:pw@` or in the query string), for anything written or printed.
-
-    >>> redact("postgresql+psycopg://tuner:pw@db/autotune?sslmode=require&password=pw")
-    'postgresql+psycopg://tuner:***@db/autotune?password=***&sslmode=require'
-    """
-    if "://" not in url:
-        return url
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://***"
-    return _SECRET_QUERY.sub(r"\1***", shown)
-
-
-def _passwords(url: str) -> list[str]:
-    try:
-        parsed = make_url(url) if "://" in url else None
-    except Exception:
-        return []
-    if parsed is None:
-        return []
-    found = [parsed.password] if parsed.password else []
-    for key, value in parsed.query.items():
-        if _SECRET_KEY.search(key):
-            found += [value] if isinstance(value, str) else list(value)
-    return [password for password in found if password]
-
-
-def _scrub(text: str, url: str) -> str:
-    # A driver's error may quote the URL, or the password alone.
-    text = text.replace(url, redact(url))
-    for password in _passwords(url):
-        text = text.replace(password, "***")
-    return text
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`: RDB with heartbeats and retries, or a journal file for a plain path.
-
-    >>> storage = open_storage("sqlite:///tiny.db")  # doctest: +SKIP
-    >>> optuna.load_study(study_name="tiny", storage=storage)  # doctest: +SKIP
-    """
-    if "://" not in url:
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers share the file
-    try:
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                return _rdb_storage(url, engine_kwargs)
-            except Exception as error:
-                # Two searches creating one new database race on its tables ("table studies already exists") or
-                # on stamping its schema version (alembic_version); the loser finds them made when it tries again.
-                if not any(sign in str(error) for sign in _CREATION_RACE) or attempt == CREATE_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-    except ImportError:
-        hint = "pip install 'autotune[postgres]'" if url.startswith("postgresql") else "install its database driver"
-        raise StorageError(f"no database driver for {redact(url)}: {hint}") from None
-    except Exception as error:
-        raise StorageError(f"cannot open the storage {redact(url)}: {_scrub(first_line(error), url)}") from None
-
-
-def _rdb_storage(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-        )
 
 
 def has_heartbeat(study: optuna.Study) -> bool:
@@ -223,10 +132,17 @@ def default_study_name(model_id: str, fingerprint: Fingerprint, workload: Worklo
 
 
 def output_paths(out: str | Path | None, study_name: str) -> tuple[str | None, str]:
-    """The profile to write ("{study}" in it becomes the study's name) and its `.log` sibling for worker output."""
+    """The profile to write ("{study}" in it becomes the study's name) and its `.log` sibling for worker output.
+
+    The profile's folder is made now (`check_writable` allowed one that does not exist yet): the log and the default
+    SQLite study go there long before the profile does, and SQLite makes no folder."""
     if out is None:
         return None, os.devnull
     out = str(out).replace("{study}", study_name)
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CannotWrite(f"cannot write {out}: {error.strerror or error}") from None
     return out, str(Path(out).with_suffix(".log"))
 
 
@@ -263,8 +179,6 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=open_storage(storage),
                                 sampler=make_sampler(spec.sampler, spec.seed), directions=directions(spec.objective),
                                 load_if_exists=True)
-    if (seed := seed_for(study, spec.seed)) != spec.seed:
-        study.sampler = make_sampler(spec.sampler, seed)
     if spec.objective == "pareto" and study.metric_names is None:
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots label axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -276,9 +190,10 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
                                 "give a new --study name or the same options as before")
     if "hardware" in recorded:
         check_machine(Hardware(**recorded["hardware"]), spec.machine, name)
+    _reclaim_interrupted(study)  # before the seed: a dead search's trial is no other process running
+    if (seed := seed_for(study, spec.seed)) != spec.seed:
+        study.sampler = make_sampler(spec.sampler, seed)
     spec.record(study)
-    if not has_heartbeat(study):
-        _reclaim_interrupted(study)
     return study
 
 
@@ -304,10 +219,34 @@ def seed_for(study: optuna.Study, seed: int) -> int:
 
 def _reclaim_interrupted(study: optuna.Study) -> None:
     # Without a heartbeat (a journal file) nothing tells a dead worker's trial from a live one: a search that starts
-    # takes every RUNNING trial for the remains of a killed search, fails it and queues it again.
+    # takes every RUNNING trial for the remains of a killed search, fails it and queues it again. With one, a trial
+    # that no live process holds is taken at once rather than after the grace period, and one that never beat (its
+    # search met a failed storage between asking and beating) at all: the heartbeat would never fail it.
+    heartbeat = has_heartbeat(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        if not heartbeat or abandoned(trial):
+            study.tell(trial.number, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
+    """A running trial whose worker was a process of this host that is gone, or that never recorded its worker and
+    started more than the grace period ago (a live worker records itself as its trial starts)."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if host:
+        return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+    started = trial.datetime_start  # Optuna's clock: local time, naive
+    return started is not None and (datetime.datetime.now() - started).total_seconds() > GRACE_PERIOD_S
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

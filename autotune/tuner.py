@@ -26,6 +26,7 @@ from .profile import Profile, Workload
 from .recommend import recommend_settings
 from .scoring import scoring_for
 from .space import build_space, steps_range, validate_pinned, warm_start
+from .storages import surface_storage_failures
 from .study import (
     Events,
     StudySpec,
@@ -64,6 +65,7 @@ def search(
     return run_search(model, budget=budget, objective=objective, n_trials=n_trials, **options).profile
 
 
+@surface_storage_failures
 def run_search(
     model: ModelSource = "builtin:tiny-sd",
     *,

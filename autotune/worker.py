@@ -28,6 +28,10 @@ from .exceptions import TrialFailed, first_line
 
 ModelSource = str | Callable[[], DiffusionPipeline]
 
+# What a SIGKILL most often is: no one else sends it unasked. Said where the trial records its cause.
+OOM_KILLER = (" (as the kernel's out-of-memory killer does when this machine's memory runs out; `dmesg` says whether "
+              "it did): the search goes on; if many trials end so, lower --max-batch or stop other programs")
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -106,7 +110,8 @@ class Worker:
         code = self._process.exitcode
         self.close()
         if code is not None and code < 0:
-            return f"the worker was killed by {signal.Signals(-code).name}"
+            killer = OOM_KILLER if -code == signal.SIGKILL else ""
+            return f"the worker was killed by {signal.Signals(-code).name}{killer}"
         return f"the worker exited with code {code}"
 
     def kill(self) -> None:
@@ -195,7 +200,10 @@ def _serve(conn, config: WorkerConfig, parent: int) -> None:
 
 def _redirect_output(path: str) -> None:
     # File descriptors, not sys.stdout: inductor's compiler subprocesses and C++ code write to them directly.
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:  # its folder removed or made read-only mid-search: a log lost, not every later trial
+        log = os.open(os.devnull, os.O_WRONLY)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
