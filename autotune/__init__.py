@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .hardware import probe
     from .library import select_profile
     from .profile import Profile, load_profile
-    from .recommend import recommend
+    from .recommendation import recommend
     from .tuner import search
 
 __version__ = "0.1.0"
@@ -33,7 +33,7 @@ _EXPORTS = {
     "probe": "hardware",
     "Profile": "profile",
     "load_profile": "profile",
-    "recommend": "recommend",
+    "recommend": "recommendation",
     "search": "tuner",
     "select_profile": "library",
 }

@@ -31,7 +31,7 @@ def recommend(
     check_at_least_one(("height", height), ("width", width))
     if out is not None:
         check_writable(out)
-    from .recommend import recommend as choose
+    from .recommendation import recommend as choose
 
     recommendation = choose(model, budget=budget, device=device, height=height, width=width)
     for line in recommendation.lines():

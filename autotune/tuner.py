@@ -23,7 +23,7 @@ from .memory_model import FACTS_ATTR
 from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, SAMPLERS
 from .outcome import SearchOutcome, finish_study, warn_if_busy
 from .profile import Profile, Workload
-from .recommend import recommend_settings
+from .recommendation import recommend_settings
 from .scoring import scoring_for
 from .space import build_space, steps_range, validate_pinned, warm_start
 from .storages import surface_storage_failures

@@ -16,7 +16,7 @@ import yaml
 from autotune import knobs
 from autotune.memory_facts import ModelFacts, facts_of
 from autotune.memory_model import REFUSE_MARGIN, MemoryModel, Observation
-from autotune.recommend import recommend_settings
+from autotune.recommendation import recommend_settings
 from autotune.report_tables import prediction_errors
 from autotune.tuner import run_search
 
