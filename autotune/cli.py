@@ -43,6 +43,7 @@ from .options import (  # noqa: E402
 )
 from .units import check_size, format_size  # noqa: E402
 from .workload import parse_call  # noqa: E402
+from .worker_server import start_early as start_worker_server  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -147,6 +148,7 @@ def search(
     if budget is not None:
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
     check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
+    start_worker_server()  # its imports run beside this process's own from here on
     pinned = parse_pins(pin or [])  # needs the knob registry, so torch: after every light check
     from .tuner import run_search
 

@@ -44,7 +44,7 @@ def _busy_seconds() -> float:
 
 
 def _own_seconds() -> float:
-    # Finished workers are in this process's children times once joined; running ones are counted from their own.
+    # Finished children are in this process's children times once reaped; running ones are counted from their own.
     me = psutil.Process()
     times = me.cpu_times()
     total = times.user + times.system + times.children_user + times.children_system
@@ -53,5 +53,6 @@ def _own_seconds() -> float:
             child_times = child.cpu_times()
         except psutil.Error:  # it ended between the listing and the reading
             continue
-        total += child_times.user + child_times.system
+        # A live child's own finished children: the workers its fork server forked and has reaped.
+        total += child_times.user + child_times.system + child_times.children_user + child_times.children_system
     return total

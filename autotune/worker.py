@@ -1,9 +1,9 @@
 """One trial in its own process: build the pipeline, apply the settings, measure, send back metrics or a failure.
 
-A worker is a spawned process that loads the model once and serves trials from a pristine copy. An out-of-memory
-error, a crash (even SIGKILL or a segfault) or a hang ends the trial with a recorded reason, never the search: the
-parent replaces the worker after any failure and after any trial whose knobs leave state that cannot be undone
-(compile, offload hooks). This module knows nothing of the search strategy.
+A worker is a process of its own (forked from `worker_server`'s clean server) that loads the model once and serves
+trials from a pristine copy. An out-of-memory error, a crash (even SIGKILL or a segfault) or a hang ends the trial
+with a recorded reason, never the search: the parent replaces the worker after any failure and after any trial whose
+knobs leave state that cannot be undone (compile, offload hooks). This module knows nothing of the search strategy.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 from diffusers import DiffusionPipeline
 
 from . import compile_cache, protocol
+from .worker_server import worker_context
 from .exceptions import TrialFailed, first_line
 
 ModelSource = str | Callable[[], DiffusionPipeline]
@@ -77,9 +78,9 @@ class Worker:
     def start(self) -> None:
         # transformers announces optional image backends at import; each worker would repeat it.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        context = multiprocessing.get_context("spawn")
+        context = worker_context()
         parent_conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child_conn, self.config, os.getpid()),
+        self._process = context.Process(target=_serve, args=(child_conn, self.config, os.getpid(), dict(os.environ)),
                                         daemon=True)
         self._process.start()
         child_conn.close()
@@ -144,13 +145,15 @@ PARENT_POLL_S = 1.0
 
 
 def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
-    """End this process (at once, whatever it is computing) when `parent`, the process that started it, dies: a
-    driver killed by SIGKILL cannot close its workers, and the orphan would hold the GPU. A daemon thread compares
-    the parent pid with `parent` (an orphan is re-parented to init or a subreaper); the pid is the one the parent
-    gave, so a parent that died before this process got here is noticed too."""
+    """End this process (at once, whatever it is computing) when `parent`, the driver that started it, dies: a
+    driver killed by SIGKILL cannot close its workers, and the orphan would hold the GPU. A daemon thread watches
+    both the driver's pid (given by the driver, so one that died before this process got here is noticed too) and
+    this process's own parent, the fork server, which exits with the driver: an orphan is re-parented to init or a
+    subreaper."""
+    forked_by = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == forked_by and _alive(parent):
             time.sleep(poll_s)
         os._exit(1)
 
@@ -159,8 +162,21 @@ def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Th
     return watcher
 
 
-def _serve(conn, config: WorkerConfig, parent: int) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's (the pid was reused)
+        return True
+    return True
+
+
+def _serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str]) -> None:
     exit_with_parent(parent)
+    # The fork server has the driver's environment from when it started; the driver's, now, is the one that holds.
+    os.environ.clear()
+    os.environ.update(environment)
     # Ctrl-C reaches the whole process group: the parent decides what happens to the trial, and kills this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.log_path:

@@ -276,8 +276,9 @@ def test_a_worker_exits_when_its_driver_is_killed(tmp_path):
 
         worker = Worker(WorkerConfig(model=faulty_pipelines.never_loads, device="cpu"))
         threading.Thread(target=worker.request, args=(protocol.Describe(), 3600), daemon=True).start()
-        def workers():  # not multiprocessing's resource tracker
-            return [child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
+        def workers():  # forked by the fork server, a child of this driver (not the resource tracker)
+            me = psutil.Process()
+            return [p for p in me.children(recursive=True) if p.ppid() != me.pid]
 
         while not workers():
             time.sleep(0.1)

@@ -240,7 +240,7 @@ def test_a_tiny_wan_search_tunes_its_frames_reports_frames_per_s_and_its_profile
     pipe = apply_profile(families.tiny_wan(), profile)
     clips = pipe(profile.workload.prompts[0], output_type="np", **profile.call_kwargs(seed=0)).frames
     assert clips.shape == (1, 5, 64, 64, 3)
-    direct = render(pipe, profile.workload, {"num_inference_steps": 2}, 0, cuda=False)
+    direct = render(pipe, profile.workload, {"num_inference_steps": profile.settings.steps}, 0, cuda=False)
     assert np.abs(clips - direct).max() < FLOAT_NOISE
 
     console = Console(record=True, width=200)
