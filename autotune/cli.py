@@ -42,8 +42,8 @@ from .options import (  # noqa: E402
     STORAGE_ENV,
 )
 from .units import check_size, format_size  # noqa: E402
-from .workload import parse_call  # noqa: E402
 from .worker_server import start_early as start_worker_server  # noqa: E402
+from .workload import parse_call  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -53,6 +53,8 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
                       "so re-measure it on a quiet one with `autotune verify`")
     changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
     console.print("settings: " + (", ".join(f"{k}={knobs.show(v)}" for k, v in changed.items()) or "defaults"))
+    if outcome.time_split is not None:
+        console.print(outcome.time_split.describe())
     console.print(f"study {outcome.study_name} in {outcome.storage}")
     if outcome.profile_set is not None:
         console.print(f"profile set of {len(outcome.profile_set.profiles)} Pareto-optimal configurations written to "

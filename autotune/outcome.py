@@ -24,6 +24,7 @@ from .remeasure import remeasure
 from .scoring import Scoring, scoring_for
 from .space import REFERENCE_RECIPE
 from .study import Events, StudySpec, feasible, finished, redact
+from .time_split import TimeSplit
 from .units import format_size
 from .worker import Worker, WorkerConfig
 
@@ -42,6 +43,7 @@ class SearchOutcome:
     reference: Any = None  # the reference rendering, when quality was measured
     images_path: Path | None = None
     storage_url: str | None = None  # unredacted, for reopening the study in this process; never written
+    time_split: TimeSplit | None = None  # where the search's time went (`time_split`), set by the search
 
     @property
     def speedup(self) -> float | None:

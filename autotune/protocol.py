@@ -137,6 +137,9 @@ class TrialResult:
     batches: tuple[BatchResult, ...]
     quality: dict[str, float] | None = None
     recycle: bool = False  # the worker's state is suspect (after an out-of-memory error): replace it
+    # Seconds in the worker: copying the pristine pipeline (loading it, the first time), applying the knobs, warm-up
+    # calls (compile included), timed calls, quality scoring, and the whole task ("worker").
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

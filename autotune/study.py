@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from .exceptions import AutotuneError, CannotWrite
 from .hardware import Fingerprint, Hardware
 from .storages import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StorageError, open_storage, redact
+from .worker_server import pid_alive
 
 if TYPE_CHECKING:
     from .profile import Workload
@@ -225,8 +226,23 @@ def _reclaim_interrupted(study: optuna.Study) -> None:
     heartbeat = has_heartbeat(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not heartbeat or abandoned(trial):
-            study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+            _queue_again(study, trial)
+
+
+def reclaim_abandoned(study: optuna.Study) -> None:
+    """Fail and queue again the running trials no process holds (`abandoned`), which a heartbeat never fails when
+    they never beat: a search waiting for the study's last slots would wait for them forever."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if abandoned(trial):
+            _queue_again(study, trial)
+
+
+def _queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    try:
+        study.tell(trial.number, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:  # another process reclaimed it first, or it just finished
+        return
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
 
 def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
@@ -234,19 +250,9 @@ def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
     started more than the grace period ago (a live worker records itself as its trial starts)."""
     host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
     if host:
-        return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
     started = trial.datetime_start  # Optuna's clock: local time, naive
     return started is not None and (datetime.datetime.now() - started).total_seconds() > GRACE_PERIOD_S
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -286,6 +292,7 @@ def wait_for_slot(study: optuna.Study, n_trials: int, deadline: float | None, em
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_stale_trials(study)
+            reclaim_abandoned(study)
         complete, running = counts(study)
         if complete >= n_trials:
             return False

@@ -10,6 +10,7 @@ study's storage, so a search that stops resumes with the same command, and worke
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from .study import (
     open_study,
     output_paths,
 )
+from .time_split import time_split
 from .trials import SearchInterrupted, run_trials
 from .units import parse_size
 from .worker import ModelSource, Worker, WorkerConfig
@@ -134,6 +136,7 @@ def run_search(
         raise InvalidInput("several workers need a model they can load by name (hub id, folder or builtin:*), "
                            "not a Python function")
     emit = on_event or (lambda kind, data: None)
+    started, started_at = time.monotonic(), datetime.now()
     fingerprint = probe(device)
     hardware = fingerprint.hardware
     budget_bytes = parse_size(budget, hardware.memory_bytes) if budget is not None else hardware.memory_bytes
@@ -195,7 +198,10 @@ def run_search(
         config = worker.config
     finally:
         worker.close()
-    return finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit, scoring)
+    outcome = finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit, scoring)
+    outcome.time_split = time_split(study, started_at, time.monotonic() - started,
+                                    [outcome.baseline, *outcome.candidates])
+    return outcome
 
 
 def check_workload_arguments(info: protocol.Description, call: dict[str, Any], negative_prompt: str | None,

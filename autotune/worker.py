@@ -24,8 +24,8 @@ from typing import Any
 from diffusers import DiffusionPipeline
 
 from . import compile_cache, protocol
-from .worker_server import worker_context
 from .exceptions import TrialFailed, first_line
+from .worker_server import exit_with_parent, worker_context
 
 ModelSource = str | Callable[[], DiffusionPipeline]
 
@@ -138,38 +138,6 @@ class Worker:
 
 
 # ---- child side ----
-
-
-# How often a worker checks that its driver is alive; a trial of an orphan is computed for no one.
-PARENT_POLL_S = 1.0
-
-
-def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
-    """End this process (at once, whatever it is computing) when `parent`, the driver that started it, dies: a
-    driver killed by SIGKILL cannot close its workers, and the orphan would hold the GPU. A daemon thread watches
-    both the driver's pid (given by the driver, so one that died before this process got here is noticed too) and
-    this process's own parent, the fork server, which exits with the driver: an orphan is re-parented to init or a
-    subreaper."""
-    forked_by = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == forked_by and _alive(parent):
-            time.sleep(poll_s)
-        os._exit(1)
-
-    watcher = threading.Thread(target=watch, name="autotune-parent-watch", daemon=True)
-    watcher.start()
-    return watcher
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's (the pid was reused)
-        return True
-    return True
 
 
 def _serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str]) -> None:
@@ -316,8 +284,13 @@ def _trial(state: _WorkerState, task: protocol.TrialTask) -> protocol.TrialResul
     from .apply import apply_settings
     from .measure import measure
 
+    started = time.perf_counter()
     pipe = state.fresh_pipeline()
+    copied = time.perf_counter()
     settings = apply_settings(pipe, task.settings, state.hardware, fallback=False)
+    # Where the trial's time went, the timed calls apart from the rest (`protocol.TrialResult.seconds`).
+    seconds = {"model": copied - started, "knobs": time.perf_counter() - copied, "warmup": 0.0, "timed": 0.0,
+               "scoring": 0.0}
     measured: list[protocol.BatchResult] = []
     for batch in task.policy.sizes:
         kwargs = {**task.call_kwargs, "num_images_per_prompt": batch}
@@ -328,10 +301,14 @@ def _trial(state: _WorkerState, task: protocol.TrialTask) -> protocol.TrialResul
                 raise
             measured.append(protocol.BatchResult(batch_size=batch, oom=first_line(error)))
             break
+        seconds["warmup"] += result.warmup_s or 0.0
+        seconds["timed"] += sum(result.latency_s)
         scores = None
         if task.score is not None and not measured and not result.image_problem:
             # Scored once, at the first batch: per-image seeding keeps each image the same at every batch size.
+            scoring_started = time.perf_counter()
             scores = state.score(pipe, task.workload, kwargs, result.first_images, task.score)
+            seconds["scoring"] += time.perf_counter() - scoring_started
         measured.append(protocol.BatchResult(
             batch_size=batch, images_per_s=result.images_per_s,
             seconds_per_image=result.latency.median / batch, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
@@ -339,8 +316,10 @@ def _trial(state: _WorkerState, task: protocol.TrialTask) -> protocol.TrialResul
         if not task.policy.worth_next(measured):
             break
     # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
+    seconds["worker"] = time.perf_counter() - started
     return protocol.TrialResult(settings=settings, batches=tuple(measured), quality=measured[0].quality,
-                                recycle=any(entry.oom for entry in measured))
+                                recycle=any(entry.oom for entry in measured),
+                                seconds={key: round(value, 4) for key, value in seconds.items()})
 
 
 def _prepare(state: _WorkerState, task: protocol.Prepare) -> protocol.Prepared:

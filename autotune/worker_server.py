@@ -2,13 +2,17 @@
 (`autotune.preload`), so that a new worker starts in a fraction of a second instead of importing them again.
 
 Never a fork of the driver itself: the driver may hold CUDA, threads and locks a child must not inherit. This module
-imports nothing heavy, so the CLI can start the server before it imports torch, and the two import side by side.
+imports nothing heavy, so the CLI can start the server before it imports torch, and the two import side by side. A
+forked worker's parent is the server, not the driver: `exit_with_parent` watches both.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.context
+import os
+import threading
+import time
 from multiprocessing import forkserver
 
 PRELOAD = ["autotune.preload"]
@@ -25,3 +29,36 @@ def start_early() -> None:
     """Start the server now (it would start with the first worker), so its imports overlap the caller's."""
     worker_context()
     forkserver.ensure_running()
+
+
+# How often a worker checks that its driver is alive; a trial of an orphan is computed for no one.
+PARENT_POLL_S = 1.0
+
+
+def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """End this process (at once, whatever it is computing) when `parent`, the driver that started it, dies: a
+    driver killed by SIGKILL cannot close its workers, and the orphan would hold the GPU. A daemon thread watches
+    both the driver's pid (given by the driver, so one that died before this process got here is noticed too) and
+    this process's own parent, the fork server, which exits with the driver: an orphan is re-parented to init or a
+    subreaper."""
+    forked_by = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == forked_by and pid_alive(parent):
+            time.sleep(poll_s)
+        os._exit(1)
+
+    watcher = threading.Thread(target=watch, name="autotune-parent-watch", daemon=True)
+    watcher.start()
+    return watcher
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this host (any user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -132,8 +132,6 @@ def _leftovers(folder: Path) -> list[str]:
 # ---- a full disk ----
 
 
-@pytest.mark.skip(reason="the search hung past 300 s after the disk filled in a clean-clone CI run (passed in 95 s "
-                         "alone the same day): a hang to find, issue 14")
 def test_a_disk_that_fills_mid_search_is_one_line_and_the_same_command_resumes(disk, tmp_path):
     out, database = disk / "p.yaml", (disk / "p.db").resolve()
     search = _search("--out", str(out), cwd=tmp_path)

@@ -104,6 +104,32 @@ def test_trials_are_held_to_the_budget_and_record_it(tmp_path):
     assert (tmp_path / "p.db").exists()  # the study sits next to the profile
 
 
+def test_a_search_records_where_each_trial_spent_its_time_and_splits_its_own(tmp_path):
+    import optuna
+
+    outcome = run_search("builtin:tiny-sd", budget="4GB", n_trials=2, out=tmp_path / "p.yaml", **FAST)
+    study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url)
+    ran = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(ran) == 2
+    for trial in ran:
+        seconds = trial.user_attrs["seconds"]
+        assert set(seconds) == {"model", "knobs", "warmup", "timed", "scoring", "worker", "trial"}, seconds
+        assert 0 < seconds["timed"] and 0 < seconds["warmup"]
+        inside = seconds["model"] + seconds["knobs"] + seconds["warmup"] + seconds["timed"] + seconds["scoring"]
+        assert inside <= seconds["worker"] <= seconds["trial"]
+        # The timed calls are the batches' latencies: at least one call per batch at its measured rate.
+        one_call_each = sum(b["batch_size"] / b["images_per_s"]["median"] for b in trial.user_attrs["batches"])
+        assert seconds["timed"] >= one_call_each / 2
+    split = outcome.time_split
+    assert split.trials == 2 and split.compile_s == 0  # compile pinned off
+    trial_timed = sum(t.user_attrs["seconds"]["timed"] for t in ran)
+    remeasured = sum(sum(c.latency_s) for c in {id(c): c for c in [outcome.baseline, *outcome.candidates]}.values())
+    assert split.timed_s == pytest.approx(trial_timed + remeasured)
+    assert split.timed_s + split.other_s == pytest.approx(split.search_s)
+    assert split.search_s > sum(t.user_attrs["seconds"]["trial"] for t in ran)
+    assert split.describe().startswith(f"time: {split.search_s:.0f} s in all (2 trials): timed calls ")
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "autotune.cli", *args]
 
