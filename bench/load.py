@@ -7,6 +7,7 @@ interleaved, and the script prints
 - each search's printed claim (speed-up and its interval) against the quiet re-measurement of the same ratio.
 
     python bench/load.py --trials 30            # the README's main search, twice; --trials 10 for a shorter run
+    python bench/load.py --pin compile=none     # without compile: on two CPU cores compile is most of a search
 
 The busy process is `--burners` pure-Python spinning processes (one per core by default). This is a benchmark, not a
 test: run it alone.
@@ -31,6 +32,7 @@ from rich.console import Console  # noqa: E402
 
 from autotune import knobs  # noqa: E402
 from autotune.candidates import Candidate  # noqa: E402
+from autotune.flags import parse_pins  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.remeasure import remeasure  # noqa: E402
 from autotune.tuner import run_search  # noqa: E402
@@ -51,7 +53,7 @@ def search(args, folder: Path, name: str, burners: int) -> tuple:
     started = time.perf_counter()
     try:
         outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, seed=args.seed,
-                             out=folder / f"{name}.yaml", study_name=name)
+                             out=folder / f"{name}.yaml", study_name=name, pinned=parse_pins(args.pin))
     finally:
         for proc in procs:
             proc.kill()
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--burners", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--pin", action="append", default=[], help="KNOB=VALUE, as `autotune search --pin`")
     args = parser.parse_args()
     console = Console(width=200)
     hw = probe().hardware
@@ -82,8 +85,9 @@ def main() -> None:
         remeasure([default, *chosen.values()], WorkerConfig(model=args.model, device=hw.device),
                   quiet.profile.workload, args.rounds, 900)
 
-    console.print(f"\nmachine: {hw.gpu or hw.cpu}, {hw.cpu_cores} cores; quiet search {quiet_s:.0f} s, busy search "
-                  f"{busy_s:.0f} s")
+    pins = f", pinned {' '.join(args.pin)}" if args.pin else ""
+    console.print(f"\nmachine: {hw.gpu or hw.cpu}, {hw.cpu_cores} cores; {args.trials} trials{pins}; quiet search "
+                  f"{quiet_s:.0f} s, busy search {busy_s:.0f} s beside {args.burners} spinning processes")
     console.print("| search | its claim vs default | re-measured quietly | claim holds | images/s re-measured |")
     console.print("|---|---|---|---|---|")
     for name, outcome in (("quiet", quiet), ("busy", busy)):
