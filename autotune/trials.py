@@ -98,15 +98,14 @@ def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stud
             scoring: Scoring | None = None) -> float | list[float]:
     """Sample one configuration, run it in `worker` (unless it breaks a rule between knobs) and record the result,
     with where the trial's time went (`seconds`: the worker's split, and the whole trial as the driver saw it)."""
-    started = time.perf_counter()
-    value = _run_one(trial, study, worker, spec, scoring)
-    trial.set_user_attr("seconds", {**trial.user_attrs.get("seconds", {}),
-                                    "trial": round(time.perf_counter() - started, 4)})
+    started, spent = time.perf_counter(), {}
+    value = _run_one(trial, study, worker, spec, scoring, spent)
+    trial.set_user_attr("seconds", {**spent, "trial": round(time.perf_counter() - started, 4)})
     return value
 
 
-def _run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: StudySpec,
-             scoring: Scoring | None) -> float | list[float]:
+def _run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: StudySpec, scoring: Scoring | None,
+             spent: dict[str, float]) -> float | list[float]:
     settings = suggest(trial, spec.space, spec.fixed)
     broken = knobs.violations(settings)
     if broken:  # never run: the sampler learns it from an infeasible trial
@@ -131,7 +130,7 @@ def _run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stu
         raise
     else:
         value = record_result(trial, spec.objective, answer, spec.memory_budget_bytes, scoring)
-        trial.set_user_attr("seconds", answer.seconds)
+        spent.update(answer.seconds)  # the worker's split
         if answer.recycle or not reversible(answer.settings):
             worker.kill()
     if model is not None:
