@@ -230,10 +230,12 @@ def _reclaim_interrupted(study: optuna.Study) -> None:
 
 
 def reclaim_abandoned(study: optuna.Study) -> None:
-    """Fail and queue again the running trials no process holds (`abandoned`), which a heartbeat never fails when
-    they never beat: a search waiting for the study's last slots would wait for them forever."""
+    """Fail and queue again the running trials that never recorded their worker and started more than the grace
+    period ago: their search met a failed storage between asking and beating, and a heartbeat never fails a trial
+    that never beat, so a search waiting for the study's last slots would wait for them forever. A trial that
+    recorded its worker has beaten: the heartbeat fails it and Optuna's retry callback queues it again."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if abandoned(trial):
+        if "worker" not in trial.user_attrs and abandoned(trial):
             _queue_again(study, trial)
 
 

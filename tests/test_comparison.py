@@ -99,6 +99,9 @@ def _quiet_ratio(settings: dict, baseline: dict, workload) -> Ratio:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="issue 14, not fixed: a load biases the ratio beyond its interval (the "
+                   "interval covers the runs' noise, not the load); bench/load.py showed a busy claim of 9.59x "
+                   "re-measured quietly at 4.66x")
 def test_a_search_on_a_busy_machine_claims_only_what_a_quiet_re_measurement_holds(tmp_path):
     from autotune.remeasure import remeasure
     from autotune.tuner import run_search
