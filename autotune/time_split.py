@@ -15,6 +15,7 @@ from datetime import datetime
 import optuna
 
 from .candidates import Candidate
+from .study import finished
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def time_split(study: optuna.Study, since: datetime, search_s: float, candidates
     trials are those started since then, on any worker; `candidates` are the ones it re-measured."""
     timed = compiled = 0.0
     ran = 0
-    for trial in study.trials:
+    for trial in finished(study):
         seconds = trial.user_attrs.get("seconds")
         if trial.datetime_start is None or trial.datetime_start < since or not seconds:
             continue
