@@ -6,6 +6,7 @@ make candidates of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Candidate:
     images: Any = None  # prompts x H x W x 3, rendered in the last round of the re-measurement
     trial: int | None = None  # the study's trial it came from (None for the default configuration)
     frames: int | None = None  # frames per output, for a video pipeline
+    others_cpu_share: float | None = None  # of all cores, used by other processes while it was timed
 
     @property
     def frames_per_s(self) -> Stat | None:
@@ -57,7 +59,9 @@ class Candidate:
         """This candidate's images/s over `other`'s, with its interval; None when either was not timed."""
         if not self.measured or not other.measured:
             return None
-        return ratio_of_medians(self.rates, other.rates)
+        ratio = ratio_of_medians(self.rates, other.rates)
+        shares = [c.others_cpu_share for c in (self, other) if c.others_cpu_share is not None]
+        return dataclasses.replace(ratio, others_cpu_share=max(shares)) if ratio and shares else ratio
 
     def shown_vs(self, other: Candidate, missing: str = "-") -> str:
         """`vs(other)` as a table shows it: `1x` against itself, `missing` when either was not timed."""

@@ -47,6 +47,11 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
     if outcome.speedup is None:
         console.print(f"the default configuration did not run here ({outcome.baseline.failure or 'not timed'}): "
                       "no speed-up ratio")
+    elif ratio.busy:
+        console.print(f"[bold]the machine is too busy to tell autotune's choice from the default: other processes "
+                      f"used {ratio.others_cpu_share:.0%} of its CPU while they were re-measured ({ratio.low:.2f}x "
+                      f"to {ratio.high:.2f}x, {ratio.confidence:.0%} interval, covers the runs' noise, not the "
+                      "load)[/bold]; re-measure the profile with `autotune verify` on a quiet machine")
     elif ratio.verdict == "cannot tell":
         console.print(f"[bold]the runs cannot tell autotune's choice from the default: {ratio.low:.2f}x to "
                       f"{ratio.high:.2f}x ({ratio.confidence:.0%} interval)[/bold]; a busy machine spreads them, "

@@ -16,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 
+from .host_load import BUSY_SHARE
+
 CONFIDENCE = 0.95
 RESAMPLES = 4000
 
@@ -24,15 +26,24 @@ Verdict = Literal["faster", "slower", "cannot tell"]
 
 @dataclass(frozen=True)
 class Ratio:
-    """`median` is the ratio of the medians; `low`..`high` its bootstrap interval at `confidence`."""
+    """`median` is the ratio of the medians; `low`..`high` its bootstrap interval at `confidence`;
+    `others_cpu_share` the share of the CPU other processes used meanwhile (None: not known)."""
 
     median: float
     low: float
     high: float
     confidence: float = CONFIDENCE
+    others_cpu_share: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Other work used enough of the machine while this was measured that the interval cannot be trusted."""
+        return self.others_cpu_share is not None and self.others_cpu_share > BUSY_SHARE
 
     @property
     def verdict(self) -> Verdict:
+        if self.busy:
+            return "cannot tell"
         if self.low > 1:
             return "faster"
         if self.high < 1:
@@ -42,13 +53,16 @@ class Ratio:
     def show(self) -> str:
         """`2.31x (1.92-2.70x)`; when the interval spans 1, the claim is withheld: `cannot tell (0.81-3.10x)`."""
         interval = f"{self.low:.2f}-{self.high:.2f}x"
+        if self.busy:
+            return f"cannot tell, machine busy ({interval})"
         if self.verdict == "cannot tell":
             return f"cannot tell ({interval})"
         return f"{self.median:.2f}x ({interval})"
 
     def record(self) -> dict[str, float]:
+        shares = {} if self.others_cpu_share is None else {"others_cpu_share": round(self.others_cpu_share, 3)}
         return {"median": round(self.median, 4), "low": round(self.low, 4), "high": round(self.high, 4),
-                "confidence": self.confidence}
+                "confidence": self.confidence, **shares}
 
 
 def ratio_of_medians(numerator: Sequence[float], denominator: Sequence[float], confidence: float = CONFIDENCE,

@@ -26,9 +26,13 @@ class OthersCpu:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.share = self.so_far()
+
+    def so_far(self) -> float:
+        """The share since the block began, read while it still runs."""
         wall, busy, own = (now - then for now, then in zip((time.monotonic(), _busy_seconds(), _own_seconds()),
                                                            self._start, strict=True))
-        self.share = min(1.0, max(0.0, busy - own) / max(1e-9, wall * (os.cpu_count() or 1)))
+        return min(1.0, max(0.0, busy - own) / max(1e-9, wall * (os.cpu_count() or 1)))
 
 
 def others_share(sample_s: float = 0.5) -> float:

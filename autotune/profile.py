@@ -77,6 +77,8 @@ class SpeedRatio(_Strict):
     low: float = Field(ge=0)
     high: float = Field(ge=0)
     confidence: float = Field(gt=0, lt=1)
+    # Of all cores, used by other processes during the re-measurement; above host_load.BUSY_SHARE nothing is claimed.
+    others_cpu_share: float | None = Field(default=None, ge=0, le=1)
 
 
 class Metrics(_Strict):

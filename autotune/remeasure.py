@@ -10,6 +10,7 @@ from collections.abc import Callable
 from . import knobs, protocol, quality
 from .candidates import Candidate
 from .exceptions import TrialFailed
+from .host_load import OthersCpu
 from .profile import Workload
 from .scoring import Scoring
 from .worker import Worker, WorkerConfig
@@ -20,8 +21,8 @@ def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workl
               extra_rounds: int = 0, settled: Callable[[], bool] | None = None) -> None:
     """Time every candidate in its own warmed-up worker, round-robin; with `scoring`, render and score its images in
     the last planned round. Fills each candidate's latencies, peak memory, warm-up, images and quality, or its
-    failure. With `settled`, up to `extra_rounds` more rounds run while `settled()` says the comparison the caller
-    needs is not decided yet.
+    failure, and the share of the CPU other processes used while they were timed. With `settled`, up to
+    `extra_rounds` more rounds run while `settled()` says the comparison the caller needs is not decided yet.
 
     >>> remeasure([Candidate("default", {})], WorkerConfig("builtin:tiny-sd"), workload, 2, 600)  # doctest: +SKIP
     """
@@ -32,14 +33,18 @@ def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workl
         for candidate in candidates:
             _ask(candidate, workers[id(candidate)], protocol.Prepare(candidate.settings, workload,
                                                                      knobs.call_kwargs(candidate.settings)), timeout_s)
-        for round_number in range(rounds + extra_rounds):
-            if round_number >= rounds and (settled is None or settled()):
-                break
-            order = candidates[round_number % len(candidates):] + candidates[:round_number % len(candidates)]
-            last = round_number == rounds - 1
-            for candidate in order:
-                _ask(candidate, workers[id(candidate)],
-                     protocol.Time(workload, runs_per_round, render=scoring is not None and last), timeout_s)
+        with OthersCpu() as others:
+            for round_number in range(rounds + extra_rounds):
+                if round_number >= rounds and (settled is None or settled()):
+                    break
+                order = candidates[round_number % len(candidates):] + candidates[:round_number % len(candidates)]
+                last = round_number == rounds - 1
+                for candidate in order:
+                    _ask(candidate, workers[id(candidate)],
+                         protocol.Time(workload, runs_per_round, render=scoring is not None and last), timeout_s)
+                share = others.so_far()  # over every round so far: an interleaved round times them all alike
+                for candidate in candidates:
+                    candidate.others_cpu_share = share
     finally:
         for worker in workers.values():
             worker.close()

@@ -16,8 +16,11 @@ test: run it alone.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,25 +41,38 @@ from autotune.remeasure import remeasure  # noqa: E402
 from autotune.tuner import run_search  # noqa: E402
 from autotune.worker import WorkerConfig  # noqa: E402
 
+_SPAWN_BURNERS = """
+import subprocess, sys
+for _ in range(int(sys.argv[1])):
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(spinner.pid)
+"""
 
-def _spin(stop_at: float) -> None:
-    while time.time() < stop_at:
-        pass
+
+def start_burners(count: int) -> list[int]:
+    """`count` spinning processes that are not this process's children (an intermediate one starts them and exits):
+    a search counts its own children's CPU as its own work, and another user's job is no child of it."""
+    started = subprocess.run([sys.executable, "-c", _SPAWN_BURNERS, str(count)], capture_output=True, text=True,
+                             check=True)
+    return [int(pid) for pid in started.stdout.split()]
+
+
+def stop_burners(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def search(args, folder: Path, name: str, burners: int) -> tuple:
     """One search; with `burners`, that many spinning processes run beside it until it ends."""
-    procs = [multiprocessing.get_context("spawn").Process(target=_spin, args=(time.time() + 86400,), daemon=True)
-             for _ in range(burners)]
-    for proc in procs:
-        proc.start()
+    pids = start_burners(burners)
     started = time.perf_counter()
     try:
         outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, seed=args.seed,
                              out=folder / f"{name}.yaml", study_name=name, pinned=parse_pins(args.pin))
     finally:
-        for proc in procs:
-            proc.kill()
+        stop_burners(pids)
     return outcome, time.perf_counter() - started
 
 
