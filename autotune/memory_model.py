@@ -89,7 +89,12 @@ class Calibration:
 
 def group_of(settings: Mapping[str, Any]) -> str:
     """Trials whose unmodelled memory differs: compiled code holds buffers of its own."""
-    return "eager" if settings.get("compile", "none") in (None, "none") else "compiled"
+    return "compiled" if compiles(settings) else "eager"
+
+
+def compiles(settings: Mapping[str, Any]) -> bool:
+    """Whether a configuration compiles its denoiser (an older study may record `compile: null` for none)."""
+    return settings.get("compile", "none") not in (None, "none")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from datetime import datetime
 import optuna
 
 from .candidates import Candidate
+from .memory_model import compiles
 from .study import finished
 
 
@@ -51,14 +52,10 @@ def time_split(study: optuna.Study, since: datetime, search_s: float, candidates
             continue
         ran += 1
         timed += seconds.get("timed", 0.0)
-        if _compiles(trial.user_attrs.get("settings") or trial.params):
+        if compiles(trial.user_attrs.get("settings") or trial.params):
             compiled += seconds.get("warmup", 0.0)
     for candidate in {id(c): c for c in candidates}.values():
         timed += sum(candidate.latency_s)
-        if _compiles(candidate.settings):
+        if compiles(candidate.settings):
             compiled += candidate.warmup_s
     return TimeSplit(search_s=search_s, timed_s=timed, compile_s=compiled, trials=ran)
-
-
-def _compiles(settings: dict) -> bool:
-    return settings.get("compile", "none") not in (None, "none")

@@ -1,0 +1,228 @@
+"""Benchmark: how many trials and seconds autotune needs to reach the best configuration, against a grid, random
+search, plain TPE and the recommendation alone, on a space small enough to enumerate.
+
+The space: every knob pinned to its default but `--free` ones (precision, channels-last, VAE slicing and fused QKV
+by default: 3 x 2 x 2 x 2 = 24 configurations on a CPU that runs fp16 and bf16); the batch is found within each trial
+as in any search. One run:
+
+1. the oracle: each configuration searched alone (one trial) and re-measured against the default as a search's final
+   re-measurement does; the best re-measured images/s is the oracle's;
+2. random search, TPE (no warm start) and autotune's full search (the recommendation first, the guides' recipes,
+   TPE, the memory model and the batch screening) at `--trials` each, for each of `--seeds` seeds;
+3. each search's incumbent after each trial (its best trial so far, by the search's own measurement) valued at the
+   oracle's re-measurement of that configuration, and printed against the oracle.
+
+    python bench/efficiency.py                          # 24 configurations, 20 trials x 5 seeds x 3 searches
+    python bench/efficiency.py --seeds 3 --trials 12    # shorter
+
+This is a benchmark, not a test: its numbers depend on the machine and its load; run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loads transformers
+
+from autotune.quiet import quiet_library_noise  # noqa: E402
+
+quiet_library_noise()
+
+from rich.console import Console  # noqa: E402
+
+from autotune import knobs, protocol  # noqa: E402
+from autotune.exceptions import NothingFits  # noqa: E402
+from autotune.hardware import probe  # noqa: E402
+from autotune.recommendation import recommend  # noqa: E402
+from autotune.space import build_space  # noqa: E402
+from autotune.study import feasible, finished  # noqa: E402
+from autotune.tuner import run_search  # noqa: E402
+from autotune.worker import Worker, WorkerConfig  # noqa: E402
+
+STRATEGIES = {  # name: run_search options
+    "random": {"sampler": "random", "warm_start_recipes": False},
+    "tpe": {"sampler": "tpe", "warm_start_recipes": False},
+    "autotune": {"sampler": "tpe", "warm_start_recipes": True},
+}
+CHECKPOINTS = (5, 10, 20)
+TARGET = 0.95
+
+
+def reduced_space(model: str, free: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The pins that leave only `free` knobs searched, and every configuration of those knobs (the grid)."""
+    with Worker(WorkerConfig(model=model, device=probe().hardware.device)) as worker:
+        info = worker.request(protocol.Describe(), timeout_s=600)
+    space = build_space(info.domains)
+    missing = [name for name in free if name not in space]
+    if missing:
+        raise SystemExit(f"not searched on this machine and pipeline: {', '.join(missing)}")
+    defaults = knobs.defaults()
+    parents = [name for name in space if name not in free and knobs.get(name).parent is None]
+    pins = {name: defaults[name] for name in parents}
+    values = [knobs.domain_from_dict(space[name]).values for name in free]
+    grid = [dict(zip(free, combo, strict=True)) for combo in itertools.product(*values)]
+    return pins, [combo for combo in grid if not knobs.violations({**pins, **combo})]
+
+
+def key_of(settings: dict[str, Any], free: list[str]) -> tuple:
+    return tuple(settings.get(name, knobs.defaults()[name]) for name in free)
+
+
+def oracle(args, pins: dict, grid: list[dict], folder: Path, console: Console) -> tuple[dict, float]:
+    """Each configuration's re-measured images/s (None where it did not run), and the grid's trial seconds."""
+    values, seconds = {}, 0.0
+    for number, combo in enumerate(grid, 1):
+        key = key_of(combo, args.free)
+        try:
+            outcome = run_search(args.model, budget=args.budget, n_trials=1, steps=args.steps,
+                                 max_batch=args.max_batch, pinned={**pins, **combo}, warm_start_recipes=False,
+                                 top_k=1, rounds=args.rounds, out=None,
+                                 storage=f"sqlite:///{folder}/oracle-{number}.db")
+        except NothingFits:  # it failed or did not fit: no value, and the searches get none for it either
+            values[key] = None
+        else:
+            seconds += finished_trials(outcome)[0].user_attrs.get("seconds", {}).get("trial", 0.0)
+            values[key] = outcome.best.images_per_s.median if outcome.best.measured else None
+        console.print(f"  oracle {number}/{len(grid)} {combo}: "
+                      + (f"{values[key]:.3g} images/s" if values[key] else "did not run"))
+    return values, seconds
+
+
+def finished_trials(outcome) -> list:
+    import optuna
+
+    study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url)
+    return sorted(finished(study), key=lambda t: t.number)
+
+
+def trajectory(outcome, started_at: float, oracle_values: dict, free: list[str]) -> list[tuple[float, float]]:
+    """(seconds since the search started, oracle images/s of the incumbent) after each trial."""
+    best_value, incumbent, points = None, None, []
+    for trial in finished_trials(outcome):
+        if feasible(trial) and trial.value is not None and (best_value is None or trial.value > best_value):
+            best_value, incumbent = trial.value, key_of(trial.user_attrs["settings"], free)
+        done = trial.datetime_complete.timestamp() - started_at
+        points.append((done, oracle_values.get(incumbent) or 0.0))
+    return points
+
+
+def memory_errors(outcome) -> list[float]:
+    """|predicted - measured| / measured peak of each trial that has both."""
+    errors = []
+    for trial in finished_trials(outcome):
+        predicted, measured = trial.user_attrs.get("predicted_peak_bytes"), trial.user_attrs.get("peak_memory_bytes")
+        if predicted and measured:
+            errors.append(abs(predicted - measured) / measured)
+    return errors
+
+
+def first_reaching(points: list[tuple[float, float]], target: float) -> tuple[int | None, float | None]:
+    for number, (seconds, value) in enumerate(points, 1):
+        if value >= target:
+            return number, seconds
+    return None, None
+
+
+def median_or_none(values: list) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if len(present) == len(values) and present else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:tiny-sd")
+    parser.add_argument("--budget", default="4GB")
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--free", nargs="+", default=["precision", "channels_last", "vae_slicing", "fuse_qkv"])
+    parser.add_argument("--plot", default="efficiency.html", help="where the best-so-far plot goes (HTML)")
+    args = parser.parse_args()
+    console = Console(width=200)
+    hw = probe().hardware
+    began = time.perf_counter()
+    pins, grid = reduced_space(args.model, args.free)
+    console.print(f"{len(grid)} configurations of {', '.join(args.free)}; every other knob pinned to its default")
+
+    runs: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
+    with tempfile.TemporaryDirectory(prefix="autotune-efficiency-") as folder:
+        console.print("the oracle: every configuration searched alone and re-measured ...")
+        oracle_values, grid_s = oracle(args, pins, grid, Path(folder), console)
+        best = max(v for v in oracle_values.values() if v)
+        for seed, (name, options) in itertools.product(range(args.seeds), STRATEGIES.items()):
+            console.print(f"  {name}, seed {seed}: {args.trials} trials ...")
+            started = time.time()
+            outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, steps=args.steps,
+                                 max_batch=args.max_batch, pinned=pins, seed=seed, top_k=1, rounds=args.rounds,
+                                 out=None, storage=f"sqlite:///{folder}/{name}-{seed}.db", **options)
+            points = trajectory(outcome, started, oracle_values, args.free)
+            split = outcome.time_split
+            runs[name].append({"points": points, "search_s": time.time() - started,
+                               "overhead": 1 - split.share(split.timed_s) if split else None,
+                               "memory_errors": memory_errors(outcome)})
+    recommended = oracle_values.get(key_of(recommend(args.model, budget=args.budget).settings, args.free))
+    report(args, hw, console, runs, best, grid, grid_s, recommended, time.perf_counter() - began)
+    plot(runs, best, Path(args.plot))
+    console.print(f"plot of best-so-far against trials and seconds: {args.plot}")
+
+
+def report(args, hw, console: Console, runs: dict, best: float, grid: list, grid_s: float,
+           recommended: float | None, total_s: float) -> None:
+    console.print(f"\nmachine: {hw.gpu or hw.cpu}, {hw.cpu_cores} cores; {args.model}, {args.steps} steps, batch up "
+                  f"to {args.max_batch}; {len(grid)} configurations; {args.trials} trials x {args.seeds} seeds; "
+                  f"medians over the seeds; bench {total_s / 60:.0f} min")
+    console.print(f"oracle (best re-measured): {best:.3g} images/s; the grid needs all {len(grid)} trials "
+                  f"({grid_s:.0f} s of trials) to know it")
+    console.print("recommendation alone: " + (f"{recommended / best:.0%} of the oracle" if recommended else
+                                                "not among the grid's configurations"))
+    header = ["search", f"trials to {TARGET:.0%}", f"seconds to {TARGET:.0%}",
+              *[f"best/oracle @{c}" for c in CHECKPOINTS if c <= args.trials], "search s", "overhead",
+              "memory error median / worst"]
+    console.print("| " + " | ".join(header) + " |")
+    console.print("|" + "---|" * len(header))
+    for name, seeds in runs.items():
+        reached = [first_reaching(run["points"], TARGET * best) for run in seeds]
+        trials_to, seconds_to = median_or_none([r[0] for r in reached]), median_or_none([r[1] for r in reached])
+        at = [statistics.median(run["points"][min(c, len(run["points"])) - 1][1] / best for run in seeds)
+              for c in CHECKPOINTS if c <= args.trials]
+        errors = [e for run in seeds for e in run["memory_errors"]]
+        never = sum(r[0] is None for r in reached)
+        cells = [name,
+                 f"{trials_to:.0f}" if trials_to is not None else f"not reached in {never} of {len(seeds)} seeds",
+                 f"{seconds_to:.0f}" if seconds_to is not None else "-",
+                 *[f"{value:.0%}" for value in at],
+                 f"{statistics.median(run['search_s'] for run in seeds):.0f}",
+                 f"{statistics.median(run['overhead'] for run in seeds if run['overhead'] is not None):.0%}",
+                 f"{statistics.median(errors):.0%} / {max(errors):.0%}" if errors else "-"]
+        console.print("| " + " | ".join(cells) + " |")
+
+
+def plot(runs: dict, best: float, path: Path) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("against trials", "against seconds"))
+    colors = {"random": "#888888", "tpe": "#1f77b4", "autotune": "#d62728"}
+    for name, seeds in runs.items():
+        for number, run in enumerate(seeds):
+            share = [value / best for _, value in run["points"]]
+            common = dict(mode="lines", line=dict(color=colors.get(name), shape="hv"), legendgroup=name,
+                          name=name, showlegend=number == 0)
+            figure.add_trace(go.Scatter(x=list(range(1, len(share) + 1)), y=share, **common), row=1, col=1)
+            figure.add_trace(go.Scatter(x=[s for s, _ in run["points"]], y=share, **{**common, "showlegend": False}),
+                             row=1, col=2)
+    figure.update_yaxes(title_text="best so far / oracle images/s")
+    figure.write_html(path, include_plotlyjs="cdn")
+
+
+if __name__ == "__main__":
+    main()
