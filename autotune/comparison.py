@@ -51,7 +51,8 @@ class Ratio:
         return "cannot tell"
 
     def show(self) -> str:
-        """`2.31x (1.92-2.70x)`; when the interval spans 1, the claim is withheld: `cannot tell (0.81-3.10x)`."""
+        """`2.31x (1.92-2.70x)`; when the interval spans 1, the claim is withheld: `cannot tell (0.81-3.10x)`, and
+        when other work took the machine: `cannot tell, machine busy (7.95-16.74x)`."""
         interval = f"{self.low:.2f}-{self.high:.2f}x"
         if self.busy:
             return f"cannot tell, machine busy ({interval})"

@@ -1,18 +1,19 @@
 """Benchmark: how many trials and seconds autotune needs to reach the best configuration, against a grid, random
 search, plain TPE and the recommendation alone, on a space small enough to enumerate.
 
-The space: every knob pinned to its default but `--free` ones (precision, channels-last, VAE slicing and fused QKV
-by default: 3 x 2 x 2 x 2 = 24 configurations on a CPU that runs fp16 and bf16); the batch is found within each trial
-as in any search. One run:
+The space: every knob pinned to its default but `--free` ones (precision, channels-last, CPU threads and fused QKV
+by default: 3 x 2 x 3 x 2 = 36 configurations on a 2-core CPU that runs fp16 and bf16; on a GPU pass `--free` knobs
+that it offers); the batch is found within each trial as in any search. One run:
 
-1. the oracle: each configuration searched alone (one trial) and re-measured against the default as a search's final
-   re-measurement does; the best re-measured images/s is the oracle's;
+1. the oracle: each configuration searched alone (one trial, for its batch), then all re-measured interleaved beside
+   the default configuration as a search's final re-measurement does; the best re-measured images/s is the
+   oracle's;
 2. random search, TPE (no warm start) and autotune's full search (the recommendation first, the guides' recipes,
    TPE, the memory model and the batch screening) at `--trials` each, for each of `--seeds` seeds;
 3. each search's incumbent after each trial (its best trial so far, by the search's own measurement) valued at the
    oracle's re-measurement of that configuration, and printed against the oracle.
 
-    python bench/efficiency.py                          # 24 configurations, 20 trials x 5 seeds x 3 searches
+    python bench/efficiency.py                          # 36 configurations, 20 trials x 5 seeds x 3 searches
     python bench/efficiency.py --seeds 3 --trials 12    # shorter
 
 This is a benchmark, not a test: its numbers depend on the machine and its load; run it alone.
@@ -38,9 +39,11 @@ quiet_library_noise()
 from rich.console import Console  # noqa: E402
 
 from autotune import knobs, protocol  # noqa: E402
+from autotune.candidates import Candidate  # noqa: E402
 from autotune.exceptions import NothingFits  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.recommendation import recommend  # noqa: E402
+from autotune.remeasure import remeasure  # noqa: E402
 from autotune.space import build_space  # noqa: E402
 from autotune.study import feasible, finished  # noqa: E402
 from autotune.tuner import run_search  # noqa: E402
@@ -51,7 +54,8 @@ STRATEGIES = {  # name: run_search options
     "tpe": {"sampler": "tpe", "warm_start_recipes": False},
     "autotune": {"sampler": "tpe", "warm_start_recipes": True},
 }
-CHECKPOINTS = (5, 10, 20)
+GROUP = 12  # configurations re-measured together (each its own worker), beside the default one
+CHECKPOINTS = (5, 10, 20)  # and the last trial
 TARGET = 0.95
 
 
@@ -76,22 +80,45 @@ def key_of(settings: dict[str, Any], free: list[str]) -> tuple:
 
 
 def oracle(args, pins: dict, grid: list[dict], folder: Path, console: Console) -> tuple[dict, float]:
-    """Each configuration's re-measured images/s (None where it did not run), and the grid's trial seconds."""
-    values, seconds = {}, 0.0
+    """Each configuration's images/s (None where it did not run), and the grid's trial seconds.
+
+    Each configuration is searched alone (one trial: its batch found as in any search), then all of them are
+    re-measured interleaved as a search's final re-measurement does, in groups of `GROUP` beside the default
+    configuration: a value is its ratio to the default in its group times the default's median over the groups, so
+    the machine's drift between groups cancels (measured one search at a time, configurations that differ only in
+    noise spread from 15 to 33 images/s)."""
+    chosen, seconds, workload = {}, 0.0, None
     for number, combo in enumerate(grid, 1):
         key = key_of(combo, args.free)
         try:
             outcome = run_search(args.model, budget=args.budget, n_trials=1, steps=args.steps,
                                  max_batch=args.max_batch, pinned={**pins, **combo}, warm_start_recipes=False,
-                                 top_k=1, rounds=args.rounds, out=None,
-                                 storage=f"sqlite:///{folder}/oracle-{number}.db")
+                                 top_k=1, rounds=1, out=None, storage=f"sqlite:///{folder}/oracle-{number}.db")
         except NothingFits:  # it failed or did not fit: no value, and the searches get none for it either
-            values[key] = None
-        else:
-            seconds += finished_trials(outcome)[0].user_attrs.get("seconds", {}).get("trial", 0.0)
-            values[key] = outcome.best.images_per_s.median if outcome.best.measured else None
-        console.print(f"  oracle {number}/{len(grid)} {combo}: "
-                      + (f"{values[key]:.3g} images/s" if values[key] else "did not run"))
+            chosen[key] = None
+            continue
+        seconds += finished_trials(outcome)[0].user_attrs.get("seconds", {}).get("trial", 0.0)
+        chosen[key] = outcome.best.settings if outcome.best.measured else None
+        workload = outcome.profile.workload
+    runs = [(key, settings) for key, settings in chosen.items() if settings]
+    default = {**knobs.defaults(), **pins, "steps": args.steps, "batch_size": 1}
+    config = WorkerConfig(model=args.model, device=probe().hardware.device)
+    relative, anchors = {}, []
+    for start in range(0, len(runs), GROUP):
+        group = runs[start:start + GROUP]
+        anchor, candidates = Candidate("default", default), [Candidate(str(key), s) for key, s in group]
+        console.print(f"  re-measuring configurations {start + 1}-{start + len(group)} of {len(runs)} ...")
+        remeasure([anchor, *candidates], config, workload, args.rounds, 600)
+        for (key, _), candidate in zip(group, candidates, strict=True):
+            ratio = candidate.vs(anchor)
+            relative[key] = ratio.median if ratio is not None else None
+        if anchor.measured:
+            anchors.append(anchor.images_per_s.median)
+    scale = statistics.median(anchors)
+    values = {key: relative[key] * scale if relative.get(key) else None for key in chosen}
+    for key, value in values.items():
+        console.print(f"  {dict(zip(args.free, key, strict=True))}: "
+                      + (f"{value:.3g} images/s" if value else "did not run"))
     return values, seconds
 
 
@@ -143,8 +170,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--free", nargs="+", default=["precision", "channels_last", "vae_slicing", "fuse_qkv"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--free", nargs="+", default=["precision", "channels_last", "cpu_threads", "fuse_qkv"])
     parser.add_argument("--plot", default="efficiency.html", help="where the best-so-far plot goes (HTML)")
     args = parser.parse_args()
     console = Console(width=200)
@@ -175,6 +202,10 @@ def main() -> None:
     console.print(f"plot of best-so-far against trials and seconds: {args.plot}")
 
 
+def checkpoints(trials: int) -> list[int]:
+    return sorted({c for c in CHECKPOINTS if c <= trials} | {trials})
+
+
 def report(args, hw, console: Console, runs: dict, best: float, grid: list, grid_s: float,
            recommended: float | None, total_s: float) -> None:
     console.print(f"\nmachine: {hw.gpu or hw.cpu}, {hw.cpu_cores} cores; {args.model}, {args.steps} steps, batch up "
@@ -185,7 +216,7 @@ def report(args, hw, console: Console, runs: dict, best: float, grid: list, grid
     console.print("recommendation alone: " + (f"{recommended / best:.0%} of the oracle" if recommended else
                                                 "not among the grid's configurations"))
     header = ["search", f"trials to {TARGET:.0%}", f"seconds to {TARGET:.0%}",
-              *[f"best/oracle @{c}" for c in CHECKPOINTS if c <= args.trials], "search s", "overhead",
+              *[f"best/oracle @{c}" for c in checkpoints(args.trials)], "search s", "overhead",
               "memory error median / worst"]
     console.print("| " + " | ".join(header) + " |")
     console.print("|" + "---|" * len(header))
@@ -193,7 +224,7 @@ def report(args, hw, console: Console, runs: dict, best: float, grid: list, grid
         reached = [first_reaching(run["points"], TARGET * best) for run in seeds]
         trials_to, seconds_to = median_or_none([r[0] for r in reached]), median_or_none([r[1] for r in reached])
         at = [statistics.median(run["points"][min(c, len(run["points"])) - 1][1] / best for run in seeds)
-              for c in CHECKPOINTS if c <= args.trials]
+              for c in checkpoints(args.trials)]
         errors = [e for run in seeds for e in run["memory_errors"]]
         never = sum(r[0] is None for r in reached)
         cells = [name,
@@ -221,7 +252,7 @@ def plot(runs: dict, best: float, path: Path) -> None:
             figure.add_trace(go.Scatter(x=[s for s, _ in run["points"]], y=share, **{**common, "showlegend": False}),
                              row=1, col=2)
     figure.update_yaxes(title_text="best so far / oracle images/s")
-    figure.write_html(path, include_plotlyjs="cdn")
+    figure.write_html(path, include_plotlyjs=True)  # inlined: it opens on a machine without a network
 
 
 if __name__ == "__main__":
