@@ -59,9 +59,9 @@ CHECKPOINTS = (5, 10, 20)  # and the last trial
 TARGET = 0.95
 
 
-def reduced_space(model: str, free: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def reduced_space(model: str, free: list[str], device: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The pins that leave only `free` knobs searched, and every configuration of those knobs (the grid)."""
-    with Worker(WorkerConfig(model=model, device=probe().hardware.device)) as worker:
+    with Worker(WorkerConfig(model=model, device=device)) as worker:
         info = worker.request(protocol.Describe(), timeout_s=600)
     space = build_space(info.domains)
     missing = [name for name in free if name not in space]
@@ -79,7 +79,7 @@ def key_of(settings: dict[str, Any], free: list[str]) -> tuple:
     return tuple(settings.get(name, knobs.defaults()[name]) for name in free)
 
 
-def oracle(args, pins: dict, grid: list[dict], folder: Path, console: Console) -> tuple[dict, float]:
+def oracle(args, pins: dict, grid: list[dict], device: str, folder: Path, console: Console) -> tuple[dict, float]:
     """Each configuration's images/s (None where it did not run), and the grid's trial seconds.
 
     Each configuration is searched alone (one trial: its batch found as in any search), then all of them are
@@ -102,7 +102,7 @@ def oracle(args, pins: dict, grid: list[dict], folder: Path, console: Console) -
         workload = outcome.profile.workload
     runs = [(key, settings) for key, settings in chosen.items() if settings]
     default = {**knobs.defaults(), **pins, "steps": args.steps, "batch_size": 1}
-    config = WorkerConfig(model=args.model, device=probe().hardware.device)
+    config = WorkerConfig(model=args.model, device=device)
     relative, anchors = {}, []
     for start in range(0, len(runs), GROUP):
         group = runs[start:start + GROUP]
@@ -129,10 +129,10 @@ def finished_trials(outcome) -> list:
     return sorted(finished(study), key=lambda t: t.number)
 
 
-def trajectory(outcome, started_at: float, oracle_values: dict, free: list[str]) -> list[tuple[float, float]]:
+def trajectory(trials: list, started_at: float, oracle_values: dict, free: list[str]) -> list[tuple[float, float]]:
     """(seconds since the search started, oracle images/s of the incumbent) after each trial."""
     best_value, incumbent, points = None, None, []
-    for trial in finished_trials(outcome):
+    for trial in trials:
         if feasible(trial) and trial.value is not None and (best_value is None or trial.value > best_value):
             best_value, incumbent = trial.value, key_of(trial.user_attrs["settings"], free)
         done = trial.datetime_complete.timestamp() - started_at
@@ -140,10 +140,10 @@ def trajectory(outcome, started_at: float, oracle_values: dict, free: list[str])
     return points
 
 
-def memory_errors(outcome) -> list[float]:
+def memory_errors(trials: list) -> list[float]:
     """|predicted - measured| / measured peak of each trial that has both."""
     errors = []
-    for trial in finished_trials(outcome):
+    for trial in trials:
         predicted, measured = trial.user_attrs.get("predicted_peak_bytes"), trial.user_attrs.get("peak_memory_bytes")
         if predicted and measured:
             errors.append(abs(predicted - measured) / measured)
@@ -177,13 +177,13 @@ def main() -> None:
     console = Console(width=200)
     hw = probe().hardware
     began = time.perf_counter()
-    pins, grid = reduced_space(args.model, args.free)
+    pins, grid = reduced_space(args.model, args.free, hw.device)
     console.print(f"{len(grid)} configurations of {', '.join(args.free)}; every other knob pinned to its default")
 
     runs: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
     with tempfile.TemporaryDirectory(prefix="autotune-efficiency-") as folder:
         console.print("the oracle: every configuration searched alone and re-measured ...")
-        oracle_values, grid_s = oracle(args, pins, grid, Path(folder), console)
+        oracle_values, grid_s = oracle(args, pins, grid, hw.device, Path(folder), console)
         best = max(v for v in oracle_values.values() if v)
         for seed, (name, options) in itertools.product(range(args.seeds), STRATEGIES.items()):
             console.print(f"  {name}, seed {seed}: {args.trials} trials ...")
@@ -191,11 +191,12 @@ def main() -> None:
             outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, steps=args.steps,
                                  max_batch=args.max_batch, pinned=pins, seed=seed, top_k=1, rounds=args.rounds,
                                  out=None, storage=f"sqlite:///{folder}/{name}-{seed}.db", **options)
-            points = trajectory(outcome, started, oracle_values, args.free)
+            trials = finished_trials(outcome)
+            points = trajectory(trials, started, oracle_values, args.free)
             split = outcome.time_split
             runs[name].append({"points": points, "search_s": time.time() - started,
                                "overhead": 1 - split.share(split.timed_s) if split else None,
-                               "memory_errors": memory_errors(outcome)})
+                               "memory_errors": memory_errors(trials)})
     recommended = oracle_values.get(key_of(recommend(args.model, budget=args.budget).settings, args.free))
     report(args, hw, console, runs, best, grid, grid_s, recommended, time.perf_counter() - began)
     plot(runs, best, Path(args.plot))
