@@ -1,9 +1,10 @@
 """How a trial grows its batch: the search's policy, handed to the worker as one frozen object.
 
 A throughput trial times batch sizes 1, 2, 4, ... and stops at the first of: a batch that does not pay (images/s up
-by less than `min_gain`), one over the memory budget or rendering unusable images, one far slower than the best any
-other trial reached at the same batch (`prune_ratio`), or a next (doubled) batch that the memory measured so far,
-extrapolated linearly, says will not fit. Nothing here imports torch or Optuna.
+by less than `min_gain`), one over the memory budget or rendering unusable images, or a next (doubled) batch that
+the memory measured so far, extrapolated linearly, says will not fit. Whether the trial can still beat the others
+at the same batch is the study's pruner's question, asked by the driver after each batch (`trials`). Nothing here
+imports torch or Optuna.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-# A configuration this many times slower than the best one at the same batch size is not tried at bigger batches.
-PRUNE_RATIO = 2.0
 # A bigger batch must raise images/s by at least this fraction to be worth the next one.
 MIN_GAIN = 0.05
 
@@ -45,22 +44,15 @@ class BatchPolicy:
 
     sizes: tuple[int, ...] = (1,)
     memory_budget_bytes: int | None = None
-    # (batch size, images/s): the best other trials of the study reached at each batch size.
-    best_images_per_s_at: tuple[tuple[int, float], ...] = ()
-    prune_ratio: float = PRUNE_RATIO
     min_gain: float = MIN_GAIN
-
-    def best_at(self, batch: int) -> float:
-        return dict(self.best_images_per_s_at).get(batch, 0.0)
 
     def worth_next(self, measured: list[Measured]) -> bool:
         """Whether to time the next batch size after the batches `measured` so far (the last one just now)."""
         last = measured[-1]
+        if last.batch_size == self.sizes[-1]:
+            return False
         budget = self.memory_budget_bytes
         if last.image_problem or (budget and last.peak_memory_bytes and last.peak_memory_bytes > budget):
-            return False
-        # Far below what others reached at this batch: bigger batches will not close the gap.
-        if last.images_per_s_median * self.prune_ratio < self.best_at(last.batch_size):
             return False
         if len(measured) < 2:
             return True

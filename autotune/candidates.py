@@ -94,9 +94,23 @@ def distinct_candidates(trials: list) -> list[Candidate]:
     return list(chosen.values())
 
 
-def top_candidates(trials: list, top_k: int, objective: str) -> list[Candidate]:
-    """The `top_k` best distinct configurations of `trials` (finished, feasible) by their trial's value."""
-    ranked = sorted(trials, key=lambda t: t.value, reverse=objective != "latency")
+# A trial at less than this share of the best trial's speed cannot overtake it in the re-measurement: trials of one
+# configuration spread by 10-20%, not 2x, and re-measuring a slow configuration costs the most time.
+CONTENDER_SHARE = 0.5
+
+
+def top_candidates(trials: list, top_k: int, objective: str, fallbacks: bool = True) -> list[Candidate]:
+    """The `top_k` best distinct configurations of `trials` (finished, feasible) by their trial's value.
+
+    Without `fallbacks`, only those within `CONTENDER_SHARE` of the best one's speed: the others cannot win the
+    re-measurement, and are worth re-measuring only as fallbacks, where it may drop the leader (under a quality
+    floor, or near the memory budget)."""
+    latency = objective == "latency"
+    ranked = sorted(trials, key=lambda t: t.value, reverse=not latency)
+    if not fallbacks and ranked:
+        best = ranked[0].value
+        ranked = [t for t in ranked
+                  if (t.value <= best / CONTENDER_SHARE if latency else t.value >= best * CONTENDER_SHARE)]
     return distinct_candidates(ranked)[:top_k]
 
 

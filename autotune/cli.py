@@ -100,7 +100,9 @@ def search(
         help="throughput (images/s), latency (s/image, batch 1), or pareto (images/s, memory and quality: writes a "
              "profile set with the picks fastest, balanced, smallest)")] = "throughput",
     trials: Annotated[int, typer.Option(help="trials in the study (a resumed study counts its finished ones)")] = 30,
-    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="run trials for at most this many seconds (a trial still running then is stopped and queued again for a "
+             "resume), then re-measure the best")] = None,
     height: Annotated[int | None, typer.Option(help="image height (default: the pipeline's own)")] = None,
     width: Annotated[int | None, typer.Option(help="image width (default: the pipeline's own)")] = None,
     steps: Annotated[int | None, typer.Option(help="inference steps (default: the pipeline's own)")] = None,
@@ -174,7 +176,9 @@ def search(
 def worker(
     storage: StorageOption = None,
     study: StudyOption = None,
-    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="run trials for at most this many seconds (a trial still running then is stopped and queued again)",
+    )] = None,
     log: Annotated[str, typer.Option(help="where the trial processes write what torch prints ({study}: study "
                                           "name)")] = "{study}.log",
     workers: WorkersOption = 1,

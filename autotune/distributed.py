@@ -30,6 +30,7 @@ from .study import (
     check_machine,
     counts,
     load,
+    make_pruner,
     make_sampler,
     output_paths,
 )
@@ -115,6 +116,7 @@ def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Stu
         raise AutotuneError(f"study {study_name!r} tunes a Python function ({spec.model}); only the search that "
                             "started it can load it, so it takes no workers")
     study.sampler = make_sampler(spec.sampler, spec.seed if seeded else None)
+    study.pruner = make_pruner()
     return study, spec, fingerprint
 
 

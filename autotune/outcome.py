@@ -28,6 +28,9 @@ from .time_split import TimeSplit
 from .units import format_size
 from .worker import Worker, WorkerConfig
 
+# A leader whose trial peaked above this share of the memory budget may not fit when re-measured: keep fallbacks.
+NEAR_BUDGET = 0.8
+
 
 @dataclass
 class SearchOutcome:
@@ -75,7 +78,9 @@ def finish_study(
     if objective == "pareto":
         candidates = pareto_candidates([t for t in study.best_trials if feasible(t)], limit=max(top_k, 8))
     else:
-        candidates = top_candidates(ran, top_k, objective)
+        leader = max(ran, key=lambda t: -t.value if objective == "latency" else t.value)
+        near_budget = (leader.user_attrs.get("peak_memory_bytes") or 0) > NEAR_BUDGET * budget_bytes
+        candidates = top_candidates(ran, top_k, objective, fallbacks=scoring is not None or near_budget)
     baseline = Candidate("default", {**knobs.defaults(), "steps": spec.steps or spec.fixed.get("steps"),
                                      "batch_size": 1})
     emit("phase", {"message": f"re-measuring the top {len(candidates)} and the default configuration, interleaved"})

@@ -1,8 +1,9 @@
 """What the search sends a worker process and what comes back: frozen dataclasses, each default set here once.
 
 The parent sends a task (`Describe`, `TrialTask`, `Prepare`, `Time`, `Reference`, `RedirectLog`) over a pipe and
-gets back its result, or a `Failed` that `Worker.request` raises as `exceptions.TrialFailed`. Nothing here imports
-Optuna: `verify` and `bench` talk to workers without the tuner.
+gets back its result, or a `Failed` that `Worker.request` raises as `exceptions.TrialFailed`. While a trial runs, the
+worker sends each batch size's `BatchResult` as it is measured and waits for a `GoOn` before the next: the parent's
+pruner decides. Nothing here imports Optuna: `verify` and `bench` talk to workers without the tuner.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ class TrialTask:
     policy: BatchPolicy = BatchPolicy()
     repeats: Repeats = SCREEN_REPEATS
     score: ScoreAgainst | None = None
+
+
+@dataclass(frozen=True)
+class GoOn:
+    """The parent's answer to a trial's `BatchResult` sent mid-task: time the next batch size, or stop there."""
+
+    next_batch: bool
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,21 @@ def render_missing(pipe: Any, workload: Any, call_kwargs: dict[str, Any], render
 # ---- the reference cache ----
 
 
+def render_reference(pipe: Any, workload: Any, steps: int,
+                     metrics: tuple[str, ...] = DEFAULT_METRICS) -> tuple[np.ndarray, dict[str, float]]:
+    """The reference images of `workload` at `steps`, rendered twice: the second scored against the first is the
+    noise floor, what the same configuration varies by here."""
+    from .measure import image_problem
+
+    kwargs = {"num_inference_steps": steps}
+    first = stack(render(pipe, workload, kwargs), len(workload.prompts))
+    second = stack(render(pipe, workload, kwargs), len(workload.prompts))
+    problem = image_problem(first)
+    if problem:
+        raise RuntimeError(f"the reference configuration renders unusable images ({problem})")
+    return first, score(second, first, metrics, workload.prompts)
+
+
 def cache_dir() -> Path:
     """`AUTOTUNE_CACHE`, else `$XDG_CACHE_HOME/autotune`, else `~/.cache/autotune`."""
     if os.environ.get("AUTOTUNE_CACHE"):

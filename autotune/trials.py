@@ -7,6 +7,7 @@ from it; a FAILED trial would teach it nothing. This module knows nothing of how
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -19,8 +20,9 @@ from . import knobs, protocol, quality
 from .batching import BatchPolicy, doublings
 from .exceptions import AutotuneError, TrialFailed
 from .hardware import probe
+from .measure import Repeats
 from .memory_facts import ModelFacts
-from .memory_model import FACTS_ATTR, REFUSE_MARGIN, MemoryModel, Observation
+from .memory_model import FACTS_ATTR, REFUSE_MARGIN, MemoryModel, Observation, compiles
 from .profile import Workload
 from .scoring import Scoring, scoring_for
 from .space import suggest
@@ -31,14 +33,20 @@ from .worker import Worker
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class _NoCtrlC(logging.Filter):
-    """Optuna logs a trial stopped by Ctrl-C as failed, with the whole traceback, then its value; the search says
-    it in one line (the trial is queued again)."""
+class DeadlineReached(Exception):
+    """The search's time limit passed while a trial ran: the trial is stopped and queued again, so that the study,
+    resumed, runs it first, instead of keeping it as a configuration that failed."""
+
+
+class _QuietStops(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C or by the time limit as failed, with the whole traceback, then its
+    value; the search says it in one line (the trial is queued again)."""
 
     stopped: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] and issubclass(record.exc_info[0], KeyboardInterrupt):
+        stopped_by = (KeyboardInterrupt, DeadlineReached)
+        if record.exc_info and record.exc_info[0] and issubclass(record.exc_info[0], stopped_by):
             self.stopped = str(record.getMessage()).split(" failed", 1)[0]  # "Trial 3"
             return False
         if self.stopped and record.getMessage().startswith(f"{self.stopped} failed with value"):
@@ -47,7 +55,7 @@ class _NoCtrlC(logging.Filter):
         return True
 
 
-logging.getLogger("optuna.study._optimize").addFilter(_NoCtrlC())
+logging.getLogger("optuna.study._optimize").addFilter(_QuietStops())
 
 
 class SearchInterrupted(AutotuneError, KeyboardInterrupt):
@@ -76,7 +84,7 @@ def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Event
         if surplus(study, trial, spec.n_trials):
             raise optuna.TrialPruned("another worker took the study's last trial at the same moment")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        return run_one(trial, study, worker, spec, scoring)
+        return run_one(trial, study, worker, spec, scoring, deadline)
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE:
@@ -89,28 +97,40 @@ def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Event
             if asked:  # Optuna failed it; queued again, it runs first when the study resumes
                 study.enqueue_trial(asked[0].params, skip_if_exists=False)
             raise SearchInterrupted() from None
+        except DeadlineReached:
+            study.enqueue_trial(asked[0].params, skip_if_exists=False)
+            emit("phase", {"message": f"the time limit stopped trial {asked[0].number}; it is queued again and runs "
+                                      "first when the study resumes"})
+            break
         except optuna.exceptions.UpdateFinishedTrialError:
             emit("phase", {"message": f"trial {asked[0].number} was taken for dead (no heartbeat for "
                                       f"{GRACE_PERIOD_S} s) and queued again; its result here is dropped"})
 
 
 def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: StudySpec,
-            scoring: Scoring | None = None) -> float | list[float]:
+            scoring: Scoring | None = None, deadline: float | None = None) -> float | list[float]:
     """Sample one configuration, run it in `worker` (unless it breaks a rule between knobs) and record the result,
-    with where the trial's time went (`seconds`: the worker's split, and the whole trial as the driver saw it)."""
+    with where the trial's time went (`seconds`: the worker's split, and the whole trial as the driver saw it).
+
+    With a `deadline` (seconds since the epoch), the trial may run only until then (`DeadlineReached`)."""
     started, spent = time.perf_counter(), {}
-    value = _run_one(trial, study, worker, spec, scoring, spent)
+    try:
+        value = _run_one(trial, study, worker, spec, scoring, spent, deadline)
+    except DeadlineReached:  # its time is the search's too: `time_split` reports it apart
+        trial.set_user_attr("seconds", {"trial": round(time.perf_counter() - started, 4)})
+        trial.set_user_attr("stopped", "time limit")
+        raise
     trial.set_user_attr("seconds", {**spent, "trial": round(time.perf_counter() - started, 4)})
     return value
 
 
 def _run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: StudySpec, scoring: Scoring | None,
-             spent: dict[str, float]) -> float | list[float]:
+             spent: dict[str, float], deadline: float | None) -> float | list[float]:
     settings = suggest(trial, spec.space, spec.fixed)
     broken = knobs.violations(settings)
     if broken:  # never run: the sampler learns it from an infeasible trial
         return record_failure(trial, spec.objective, "rules", "; ".join(broken), scoring)
-    policy = batch_policy(study, spec, settings)
+    policy = batch_policy(spec, settings)
     model = memory_model(study, spec)
     if model is not None:
         trial.set_user_attr("prediction_trials", model.calibration.trials)
@@ -120,10 +140,15 @@ def _run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stu
     task = protocol.TrialTask(
         settings=settings, workload=Workload(**spec.workload),
         call_kwargs=knobs.call_kwargs({**settings, "batch_size": 1}),
-        policy=policy, score=scoring.task() if scoring else None)
+        policy=policy, repeats=screen_repeats(settings), score=scoring.task() if scoring else None)
+    timeout = trial_timeout(spec, settings)
+    cut = deadline is not None and deadline - time.time() < timeout
     try:
-        answer = worker.request(task, timeout_s=trial_timeout(spec, settings))
+        answer = worker.request(task, timeout_s=max(1.0, deadline - time.time()) if cut else timeout,
+                                on_batch=lambda measured: not pruned(trial, measured))
     except TrialFailed as failure:
+        if cut and failure.kind == "timeout":
+            raise DeadlineReached() from None
         value = record_failure(trial, spec.objective, failure.kind, failure.reason, scoring)
     except KeyboardInterrupt:
         worker.kill()
@@ -171,6 +196,15 @@ def record_predicted_oom(trial: optuna.Trial, spec: StudySpec, predicted: int, b
     return value
 
 
+def screen_repeats(settings: dict[str, Any]) -> Repeats:
+    """A trial's timing: the quick screen, its warm-up call cut to one step unless the configuration compiles (a
+    compiled step cache takes branches in later steps that compile when first reached, and a compiled warm-up is
+    compile time anyway, reported apart)."""
+    if compiles(settings):
+        return protocol.SCREEN_REPEATS
+    return dataclasses.replace(protocol.SCREEN_REPEATS, warmup_steps=1)
+
+
 def trial_timeout(spec: StudySpec, settings: dict[str, Any]) -> float:
     """The trial timeout, scaled by how many more steps than the workload's this trial renders: the reference
     configuration (the reference's steps, under a quality floor) must have the time it needs, or no configuration
@@ -181,36 +215,34 @@ def trial_timeout(spec: StudySpec, settings: dict[str, Any]) -> float:
     return spec.trial_timeout_s * steps / workload_steps
 
 
-def batch_policy(study: optuna.Study, spec: StudySpec, settings: dict[str, Any]) -> BatchPolicy:
+def batch_policy(spec: StudySpec, settings: dict[str, Any]) -> BatchPolicy:
     """A latency trial times batch 1; a pinned batch (`--pin batch_size=4`) or a Pareto trial's sampled one is the
-    only size timed; a throughput trial doubles the batch, pruned against the best rate other trials reached at each
-    size."""
+    only size timed; a throughput trial doubles the batch while it pays and the study's pruner lets it (`pruned`)."""
     if spec.objective == "latency":
         sizes: tuple[int, ...] = (1,)
     elif "batch_size" in spec.space or "batch_size" in spec.fixed:
         sizes = (settings["batch_size"],)
     else:
-        return BatchPolicy(doublings(spec.max_batch), spec.memory_budget_bytes,
-                           tuple(sorted(best_at_each_batch(study).items())))
+        sizes = doublings(spec.max_batch)
     return BatchPolicy(sizes, spec.memory_budget_bytes)
+
+
+def pruned(trial: optuna.Trial, measured: protocol.BatchResult) -> bool:
+    """Report a throughput trial's images/s at the batch size just timed (the step is the batch) and ask the
+    study's pruner whether it stops there. A stopped trial still completes, with the batch it reached: it is a
+    measured configuration, only not at its best batch, and the sampler and the memory model learn from it."""
+    if measured.images_per_s is None:
+        return False
+    trial.report(measured.images_per_s.median, step=measured.batch_size)
+    if not trial.should_prune():
+        return False
+    trial.set_user_attr("pruned_at_batch", measured.batch_size)
+    return True
 
 
 def reversible(settings: dict[str, Any]) -> bool:
     """Whether a worker that applied `settings` can serve another trial (no compile, no offload hooks)."""
     return all(knob.reversible or settings.get(knob.name, knob.default) == knob.default for knob in knobs.in_order())
-
-
-def best_at_each_batch(study: optuna.Study) -> dict[int, float]:
-    """The best images/s any feasible trial of the study reached at each batch size."""
-    best: dict[int, float] = {}
-    for trial in finished(study):
-        if not feasible(trial):
-            continue
-        for measured in trial.user_attrs.get("batches", []):
-            if measured.get("images_per_s"):
-                batch, rate = measured["batch_size"], measured["images_per_s"]["median"]
-                best[batch] = max(best.get(batch, 0.0), rate)
-    return best
 
 
 def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialResult, budget_bytes: int,

@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 
 from . import compile_cache, protocol
 from .exceptions import TrialFailed, first_line
-from .worker_server import exit_with_parent, worker_context
+from .worker_server import exit_with_parent, kill_with_children, worker_context
 
 ModelSource = str | Callable[[], DiffusionPipeline]
 
@@ -86,20 +86,29 @@ class Worker:
         child_conn.close()
         self._conn = parent_conn
 
-    def request(self, task: protocol.Task, timeout_s: float) -> Any:
-        """Send `task`, wait at most `timeout_s` for the answer; raise `TrialFailed` on any failure."""
+    def request(self, task: protocol.Task, timeout_s: float,
+                on_batch: Callable[[protocol.BatchResult], bool] | None = None) -> Any:
+        """Send `task`, wait at most `timeout_s` for the answer; raise `TrialFailed` on any failure.
+
+        A trial sends each batch size's result as it is measured: `on_batch` says whether to time the next one
+        (without it, every batch the task's policy allows is timed)."""
         if not self.alive:
             self.close()
             self.start()
         assert self._conn is not None
         self._conn.send(task)
-        if not self._conn.poll(timeout_s):
-            self.kill()
-            raise TrialFailed("timeout", f"no answer within {timeout_s:.0f} s; the worker was killed")
-        try:
-            answer = self._conn.recv()
-        except (EOFError, OSError):
-            raise TrialFailed("crash", self._death_reason()) from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not self._conn.poll(max(0.0, deadline - time.monotonic())):
+                self.kill()
+                raise TrialFailed("timeout", f"no answer within {timeout_s:.0f} s; the worker was killed")
+            try:
+                answer = self._conn.recv()
+            except (EOFError, OSError):
+                raise TrialFailed("crash", self._death_reason()) from None
+            if not isinstance(answer, protocol.BatchResult):
+                break
+            self._conn.send(protocol.GoOn(on_batch(answer) if on_batch else True))
         if isinstance(answer, protocol.Failed):
             self.kill()  # never trust a worker after a failure: replace it
             raise TrialFailed(answer.kind, answer.reason)
@@ -117,8 +126,7 @@ class Worker:
 
     def kill(self) -> None:
         if self._process is not None and self._process.is_alive():
-            self._process.kill()
-            self._process.join(timeout=10)
+            kill_with_children(self._process)
         self.close()
 
     def close(self) -> None:
@@ -164,7 +172,7 @@ def _serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str])
         # Hold this process to the target card's memory, so a config that would not fit it fails fast here instead
         # of borrowing memory a bigger card has.
         torch.cuda.set_per_process_memory_fraction(min(1.0, config.memory_budget_bytes / hardware.memory_bytes))
-    state = _WorkerState(config, hardware)
+    state = _WorkerState(config, hardware, conn)
     while True:
         try:
             task = conn.recv()
@@ -194,9 +202,10 @@ def _redirect_output(path: str) -> None:
 
 
 class _WorkerState:
-    def __init__(self, config: WorkerConfig, hardware):
+    def __init__(self, config: WorkerConfig, hardware, conn=None):
         self.config = config
         self.hardware = hardware
+        self._conn = conn
         self._pristine: DiffusionPipeline | None = None
         self._pristine_bytes = 0
         self.kept: DiffusionPipeline | None = None
@@ -213,6 +222,14 @@ class _WorkerState:
             self._references[path] = quality.load_reference(path)[0]
         images = quality.render_missing(pipe, workload, call_kwargs, first_images)
         return quality.score(images, self._references[path], tuple(against.metrics), workload.prompts)
+
+    def go_on(self, measured: protocol.BatchResult) -> bool:
+        """Send a trial's batch result to the parent mid-task; whether to time the next batch size."""
+        if self._conn is None:
+            return True
+        self._conn.send(measured)
+        answer = self._conn.recv()
+        return bool(answer.next_batch) if isinstance(answer, protocol.GoOn) else False
 
     def fresh_pipeline(self) -> DiffusionPipeline:
         """A pipeline no trial has touched: the model is loaded once, each trial works on a copy."""
@@ -313,7 +330,7 @@ def _trial(state: _WorkerState, task: protocol.TrialTask) -> protocol.TrialResul
             batch_size=batch, images_per_s=result.images_per_s,
             seconds_per_image=result.latency.median / batch, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
             warmup_s=result.warmup_s, image_problem=result.image_problem, quality=scores))
-        if not task.policy.worth_next(measured):
+        if not task.policy.worth_next(measured) or not state.go_on(measured[-1]):
             break
     # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
     seconds["worker"] = time.perf_counter() - started
@@ -351,25 +368,14 @@ def _time(state: _WorkerState, task: protocol.Time) -> protocol.Timed:
 
 
 def _reference(state: _WorkerState, task: protocol.Reference) -> protocol.ReferenceSaved:
-    """Render the reference (fp32, the pipeline's own scheduler, the reference steps) twice, and cache it.
-
-    The second rendering scored against the first is the noise floor: what the same configuration varies by here.
-    """
+    """Render the reference (fp32, the pipeline's own scheduler, the reference steps) with its noise floor; cache it."""
     from . import quality
     from .apply import apply_settings
-    from .measure import image_problem
 
     pipe = state.fresh_pipeline()
     apply_settings(pipe, {}, state.hardware, fallback=False)
-    workload = task.workload
-    kwargs = {"num_inference_steps": task.steps}
-    first = quality.stack(quality.render(pipe, workload, kwargs), len(workload.prompts))
-    second = quality.stack(quality.render(pipe, workload, kwargs), len(workload.prompts))
-    problem = image_problem(first)
-    if problem:
-        raise RuntimeError(f"the reference configuration renders unusable images ({problem})")
-    noise_floor = quality.score(second, first, tuple(task.metrics), workload.prompts)
-    quality.save_reference(Path(task.path), first, noise_floor)
+    images, noise_floor = quality.render_reference(pipe, task.workload, task.steps, tuple(task.metrics))
+    quality.save_reference(Path(task.path), images, noise_floor)
     return protocol.ReferenceSaved(noise_floor=noise_floor)
 
 

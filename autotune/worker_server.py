@@ -8,6 +8,7 @@ forked worker's parent is the server, not the driver: `exit_with_parent` watches
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
@@ -62,3 +63,19 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def kill_with_children(process: multiprocessing.process.BaseProcess) -> None:
+    """Kill a worker process and what it started: inductor's compile subprocesses, left alone, would go on compiling
+    beside the next trial's timed calls."""
+    import psutil
+
+    try:
+        started = psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        started = []
+    process.kill()
+    process.join(timeout=10)
+    for child in started:
+        with contextlib.suppress(psutil.Error):
+            child.kill()

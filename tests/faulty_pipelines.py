@@ -67,3 +67,23 @@ def counting_tiny_sd():
 def never_loads():
     """A model that takes an hour to load: a worker busy with it is busy computing."""
     time.sleep(3600)
+
+
+PID_FILE_ENV = "AUTOTUNE_TEST_CHILD_PID"
+
+
+def spawning_tiny_sd():
+    """tiny-sd whose UNet starts a long-lived child process (as inductor starts its compile workers), writes its pid
+    to the file named in PID_FILE_ENV, and hangs."""
+    pipe = tiny_sd()
+
+    def spawn_and_hang(unet, args):
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "3600"])
+        with open(os.environ[PID_FILE_ENV], "w") as file:
+            file.write(str(child.pid))
+        time.sleep(3600)
+
+    pipe.unet.register_forward_pre_hook(spawn_and_hang)
+    return pipe

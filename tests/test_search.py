@@ -70,6 +70,27 @@ def test_faults_in_trials_are_recorded_and_the_search_completes(tmp_path):
     assert load_profile(tmp_path / "faults.yaml").settings.attention == "sdpa"
 
 
+def test_the_time_limit_stops_a_running_trial_and_queues_it_again_for_the_resume(tmp_path):
+    storage, name = f"sqlite:///{tmp_path / 'limit.db'}", "limit"
+    fine, hung = params(attention="sdpa"), params(attention="sdpa-math")
+    enqueue(storage, name, fine, hung)
+    started = time.monotonic()
+    outcome = run_search(faulty_tiny_sd, budget="8GB", n_trials=4, storage=storage, study_name=name, timeout_s=25,
+                         trial_timeout_s=600, warm_start_recipes=False, **FAST)
+    assert time.monotonic() - started < 120, "the hung trial ran past the time limit"
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    states = [(t.state, t.params.get("attention")) for t in trials]
+    done, waiting = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING
+    assert states[0] == (done, "sdpa") and states[1] == (optuna.trial.TrialState.FAIL, "sdpa-math")
+    assert (waiting, None) in states  # queued with the params of the stopped trial: the resume runs it first
+    queued = next(t for t in trials if t.state == waiting)
+    assert queued.system_attrs["fixed_params"] == trials[1].params
+    assert outcome.profile.settings.attention == "sdpa"
+    # The stopped trial's time is reported apart, not as overhead.
+    assert outcome.time_split.stopped_s == pytest.approx(trials[1].user_attrs["seconds"]["trial"])
+    assert outcome.time_split.stopped_s > 10 and "a trial the time limit stopped" in outcome.time_split.describe()
+
+
 def test_nan_images_make_a_trial_infeasible_and_it_is_never_chosen(tmp_path):
     storage, name = f"sqlite:///{tmp_path / 'nan.db'}", "nan"
     poisoned, clean = params(channels_last=True), params()

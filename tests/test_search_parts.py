@@ -18,7 +18,7 @@ from autotune.outcome import SearchOutcome, metrics_of
 from autotune.profile import Stat
 from autotune.protocol import BatchResult
 from autotune.space import build_space, restrict, sample, suggest, validate_pinned
-from autotune.study import StudySpec, feasible
+from autotune.study import StudySpec, feasible, make_pruner
 from autotune.trials import run_one
 from autotune.worker import Worker, WorkerConfig
 
@@ -161,10 +161,23 @@ def test_the_batch_policy_doubles_while_it_pays_and_the_memory_guess_fits():
     assert not policy.worth_next([_batch(1, 1.0, 1100)])  # over the budget already
 
 
-def test_the_batch_policy_prunes_against_the_best_rate_at_the_same_batch():
-    policy = BatchPolicy(doublings(4), best_images_per_s_at=((1, 10.0),))
-    assert not policy.worth_next([_batch(1, 4.0, 100)])
-    assert policy.worth_next([_batch(1, 6.0, 100)])
+def test_the_studys_pruner_stops_a_trial_in_the_bottom_quarter_at_its_batch_and_the_trial_still_completes():
+    from autotune.trials import pruned
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner())
+    for rate in (8.0, 9.0, 10.0, 11.0, 12.0):  # the study's trials so far, each reported at batch 1
+        trial = study.ask()
+        assert not pruned(trial, _batch(1, rate, 100))  # too few trials yet to judge (n_startup_trials)
+        study.tell(trial, rate)
+    slow, fast = study.ask(), study.ask()
+    assert pruned(slow, _batch(1, 7.0, 100)) and slow.user_attrs["pruned_at_batch"] == 1
+    assert not pruned(fast, _batch(1, 9.5, 100)) and "pruned_at_batch" not in fast.user_attrs
+    study.tell(slow, 7.0)  # what the trial measured: a complete trial, not a PRUNED one
+    assert study.trials[slow.number].state == optuna.trial.TrialState.COMPLETE
+    assert study.trials[slow.number].intermediate_values == {1: 7.0}
+    # Past the last size, or with nothing timed, nothing is asked.
+    assert not BatchPolicy(doublings(2)).worth_next([_batch(1, 1.0, 100), _batch(2, 3.0, 200)])
+    assert not pruned(study.ask(), BatchResult(batch_size=1, oom="out of memory"))
 
 
 def test_there_is_no_speedup_over_a_default_configuration_that_failed():
@@ -193,6 +206,23 @@ def test_a_pinned_batch_is_the_only_size_a_trial_times(fingerprint):
                      objective="throughput", fixed={"steps": 2, "batch_size": 4},
                      hardware=fingerprint.hardware.model_dump(), space={"precision": ["fp32", "bf16"]},
                      memory_budget_bytes=2**30, n_trials=1, max_batch=16, trial_timeout_s=5, sampler="random", seed=0)
-    assert batch_policy(_study(), spec, {**knobs.defaults(), "steps": 2, "batch_size": 4}).sizes == (4,)
+    assert batch_policy(spec, {**knobs.defaults(), "steps": 2, "batch_size": 4}).sizes == (4,)
     unpinned = StudySpec(**{**spec.__dict__, "fixed": {"steps": 2}})
-    assert batch_policy(_study(), unpinned, {**knobs.defaults(), "steps": 2}).sizes == (1, 2, 4, 8, 16)
+    assert batch_policy(unpinned, {**knobs.defaults(), "steps": 2}).sizes == (1, 2, 4, 8, 16)
+
+
+def test_only_trials_within_half_the_best_speed_are_re_measured_unless_fallbacks_are_needed():
+    from autotune.candidates import top_candidates
+
+    def ran(value: float, precision: str) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(value=value, user_attrs={
+            "settings": {"precision": precision}, "batch_size": 8, "peak_memory_bytes": 100})
+
+    trials = [ran(10.0, "fp32"), ran(6.0, "bf16"), ran(2.0, "fp16")]
+    assert [c.settings["precision"] for c in top_candidates(trials, 3, "throughput", fallbacks=False)] == [
+        "fp32", "bf16"]
+    assert len(top_candidates(trials, 3, "throughput", fallbacks=True)) == 3
+    # Latency: seconds per image, lower is better; 0.25 is more than twice the best's 0.1.
+    latency = [ran(0.1, "fp32"), ran(0.15, "bf16"), ran(0.25, "fp16")]
+    assert [c.settings["precision"] for c in top_candidates(latency, 3, "latency", fallbacks=False)] == [
+        "fp32", "bf16"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
+import psutil
 import pytest
 import torch
-from faulty_pipelines import COUNT_FILE_ENV, counting_tiny_sd
+from faulty_pipelines import COUNT_FILE_ENV, PID_FILE_ENV, counting_tiny_sd, spawning_tiny_sd
 
 from autotune import knobs, pipelines, protocol
+from autotune.batching import BatchPolicy, doublings
+from autotune.exceptions import TrialFailed
 from autotune.hardware import probe
+from autotune.measure import Repeats
 from autotune.profile import Workload
 from autotune.worker import Worker, WorkerConfig, tensor_bytes
 
@@ -61,3 +67,57 @@ def test_preparing_a_configuration_times_its_warm_up_call_alone(tmp_path, monkey
     counter.write_text("")
     counting_tiny_sd()("a cube", num_inference_steps=steps, height=64, width=64, output_type="np")
     assert in_worker == len(counter.read_text().splitlines()), "prepare ran more than its one warm-up call"
+
+
+def _unet_calls(counter) -> int:
+    calls = len(counter.read_text().splitlines())
+    counter.write_text("")
+    return calls
+
+
+def test_a_trials_warm_up_call_runs_the_steps_it_is_given_and_the_timed_calls_all_of_them(tmp_path, monkeypatch):
+    counter = tmp_path / "unet-calls"
+    counter.touch()
+    monkeypatch.setenv(COUNT_FILE_ENV, str(counter))
+    steps, runs = 4, 2
+    calls = {}  # UNet calls of one pipeline call at 1 and at `steps` steps (PNDM adds one to the steps)
+    for n in (1, steps):
+        counting_tiny_sd()("a cube", num_inference_steps=n, height=64, width=64, output_type="np")
+        calls[n] = _unet_calls(counter)
+    with Worker(WorkerConfig(model=counting_tiny_sd)) as worker:
+        for warmup_steps, warmup_calls in ((1, calls[1]), (None, calls[steps])):
+            repeats = Repeats(warmup=1, warmup_steps=warmup_steps, min_runs=runs, max_runs=runs, max_seconds=60)
+            worker.request(protocol.TrialTask({}, WORKLOAD, {"num_inference_steps": steps}, repeats=repeats),
+                           timeout_s=300)
+            assert _unet_calls(counter) == warmup_calls + runs * calls[steps], f"warm-up at {warmup_steps} steps"
+
+
+def test_the_parent_decides_after_each_batch_whether_a_trial_times_the_next():
+    task = protocol.TrialTask({}, WORKLOAD, {"num_inference_steps": 1}, policy=BatchPolicy(doublings(2)),
+                              repeats=Repeats(warmup=0, min_runs=2, max_runs=2))
+    seen = []
+    with Worker(WorkerConfig(model="builtin:tiny-sd")) as worker:
+        stopped = worker.request(task, timeout_s=300, on_batch=lambda batch: seen.append(batch.batch_size) or False)
+        went_on = worker.request(task, timeout_s=300, on_batch=lambda batch: True)
+    assert seen == [1] and [b.batch_size for b in stopped.batches] == [1]
+    assert [b.batch_size for b in went_on.batches] == [1, 2]
+
+
+def test_a_killed_worker_takes_the_processes_it_started_with_it(tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv(PID_FILE_ENV, str(pid_file))
+    task = protocol.TrialTask({}, WORKLOAD, {"num_inference_steps": 1})
+    with Worker(WorkerConfig(model=spawning_tiny_sd)) as worker, pytest.raises(TrialFailed, match="timeout"):
+        worker.request(task, timeout_s=20)
+    child = psutil.Process(int(pid_file.read_text()))
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child), "the worker's child outlived it"
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
