@@ -88,10 +88,8 @@ class Worker:
 
     def request(self, task: protocol.Task, timeout_s: float,
                 on_batch: Callable[[protocol.BatchResult], bool] | None = None) -> Any:
-        """Send `task`, wait at most `timeout_s` for the answer; raise `TrialFailed` on any failure.
-
-        A trial sends each batch size's result as it is measured: `on_batch` says whether to time the next one
-        (without it, every batch the task's policy allows is timed)."""
+        """Send `task`, wait at most `timeout_s` for the answer; raise `TrialFailed` on any failure. A trial sends each
+        batch size's result as it is measured: `on_batch` says whether to time the next one (without it: yes)."""
         if not self.alive:
             self.close()
             self.start()
@@ -108,7 +106,12 @@ class Worker:
                 raise TrialFailed("crash", self._death_reason()) from None
             if not isinstance(answer, protocol.BatchResult):
                 break
-            self._conn.send(protocol.GoOn(on_batch(answer) if on_batch else True))
+            try:
+                go_on = on_batch(answer) if on_batch else True
+            except BaseException:  # the worker waits mid-task for an answer that will not come: it cannot serve on
+                self.kill()
+                raise
+            self._conn.send(protocol.GoOn(go_on))
         if isinstance(answer, protocol.Failed):
             self.kill()  # never trust a worker after a failure: replace it
             raise TrialFailed(answer.kind, answer.reason)
@@ -202,7 +205,7 @@ def _redirect_output(path: str) -> None:
 
 
 class _WorkerState:
-    def __init__(self, config: WorkerConfig, hardware, conn=None):
+    def __init__(self, config: WorkerConfig, hardware, conn):
         self.config = config
         self.hardware = hardware
         self._conn = conn
@@ -225,8 +228,6 @@ class _WorkerState:
 
     def go_on(self, measured: protocol.BatchResult) -> bool:
         """Send a trial's batch result to the parent mid-task; whether to time the next batch size."""
-        if self._conn is None:
-            return True
         self._conn.send(measured)
         answer = self._conn.recv()
         return bool(answer.next_batch) if isinstance(answer, protocol.GoOn) else False
