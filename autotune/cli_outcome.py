@@ -56,8 +56,7 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
         console.print(f"[bold]the runs cannot tell autotune's choice from the default: {ratio.low:.2f}x to "
                       f"{ratio.high:.2f}x ({ratio.confidence:.0%} interval)[/bold]; a busy machine spreads them, "
                       "so re-measure it on a quiet one with `autotune verify`")
-    changed = {k: v for k, v in outcome.best.settings.items() if v != knobs.get(k).default}
-    console.print("settings: " + (", ".join(f"{k}={knobs.show(v)}" for k, v in changed.items()) or "defaults"))
+    console.print("settings: " + knobs.show_changed(outcome.best.settings))
     if outcome.time_split is not None:
         console.print(outcome.time_split.describe())
     console.print(f"study {outcome.study_name} in {outcome.storage}")

@@ -5,19 +5,18 @@ It runs the quickstart command as a user would (a new process, wall clock from i
 configuration and both choices interleaved, and prints the quickstart's wall time and its choice's images/s as a
 ratio of the 30-trial search's, with its interval.
 
-    python bench/quickstart.py                      # the 30-trial search with compile (20-40 minutes on two cores)
+    python bench/quickstart.py                      # the 30-trial search with compile (about an hour on two cores)
     python bench/quickstart.py --pin compile=none   # a shorter reference search, without compile
 
-The compile cache is emptied first, as on a fresh machine. This is a benchmark, not a test: run it alone.
+Both run with an empty cache (`AUTOTUNE_CACHE` in a new folder), as on a fresh machine. This is a benchmark, not a
+test: run it alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ from rich.console import Console  # noqa: E402
 
 from autotune import knobs  # noqa: E402
 from autotune.candidates import Candidate  # noqa: E402
-from autotune.compile_cache import study_folder  # noqa: E402
 from autotune.flags import parse_pins  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.profile import load_profile  # noqa: E402
@@ -42,12 +40,6 @@ from autotune.worker import WorkerConfig  # noqa: E402
 
 # The README's main quickstart command, after its install step.
 QUICKSTART = ["autotune", "search", "--budget", "4GB", "--timeout", "200"]
-
-
-def changed(settings: dict) -> str:
-    defaults = knobs.defaults()
-    return ", ".join(f"{name}={knobs.show(value)}" for name, value in settings.items()
-                     if value != defaults.get(name, value) or name == "batch_size") or "as loaded"
 
 
 def main() -> None:
@@ -62,7 +54,6 @@ def main() -> None:
         work = Path(folder)
         env = {**os.environ, "AUTOTUNE_CACHE": str(work / "cache")}  # an empty cache: no compiled code carried in
         os.environ["AUTOTUNE_CACHE"] = env["AUTOTUNE_CACHE"]
-        shutil.rmtree(study_folder("quick"), ignore_errors=True)
         console.print(f"quickstart: {' '.join(QUICKSTART)} ...")
         started = time.perf_counter()
         printed = subprocess.run([*QUICKSTART, "--out", str(work / "quick.yaml"), "--study", "quick"], cwd=work,
@@ -93,12 +84,11 @@ def main() -> None:
                                      (f"{args.trials} trials{pins}", reference_s, best)):
         again = candidate.vs(default)
         console.print(f"| {name} | {seconds:.0f} | {candidate.images_per_s.median:.3g} | "
-                      f"{again.show() if again else '-'} | {changed(candidate.settings)} |")
+                      f"{again.show() if again else '-'} | {knobs.show_changed(candidate.settings)} |")
     within = ratio is not None and ratio.median >= 0.95
     console.print(f"quickstart's choice / reference's choice: {ratio.show() if ratio else '-'}; quickstart "
                   f"{'within' if within else 'NOT shown within'} 5% of the reference, "
                   f"{'in' if quick_s <= 300 else 'NOT in'} 5 minutes ({quick_s:.0f} s)")
-    sys.exit(0)
 
 
 if __name__ == "__main__":

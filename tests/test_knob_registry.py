@@ -127,3 +127,9 @@ def test_a_knob_from_another_package_is_found_by_its_entry_point(tmp_path):
                             env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{sys.path[0]}"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["True", "True"]
+
+
+def test_show_changed_names_only_the_settings_away_from_their_defaults_as_yaml_writes_them():
+    settings = {**knobs.defaults(), "precision": "bf16", "channels_last": True, "batch_size": 8}
+    assert knobs.show_changed(settings) == "precision=bf16, channels_last=true, batch_size=8"
+    assert knobs.show_changed(knobs.defaults()) == "defaults"

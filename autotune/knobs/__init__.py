@@ -26,6 +26,7 @@ from .base import (
     load_kwargs,
     register,
     show,
+    show_changed,
     violations,
 )
 from .domain import Categorical, Domain, FloatRange, IntRange, domain_from_dict
@@ -62,5 +63,5 @@ _check_rules()
 __all__ = [
     "AS_LOADED", "ENTRY_POINT_GROUP", "KNOBS", "STAGE_ORDER", "Categorical", "Domain", "Excludes", "FloatRange",
     "IntRange", "Knob", "Requires", "Rule", "availability", "call_kwargs", "defaults", "domain_from_dict", "domains",
-    "get", "in_order", "load_kwargs", "register", "show", "violations",
+    "get", "in_order", "load_kwargs", "register", "show", "show_changed", "violations",
 ]

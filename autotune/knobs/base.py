@@ -145,6 +145,12 @@ def defaults() -> dict[str, Any]:
     return {knob.name: knob.default for knob in in_order()}
 
 
+def show_changed(settings: Mapping[str, Any]) -> str:
+    """The settings that differ from their knob's default, as `precision=bf16, batch_size=8`; `defaults` if none."""
+    return ", ".join(f"{name}={show(value)}" for name, value in settings.items()
+                     if value != get(name).default) or "defaults"
+
+
 def call_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Pipeline-call keyword arguments of the call-time knobs (steps, batch) in `settings`."""
     kwargs: dict[str, Any] = {}
