@@ -38,6 +38,7 @@ from .options import (  # noqa: E402
     DEFAULT_REFERENCE_STEPS,
     DEFAULT_TOLERANCE,
     OBJECTIVES,
+    PRUNERS,
     SAMPLERS,
     STORAGE_ENV,
 )
@@ -121,6 +122,9 @@ def search(
     study: Annotated[str | None, typer.Option(help="study name (default: model, hardware, size, objective)")] = None,
     seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile")] = 0,
     sampler: Annotated[str, typer.Option(help=", ".join(SAMPLERS))] = SAMPLERS[0],
+    pruner: Annotated[str, typer.Option(help="percentile: a trial in the study's bottom quarter at a batch size "
+                                             "stops growing its batch; none: every trial tries every batch")
+                      ] = PRUNERS[0],
     trial_timeout: Annotated[float, typer.Option(help="seconds before a trial is killed as hung")] = 600.0,
     max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = 16,
     pin: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE: keep a knob at a value (repeatable)")] = None,
@@ -139,6 +143,7 @@ def search(
     check_choice("objective", objective, OBJECTIVES)
     floor = parse_floor(quality_floor) if quality_floor is not None else None
     check_choice("sampler", sampler, SAMPLERS)
+    check_choice("pruner", pruner, PRUNERS)
     check_at_least_one(("trials", trials), ("height", height), ("width", width), ("steps", steps),
                         ("max-batch", max_batch), ("workers", workers), ("top-k", top_k), ("rounds", rounds),
                         ("reference-steps", reference_steps))
@@ -162,9 +167,9 @@ def search(
         outcome = run_search(
             model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
             width=width, steps=steps, prompts=workload_prompts, negative_prompt=negative_prompt,
-            guidance_scale=guidance, call=call_arguments, seed=seed, sampler=sampler, storage=storage, study_name=study,
-            out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned, workers=workers,
-            top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,
+            guidance_scale=guidance, call=call_arguments, seed=seed, sampler=sampler, pruner=pruner, storage=storage,
+            study_name=study, out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
+            workers=workers, top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,
             on_event=progress.event,
         )
     print_outcome(console, outcome)

@@ -116,7 +116,7 @@ def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Stu
         raise AutotuneError(f"study {study_name!r} tunes a Python function ({spec.model}); only the search that "
                             "started it can load it, so it takes no workers")
     study.sampler = make_sampler(spec.sampler, spec.seed if seeded else None)
-    study.pruner = make_pruner()
+    study.pruner = make_pruner(spec.pruner)
     return study, spec, fingerprint
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 OBJECTIVES = ("throughput", "latency", "pareto")
 SAMPLERS = ("tpe", "gp", "random")
+# "percentile" stops growing the batch of a trial in the bottom quarter (`study.make_pruner`); "none" measures
+# every trial at every batch, as a plain Optuna search would.
+PRUNERS = ("percentile", "none")
 # The reference rendering's step count when quality is measured (fp32, the pipeline's own scheduler).
 DEFAULT_REFERENCE_STEPS = 50
 # How far below a profile's recorded images/s `verify` still passes (a fraction).

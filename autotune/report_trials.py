@@ -79,10 +79,8 @@ def trial_settings(trial: FrozenTrial) -> dict[str, Any]:
 def changed_settings(study: optuna.Study, trial: FrozenTrial) -> str:
     """The knobs a trial set away from their defaults; the study's fixed ones are in the summary."""
     fixed = study.user_attrs.get("fixed", {})
-    changed = [f"{name}={knobs.show(value)}" for name, value in trial_settings(trial).items()
-               if name in knobs.KNOBS and name not in fixed and name != "batch_size"
-               and value != knobs.get(name).default]
-    return ", ".join(changed) or "defaults"
+    return knobs.show_changed({name: value for name, value in trial_settings(trial).items()
+                               if name in knobs.KNOBS and name not in fixed and name != "batch_size"})
 
 
 def verdict(trial: FrozenTrial) -> str:

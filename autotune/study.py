@@ -88,6 +88,7 @@ class StudySpec:
     steps: int | None = None  # the workload's steps (the default configuration's), searched or not
     quality_floor: str | None = None  # as given: psnr=35, ssim=-5%
     reference_steps: int | None = None  # set when trials are scored against a reference rendering
+    pruner: str | None = None  # `options.PRUNERS`; None: recorded before the choice, when every study pruned
 
     # A resumed search must match these; the others follow the latest search's options.
     IDENTITY = ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps")
@@ -166,11 +167,14 @@ def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
 PRUNE_PERCENTILE = 75.0
 
 
-def make_pruner() -> optuna.pruners.BasePruner:
+def make_pruner(pruner: str | None = "percentile") -> optuna.pruners.BasePruner:
     """The pruner of a throughput trial's batch doubling: after each batch size the trial reports its images/s there
-    (the step is the batch size), and a trial in the bottom quarter of the study's trials at that batch stops
-    growing it. A quarter, not a half: timings of near-equal configurations spread by 10-20% between trials, and a
-    stopped trial keeps the rate of the batch it stopped at."""
+    (the step is the batch size), and with "percentile" a trial in the bottom quarter of the study's trials at that
+    batch stops growing it. A quarter, not a half: timings of near-equal configurations spread by 10-20% between
+    trials, and a stopped trial keeps the rate of the batch it stopped at. "none" never stops one; None is a study
+    recorded before the choice, which pruned."""
+    if pruner == "none":
+        return optuna.pruners.NopPruner()
     return optuna.pruners.PercentilePruner(PRUNE_PERCENTILE, n_startup_trials=4, n_min_trials=3)
 
 
@@ -190,7 +194,7 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     The spec is recorded (again) so that the workers that join see this search's trial count, budget and time limit.
     """
     study = optuna.create_study(study_name=name, storage=open_storage(storage),
-                                sampler=make_sampler(spec.sampler, spec.seed), pruner=make_pruner(),
+                                sampler=make_sampler(spec.sampler, spec.seed), pruner=make_pruner(spec.pruner),
                                 directions=directions(spec.objective),
                                 load_if_exists=True)
     if spec.objective == "pareto" and study.metric_names is None:

@@ -21,7 +21,7 @@ from .files import check_writable
 from .hardware import probe
 from .memory_facts import ModelFacts
 from .memory_model import FACTS_ATTR
-from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, SAMPLERS
+from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, PRUNERS, SAMPLERS
 from .outcome import SearchOutcome, finish_study, warn_if_busy
 from .profile import Profile, Workload
 from .recommendation import recommend_settings
@@ -84,6 +84,7 @@ def run_search(
     call: dict[str, Any] | None = None,
     seed: int = 0,
     sampler: str = "tpe",
+    pruner: str = "percentile",
     storage: str | None = None,
     study_name: str | None = None,
     out: str | Path | None = None,  # "{study}" in it becomes the study name; None writes no file
@@ -118,6 +119,8 @@ def run_search(
         raise InvalidInput(f"objective {objective!r} is not supported; use one of {', '.join(OBJECTIVES)}")
     if sampler not in SAMPLERS:
         raise InvalidInput(f"sampler {sampler!r} is not supported; use one of {', '.join(SAMPLERS)}")
+    if pruner not in PRUNERS:
+        raise InvalidInput(f"pruner {pruner!r} is not supported; use one of {', '.join(PRUNERS)}")
     if n_trials < 1:
         raise InvalidInput("the number of trials must be at least 1")
     if reference_steps < 1:
@@ -169,6 +172,7 @@ def run_search(
             max_batch=max_batch, trial_timeout_s=trial_timeout_s, sampler=sampler, seed=seed,
             deadline=time.time() + timeout_s if timeout_s is not None else None, steps=steps,
             quality_floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None,
+            pruner=pruner,
         )
         name = study_name or default_study_name(model_id, fingerprint, workload, objective, floor)
         out, log_path = output_paths(out, name)

@@ -67,7 +67,8 @@ def pid_alive(pid: int) -> bool:
 
 def kill_with_children(process: multiprocessing.process.BaseProcess) -> None:
     """Kill a worker process and what it started: inductor's compile subprocesses, left alone, would go on compiling
-    beside the next trial's timed calls."""
+    beside the next trial's timed calls. Returns once they are gone: a killed process still frees its memory, and
+    one that is no longer this process's descendant while it does counts as another process's load."""
     import psutil
 
     try:
@@ -79,3 +80,17 @@ def kill_with_children(process: multiprocessing.process.BaseProcess) -> None:
     for child in started:
         with contextlib.suppress(psutil.Error):
             child.kill()
+    deadline = time.monotonic() + 10
+    while any(_exiting(child) for child in started) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _exiting(process) -> bool:
+    """Whether a killed process has not finished exiting: a zombie has (only its parent's wait is left, and the
+    parent of an orphan is init)."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -145,7 +145,7 @@ def main() -> None:
     print_table(console, rows, candidates, default, floor)
     for name, reason in skipped:
         console.print(f"not run here: {name}: {reason}")
-    changed = {k: v for k, v in chosen.items() if v != knobs.get(k).default and k != "steps"}
+    changed = knobs.show_changed({k: v for k, v in chosen.items() if k != "steps"})
     console.print(f"autotune chose {changed}, steps {chosen.get('steps')}; re-scored in this process: "
                   f"{floor.metric} {again.get(floor.metric, float('nan')):.2f} "
                   f"({'meets' if quality.meets(again, floor.metric, floor.min) else 'MISSES'} {args.floor})")

@@ -13,7 +13,7 @@ import pytest
 
 from autotune import cli, library
 from autotune.exceptions import InvalidInput
-from autotune.options import OBJECTIVES, SAMPLERS
+from autotune.options import OBJECTIVES, PRUNERS, SAMPLERS
 
 
 def _autotune(*args: str) -> subprocess.CompletedProcess:
@@ -43,6 +43,7 @@ def _modules_loaded_by(*args: str) -> tuple[int, set[str]]:
     (["--budget", "150%"], "size '150%' must be a share between 0% and 100% of the device's memory"),
     (["--objective", "nope"], f"--objective must be one of {', '.join(OBJECTIVES)}, got 'nope'"),
     (["--sampler", "nope"], f"--sampler must be one of {', '.join(SAMPLERS)}, got 'nope'"),
+    (["--pruner", "median"], f"--pruner must be one of {', '.join(PRUNERS)}, got 'median'"),
 ])
 def test_a_bad_search_flag_is_one_line_and_status_2(args, message):
     result = _autotune("search", *args)

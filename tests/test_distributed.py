@@ -150,7 +150,7 @@ def test_the_storage_password_is_nowhere_the_search_wrote(fleet):
 # ---- a machine that is not the study's hardware ----
 
 
-def _study_for_this_machine(url: str, name: str) -> None:
+def _study_for_this_machine(url: str, name: str, pruner: str | None = None) -> None:
     """A study as `autotune search` records it, for the tiny pipeline on this machine (no trial run)."""
     fingerprint = probe()
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
@@ -159,7 +159,18 @@ def _study_for_this_machine(url: str, name: str) -> None:
               objective="throughput", fixed={"steps": 2, "compile": "none"},
               hardware=fingerprint.hardware.model_dump(), space={"attention": ["sdpa", "vanilla"]},
               memory_budget_bytes=4 * 10**9, n_trials=2, max_batch=2, trial_timeout_s=60, sampler="tpe",
-              seed=0).record(study)
+              seed=0, pruner=pruner).record(study)
+
+
+@pytest.mark.parametrize(("recorded", "pruner"), [("none", optuna.pruners.NopPruner),
+                                                  (None, optuna.pruners.PercentilePruner)])
+def test_a_joining_worker_prunes_as_the_search_that_started_the_study_chose(tmp_path, recorded, pruner):
+    from autotune.distributed import join
+
+    url, name = f"sqlite:///{tmp_path / 'study.db'}", "pruner"
+    _study_for_this_machine(url, name, recorded)
+    study, spec, _ = join(url, name)
+    assert spec.pruner == recorded and isinstance(study.pruner, pruner)
 
 
 def test_a_worker_on_other_hardware_is_refused_with_a_clear_message(tmp_path):

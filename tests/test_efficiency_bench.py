@@ -26,10 +26,13 @@ def test_one_tiny_run_prints_every_search_against_the_oracle_and_writes_the_plot
     plot = tmp_path / "efficiency.html"
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "efficiency.py"), "--free", "channels_last", "--seeds", "1",
-         "--trials", "2", "--steps", "1", "--max-batch", "1", "--rounds", "1", "--plot", str(plot)],
+         "--trials", "2", "--steps", "1", "--max-batch", "1", "--rounds", "1", "--oracle-rounds", "1",
+         "--plot", str(plot)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     table = [line for line in run.stdout.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in table] == ["| search", "| random", "| tpe", "| autotune"], run.stdout
-    assert "2 configurations of channels_last" in run.stdout and "oracle (best re-measured)" in run.stdout
+    assert "2 configurations of channels_last" in run.stdout and "oracle (best re-measured, 1 rounds)" in run.stdout
+    assert "chosen/oracle" in table[0] and "recommendation alone (as recommended" in run.stdout
+    assert "images/s," in run.stdout.split("recommendation alone")[1].splitlines()[0]  # it was measured
     assert "best so far" in plot.read_text() and "against seconds" in plot.read_text()

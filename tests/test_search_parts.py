@@ -180,6 +180,18 @@ def test_the_studys_pruner_stops_a_trial_in_the_bottom_quarter_at_its_batch_and_
     assert not pruned(study.ask(), BatchResult(batch_size=1, oom="out of memory"))
 
 
+def test_with_pruner_none_every_trial_grows_its_batch_as_a_plain_optuna_search_would():
+    from autotune.trials import pruned
+
+    assert isinstance(make_pruner(None), optuna.pruners.PercentilePruner)  # a study recorded before the choice
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("none"))
+    for rate in (8.0, 9.0, 10.0, 11.0, 12.0):
+        trial = study.ask()
+        pruned(trial, _batch(1, rate, 100))
+        study.tell(trial, rate)
+    assert not pruned(study.ask(), _batch(1, 1.0, 100))  # the slowest by far, and it goes on
+
+
 def test_there_is_no_speedup_over_a_default_configuration_that_failed():
     best = Candidate("trial 0", {"batch_size": 1}, latency_s=[0.5, 0.5], peak_memory_bytes=10)
     for failed in (Candidate("default", {}, failure="oom: out of memory"),
