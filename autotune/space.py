@@ -123,14 +123,17 @@ def validate_pinned(pinned: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def compile_step(device: str) -> dict[str, Any]:
+    """The guides' compile step: channels-last, then torch.compile in their mode for the device."""
+    return {"channels_last": True, "compile": "max-autotune-no-cudagraphs" if device == "cuda" else "default"}
+
+
 def documentation_recipes(device: str) -> dict[str, dict[str, Any]]:
     """The diffusers optimization guides' usual recipes, by name (restricted to the space before they run)."""
-    compile_mode = "max-autotune-no-cudagraphs" if device == "cuda" else "default"
     return {
         "as loaded": {},
         "fp16 + SDPA": {"precision": "fp16", "attention": "sdpa"},
-        "fp16 + SDPA + channels-last + compile": {"precision": "fp16", "attention": "sdpa", "channels_last": True,
-                                                  "compile": compile_mode},
+        "fp16 + SDPA + channels-last + compile": {"precision": "fp16", "attention": "sdpa", **compile_step(device)},
         "fp16 + attention slicing": {"precision": "fp16", "attention": "sliced", "attention_slice_size": "auto"},
         "fp16 + model offload": {"precision": "fp16", "offload": "model"},
         "fp16 + sequential offload": {"precision": "fp16", "offload": "sequential"},
@@ -169,14 +172,20 @@ def warm_start(study: optuna.Study, space: Mapping[str, DomainData], device: str
                fixed: Mapping[str, Any], with_recipes: bool = True, reference: Mapping[str, Any] | None = None,
                defaults: Mapping[str, Any] | None = None, recommended: Mapping[str, Any] | None = None) -> None:
     """Enqueue, in this order: under a quality floor the reference's own scheduler and steps (so the search always
-    has a configuration that meets the floor), the recommended configuration (`recommend`), the previous profile's
-    settings, then the documentation recipes.
+    has a configuration that meets the floor), the recommended configuration (`recommend`), the same with the guides'
+    compile step where compile is searched, the previous profile's settings, then the documentation recipes.
+
+    The compiled recommendation keeps the recommendation's precision: the guides' own compile recipe is fp16, written
+    for GPUs, and on a CPU fp16 ran 5x slower than fp32. It comes second so that a short search (`--timeout`) times
+    a compiled configuration: on two CPU cores a 30-trial search chose compile, and the 200-second quickstart, which
+    ran the guides' fp16 compile recipe instead, ended at 0.89x its choice.
 
     A seed that breaks a rule between knobs (with the fixed values) is left out: it would never run; one with the
     same params as an earlier seed is enqueued once, under the earlier one's label (the recommendation is often the
     configuration as loaded).
     """
-    firsts = ((reference, REFERENCE_RECIPE), (recommended, RECOMMENDED_RECIPE),
+    compiled = {**recommended, **compile_step(device)} if recommended is not None and "compile" in space else None
+    firsts = ((reference, REFERENCE_RECIPE), (recommended, RECOMMENDED_RECIPE), (compiled, None),
               (previous.settings_dict() if previous is not None else None, None))
     seeds = []
     for first, label in firsts:

@@ -102,6 +102,23 @@ def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():
     assert restrict({"attention": "sliced"}, space) == {"precision": "fp32", "attention": "sliced"}
 
 
+def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_compile_is_searched():
+    from autotune.space import warm_start
+
+    space = {"precision": ["fp32", "fp16"], "channels_last": [False, True], "compile": ["none", "default"]}
+    study = optuna.create_study(direction="maximize")
+    warm_start(study, space, "cpu", None, {}, recommended={})
+    queued = [t.system_attrs["fixed_params"] for t in study.trials]  # enqueue_trial's params, not yet run
+    assert queued[:2] == [{"precision": "fp32", "channels_last": False, "compile": "none"},
+                          {"precision": "fp32", "channels_last": True, "compile": "default"}]
+    assert {"precision": "fp16", "channels_last": True, "compile": "default"} in queued[2:]  # the guides' recipe
+    uncompiled = optuna.create_study(direction="maximize")
+    warm_start(uncompiled, {"precision": ["fp32", "fp16"], "channels_last": [False, True]}, "cpu", None, {},
+               recommended={})
+    assert [t.system_attrs["fixed_params"] for t in uncompiled.trials][:2] == [{"precision": "fp32", "channels_last": False},
+                                                          {"precision": "fp16", "channels_last": False}]
+
+
 @pytest.fixture
 def offload_excludes_compile(monkeypatch):
     """A rule as a knob declares it: sequential offload excludes compile's default mode (not max-autotune)."""
