@@ -83,12 +83,17 @@ class Candidate:
         return self.measured and self.peak_memory_bytes is not None and self.peak_memory_bytes <= budget_bytes
 
 
+def settings_key(settings: dict) -> str:
+    """One configuration's identity (settings and batch), whatever order its settings came in."""
+    return repr(sorted(settings.items(), key=lambda item: item[0]))
+
+
 def distinct_candidates(trials: list) -> list[Candidate]:
     """The trials as candidates, in order, each configuration (settings and batch) once."""
     chosen: dict[str, Candidate] = {}
     for trial in trials:
         settings = {**trial.user_attrs["settings"], "batch_size": trial.user_attrs["batch_size"]}
-        key = repr(sorted(settings.items(), key=lambda item: item[0]))
+        key = settings_key(settings)
         chosen.setdefault(key, Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"],
                                          trial=trial.number))
     return list(chosen.values())

@@ -44,7 +44,7 @@ quiet_library_noise()
 from rich.console import Console  # noqa: E402
 
 from autotune import knobs, protocol  # noqa: E402
-from autotune.candidates import Candidate, top_candidates  # noqa: E402
+from autotune.candidates import Candidate, settings_key, top_candidates  # noqa: E402
 from autotune.exceptions import NothingFits  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.recommendation import recommend  # noqa: E402
@@ -182,7 +182,7 @@ def delivered(trials: list, started_at: float, oracle_values: dict, free: list[s
             ran.append(trial)
         done = trial.datetime_complete.timestamp() - started_at
         contenders = top_candidates(ran, 3, "throughput", fallbacks=False)
-        names = tuple(sorted(repr(sorted(c.settings.items(), key=lambda item: item[0])) for c in contenders))
+        names = tuple(sorted(settings_key(c.settings) for c in contenders))
         if names not in chosen:
             began = time.perf_counter()
             remeasure(contenders, config, workload, rounds, 600)

@@ -115,8 +115,8 @@ def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_
     uncompiled = optuna.create_study(direction="maximize")
     warm_start(uncompiled, {"precision": ["fp32", "fp16"], "channels_last": [False, True]}, "cpu", None, {},
                recommended={})
-    assert [t.system_attrs["fixed_params"] for t in uncompiled.trials][:2] == [{"precision": "fp32", "channels_last": False},
-                                                          {"precision": "fp16", "channels_last": False}]
+    assert [t.system_attrs["fixed_params"] for t in uncompiled.trials][:2] == [
+        {"precision": "fp32", "channels_last": False}, {"precision": "fp16", "channels_last": False}]
 
 
 @pytest.fixture
