@@ -55,11 +55,14 @@ def test_apply_profile_applies_knobs_in_the_documented_order(tiny_pipe, make_pro
     assert_state(tiny_pipe, settings)
 
 
-def _activating(knob: knobs.Knob) -> dict:
-    if knob.parent is None:
-        return {}
-    parent, values = knob.parent
-    return {parent: next(v for v in knobs.get(parent).values(HARDWARE) if v in values)}
+def _activating(knob: knobs.Knob, value) -> dict:
+    """The parent value an option needs, and what `value` requires of other knobs (sdpa-cudnn: fp16 or bf16)."""
+    needed = {}
+    if knob.parent is not None:
+        parent, values = knob.parent
+        needed = {parent: next(v for v in knobs.get(parent).values(HARDWARE) if v in values)}
+    filled = knobs.with_requirements({**needed, knob.name: value}, HARDWARE)
+    return {k: v for k, v in filled.items() if k != knob.name}
 
 
 @pytest.mark.parametrize(("name", "value"), UNAVAILABLE, ids=[f"{n}={v}" for n, v in UNAVAILABLE])
@@ -70,7 +73,7 @@ def test_an_unavailable_value_falls_back_with_a_warning(name, value, tiny_pipe, 
     warned = rf"{name}={re.escape(repr(value))} is unavailable here \(.+\); using {re.escape(repr(fallback))}"
 
     with pytest.warns(FallbackWarning, match=warned):
-        apply_profile(tiny_pipe, make_profile(**_activating(knob), **{name: value}))
+        apply_profile(tiny_pipe, make_profile(**_activating(knob, value), **{name: value}))
 
     assert knob.unavailable(fallback, HARDWARE, tiny_pipe) is None
     assert_state(tiny_pipe, {name: fallback})

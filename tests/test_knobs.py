@@ -26,14 +26,21 @@ TINY = pipelines.tiny_sd()
 TINY_DIT = pipelines.load("builtin:tiny-flux")
 
 
-def activating(knob: knobs.Knob, pipe=TINY) -> dict | None:
-    """Settings under which `knob` means something: an option needs its parent at a value that activates it.
-    None when no available value of the parent activates it on `pipe` (a DiT-only cache's options on a UNet)."""
-    if knob.parent is None:
-        return {}
-    parent, active_values = knob.parent
-    values = [v for v in knobs.get(parent).values(HARDWARE, pipe) if v in active_values]
-    return {parent: values[0]} if values else None
+def activating(knob: knobs.Knob, pipe=TINY, value=None) -> dict | None:
+    """Settings under which `knob` (at `value`, when given) means something: an option needs its parent at a value
+    that activates it, and a value may require others (`attention=sdpa-flash` needs fp16 or bf16). None when no
+    available value of the parent activates it on `pipe` (a DiT-only cache's options on a UNet)."""
+    needed: dict = {}
+    if knob.parent is not None:
+        parent, active_values = knob.parent
+        values = [v for v in knobs.get(parent).values(HARDWARE, pipe) if v in active_values]
+        if not values:
+            return None
+        needed = {parent: values[0]}
+    if value is None:
+        return needed
+    filled = knobs.with_requirements({**needed, knob.name: value}, HARDWARE, pipe)
+    return None if filled is None else {k: v for k, v in filled.items() if k != knob.name}
 
 
 def expected_read(knob: knobs.Knob, value, pipe):
@@ -53,8 +60,8 @@ def _compiled(settings: dict) -> bool:
 
 # Every available (knob, value) on the tiny pipeline, but the call-time ones, which fill the call instead.
 AVAILABLE = [(knob.name, value) for knob in knobs.in_order() for value in knob.values(HARDWARE, TINY)
-             if not knob.call_time and activating(knob) is not None]
-CASES = [(n, v) for n, v in AVAILABLE if not _compiled({**activating(knobs.get(n)), n: v})]
+             if not knob.call_time and activating(knob, TINY, value) is not None]
+CASES = [(n, v) for n, v in AVAILABLE if not _compiled({**activating(knobs.get(n), TINY, v), n: v})]
 CALL_CASES = [(knob.name, value) for knob in knobs.in_order() if knob.call_time
               for value in knob.values(HARDWARE, TINY)]
 UNAVAILABLE = [(knob.name, value) for knob in knobs.in_order() for value in knob.choices()
@@ -66,7 +73,8 @@ REVERSIBLE = [(n, v) for n, v in CASES if knobs.get(n).reversible and knobs.get(
 
 def _compile_cases() -> list[dict]:
     """Each compile mode once, then each non-default option once under the first mode."""
-    cases = [{**activating(knobs.get(n)), n: v} for n, v in AVAILABLE if _compiled({**activating(knobs.get(n)), n: v})]
+    cases = [{**activating(knobs.get(n), TINY, v), n: v} for n, v in AVAILABLE
+             if _compiled({**activating(knobs.get(n), TINY, v), n: v})]
     return [dict(t) for t in dict.fromkeys(tuple(c.items()) for c in cases)]
 
 
@@ -86,7 +94,7 @@ def test_every_knob_has_a_value_to_test_here():
 def test_available_value_applies_reads_back_and_generates(name, value, tiny_pipe, make_profile, state_checks,
                                                           generate):
     knob = knobs.get(name)
-    settings = {**activating(knob), name: value}
+    settings = {**activating(knob, TINY, value), name: value}
     with warnings.catch_warnings():
         warnings.simplefilter("error", FallbackWarning)
         apply_profile(tiny_pipe, make_profile(**settings))
@@ -100,14 +108,14 @@ def test_available_value_applies_reads_back_and_generates(name, value, tiny_pipe
 
 # The same contract on a DiT pipeline (FLUX: dispatch attention backends, a flow-matching scheduler), compile apart.
 DIT_CASES = [(knob.name, value) for knob in knobs.in_order() for value in knob.values(HARDWARE, TINY_DIT)
-             if not knob.call_time and activating(knob, TINY_DIT) is not None
-             and not _compiled({**activating(knob, TINY_DIT), knob.name: value})]
+             if not knob.call_time and activating(knob, TINY_DIT, value) is not None
+             and not _compiled({**activating(knob, TINY_DIT, value), knob.name: value})]
 
 
 @pytest.mark.parametrize(("name", "value"), DIT_CASES, ids=[f"{n}={v}" for n, v in DIT_CASES])
 def test_available_value_applies_reads_back_and_generates_on_a_dit(name, value):
     knob = knobs.get(name)
-    settings = {**activating(knob, TINY_DIT), name: value}
+    settings = {**activating(knob, TINY_DIT, value), name: value}
     pipe = pipelines.load("builtin:tiny-flux")
     apply_settings(pipe, settings, HARDWARE, fallback=False)
     for applied, applied_value in settings.items():
@@ -123,15 +131,19 @@ def test_available_value_applies_reads_back_and_generates_on_a_dit(name, value):
 @pytest.mark.parametrize(("name", "value"), EXACT, ids=[f"{n}={v}" for n, v in EXACT])
 def test_an_exact_value_leaves_the_image_as_the_default_makes_it(name, value, make_profile, generate):
     default, changed = pipelines.tiny_sd(), pipelines.tiny_sd()
-    apply_profile(default, make_profile())
-    apply_profile(changed, make_profile(**activating(knobs.get(name)), **{name: value}))
+    # Against the default under what the value requires (sdpa-flash's fp16 against fp16 with torch's SDPA).
+    knob = knobs.get(name)
+    required = activating(knob, TINY, value)
+    parent = knob.parent[0] if knob.parent else None
+    apply_profile(default, make_profile(**{k: v for k, v in required.items() if k != parent}))
+    apply_profile(changed, make_profile(**required, **{name: value}))
     np.testing.assert_allclose(generate(changed), generate(default), atol=2e-3)
 
 
 @pytest.mark.parametrize(("name", "value"), REVERSIBLE, ids=[f"{n}={v}" for n, v in REVERSIBLE])
 def test_a_reversible_knob_goes_back_to_its_default(name, value, tiny_pipe, make_profile):
     knob = knobs.get(name)
-    apply_profile(tiny_pipe, make_profile(**{name: value}))
+    apply_profile(tiny_pipe, make_profile(**activating(knob, TINY, value), **{name: value}))
     apply_profile(tiny_pipe, make_profile())
     assert knob.read(tiny_pipe) == expected_read(knob, knob.default, tiny_pipe)
 
@@ -199,6 +211,57 @@ def test_fp16_keeps_the_sd_vae_in_fp32(tiny_pipe, make_profile, generate):
     assert tiny_pipe.unet.dtype == torch.float16
     assert tiny_pipe.vae.dtype == torch.float32
     generate(tiny_pipe)  # fp16 latents reach the fp32 VAE without a dtype mismatch
+
+
+@pytest.mark.parametrize("then", ["bf16", "fp32"])
+def test_another_precision_after_fp16_removes_the_vae_guard(then, tiny_pipe, make_profile, generate):
+    # An app may apply one profile after another to one pipeline: the fp16 guard must not feed an fp32 input to a
+    # VAE cast to bf16 (conv2d refuses mixed dtypes).
+    apply_profile(tiny_pipe, make_profile(precision="fp16"))
+    apply_profile(tiny_pipe, make_profile(precision=then))
+    assert getattr(tiny_pipe.vae, "_autotune_fp32_guard", None) is None
+    assert tiny_pipe.vae.dtype == tiny_pipe.unet.dtype
+    generate(tiny_pipe)
+    apply_profile(tiny_pipe, make_profile(precision="fp16"))  # and back: the guard again
+    assert tiny_pipe.vae.dtype == torch.float32
+    generate(tiny_pipe)
+
+
+def test_fp32_leaves_cudnn_tf32_at_torchs_default(tiny_pipe, make_profile):
+    # torch allows TF32 in cuDNN convolutions by default: an fp32 "default configuration" that turned it off would be
+    # slower than the pipeline as loaded, and inflate every ratio to it.
+    default = torch.backends.cudnn.allow_tf32
+    try:
+        apply_profile(tiny_pipe, make_profile(precision="tf32" if HARDWARE.device == "cuda" else "fp32"))
+        apply_profile(tiny_pipe, make_profile(precision="fp32"))
+        assert torch.backends.cudnn.allow_tf32 is True
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32 = default
+
+
+def test_process_state_is_put_back_for_one_configuration_among_several(tiny_pipe, make_profile):
+    # Several configured pipelines in one process (a benchmark's table): torch's process-wide flags hold the last
+    # one applied, so each is put back before its own timed calls.
+    one = {"cpu_threads": 1, "precision": "fp32"}
+    apply_profile(tiny_pipe, make_profile(**one))
+    other = pipelines.tiny_sd()
+    apply_profile(other, make_profile(cpu_threads=2))
+    assert torch.get_num_threads() == 2
+    knobs.apply_process_state(one, HARDWARE)
+    assert torch.get_num_threads() == 1
+    assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.benchmark is False
+    knobs.apply_process_state({}, HARDWARE)
+    assert knobs.get("cpu_threads").read(other) == knobs.get("cpu_threads").reads_as(None, other)
+
+
+def test_requirements_are_filled_with_an_available_value(gpu_hardware, tiny_pipe):
+    filled = knobs.with_requirements({"attention": "sdpa-flash"}, gpu_hardware, tiny_pipe)
+    assert filled == {"attention": "sdpa-flash", "precision": "fp16"}
+    assert knobs.violations(filled) == []
+    # A requirement the settings already break is not overridden: they stay refused.
+    assert knobs.with_requirements({"attention": "sdpa-flash", "precision": "fp32"}, gpu_hardware) is None
+    assert knobs.with_requirements({"fuse_qkv": True}, gpu_hardware) == {"fuse_qkv": True}
 
 
 @pytest.mark.parametrize(("name", "value"), UNAVAILABLE, ids=[f"{n}={v}" for n, v in UNAVAILABLE])

@@ -17,6 +17,7 @@ from .base import (
     KNOBS,
     STAGE_ORDER,
     Knob,
+    apply_process_state,
     availability,
     call_kwargs,
     defaults,
@@ -28,6 +29,7 @@ from .base import (
     show,
     show_changed,
     violations,
+    with_requirements,
 )
 from .domain import Categorical, Domain, FloatRange, IntRange, domain_from_dict
 from .rules import Excludes, Requires, Rule
@@ -62,6 +64,7 @@ _check_rules()
 
 __all__ = [
     "AS_LOADED", "ENTRY_POINT_GROUP", "KNOBS", "STAGE_ORDER", "Categorical", "Domain", "Excludes", "FloatRange",
-    "IntRange", "Knob", "Requires", "Rule", "availability", "call_kwargs", "defaults", "domain_from_dict", "domains",
-    "get", "in_order", "load_kwargs", "register", "show", "show_changed", "violations",
+    "IntRange", "Knob", "Requires", "Rule", "apply_process_state", "availability", "call_kwargs", "defaults",
+    "domain_from_dict", "domains", "get", "in_order", "load_kwargs", "register", "show", "show_changed", "violations",
+    "with_requirements",
 ]

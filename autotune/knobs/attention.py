@@ -6,6 +6,10 @@ and take a backend name through `set_attention_backend`, which also leaks a proc
 Those also take the backends diffusers registers beyond torch's SDPA: flash-attn's `flash`, SageAttention's `sage`
 (int8 attention: lossy, so searched only when quality is measured) and torch's `flex`. A backend known to drift or
 blacken images on a model family is not offered there.
+
+A kernel restriction (`sdpa-flash`, `sdpa-cudnn`, ...) goes on the denoiser only: the VAE's attention (SD's has one
+head of 512 dims, run in fp32 under the fp16 guard) is beyond what the flash and cuDNN kernels take on CUDA, so it
+keeps torch's own SDPA choice. The flash-style kernels take only fp16 and bf16 on CUDA: those values require one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..pipelines import denoiser
 from .base import Knob, register
+from .rules import Requires
 
 KERNELS = {
     "sdpa-flash": SDPBackend.FLASH_ATTENTION,
@@ -46,6 +51,8 @@ DISPATCH_BACKENDS = {
 }
 # Backends only the diffusers dispatcher reaches, with the package each needs (None: torch's own).
 DISPATCH_ONLY = {"flash": "flash_attn", "sage": "sageattention", "flex": None}
+# Values whose kernels take only half precision on CUDA (FlashAttention-2/3, cuDNN's fused attention, SageAttention).
+HALF_ONLY = frozenset({"sdpa-flash", "sdpa-cudnn", "flash", "sage"})
 # (value, denoiser class) -> why that backend is not offered on that model family.
 KNOWN_BAD = {
     ("sage", "UNet2DConditionModel"): "SageAttention gives black SD 1.5 / SDXL images (stable-diffusion-webui-forge "
@@ -82,13 +89,15 @@ def _family(model) -> str:
 @register
 class Attention(Knob):
     name = "attention"
-    help = "attention implementation of the denoiser (and the VAE)"
+    help = "attention implementation of the denoiser (and the VAE, but for a kernel restriction)"
     annotation = Literal["sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-math", "sdpa-cudnn", "xformers", "vanilla",
                          "sliced", "flash", "sage", "flex"]
     default = "sdpa"
     stage = "attention"
     after = ("scheduler",)
     lossy = frozenset({"sage"})
+    rules = (Requires("precision", "the flash and cuDNN attention kernels take only fp16 or bf16 on CUDA",
+                      values=HALF_ONLY, other_values={"fp16", "bf16"}),)
 
     def choices(self):
         return ["sdpa", *KERNELS, "xformers", "vanilla", "sliced", *DISPATCH_ONLY]
@@ -151,9 +160,10 @@ class Attention(Knob):
         elif value == "xformers":
             pipe.enable_xformers_memory_efficient_attention()
         else:
-            for model in (net, getattr(pipe, "vae", None)):
-                if model is not None and _family(model) == "classic":
-                    model.set_attn_processor(self._processor(value))
+            net.set_attn_processor(self._processor(value))
+            vae = getattr(pipe, "vae", None)
+            if vae is not None and _family(vae) == "classic":
+                vae.set_attn_processor(self._processor("sdpa" if value in KERNELS else value))
 
     @staticmethod
     def _processor(value):

@@ -91,6 +91,12 @@ class Knob:
         """Put `value` on `pipe` with the public diffusers/torch call, for the hardware `hw` names (a CPU search on a
         GPU host stays on the CPU). `settings` holds this knob's options."""
 
+    def apply_process(self, value: Any, hw: Hardware) -> None:
+        """The part of `apply` that holds for the whole process rather than the pipeline (torch's global flags:
+        threads, cuDNN benchmark, TF32). `apply` calls it; a process that keeps several configured pipelines calls
+        it again (`apply_process_state`) before timing each, since the last one applied would otherwise hold for
+        all."""
+
     def read(self, pipe: DiffusionPipeline) -> Any:
         """The value `pipe` has now, read from its real state."""
         raise NotImplementedError
@@ -166,6 +172,35 @@ def load_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     for knob in in_order():
         kwargs.update(knob.load_kwargs(settings.get(knob.name, knob.default)))
     return kwargs
+
+
+def apply_process_state(settings: Mapping[str, Any], hw: Hardware) -> None:
+    """Put the process-wide part of `settings` (every knob's `apply_process`) back on this process."""
+    for knob in in_order():
+        knob.apply_process(settings.get(knob.name, knob.default), hw)
+
+
+def with_requirements(settings: Mapping[str, Any], hw: Hardware,
+                      pipe: DiffusionPipeline | None = None) -> dict[str, Any] | None:
+    """`settings` with what their values require of other knobs filled in (the first available value of each
+    required knob: `attention=sdpa-flash` gets `precision=fp16`), when the settings leave that knob out; None when a
+    requirement cannot be met here or a rule still breaks."""
+    filled = dict(settings)
+    neutral = defaults()
+    for _ in range(len(KNOBS)):  # a filled value may bring a requirement of its own
+        effective = {**neutral, **filled}
+        missing = [(rule, knob) for knob in in_order() if knob.active(effective) for rule in knob.rules
+                   if rule.must_hold and rule.other not in filled and rule.other_values is not None
+                   and rule.broken(effective[knob.name], knob.default, effective[rule.other], neutral[rule.other])]
+        if not missing:
+            return filled if not violations(filled) else None
+        rule, _knob = missing[0]
+        other = get(rule.other)
+        value = next((v for v in other.values(hw, pipe) if v in rule.other_values), None)
+        if value is None:
+            return None
+        filled[rule.other] = value
+    return None
 
 
 def violations(settings: Mapping[str, Any]) -> list[str]:

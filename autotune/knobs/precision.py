@@ -2,7 +2,11 @@
 
 fp16 keeps a guard for SD 1.x's VAE, which overflows in fp16 and decodes NaN (black) images: when the VAE's config
 says `force_upcast`, the VAE stays in fp32 and the latents are cast to it before decoding (StableDiffusionPipeline,
-unlike SDXL's, never upcasts on its own, and an fp32 VAE fed fp16 latents fails with a dtype mismatch).
+unlike SDXL's, never upcasts on its own, and an fp32 VAE fed fp16 latents fails with a dtype mismatch). Any other
+precision removes the guard, so an app may apply one profile after another to the same pipeline.
+
+TF32: `tf32` turns it on for matmuls and cuDNN convolutions; the other values leave cuDNN's at torch's default (on)
+and matmuls' off, torch's defaults, so "fp32" times the pipeline as loaded.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from ..pipelines import denoiser
 from .base import Knob, register
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# torch's own default for cuDNN's TF32 (on), read at import so that no value of this knob turns it off.
+_TORCH_DEFAULT_CUDNN_TF32 = torch.backends.cudnn.allow_tf32
 
 
 @register
@@ -44,14 +50,20 @@ class Precision(Knob):
         return None
 
     def apply(self, pipe, value, settings, hw):
-        tf32 = value == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+        self.apply_process(value, hw)
+        vae = getattr(pipe, "vae", None)
+        guard = value == "fp16" and vae is not None and vae.config.get("force_upcast", False)
+        if vae is not None and not guard:
+            release_vae_guard(vae)
         if any(module.dtype != DTYPES[value] for module in _models(pipe)):
             pipe.to(DTYPES[value])
-        vae = getattr(pipe, "vae", None)
-        if value == "fp16" and vae is not None and vae.config.get("force_upcast", False):
+        if guard:
             keep_vae_in_fp32(vae)
+
+    def apply_process(self, value, hw):
+        tf32 = value == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32 or _TORCH_DEFAULT_CUDNN_TF32
 
     def load_kwargs(self, value):
         return {"dtype": DTYPES[value]}
@@ -74,6 +86,14 @@ def keep_vae_in_fp32(vae: torch.nn.Module) -> None:
     if getattr(vae, "_autotune_fp32_guard", None) is None:
         first = getattr(vae, "post_quant_conv", None) or vae.decoder
         vae._autotune_fp32_guard = first.register_forward_pre_hook(_cast_to_fp32)
+
+
+def release_vae_guard(vae: torch.nn.Module) -> None:
+    """Undo `keep_vae_in_fp32`: the VAE then runs in whatever dtype it is cast to."""
+    guard = getattr(vae, "_autotune_fp32_guard", None)
+    if guard is not None:
+        guard.remove()
+        del vae._autotune_fp32_guard
 
 
 def _cast_to_fp32(module, args):

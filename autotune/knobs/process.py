@@ -40,6 +40,9 @@ class CpuThreads(Knob):
         return None
 
     def apply(self, pipe, value, settings, hw):
+        self.apply_process(value, hw)
+
+    def apply_process(self, value, hw):
         torch.set_num_threads(value or _TORCH_DEFAULT_THREADS)
 
     def reads_as(self, value, pipe):
@@ -66,6 +69,9 @@ class CudnnBenchmark(Knob):
         return None
 
     def apply(self, pipe, value, settings, hw):
+        self.apply_process(value, hw)
+
+    def apply_process(self, value, hw):
         torch.backends.cudnn.benchmark = value
 
     def read(self, pipe):
