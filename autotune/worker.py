@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 
 from . import compile_cache, protocol
 from .exceptions import TrialFailed, first_line
-from .worker_server import exit_with_parent, kill_with_children, worker_context
+from .worker_server import cuda_fork_problem, exit_with_parent, kill_with_children, worker_context
 
 ModelSource = str | Callable[[], DiffusionPipeline]
 
@@ -78,7 +78,7 @@ class Worker:
     def start(self) -> None:
         # transformers announces optional image backends at import; each worker would repeat it.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        context = worker_context()
+        context = worker_context(self.config.device)
         parent_conn, child_conn = context.Pipe()
         self._process = context.Process(target=_serve, args=(child_conn, self.config, os.getpid(), dict(os.environ)),
                                         daemon=True)
@@ -168,6 +168,10 @@ def _serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str])
     tqdm.tqdm.set_lock(threading.RLock())
     import torch
 
+    problem = cuda_fork_problem(config.device)
+    if problem is not None:
+        _refuse_every_task(conn, problem)
+        return
     from .hardware import probe
 
     hardware = probe(config.device).hardware
@@ -191,6 +195,19 @@ def _serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str])
             answer = protocol.Failed("error", f"{type(error).__name__}: {first_line(error)}",
                                      traceback.format_exc(limit=8))
         conn.send(answer)
+
+
+def _refuse_every_task(conn, reason: str) -> None:
+    """Answer each task with `reason` as its failure, until the parent closes: a worker that cannot do its work
+    says why, in one line, instead of dying on its first CUDA call with a traceback."""
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if task is None:
+            return
+        conn.send(protocol.Failed("error", reason))
 
 
 def _redirect_output(path: str) -> None:

@@ -1,5 +1,7 @@
-"""The server trial workers are forked from: a fresh interpreter that imports torch, diffusers and the knobs once
-(`autotune.preload`), so that a new worker starts in a fraction of a second instead of importing them again.
+"""How trial workers start. On the CPU: forked from a server, a fresh interpreter that imports torch, diffusers and
+the knobs once (`autotune.preload`), so that a new worker starts in a fraction of a second instead of importing them
+again. On CUDA: spawned, a fresh interpreter each, because those imports initialise CUDA (torchao's do) and a child
+forked after that cannot use CUDA ("Cannot re-initialize CUDA in forked subprocess").
 
 Never a fork of the driver itself: the driver may hold CUDA, threads and locks a child must not inherit. This module
 imports nothing heavy, so the CLI can start the server before it imports torch, and the two import side by side. A
@@ -9,6 +11,7 @@ forked worker's parent is the server, not the driver: `exit_with_parent` watches
 from __future__ import annotations
 
 import contextlib
+import glob
 import multiprocessing
 import multiprocessing.context
 import os
@@ -19,17 +22,45 @@ from multiprocessing import forkserver
 PRELOAD = ["autotune.preload"]
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
-    """The multiprocessing context workers start in."""
+def worker_context(device: str = "cpu") -> multiprocessing.context.BaseContext:
+    """The multiprocessing context workers for `device` start in: the preloaded fork server on the CPU, spawn on
+    CUDA (a spawned worker imports torch and diffusers itself: seconds, which a GPU trial dwarfs)."""
+    if device.startswith("cuda"):
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return context
 
 
 def start_early() -> None:
-    """Start the server now (it would start with the first worker), so its imports overlap the caller's."""
+    """Start the server now (it would start with the first CPU worker), so its imports overlap the caller's. Not
+    where an NVIDIA GPU is visible: workers will use CUDA and be spawned, and the server's imports would hold a CUDA
+    context for nothing."""
+    if nvidia_gpu_visible():
+        return
     worker_context()
     forkserver.ensure_running()
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether this process may see an NVIDIA GPU, told without importing torch or touching the driver: a device
+    node exists and CUDA_VISIBLE_DEVICES does not hide every device."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def cuda_fork_problem(device: str) -> str | None:
+    """Why this process cannot use CUDA although its worker is for `device` (it was forked from a process that had
+    initialised CUDA); None when it can, or when the worker is for the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if torch.cuda._is_in_bad_fork():
+        return ("this worker cannot use CUDA: it was forked from a process that had initialised CUDA (CUDA workers "
+                "must be spawned, as autotune.worker_server.worker_context starts them)")
+    return None
 
 
 # How often a worker checks that its driver is alive; a trial of an orphan is computed for no one.
