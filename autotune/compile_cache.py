@@ -23,7 +23,7 @@ _held: list[int] = []  # the lock file descriptor of this process's slot, kept o
 
 def study_folder(study: str | None) -> Path:
     """The study's compile folder: under `$TORCHINDUCTOR_CACHE_DIR` when the user set one, else autotune's cache."""
-    from .quality import cache_dir
+    from .files import cache_dir
 
     base = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     root = Path(base) / "autotune" if base else cache_dir() / "compile"

@@ -1,4 +1,5 @@
-"""Writing files so that a reader sees the old file or the new one, never half of one. The one place that does it."""
+"""Writing files so that a reader sees the old file or the new one, never half of one (the one place that does it),
+and where autotune keeps what it caches."""
 
 from __future__ import annotations
 
@@ -60,3 +61,10 @@ def check_writable(path: str | os.PathLike) -> None:
             from None
     os.close(handle)
     os.unlink(probe)
+
+
+def cache_dir() -> Path:
+    """`AUTOTUNE_CACHE`, else `$XDG_CACHE_HOME/autotune`, else `~/.cache/autotune`."""
+    if os.environ.get("AUTOTUNE_CACHE"):
+        return Path(os.environ["AUTOTUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotune"

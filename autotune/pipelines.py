@@ -8,7 +8,11 @@ seeded, so the same name gives the same weights every time.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +25,14 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers import __version__ as diffusers_version
 from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import __version__ as transformers_version
 
 from .builtin_flux import flux_arch, tiny_flux
 from .builtin_parts import BUILTIN_PREFIX, clip_tokenizer, named
 from .exceptions import UnknownModel
+from .files import cache_dir
 from .options import DEFAULT_MODEL as DEFAULT_MODEL  # the CLI reads it without importing torch
 
 
@@ -40,7 +47,7 @@ def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
     """
     builtin = find_builtin(model)
     if builtin is not None:
-        pipe = builtin.make()
+        pipe = _built(model, builtin)
         return pipe.to(dtype) if dtype is not None else pipe
     kwargs: dict = {"dtype": dtype} if dtype is not None else {}
     try:
@@ -207,11 +214,47 @@ class Builtin:
     denoiser: str
     size: int  # the default image side
     steps: int  # tiny-sd is tuned at 20 steps, the usual count for a fast scheduler
+    # Built once, then loaded from autotune's cache: a real-shape model's random init takes 10-15 s on a CPU, and
+    # every worker that loads it (each replacement, each re-measured candidate) paid it again.
+    saved: bool = False
+
+
+def _built(model: str, builtin: Builtin) -> DiffusionPipeline:
+    """`builtin` made, or loaded from where an earlier make was saved (safetensors, memory-mapped: a fraction of a
+    second). The folder's name holds the library versions, whose init code and random streams the weights depend on."""
+    if not builtin.saved:
+        return builtin.make()
+    versions = f"{model}|torch {torch.__version__}|diffusers {diffusers_version}|transformers {transformers_version}"
+    key = hashlib.sha256(versions.encode()).hexdigest()[:12]
+    folder = cache_dir() / "builtins" / f"{model[len(BUILTIN_PREFIX):]}-{key}"
+    if (folder / "model_index.json").is_file():
+        return named(model, DiffusionPipeline.from_pretrained(folder))
+    pipe = builtin.make()
+    _save(pipe, folder)
+    return pipe
+
+
+def _save(pipe: DiffusionPipeline, folder: Path) -> None:
+    """Save `pipe` to `folder` whole or not at all: written beside it, then renamed. A cache that cannot be written
+    (read-only, full disk) costs the next load its build, nothing more; a worker that lost the race leaves the
+    winner's copy in place."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    except OSError:
+        return
+    try:
+        pipe.save_pretrained(staging)
+        os.rename(staging, folder)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 BUILTINS: dict[str, Builtin] = {
     "tiny-sd": Builtin(tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20),
-    "sd15-arch": Builtin(sd15_arch, "StableDiffusionPipeline", "UNet2DConditionModel", 512, 50),
+    "sd15-arch": Builtin(sd15_arch, "StableDiffusionPipeline", "UNet2DConditionModel", 512, 50, saved=True),
     "tiny-flux": Builtin(tiny_flux, "FluxPipeline", "FluxTransformer2DModel", 64, 20),
     "flux-arch": Builtin(flux_arch, "FluxPipeline", "FluxTransformer2DModel", 1024, 28),
 }

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import InvalidInput, Unavailable
-from .files import write_atomic
+from .files import cache_dir, write_atomic
 from .options import DEFAULT_REFERENCE_STEPS as DEFAULT_REFERENCE_STEPS  # the search reads it from here
 
 # Reference fidelity metrics (higher is better) and alignment metrics that need a model the user has locally.
@@ -103,13 +103,6 @@ def render_reference(pipe: Any, workload: Any, steps: int,
     if problem:
         raise RuntimeError(f"the reference configuration renders unusable images ({problem})")
     return first, score(second, first, metrics, workload.prompts)
-
-
-def cache_dir() -> Path:
-    """`AUTOTUNE_CACHE`, else `$XDG_CACHE_HOME/autotune`, else `~/.cache/autotune`."""
-    if os.environ.get("AUTOTUNE_CACHE"):
-        return Path(os.environ["AUTOTUNE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotune"
 
 
 def reference_key(model_id: str, workload: dict[str, Any], steps: int, device: str, versions: dict[str, Any]) -> str:

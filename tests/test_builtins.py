@@ -1,0 +1,69 @@
+"""How the random-weight built-ins are made: real-shape ones built once and then loaded from autotune's cache, FLUX's
+real shape created in bf16 (an fp32 copy would take most of an 80 GB card)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autotune import pipelines
+from autotune.builtin_flux import built_in_bf16, tiny_flux
+
+
+def _render(pipe) -> np.ndarray:
+    return pipe("a red cube", height=64, width=64, num_inference_steps=2, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+def test_a_saved_builtin_is_built_once_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path))
+    made = []
+
+    def make():
+        made.append(True)
+        return pipelines.tiny_sd()
+
+    monkeypatch.setitem(pipelines.BUILTINS, "tiny-sd", pipelines.Builtin(
+        make, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20, saved=True))
+    built = pipelines.load("builtin:tiny-sd")
+    loaded = pipelines.load("builtin:tiny-sd")
+    assert len(made) == 1
+    assert len(list((tmp_path / "builtins").iterdir())) == 1  # the saved folder, no staging left behind
+    assert type(loaded) is type(built) and loaded.config._name_or_path == "builtin:tiny-sd"
+    for name in ("unet", "vae", "text_encoder"):
+        for (key, ours), theirs in zip(getattr(built, name).state_dict().items(),
+                                       getattr(loaded, name).state_dict().values(), strict=True):
+            assert torch.equal(ours, theirs), f"{name}.{key}"
+    np.testing.assert_array_equal(_render(loaded), _render(built))
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_build(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("AUTOTUNE_CACHE", str(blocked))
+    monkeypatch.setitem(pipelines.BUILTINS, "tiny-sd", pipelines.Builtin(
+        pipelines.tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20, saved=True))
+    assert type(pipelines.load("builtin:tiny-sd")).__name__ == "StableDiffusionPipeline"
+
+
+def test_only_the_real_shape_sd_builtin_is_saved():
+    # sd15-arch's random init takes 10-15 s on a CPU in every process; flux-arch is built on the GPU in seconds.
+    assert [name for name, builtin in pipelines.BUILTINS.items() if builtin.saved] == ["sd15-arch"]
+
+
+def test_modules_made_in_bf16_never_exist_in_fp32():
+    pipe = built_in_bf16(tiny_flux, "cpu")
+    assert {pipe.transformer.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {
+        torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
+    assert np.isfinite(_render(pipe)).all()
+
+
+def test_the_default_dtype_is_put_back_when_the_build_fails():
+    def failing():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        built_in_bf16(failing, "cpu")
+    assert torch.get_default_dtype() == torch.float32
