@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import multiprocessing
 import os
 import signal
@@ -250,7 +251,13 @@ class _WorkerState:
         return bool(answer.next_batch) if isinstance(answer, protocol.GoOn) else False
 
     def fresh_pipeline(self) -> DiffusionPipeline:
-        """A pipeline no trial has touched: the model is loaded once, each trial works on a copy."""
+        """A pipeline no trial has touched: the model is loaded once, each trial works on a copy.
+
+        What the previous task left is released first: on CUDA the allocator keeps freed blocks reserved, and a peak
+        measured from a reset starts at what is reserved, so a small configuration after a big one would carry the
+        big one's memory (and a pipeline caught in a reference cycle is not freed until collected)."""
+        self.kept = None
+        release_memory(self.hardware.device)
         if self._pristine is None:
             from . import pipelines
 
@@ -279,6 +286,15 @@ class _WorkerState:
         import psutil
 
         return max(0, psutil.Process().memory_info().rss - self._pristine_bytes - tensor_bytes(pipe))
+
+
+def release_memory(device: str) -> None:
+    """Free what no one references any more, and on CUDA give the allocator's cached blocks back to the driver."""
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def tensor_bytes(pipe: DiffusionPipeline) -> int:

@@ -116,3 +116,24 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_reused_worker_frees_the_previous_trials_memory_before_the_next_copy(monkeypatch):
+    # On CUDA a peak measured from a reset starts at what the allocator holds reserved: the previous trial's blocks
+    # must be collected and given back first, or a small configuration after a big one carries the big one's memory.
+    import weakref
+
+    from autotune.worker import _WorkerState
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    gpu = probe().hardware.model_copy(update={"device": "cuda"})
+    state = _WorkerState(WorkerConfig(model=pipelines.tiny_sd, device="cuda"), gpu, conn=None)
+    previous = state.fresh_pipeline()
+    previous.unet.cycle = previous  # kept alive by a reference cycle, as hooks and compiled modules can be
+    gone = weakref.ref(previous)
+    del previous
+    emptied.clear()
+    state.fresh_pipeline()
+    assert gone() is None and emptied
