@@ -206,12 +206,41 @@ class PeakMemory:
         if not self.cuda:
             return _peak_rss()
         reserved_peak = torch.cuda.max_memory_reserved()
+        if not reserved_peak:
+            return _nvml_process_bytes()
         process_now = _nvml_process_bytes()
         if process_now is None:
-            return int(reserved_peak) or None
+            return int(reserved_peak + cuda_context_bytes())
         # What NVML sees beyond the allocator's pool is the CUDA context and library workspaces.
         context = max(0, process_now - torch.cuda.memory_reserved())
         return int(max(reserved_peak + context, process_now))
+
+
+# The smallest reading yet of what this process's device holds beyond torch's pool (`cuda_context_bytes`).
+_context_seen: list[int] = []
+
+
+def cuda_context_bytes() -> int:
+    """What this process holds on its CUDA device beyond torch's caching allocator: the context and library
+    workspaces (cuBLAS, cuDNN), typically 0.3-0.6 GB. NVML's per-process figure tells it; where containers hide that,
+    the device's used memory (`torch.cuda.mem_get_info`) less torch's pool is an upper bound, since other processes
+    on the device count too, so the smallest reading this process has seen is kept."""
+    process_now = _nvml_process_bytes()
+    reserved = torch.cuda.memory_reserved()
+    if process_now is not None:
+        return max(0, process_now - reserved)
+    free, total = torch.cuda.mem_get_info()
+    _context_seen.append(max(0, total - free - reserved))
+    _context_seen[:] = [min(_context_seen)]
+    return _context_seen[0]
+
+
+def budget_fraction(budget_bytes: int) -> float:
+    """The share of torch's view of the device (`set_per_process_memory_fraction` applies it to torch's total, which
+    is less than NVML's) that leaves `budget_bytes` for the whole process, the CUDA context included: a configuration
+    whose pool fits but whose pool and context do not fails here, fast, instead of running to be rejected."""
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return max(0.0, min(1.0, (budget_bytes - cuda_context_bytes()) / total))
 
 
 _STATUS = Path("/proc/self/status")

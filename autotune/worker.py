@@ -177,9 +177,12 @@ def _serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str])
 
     hardware = probe(config.device).hardware
     if config.device == "cuda" and config.memory_budget_bytes:
+        from .measure import budget_fraction
+
         # Hold this process to the target card's memory, so a config that would not fit it fails fast here instead
         # of borrowing memory a bigger card has.
-        torch.cuda.set_per_process_memory_fraction(min(1.0, config.memory_budget_bytes / hardware.memory_bytes))
+        torch.cuda.init()
+        torch.cuda.set_per_process_memory_fraction(budget_fraction(config.memory_budget_bytes))
     state = _WorkerState(config, hardware, conn)
     while True:
         try:
