@@ -128,6 +128,22 @@ def compile_step(device: str) -> dict[str, Any]:
     return {"channels_last": True, "compile": "max-autotune-no-cudagraphs" if device == "cuda" else "default"}
 
 
+def compiled_recommendation(recommended: Mapping[str, Any], space: Mapping[str, DomainData],
+                            device: str) -> dict[str, Any] | None:
+    """The recommendation with the guides' compile step, where compile is searched. On CUDA in torch.compile's
+    default mode on the repeated blocks where the model has them: the guides' whole-UNet max-autotune benchmarks
+    every GEMM and convolution template for each batch size, minutes that a short search's second trial cannot spend
+    (the guides' recipe itself stays among the later seeds)."""
+    if "compile" not in space:
+        return None
+    step = compile_step(device)
+    if device == "cuda":
+        step["compile"] = "default"
+        if "compile_scope" in space and "regional" in knobs.domain_from_dict(space["compile_scope"]):
+            step["compile_scope"] = "regional"
+    return {**recommended, **step}
+
+
 def documentation_recipes(device: str) -> dict[str, dict[str, Any]]:
     """The diffusers optimization guides' usual recipes, by name (restricted to the space before they run)."""
     return {
@@ -184,7 +200,7 @@ def warm_start(study: optuna.Study, space: Mapping[str, DomainData], device: str
     same params as an earlier seed is enqueued once, under the earlier one's label (the recommendation is often the
     configuration as loaded).
     """
-    compiled = {**recommended, **compile_step(device)} if recommended is not None and "compile" in space else None
+    compiled = compiled_recommendation(recommended, space, device) if recommended is not None else None
     firsts = ((reference, REFERENCE_RECIPE), (recommended, RECOMMENDED_RECIPE), (compiled, None),
               (previous.settings_dict() if previous is not None else None, None))
     seeds = []

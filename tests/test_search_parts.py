@@ -119,6 +119,24 @@ def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_
         {"precision": "fp32", "channels_last": False}, {"precision": "fp16", "channels_last": False}]
 
 
+def test_on_cuda_the_compiled_recommendation_compiles_the_repeated_blocks_in_default_mode():
+    from autotune.space import warm_start
+
+    # The guides' whole-UNet max-autotune would spend a short search's minutes autotuning on its second trial.
+    space = {"precision": ["fp16", "bf16"], "channels_last": [False, True], "compile": ["none", "default",
+             "max-autotune-no-cudagraphs"], "compile_scope": ["denoiser", "regional"]}
+    study = optuna.create_study(direction="maximize")
+    warm_start(study, space, "cuda", None, {}, recommended={"precision": "bf16"})
+    queued = [t.system_attrs["fixed_params"] for t in study.trials]
+    assert queued[1] == {"precision": "bf16", "channels_last": True, "compile": "default", "compile_scope": "regional"}
+    assert {"precision": "fp16", "channels_last": True, "compile": "max-autotune-no-cudagraphs",
+            "compile_scope": "denoiser"} in queued[2:]  # the guides' own recipe, later
+    whole_only = {**space, "compile_scope": ["denoiser"]}  # a model without repeated blocks
+    study = optuna.create_study(direction="maximize")
+    warm_start(study, whole_only, "cuda", None, {}, recommended={"precision": "bf16"})
+    assert [t.system_attrs["fixed_params"] for t in study.trials][1]["compile"] == "default"
+
+
 @pytest.fixture
 def offload_excludes_compile(monkeypatch):
     """A rule as a knob declares it: sequential offload excludes compile's default mode (not max-autotune)."""

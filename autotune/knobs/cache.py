@@ -12,7 +12,8 @@ knob is reversible.
 With compile: diffusers' cache hooks run under `torch.compiler.disable`, which breaks the graph, so they exclude
 `compile_fullgraph`. With breaks allowed, First Block Cache and TaylorSeer run compiled on tiny-flux on the CPU, the
 whole denoiser and its repeated blocks alike; DeepCache does too on tiny-sd. Whether a cache pays under compile
-(fewer blocks against graph breaks) is the search's to measure.
+(fewer blocks against graph breaks) is the search's to measure. The modes that capture CUDA graphs (reduce-overhead,
+max-autotune) are excluded: a replay writes into the previous replay's output buffers, which a cache still holds.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ class Cache(Knob):
     before = ("vae",)
     exact = False
     rules = (Excludes("compile_fullgraph", "a step cache's hooks break the compiled graph", values=set(_CONFIGS),
-                      other_values={True}),)
+                      other_values={True}),
+             Excludes("compile", "CUDA graphs replay into the same output buffers, so a step cache's kept tensor would "
+                      "be overwritten by the next replay", values={*_CONFIGS, DEEPCACHE},
+                      other_values={"reduce-overhead", "max-autotune"}))
 
     def choices(self):
         return ["none", *_CONFIGS, DEEPCACHE]
