@@ -95,7 +95,7 @@ def finish_study(
 
     # A spread too wide to tell the leader from the default gets up to as many rounds again, then is reported as is.
     remeasure([baseline, *candidates], config, workload, rounds, spec.trial_timeout_s, scoring=scoring,
-              extra_rounds=rounds, settled=settled)
+              extra_rounds=rounds, settled=settled, device_memory_bytes=fingerprint.hardware.memory_bytes)
     floor = scoring.floor_spec if scoring else None
     fitting = [c for c in candidates if c.fits(budget_bytes) and (scoring is None or scoring.meets(c.quality))]
     if not fitting:

@@ -8,6 +8,7 @@ pruner decides. Nothing here imports Optuna: `verify` and `bench` talk to worker
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,21 @@ from .quality import DEFAULT_METRICS
 SCREEN_REPEATS = Repeats(warmup=1, min_runs=2, max_runs=5, max_seconds=5.0, target_cv=0.05)
 # Timed runs per worker per round in the final re-measurement.
 RUNS_PER_ROUND = 2
+
+
+# A model as a worker loads it: a hub id, a folder or a `builtin:*` name, or a function that builds the pipeline.
+ModelSource = str | Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker of a search shares: the model, the device, and the memory budget it is held to."""
+
+    model: ModelSource
+    device: str = "cpu"
+    memory_budget_bytes: int | None = None
+    log_path: str | None = None  # where workers write what torch, diffusers and inductor print
+    compile_cache: str | None = None  # the study's compile folder; each worker claims a slot of it
 
 
 # ---- tasks ----
@@ -68,20 +84,25 @@ class GoOn:
 
 @dataclass(frozen=True)
 class Prepare:
-    """Build and warm up one configuration and keep it for `Time` tasks."""
+    """Build and warm up one configuration and keep it for `Time` tasks; with `park`, keep it in host memory
+    between them (`Time.park`)."""
 
     settings: dict[str, Any]
     workload: Workload
     call_kwargs: dict[str, Any]
+    park: bool = False
 
 
 @dataclass(frozen=True)
 class Time:
-    """Time the prepared configuration `runs` times; with `render`, also its image for every prompt."""
+    """Time the prepared configuration `runs` times; with `render`, also its image for every prompt. With `park`, the
+    pipeline goes to host memory afterwards and comes back to the device (warmed by a one-step call) before the next
+    timing: re-measured candidates that do not fit the GPU together then take turns on it."""
 
     workload: Workload
     runs: int = RUNS_PER_ROUND
     render: bool = False
+    park: bool = False
 
 
 @dataclass(frozen=True)

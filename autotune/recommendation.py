@@ -152,6 +152,6 @@ def _baseline_bytes(pipe) -> int:
     # What this process holds besides the pipeline's tensors: on a CPU, every peak counts it too.
     import psutil
 
-    from .worker import tensor_bytes
+    from .worker_tasks import tensor_bytes
 
     return max(0, psutil.Process().memory_info().rss - tensor_bytes(pipe))

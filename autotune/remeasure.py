@@ -15,24 +15,42 @@ from .profile import Workload
 from .scoring import Scoring
 from .worker import Worker, WorkerConfig
 
+# What a CUDA worker holds beyond its pipeline's peak (context, library workspaces), in `takes_turns`.
+CONTEXT_ALLOWANCE_BYTES = 2**30
+
+
+def takes_turns(candidates: list[Candidate], config: WorkerConfig, device_memory_bytes: int | None) -> bool:
+    """Whether the candidates' pipelines take turns on the GPU (each in host memory between its turns) instead of
+    staying there together: on CUDA, when their trial peaks, each with a context, would not fit the device, or are
+    not all known (the default configuration rarely ran as a trial)."""
+    if not config.device.startswith("cuda") or len(candidates) < 2:
+        return False
+    peaks = [candidate.trial_peak_bytes for candidate in candidates]
+    if device_memory_bytes is None or None in peaks:
+        return True
+    return sum(peaks) + CONTEXT_ALLOWANCE_BYTES * len(candidates) > device_memory_bytes
+
 
 def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workload, rounds: int,
               timeout_s: float, runs_per_round: int = protocol.RUNS_PER_ROUND, scoring: Scoring | None = None,
-              extra_rounds: int = 0, settled: Callable[[], bool] | None = None) -> None:
+              extra_rounds: int = 0, settled: Callable[[], bool] | None = None,
+              device_memory_bytes: int | None = None) -> None:
     """Time every candidate in its own warmed-up worker, round-robin; with `scoring`, render and score its images in
     the last planned round. Fills each candidate's latencies, peak memory, warm-up, images and quality, or its
     failure, and the share of the CPU other processes used while they were timed. With `settled`, up to
-    `extra_rounds` more rounds run while `settled()` says the comparison the caller needs is not decided yet.
+    `extra_rounds` more rounds run while `settled()` says the comparison the caller needs is not decided yet. On a GPU
+    of `device_memory_bytes` that cannot hold them all, the candidates take turns on it (`takes_turns`).
 
     >>> remeasure([Candidate("default", {})], WorkerConfig("builtin:tiny-sd"), workload, 2, 600)  # doctest: +SKIP
     """
     workers = {id(c): Worker(config) for c in candidates}
+    park = takes_turns(candidates, config, device_memory_bytes)
     try:
         for worker in workers.values():
             worker.start()  # all at once: their imports and model loads overlap
         for candidate in candidates:
-            _ask(candidate, workers[id(candidate)], protocol.Prepare(candidate.settings, workload,
-                                                                     knobs.call_kwargs(candidate.settings)), timeout_s)
+            _ask(candidate, workers[id(candidate)], protocol.Prepare(
+                candidate.settings, workload, knobs.call_kwargs(candidate.settings), park=park), timeout_s)
         with OthersCpu() as others:
             for round_number in range(rounds + extra_rounds):
                 if round_number >= rounds and (settled is None or settled()):
@@ -41,7 +59,8 @@ def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workl
                 last = round_number == rounds - 1
                 for candidate in order:
                     _ask(candidate, workers[id(candidate)],
-                         protocol.Time(workload, runs_per_round, render=scoring is not None and last), timeout_s)
+                         protocol.Time(workload, runs_per_round, render=scoring is not None and last, park=park),
+                         timeout_s)
                 share = others.so_far()  # over every round so far: an interleaved round times them all alike
                 for candidate in candidates:
                     candidate.others_cpu_share = share

@@ -1,49 +1,32 @@
-"""One trial in its own process: build the pipeline, apply the settings, measure, send back metrics or a failure.
+"""One trial in its own process, seen from the search: start a worker, send it a task, get its answer or its failure.
 
-A worker is a process of its own (forked from `worker_server`'s clean server) that loads the model once and serves
-trials from a pristine copy. An out-of-memory error, a crash (even SIGKILL or a segfault) or a hang ends the trial
-with a recorded reason, never the search: the parent replaces the worker after any failure and after any trial whose
-knobs leave state that cannot be undone (compile, offload hooks). This module knows nothing of the search strategy.
+A worker is a process of its own (`worker_server` says how it starts) that loads the model once and serves trials
+from a pristine copy (`worker_tasks`, the worker's side). An out-of-memory error, a crash (even SIGKILL or a
+segfault) or a hang ends the trial with a recorded reason, never the search: the parent replaces the worker after
+any failure and after any trial whose knobs leave state that cannot be undone (compile, offload hooks). This module
+knows nothing of the search strategy.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import gc
 import multiprocessing
 import os
 import signal
-import threading
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from diffusers import DiffusionPipeline
-
-from . import compile_cache, protocol
-from .exceptions import TrialFailed, first_line
-from .worker_server import cuda_fork_problem, exit_with_parent, kill_with_children, worker_context
-
-ModelSource = str | Callable[[], DiffusionPipeline]
+from . import protocol
+from .exceptions import TrialFailed
+from .protocol import ModelSource as ModelSource  # re-exported: the search and apps name models with it
+from .protocol import WorkerConfig as WorkerConfig
+from .worker_server import kill_with_children, worker_context
+from .worker_tasks import serve
 
 # What a SIGKILL most often is: no one else sends it unasked. Said where the trial records its cause.
 OOM_KILLER = (" (as the kernel's out-of-memory killer does when this machine's memory runs out; `dmesg` says whether "
               "it did): the search goes on; if many trials end so, lower --max-batch or stop other programs")
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What every worker of a search shares: the model, the device, and the memory budget it is held to."""
-
-    model: ModelSource
-    device: str = "cpu"
-    memory_budget_bytes: int | None = None
-    log_path: str | None = None  # where workers write what torch, diffusers and inductor print
-    compile_cache: str | None = None  # the study's compile folder; each worker claims a slot of it
 
 
 class Worker:
@@ -81,7 +64,7 @@ class Worker:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         context = worker_context(self.config.device)
         parent_conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child_conn, self.config, os.getpid(), dict(os.environ)),
+        self._process = context.Process(target=serve, args=(child_conn, self.config, os.getpid(), dict(os.environ)),
                                         daemon=True)
         self._process.start()
         child_conn.close()
@@ -147,289 +130,3 @@ class Worker:
             self._process.kill()
             self._process.join(timeout=10)
         self._process = None
-
-
-# ---- child side ----
-
-
-def _serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str]) -> None:
-    exit_with_parent(parent)
-    # The fork server has the driver's environment from when it started; the driver's, now, is the one that holds.
-    os.environ.clear()
-    os.environ.update(environment)
-    # Ctrl-C reaches the whole process group: the parent decides what happens to the trial, and kills this worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if config.log_path:
-        _redirect_output(config.log_path)
-    compile_cache.claim(config.compile_cache or compile_cache.study_folder(None))
-    # tqdm (diffusers' progress bars) otherwise makes a multiprocessing lock in every worker, which a killed worker
-    # leaves behind for the parent's resource tracker to complain about.
-    import tqdm
-
-    tqdm.tqdm.set_lock(threading.RLock())
-    import torch
-
-    problem = cuda_fork_problem(config.device)
-    if problem is not None:
-        _refuse_every_task(conn, problem)
-        return
-    from .hardware import probe
-
-    hardware = probe(config.device).hardware
-    if config.device == "cuda" and config.memory_budget_bytes:
-        from .measure import budget_fraction
-
-        # Hold this process to the target card's memory, so a config that would not fit it fails fast here instead
-        # of borrowing memory a bigger card has.
-        torch.cuda.init()
-        torch.cuda.set_per_process_memory_fraction(budget_fraction(config.memory_budget_bytes))
-    state = _WorkerState(config, hardware, conn)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, KeyboardInterrupt):
-            return
-        if task is None:
-            return
-        try:
-            answer = _HANDLERS[type(task)](state, task)
-        except (torch.OutOfMemoryError, MemoryError) as error:
-            answer = protocol.Failed("oom", first_line(error) or "out of memory")
-        except Exception as error:
-            answer = protocol.Failed("error", f"{type(error).__name__}: {first_line(error)}",
-                                     traceback.format_exc(limit=8))
-        conn.send(answer)
-
-
-def _refuse_every_task(conn, reason: str) -> None:
-    """Answer each task with `reason` as its failure, until the parent closes: a worker that cannot do its work
-    says why, in one line, instead of dying on its first CUDA call with a traceback."""
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, KeyboardInterrupt):
-            return
-        if task is None:
-            return
-        conn.send(protocol.Failed("error", reason))
-
-
-def _redirect_output(path: str) -> None:
-    # File descriptors, not sys.stdout: inductor's compiler subprocesses and C++ code write to them directly.
-    try:
-        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    except OSError:  # its folder removed or made read-only mid-search: a log lost, not every later trial
-        log = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-
-
-class _WorkerState:
-    def __init__(self, config: WorkerConfig, hardware, conn):
-        self.config = config
-        self.hardware = hardware
-        self._conn = conn
-        self._pristine: DiffusionPipeline | None = None
-        self._pristine_bytes = 0
-        self.kept: DiffusionPipeline | None = None
-        self.kept_kwargs: dict[str, Any] = {}
-        self._references: dict[str, Any] = {}
-
-    def score(self, pipe, workload, call_kwargs: dict, first_images: dict,
-              against: protocol.ScoreAgainst) -> dict[str, float]:
-        """Fidelity of this trial's images to the reference; prompts the timed calls did not reach are rendered."""
-        from . import quality
-
-        path = against.reference_path
-        if path not in self._references:
-            self._references[path] = quality.load_reference(path)[0]
-        images = quality.render_missing(pipe, workload, call_kwargs, first_images)
-        return quality.score(images, self._references[path], tuple(against.metrics), workload.prompts)
-
-    def go_on(self, measured: protocol.BatchResult) -> bool:
-        """Send a trial's batch result to the parent mid-task; whether to time the next batch size."""
-        self._conn.send(measured)
-        answer = self._conn.recv()
-        return bool(answer.next_batch) if isinstance(answer, protocol.GoOn) else False
-
-    def fresh_pipeline(self) -> DiffusionPipeline:
-        """A pipeline no trial has touched: the model is loaded once, each trial works on a copy.
-
-        What the previous task left is released first: on CUDA the allocator keeps freed blocks reserved, and a peak
-        measured from a reset starts at what is reserved, so a small configuration after a big one would carry the
-        big one's memory (and a pipeline caught in a reference cycle is not freed until collected)."""
-        self.kept = None
-        release_memory(self.hardware.device)
-        if self._pristine is None:
-            from . import pipelines
-
-            model = self.config.model
-            self._pristine = pipelines.load(model) if isinstance(model, str) else model()
-            self._pristine.set_progress_bar_config(disable=True)
-            self._pristine_bytes = tensor_bytes(self._pristine)
-        return copy.deepcopy(self._pristine)
-
-    def app_peak(self, peak_bytes: int | None) -> int | None:
-        """`peak_bytes` as an app applying the profile would see it.
-
-        On the CPU the peak is this process's resident set, which also holds the pristine pipeline each trial is
-        copied from; an app holds one pipeline, so the pristine copy's parameters and buffers are taken off. (On a
-        GPU the pristine copy stays in host memory and the device's peak does not count it.)
-        """
-        if peak_bytes is None or self.hardware.device != "cpu":
-            return peak_bytes
-        return max(0, peak_bytes - self._pristine_bytes)
-
-    def baseline_bytes(self, pipe: DiffusionPipeline) -> int | None:
-        """On the CPU, what this process holds now besides the pristine pipeline and `pipe` (a copy of it): the
-        runtime that every trial's peak also counts. None on a GPU, whose peak does not count host memory."""
-        if self.hardware.device != "cpu":
-            return None
-        import psutil
-
-        return max(0, psutil.Process().memory_info().rss - self._pristine_bytes - tensor_bytes(pipe))
-
-
-def release_memory(device: str) -> None:
-    """Free what no one references any more, and on CUDA give the allocator's cached blocks back to the driver."""
-    import torch
-
-    gc.collect()
-    if device.startswith("cuda") and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-
-
-def tensor_bytes(pipe: DiffusionPipeline) -> int:
-    """Bytes of the parameters and buffers of a pipeline's modules, each tensor's storage counted once."""
-    import torch
-
-    seen: dict[int, int] = {}
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            for tensor in [*component.parameters(), *component.buffers()]:
-                storage = tensor.untyped_storage()
-                seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
-
-
-def _describe(state: _WorkerState, task: protocol.Describe) -> protocol.Description:
-    from . import knobs, pipelines, workload
-    from .memory_facts import facts_of
-
-    pipe = state.fresh_pipeline()
-    pipelines.check_text_to_image(pipe)
-    return protocol.Description(
-        pipeline=type(pipe).__name__,
-        denoiser=type(pipelines.denoiser(pipe)).__name__,
-        default_size=pipelines.default_call_size(pipe, state.config.model),
-        default_steps=pipelines.default_steps(pipe, state.config.model),
-        scheduler=type(pipe.scheduler).__name__,
-        domains={name: domain.to_dict() for name, domain in knobs.domains(state.hardware, pipe).items()},
-        hardware=state.hardware.model_dump(),
-        call_parameters=workload.call_parameters(type(pipe)),
-        output=workload.output_kind(type(pipe)),
-        memory=facts_of(pipe, state.baseline_bytes(pipe)).to_dict(),
-    )
-
-
-def _trial(state: _WorkerState, task: protocol.TrialTask) -> protocol.TrialResult:
-    """Apply the settings, then time growing batch sizes for as long as the task's batch policy says it pays."""
-    from .apply import apply_settings
-    from .measure import measure
-
-    started = time.perf_counter()
-    pipe = state.fresh_pipeline()
-    copied = time.perf_counter()
-    settings = apply_settings(pipe, task.settings, state.hardware, fallback=False)
-    # Where the trial's time went, the timed calls apart from the rest (`protocol.TrialResult.seconds`).
-    seconds = {"model": copied - started, "knobs": time.perf_counter() - copied, "warmup": 0.0, "timed": 0.0,
-               "scoring": 0.0}
-    measured: list[protocol.BatchResult] = []
-    for batch in task.policy.sizes:
-        kwargs = {**task.call_kwargs, "num_images_per_prompt": batch}
-        try:
-            result = measure(pipe, task.workload, kwargs, task.repeats)
-        except Exception as error:
-            if not measured or not _is_oom(error):
-                raise
-            measured.append(protocol.BatchResult(batch_size=batch, oom=first_line(error)))
-            break
-        seconds["warmup"] += result.warmup_s or 0.0
-        seconds["timed"] += sum(result.latency_s)
-        scores = None
-        if task.score is not None and not measured and not result.image_problem:
-            # Scored once, at the first batch: per-image seeding keeps each image the same at every batch size.
-            scoring_started = time.perf_counter()
-            scores = state.score(pipe, task.workload, kwargs, result.first_images, task.score)
-            seconds["scoring"] += time.perf_counter() - scoring_started
-        measured.append(protocol.BatchResult(
-            batch_size=batch, images_per_s=result.images_per_s,
-            seconds_per_image=result.latency.median / batch, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
-            warmup_s=result.warmup_s, image_problem=result.image_problem, quality=scores))
-        if not task.policy.worth_next(measured) or not state.go_on(measured[-1]):
-            break
-    # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
-    seconds["worker"] = time.perf_counter() - started
-    return protocol.TrialResult(settings=settings, batches=tuple(measured), quality=measured[0].quality,
-                                recycle=any(entry.oom for entry in measured),
-                                seconds={key: round(value, 4) for key, value in seconds.items()})
-
-
-def _prepare(state: _WorkerState, task: protocol.Prepare) -> protocol.Prepared:
-    """Build and warm up one configuration and keep it, for interleaved re-measurement (`_time`)."""
-    from .apply import apply_settings
-    from .measure import Repeats, measure
-
-    pipe = state.fresh_pipeline()
-    apply_settings(pipe, task.settings, state.hardware, fallback=False)
-    state.kept, state.kept_kwargs = pipe, task.call_kwargs
-    result = measure(pipe, task.workload, task.call_kwargs, Repeats(warmup=1, min_runs=0, max_runs=0))
-    return protocol.Prepared(warmup_s=result.warmup_s, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
-                             frames=result.frames)
-
-
-def _time(state: _WorkerState, task: protocol.Time) -> protocol.Timed:
-    from .measure import Repeats, measure
-
-    assert state.kept is not None, "prepare must come before time"
-    result = measure(state.kept, task.workload, state.kept_kwargs,
-                     Repeats(warmup=0, min_runs=task.runs, max_runs=task.runs, max_seconds=float("inf")))
-    rendered = None
-    if task.render:
-        from . import quality
-
-        rendered = quality.render_missing(state.kept, task.workload, state.kept_kwargs, result.first_images)
-    return protocol.Timed(latency_s=list(result.latency_s), peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
-                          image_problem=result.image_problem, rendered=rendered)
-
-
-def _reference(state: _WorkerState, task: protocol.Reference) -> protocol.ReferenceSaved:
-    """Render the reference (fp32, the pipeline's own scheduler, the reference steps) with its noise floor; cache it."""
-    from . import quality
-    from .apply import apply_settings
-
-    pipe = state.fresh_pipeline()
-    apply_settings(pipe, {}, state.hardware, fallback=False)
-    images, noise_floor = quality.render_reference(pipe, task.workload, task.steps, tuple(task.metrics))
-    quality.save_reference(Path(task.path), images, noise_floor)
-    return protocol.ReferenceSaved(noise_floor=noise_floor)
-
-
-def _log(state: _WorkerState, task: protocol.RedirectLog) -> protocol.Done:
-    _redirect_output(task.path)
-    if task.compile_cache:
-        compile_cache.claim(task.compile_cache)
-    return protocol.Done()
-
-
-_HANDLERS: dict[type, Callable[[_WorkerState, Any], Any]] = {
-    protocol.Describe: _describe, protocol.RedirectLog: _log, protocol.TrialTask: _trial, protocol.Prepare: _prepare,
-    protocol.Time: _time, protocol.Reference: _reference,
-}
-
-
-def _is_oom(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError))

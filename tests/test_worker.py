@@ -13,7 +13,8 @@ from autotune.exceptions import TrialFailed
 from autotune.hardware import probe
 from autotune.measure import Repeats
 from autotune.profile import Workload
-from autotune.worker import Worker, WorkerConfig, tensor_bytes
+from autotune.worker import Worker, WorkerConfig
+from autotune.worker_tasks import tensor_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -123,13 +124,13 @@ def test_a_reused_worker_frees_the_previous_trials_memory_before_the_next_copy(m
     # must be collected and given back first, or a small configuration after a big one carries the big one's memory.
     import weakref
 
-    from autotune.worker import _WorkerState
+    from autotune.worker_tasks import WorkerState
 
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
     gpu = probe().hardware.model_copy(update={"device": "cuda"})
-    state = _WorkerState(WorkerConfig(model=pipelines.tiny_sd, device="cuda"), gpu, conn=None)
+    state = WorkerState(WorkerConfig(model=pipelines.tiny_sd, device="cuda"), gpu, conn=None)
     previous = state.fresh_pipeline()
     previous.unet.cycle = previous  # kept alive by a reference cycle, as hooks and compiled modules can be
     gone = weakref.ref(previous)
@@ -137,3 +138,26 @@ def test_a_reused_worker_frees_the_previous_trials_memory_before_the_next_copy(m
     emptied.clear()
     state.fresh_pipeline()
     assert gone() is None and emptied
+
+
+def test_candidates_take_turns_on_a_gpu_that_cannot_hold_them_all():
+    from autotune.candidates import Candidate
+    from autotune.remeasure import takes_turns
+
+    gpu, cpu = WorkerConfig("builtin:sd15-arch", device="cuda"), WorkerConfig("builtin:sd15-arch")
+    small = [Candidate(name, {}, trial_peak_bytes=4 * 10**9) for name in "abc"]
+    assert not takes_turns(small, gpu, 80 * 10**9)
+    assert takes_turns(small, gpu, 12 * 10**9)  # three 4 GB pipelines and their contexts on a 12 GB card
+    assert takes_turns([*small, Candidate("default", {})], gpu, 80 * 10**9)  # a peak never measured: no guess
+    assert not takes_turns(small, cpu, 12 * 10**9) and not takes_turns(small[:1], gpu, 1)
+
+
+def test_a_parked_configuration_is_timed_again_after_coming_back():
+    # On a CPU host memory is the device, so the move is a no-op, but the turn's sequence runs as on a GPU: prepare
+    # and park, then for each round come back, warm up with one step, time, park again.
+    with Worker(WorkerConfig(model="builtin:tiny-sd")) as worker:
+        kwargs = {"num_inference_steps": 2}
+        worker.request(protocol.Prepare({}, WORKLOAD, kwargs, park=True), timeout_s=300)
+        for _ in range(2):
+            timed = worker.request(protocol.Time(WORKLOAD, runs=1, park=True), timeout_s=300)
+            assert len(timed.latency_s) == 1 and timed.image_problem is None

@@ -12,7 +12,7 @@ import process_probes
 import pytest
 import torch
 
-from autotune import protocol, worker, worker_server
+from autotune import protocol, worker_server, worker_tasks
 from autotune.worker import WorkerConfig
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,8 @@ def test_a_worker_in_a_bad_fork_answers_every_task_with_one_line(monkeypatch):
     context = multiprocessing.get_context("fork")
     parent, child = context.Pipe()
     config = WorkerConfig("builtin:tiny-sd", device="cuda", memory_budget_bytes=6 * 10**9)
-    process = context.Process(target=worker._serve, args=(child, config, os.getpid(), dict(os.environ)), daemon=True)
+    process = context.Process(target=worker_tasks.serve, args=(child, config, os.getpid(), dict(os.environ)),
+                              daemon=True)
     process.start()
     child.close()
     try:
