@@ -66,11 +66,12 @@ def serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str]) 
             return
         try:
             answer = _HANDLERS[type(task)](state, task)
-        except (torch.OutOfMemoryError, MemoryError) as error:
-            answer = protocol.Failed("oom", first_line(error) or "out of memory")
         except Exception as error:
-            answer = protocol.Failed("error", f"{type(error).__name__}: {first_line(error)}",
-                                     traceback.format_exc(limit=8))
+            if is_oom(error):
+                answer = protocol.Failed("oom", first_line(error) or "out of memory")
+            else:
+                answer = protocol.Failed("error", f"{type(error).__name__}: {first_line(error)}",
+                                         traceback.format_exc(limit=8))
         conn.send(answer)
 
 
@@ -245,7 +246,7 @@ def _trial(state: WorkerState, task: protocol.TrialTask) -> protocol.TrialResult
         try:
             result = measure(pipe, task.workload, kwargs, task.repeats)
         except Exception as error:
-            if not measured or not _is_oom(error):
+            if not measured or not is_oom(error):
                 raise
             measured.append(protocol.BatchResult(batch_size=batch, oom=first_line(error)))
             break
@@ -330,7 +331,22 @@ _HANDLERS: dict[type, Callable[[WorkerState, Any], Any]] = {
 }
 
 
-def _is_oom(error: BaseException) -> bool:
+# How CUDA libraries say they ran out of memory when torch does not raise its own error (cuBLAS, cuDNN handles and
+# workspaces are allocated outside torch's allocator).
+_OOM_WORDS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation")
+
+
+def is_oom(error: BaseException) -> bool:
+    """Whether `error` is running out of memory, also when another error wraps it: inductor raises
+    `BackendCompilerFailed` around an OOM met while compiling, and cuBLAS / cuDNN report theirs as RuntimeError."""
     import torch
 
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError))
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(error, RuntimeError) and any(word in str(error) for word in _OOM_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -161,3 +161,22 @@ def test_a_parked_configuration_is_timed_again_after_coming_back():
         for _ in range(2):
             timed = worker.request(protocol.Time(WORKLOAD, runs=1, park=True), timeout_s=300)
             assert len(timed.latency_s) == 1 and timed.image_problem is None
+
+
+def test_out_of_memory_is_recognised_when_another_error_wraps_it():
+    from autotune.worker_tasks import is_oom
+
+    def wrapped(inner: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException as error:
+                raise RuntimeError("backend='inductor' raised: BackendCompilerFailed") from error
+        except RuntimeError as outer:
+            return outer
+
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom(wrapped(torch.OutOfMemoryError("CUDA out of memory")))  # inductor compiling
+    assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert not is_oom(wrapped(ValueError("a shape mismatch"))) and not is_oom(RuntimeError("expected scalar type"))
