@@ -169,8 +169,15 @@ def nvml_device(nvml: ModuleType, torch_index: int = 0) -> Any:
     if torch.cuda.is_initialized():
         properties = torch.cuda.get_device_properties(torch_index)
         uuid = str(getattr(properties, "uuid", "") or "")
+        if uuid.startswith(("GPU-", "MIG-")):
+            return nvml.nvmlDeviceGetHandleByUUID(uuid)
         if uuid:
-            return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+            # torch prints the bare hex; NVML names a whole GPU "GPU-..." and a MIG instance "MIG-...".
+            for prefix in ("GPU-", "MIG-"):
+                try:
+                    return nvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+                except Exception:  # pynvml.NVMLError_NotFound, or the other prefix
+                    continue
         bus = getattr(properties, "pci_bus_id", None)
         if bus is not None:
             domain, device = getattr(properties, "pci_domain_id", 0), getattr(properties, "pci_device_id", 0)

@@ -53,7 +53,12 @@ class Entry:
 
 
 def shipped_profiles_dir() -> Path:
-    return Path(str(resources.files("autotune.profiles")))
+    """The profiles shipped with autotune: the installed package `autotune.profiles`, or, in a checkout used from
+    PYTHONPATH without being installed (a GPU machine with no package index), the checkout's profiles/ folder."""
+    try:
+        return Path(str(resources.files("autotune.profiles")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "profiles"
 
 
 def profile_folders(search_path: SearchPath = None) -> list[Folder]:

@@ -383,3 +383,16 @@ def test_profiles_select_prints_the_ranking_and_each_rejection(gpu_profiles, tmp
     result = run(*select, env={"COLUMNS": "400"})
     assert result.exit_code == 1
     assert "no profile fits" in result.output and "chosen" not in result.output
+
+
+def test_the_shipped_profiles_are_found_in_a_checkout_that_is_not_installed(monkeypatch):
+    # A GPU machine without a package index runs the checkout from PYTHONPATH: there `autotune.profiles` (mapped to
+    # the checkout's profiles/ by the installed package's metadata) does not exist as a module.
+    from autotune import library
+
+    def not_installed(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(library.resources, "files", not_installed)
+    assert shipped_profiles_dir() == Path(library.__file__).resolve().parents[1] / "profiles"
+    assert "tiny-sd-cpu" in {entry.name for entry in list_profiles()}

@@ -189,6 +189,12 @@ def test_the_context_is_found_by_pci_bus_id_when_torch_gives_no_uuid(on_the_seco
     assert PeakMemory(cuda=True).peak() == 3 * GiB
 
 
+def test_the_context_is_found_on_a_mig_instance(on_the_second_gpu):
+    # On a MIG device torch's UUID is the instance's, which NVML names "MIG-...", not "GPU-...".
+    on_the_second_gpu.uuids[1] = "MIG-bbbbbbbb-1111-1111-1111-111111111111"
+    assert PeakMemory(cuda=True).peak() == 3 * GiB
+
+
 def test_no_memory_reading_is_none_not_zero(on_the_second_gpu, monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # NVML missing
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 0)
