@@ -33,14 +33,14 @@ quiet_library_noise()  # torchao's import messages, before diffusers imports it
 
 from rich.console import Console  # noqa: E402
 
-from autotune import knobs, pipelines, quality  # noqa: E402
+from autotune import knobs, pipelines, protocol, quality  # noqa: E402
 from autotune.apply import apply_settings  # noqa: E402
 from autotune.candidates import Candidate  # noqa: E402
 from autotune.hardware import Hardware, probe  # noqa: E402
 from autotune.remeasure import remeasure  # noqa: E402
 from autotune.scoring import Scoring  # noqa: E402
 from autotune.tuner import run_search  # noqa: E402
-from autotune.worker import WorkerConfig  # noqa: E402
+from autotune.worker import Worker, WorkerConfig  # noqa: E402
 
 PARA = "ParaAttention (FLUX.1-dev, L20)"
 TORCHAO = "diffusers-torchao (FLUX.1-dev, H100)"
@@ -76,12 +76,15 @@ def techniques_alone(hw: Hardware) -> dict[str, tuple[str, dict]]:
     }
 
 
-def why_not(settings: dict, hw: Hardware, pipe) -> str | None:
-    """Why this machine cannot run `settings` (a value unavailable here, a broken rule); None when it can."""
+def why_not(settings: dict, hw: Hardware, domains: dict) -> str | None:
+    """Why this machine cannot run `settings` (a value unavailable here or on the model, as a worker described its
+    domains; a broken rule); None when it can."""
     for name, value in settings.items():
         if name not in knobs.KNOBS:
             return f"this autotune has no {name} knob"
-        reason = knobs.get(name).unavailable(value, hw, pipe)
+        reason = knobs.get(name).unavailable(value, hw)
+        if reason is None and name in domains and value not in knobs.domain_from_dict(domains[name]):
+            reason = "not offered for this model"
         if reason is not None:
             return f"{name}={value}: {reason}"
     broken = knobs.violations(settings)
@@ -110,7 +113,9 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=240)  # the table is Markdown: one line per row
     hw = probe().hardware
-    pipe = pipelines.load(args.model)
+    # The model's knob domains from a worker: the driver holds no copy of it (flux-arch is 34 GB) while workers run.
+    with Worker(WorkerConfig(model=args.model, device=hw.device)) as worker:
+        domains = worker.request(protocol.Describe(), timeout_s=args.trial_timeout).domains
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="autotune-beyond-") as folder:
@@ -125,7 +130,7 @@ def main() -> None:
         skipped: list[tuple[str, str]] = []
         for name, (source, recipe) in {**hand_recipes(hw), **techniques_alone(hw)}.items():
             settings = {**base, **recipe}
-            reason = why_not(recipe, hw, pipe)
+            reason = why_not(recipe, hw, domains)
             if reason is None:
                 rows.append((name, source, settings))
             else:
