@@ -16,12 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diffusers import DiffusionPipeline
+from .quiet import quiet_library_noise
 
-from . import compile_cache, protocol
-from .exceptions import first_line
-from .protocol import WorkerConfig
-from .worker_server import cuda_fork_problem, exit_with_parent
+quiet_library_noise()  # a spawned CUDA worker imports diffusers here, before its output goes to the study's log
+
+from diffusers import DiffusionPipeline  # noqa: E402
+
+from . import compile_cache, protocol  # noqa: E402
+from .exceptions import first_line  # noqa: E402
+from .protocol import WorkerConfig  # noqa: E402
+from .worker_server import cuda_fork_problem, exit_with_parent  # noqa: E402
 
 
 def serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str]) -> None:
