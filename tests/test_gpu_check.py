@@ -1,4 +1,5 @@
-"""The GPU acceptance run's wiring, on CPU: the dry run, a run without CUDA, the time boxes and the tables.
+"""The GPU acceptance run's wiring, on CPU: the dry run and its time boxes, a run without CUDA and the files it leaves,
+the worker-start probe, and each check's CPU-visible logic (what it compares, which commands it runs).
 
 The checks themselves need a GPU; here only what decides which run, with which reason, and what the files say.
 """
@@ -9,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -18,12 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_checks import core  # noqa: E402
-from gpu_checks.core import CHECKS, Check, allot  # noqa: E402
+from gpu_checks import core, evidence, runner, worker_start  # noqa: E402
+from gpu_checks.cli_checks import gpu_slug  # noqa: E402
+from gpu_checks.core import CHECKS, Check, Options, allot  # noqa: E402
 from gpu_checks.knob_sweep import cases  # noqa: E402
 from gpu_checks.tables import cell, md_table, render_markdown  # noqa: E402
 
 from autotune import knobs  # noqa: E402
+
+NAMES = [worker_start.NAME] + [check.name for check in CHECKS]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -36,18 +42,29 @@ def _outputs(out: Path) -> tuple[dict, str]:
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
 
-def test_dry_run_lists_every_check_with_its_skip_reason_in_both_files(tmp_path):
+def _files(out: Path) -> list[str]:
+    return sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
+
+
+def test_dry_run_lists_every_check_with_its_box_and_the_total_within_8_minutes(tmp_path):
     out = tmp_path / "dry"
     done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)], capture_output=True,
                           text=True, env=_env(), timeout=120)
     assert done.returncode == 0, done.stderr
     report, markdown = _outputs(out)
-    assert [c["name"] for c in report["checks"]] == [check.name for check in CHECKS]
-    for check in report["checks"]:
+    assert [c["name"] for c in report["checks"]] == NAMES
+    for check in report["checks"][1:]:
         assert check["status"] == "skipped"
         assert check["reason"].startswith("dry run: listed, not run (its time box would be ")
         assert f"| {check['title']} | skipped |" in markdown
+        assert f"{check['allotted_s']:>7.0f}  {check['title']}" in done.stdout
+    boxes = report["time_boxes"]
+    assert boxes[0]["part"].startswith("start-up") and boxes[-2]["part"].startswith("finish")
+    assert boxes[-1] == {"part": "total (--budget-s 480)", "box_s": 480.0}
+    assert sum(row["box_s"] for row in boxes[:-1]) == pytest.approx(480, abs=0.5)
+    assert "    480  total (--budget-s 480)" in done.stdout and "## Time boxes" in markdown
     assert report["dry_run"] is True
+    assert _files(out) == ["evidence.tar.gz", "gpu_check.json", "gpu_check.md"]
 
 
 def test_dry_run_imports_nothing_heavy(tmp_path):
@@ -61,15 +78,39 @@ def test_dry_run_imports_nothing_heavy(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-def test_without_cuda_every_check_is_skipped_for_no_cuda_device_and_the_run_exits_0(tmp_path):
+def test_without_cuda_everything_is_skipped_and_the_evidence_is_one_archive(tmp_path):
     out = tmp_path / "cpu"
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True,
                           env=_env(CUDA_VISIBLE_DEVICES=""), timeout=300)
     assert done.returncode == 0, done.stderr
     report, markdown = _outputs(out)
-    assert len(report["checks"]) == len(CHECKS)
+    assert [c["name"] for c in report["checks"]] == NAMES  # the worker-start probe first
     assert {(c["status"], c["reason"]) for c in report["checks"]} == {("skipped", "no CUDA device")}
-    assert markdown.count("| skipped | 0 | - | no CUDA device |") == len(CHECKS)
+    assert markdown.count("| skipped | 0 | - | no CUDA device |") == len(NAMES)
+    assert done.stdout.index("skipped  0. a worker") < done.stdout.index("skipped  1. fingerprint")
+    # At most 8 files, within two folders of DIR: the checks' files are in the archive, not loose.
+    assert _files(out) == ["evidence.tar.gz", "gpu_check.json", "gpu_check.md"]
+    with tarfile.open(out / evidence.ARCHIVE) as tar:
+        assert sorted(tar.getnames()) == sorted(f"checks/{name}.json" for name in NAMES)
+    assert sorted(report["evidence_files"]) == sorted(f"checks/{name}.json" for name in NAMES)
+
+
+def test_the_evidence_archive_takes_what_the_run_wrote_and_leaves_the_rest(tmp_path):
+    before = tmp_path / "notes.txt"
+    before.write_text("the user's")
+    os.utime(before, (time.time() - 3600, time.time() - 3600))
+    since = time.time()
+    for name in ("gpu_check.json", "gpu_check.md", "h100-80gb-hbm3-sd15-arch.yaml", "h100-80gb-hbm3-sd15-arch.db",
+                 "search.log", "checks/knobs.log", "budget-6gb/budget.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(name)
+    packed = evidence.pack(tmp_path, since)
+    assert sorted(packed) == ["budget-6gb/budget.yaml", "checks/knobs.log", "h100-80gb-hbm3-sd15-arch.db",
+                              "search.log"]
+    assert _files(tmp_path) == ["evidence.tar.gz", "gpu_check.json", "gpu_check.md",
+                                "h100-80gb-hbm3-sd15-arch.yaml", "notes.txt"]
+    with tarfile.open(tmp_path / evidence.ARCHIVE) as tar:
+        assert tar.extractfile("checks/knobs.log").read() == b"checks/knobs.log"
 
 
 def test_a_check_that_raises_fails_with_its_reason_and_the_run_goes_on(tmp_path):
@@ -77,21 +118,49 @@ def test_a_check_that_raises_fails_with_its_reason_and_the_run_goes_on(tmp_path)
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device: the fingerprint check would pass")
     (tmp_path / "checks").mkdir()
-    result = core._run_child(CHECKS[0], tmp_path, seconds=120)
+    result = runner._run_child(CHECKS[0], tmp_path, seconds=120, options=Options())
     assert result.status == "fail"
     assert result.reason and "Error" in result.reason
     assert json.loads((tmp_path / "checks" / "fingerprint.json").read_text())["status"] == "fail"
 
 
+def _pretend_gpu(monkeypatch) -> None:
+    # The device answer and the worker probe are the hardware boundary: say there is a GPU that a worker can use.
+    monkeypatch.setattr(runner, "cuda_device", lambda: {"cuda": "NVIDIA H100", "count": 1, "reason": None})
+    monkeypatch.setattr(worker_start, "probe_worker",
+                        lambda device: core.Result(worker_start.NAME, worker_start.TITLE, "pass"))
+
+
 def test_a_budget_too_small_skips_each_check_with_the_time_box_reason(tmp_path, monkeypatch):
-    # The device answer is the hardware boundary: say there is a GPU, and give the run one second.
-    monkeypatch.setattr(core, "cuda_device", lambda: {"cuda": "NVIDIA H200", "count": 1, "reason": None})
-    results, device = core.run_all(tmp_path, budget_s=1.0, dry_run=False)
-    assert device["cuda"] == "NVIDIA H200"
+    _pretend_gpu(monkeypatch)
+    results, device = runner.run_all(tmp_path, budget_s=1.0, dry_run=False)
+    assert device["cuda"] == "NVIDIA H100"
     reasons = {result.name: result.reason for result in results}
-    assert all(result.status == "skipped" for result in results)
-    assert reasons["fingerprint"].startswith("time box: needs at least 8 s")
+    assert results[0].name == worker_start.NAME and results[0].status == "pass"
+    assert all(result.status == "skipped" for result in results[1:])
+    assert reasons["fingerprint"].startswith("time box: needs at least 10 s")
     assert reasons["verify"] == reasons["report"] == "no profile: the search check wrote none"
+
+
+def test_sigterm_ends_the_run_with_the_checks_left_skipped(tmp_path, monkeypatch):
+    _pretend_gpu(monkeypatch)
+
+    def stopped(check, out, seconds, options):
+        raise runner.Stopped("stopped by signal 15, before this check ended")
+
+    monkeypatch.setattr(runner, "_run_child", stopped)
+    results, _ = runner.run_all(tmp_path, budget_s=480, dry_run=False)
+    assert [result.name for result in results] == NAMES
+    assert {result.reason for result in results[1:]} == {"the run was stopped by signal 15, before this check ended"}
+
+
+def test_the_boxes_and_the_start_up_fit_the_8_minutes():
+    assert core.DEFAULT_BUDGET_S == core.TOTAL_S == 480
+    shares = allot(core.checks_budget(core.DEFAULT_BUDGET_S), CHECKS)
+    assert shares == {check.name: check.estimate_s for check in CHECKS}
+    assert sum(shares.values()) + core.STARTUP_S + core.FINISH_S <= core.TOTAL_S
+    assert all(shares[check.name] >= check.minimum_s for check in CHECKS)
+    assert "gpu_tests" not in {check.name for check in CHECKS}  # no test is marked gpu
 
 
 def test_allot_shares_the_budget_in_proportion():
@@ -106,11 +175,6 @@ def test_allot_drops_a_check_under_its_minimum_and_gives_its_share_to_the_others
     assert allot(1, checks) == {"small": 0.0, "big": 0.0}
 
 
-def test_the_default_budget_runs_every_check():
-    shares = allot(core.DEFAULT_BUDGET_S, CHECKS)
-    assert all(shares[check.name] >= check.minimum_s for check in CHECKS)
-
-
 def test_md_table_renders_missing_numbers_as_dashes_and_escapes_pipes():
     table = md_table([{"a": 1.23456, "b": None}, {"a": "x|y", "c": True}])
     assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1.235 | - | - |", "| x\\|y | - | yes |"]
@@ -119,35 +183,39 @@ def test_md_table_renders_missing_numbers_as_dashes_and_escapes_pipes():
 
 def test_markdown_gives_each_list_of_rows_its_own_table():
     result = core.Result("seeds", "5b. seeds", "pass", None,
-                         {"steps": 50, "table": [{"configuration": "fp16", "images_per_s": 2.5}]}, 12.0, 60.0)
+                         {"steps": 20, "table": [{"configuration": "fp16", "images_per_s": 2.5}]}, 12.0, 60.0)
     markdown = render_markdown([result], {"gpu": "NVIDIA H200"})
     assert "| 5b. seeds | pass | 12 | 60 | - |" in markdown
-    assert "| steps | 50 |" in markdown
+    assert "| steps | 20 |" in markdown
     assert "### table\n\n| configuration | images_per_s |\n|---|---|\n| fp16 | 2.5 |" in markdown
 
 
+def test_a_worker_started_as_for_cuda_is_spawned_and_its_failure_comes_back_in_one_line():
+    # No CUDA here: the spawned worker imports autotune.worker as a real one does, then fails at its CUDA tensor.
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the probe would pass")
+    result = worker_start.probe_worker("cuda", timeout_s=120)
+    assert result.figures["start_method"] == "spawn"
+    assert result.status == "fail" and "\n" not in result.reason
+    assert "CUDA" in result.reason or "NVIDIA" in result.reason
+
+
 def test_the_knob_sweep_covers_every_value_available_on_cuda(tiny_pipe, gpu_hardware):
-    runnable, unavailable = cases(gpu_hardware, tiny_pipe)
-    seen = {(case["knob"], case["value"]) for case in runnable} | {(row["knob"], row["value"]) for row in unavailable}
+    runnable, not_run = cases(gpu_hardware, tiny_pipe)
+    seen = {(case["knob"], case["value"]) for case in runnable} | {(row["knob"], row["value"]) for row in not_run}
     assert seen == {(knob.name, value) for knob in knobs.in_order() for value in knob.choices()}
-    assert all(row["reason"] for row in unavailable)
-    assert ("cpu_threads", 1) in {(row["knob"], row["value"]) for row in unavailable}
+    assert all(row["reason"] for row in not_run)
+    assert ("cpu_threads", 1) in {(row["knob"], row["value"]) for row in not_run}
     kinds = [case["kind"] for case in runnable]
     assert kinds == sorted(kinds, key=["state", "fresh", "compile", "compile-whole"].index)
     sliced = next(case for case in runnable if case["knob"] == "attention_slice_size")
     assert sliced["settings"]["attention"] == "sliced"
     offload = next(case for case in runnable if case["settings"].get("offload") == "model")
     assert offload["kind"] == "fresh"
-    modes = [case for case in runnable if case["knob"] == "compile" and case["value"] != "none"]
-    assert all(case["settings"]["compile_scope"] == "regional" for case in modes)
-    if not modes:  # no triton here: compile and its options are listed as unavailable, with the reason
-        reasons = {row["knob"]: row["reason"] for row in unavailable if row["value"] != "none"}
-        assert "triton" in reasons["compile"] and "an option of compile" in reasons["compile_fullgraph"]
 
 
 def test_the_profile_is_named_after_the_gpu():
-    from gpu_checks.cli_checks import gpu_slug
-
     assert gpu_slug("NVIDIA H200") == "h200"
     assert gpu_slug("NVIDIA GeForce RTX 3060") == "rtx-3060"
     assert gpu_slug(None) == "gpu"
+    assert evidence.kept(Path(gpu_slug("NVIDIA H100 80GB HBM3") + core.PROFILE_SUFFIX))

@@ -46,9 +46,13 @@ def _is_rows(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(item, Mapping) for item in value)
 
 
-def render_markdown(results: Iterable[Result], header: Mapping[str, Any]) -> str:
+def render_markdown(results: Iterable[Result], header: Mapping[str, Any],
+                    boxes: Sequence[Mapping[str, Any]] = ()) -> str:
     results = list(results)
-    parts = ["# GPU acceptance run", "", md_table([header], list(header)), "", "## Checks", "",
+    parts = ["# GPU acceptance run", "", md_table([header], list(header)), ""]
+    if boxes:
+        parts += ["## Time boxes", "", md_table(boxes, ["part", "box_s"]), ""]
+    parts += ["## Checks", "",
              md_table([{"check": r.title, "status": r.status, "seconds": r.seconds, "time box (s)": r.allotted_s,
                         "reason": r.reason} for r in results]), ""]
     for result in results:
@@ -65,9 +69,13 @@ def render_markdown(results: Iterable[Result], header: Mapping[str, Any]) -> str
     return "\n".join(parts)
 
 
-def write_outputs(out: Path, results: list[Result], header: Mapping[str, Any]) -> tuple[Path, Path]:
+def write_outputs(out: Path, results: list[Result], header: Mapping[str, Any],
+                  boxes: Sequence[Mapping[str, Any]] = (), evidence: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write gpu_check.json (with the time boxes and the evidence archive's file list) and gpu_check.md."""
     out.mkdir(parents=True, exist_ok=True)
     as_json, as_md = out / "gpu_check.json", out / "gpu_check.md"
-    as_json.write_text(json.dumps({**header, "checks": [asdict(r) for r in results]}, indent=2, default=str) + "\n")
-    as_md.write_text(render_markdown(results, header) + "\n")
+    document = {**header, "time_boxes": list(boxes), "checks": [asdict(r) for r in results],
+                "evidence_files": list(evidence)}
+    as_json.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    as_md.write_text(render_markdown(results, header, boxes) + "\n")
     return as_json, as_md
