@@ -24,10 +24,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gpu_checks import core, evidence, runner, worker_start  # noqa: E402
 from gpu_checks.cli_checks import gpu_slug  # noqa: E402
 from gpu_checks.core import CHECKS, Check, Options, allot  # noqa: E402
-from gpu_checks.knob_sweep import cases  # noqa: E402
+from gpu_checks.knob_sweep import NOT_SWEPT, cases, run_case  # noqa: E402
+from gpu_checks.memory import judge  # noqa: E402
+from gpu_checks.nvml import UsedSampler  # noqa: E402
 from gpu_checks.tables import cell, md_table, render_markdown  # noqa: E402
 
-from autotune import knobs  # noqa: E402
+from autotune import knobs, pipelines  # noqa: E402
 
 NAMES = [worker_start.NAME] + [check.name for check in CHECKS]
 
@@ -207,11 +209,85 @@ def test_the_knob_sweep_covers_every_value_available_on_cuda(tiny_pipe, gpu_hard
     assert all(row["reason"] for row in not_run)
     assert ("cpu_threads", 1) in {(row["knob"], row["value"]) for row in not_run}
     kinds = [case["kind"] for case in runnable]
-    assert kinds == sorted(kinds, key=["state", "fresh", "compile", "compile-whole"].index)
+    assert kinds == sorted(kinds, key=["state", "fresh", "compile", "compile-whole", "max-autotune"].index)
     sliced = next(case for case in runnable if case["knob"] == "attention_slice_size")
     assert sliced["settings"]["attention"] == "sliced"
     offload = next(case for case in runnable if case["settings"].get("offload") == "model")
     assert offload["kind"] == "fresh"
+
+
+def test_a_kernel_restricted_attention_value_runs_in_half_precision(tiny_pipe, gpu_hardware):
+    runnable, _ = cases(gpu_hardware, tiny_pipe)
+    flash = next(case for case in runnable if case["knob"] == "attention" and case["value"] == "sdpa-flash")
+    assert flash["settings"]["precision"] in ("fp16", "bf16")
+
+
+def test_a_value_whose_requirement_cannot_be_met_is_listed_unavailable_with_the_rule(tiny_pipe, gpu_hardware,
+                                                                                      monkeypatch):
+    precision = type(knobs.get("precision"))
+    monkeypatch.setattr(precision, "values", lambda self, hw, pipe=None: ["fp32", "tf32"])  # no half precision
+    _, not_run = cases(gpu_hardware, tiny_pipe)
+    flash = next(row for row in not_run if row["knob"] == "attention" and row["value"] == "sdpa-flash")
+    assert flash["status"] == "unavailable"
+    assert flash["reason"].startswith("what it requires cannot be met here: ") and "precision" in flash["reason"]
+
+
+def test_max_autotune_modes_are_swept_only_when_asked(tiny_pipe, gpu_hardware, monkeypatch):
+    compile_knob = type(knobs.get("compile"))
+    monkeypatch.setattr(compile_knob, "unavailable", lambda self, value, hw, pipe=None: None)  # as with triton
+    runnable, not_run = cases(gpu_hardware, tiny_pipe)
+    modes = {case["value"]: case for case in runnable if case["knob"] == "compile" and case["value"] != "none"}
+    assert set(modes) == {"default", "reduce-overhead"}
+    assert all(case["settings"]["compile_scope"] == "regional" for case in modes.values())
+    skipped = {row["value"]: row["reason"] for row in not_run if row["knob"] == "compile"}
+    assert skipped == {"max-autotune": NOT_SWEPT, "max-autotune-no-cudagraphs": NOT_SWEPT}
+    runnable, _ = cases(gpu_hardware, tiny_pipe, full_sweep=True)
+    assert {"max-autotune", "max-autotune-no-cudagraphs"} <= {case["value"] for case in runnable}
+
+
+@pytest.mark.parametrize("name, value", [("cpu_threads", None), ("scheduler", "default"),
+                                         ("attention_slice_size", "auto"), ("attention_slice_size", "max")])
+def test_the_sweep_reads_a_value_back_as_the_knob_declares_it(name, value, fingerprint):
+    # Each of these reads back as something else than the value set (16 threads, pndm, a head count): the sweep
+    # compares with reads_as, and AS_LOADED with what the unmodified template reads.
+    template, pipe = pipelines.tiny_sd(), pipelines.tiny_sd()
+    runnable, _ = cases(fingerprint.hardware, pipe)
+    case = next(case for case in runnable if case["knob"] == name and case["value"] == value)
+    row = run_case(pipe, case, fingerprint.hardware, template, size=64)
+    assert row["status"] == "pass", row["reason"]
+
+
+def test_flux_arch_is_swept_only_with_its_flag():
+    from gpu_checks.gpu import models
+
+    assert models(Options()) == [core.SD15]
+    assert Options(with_flux=True, full_sweep=True).flags() == ["--with-flux", "--full-sweep"]
+    import gpu_check
+
+    args = gpu_check.parse_args(["--out", "x", "--with-flux"])
+    assert args.with_flux and not args.full_sweep
+
+
+def test_the_memory_baseline_is_read_before_diffusers_is_imported(tmp_path):
+    code = ("import sys, time; sys.path.insert(0, 'bench'); from gpu_checks import core, nvml, memory; seen = []; "
+            "nvml.used_bytes = lambda: seen.append('diffusers' in sys.modules) or 0\n"
+            f"ctx = core.Context(out=__import__('pathlib').Path({str(tmp_path)!r}), deadline=time.monotonic() + 60)\n"
+            "try:\n    memory.run(ctx)\nexcept Exception:\n    pass\n"
+            "assert seen == [False], seen")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_memory_witness_samples_a_peak_the_block_gives_back_and_can_disagree():
+    readings = iter([100, 100, 900, 950, 300] + [300] * 10_000)
+    with UsedSampler(read=lambda: next(readings), every_s=0.001) as sampler:
+        time.sleep(0.05)
+    assert sampler.peak_bytes == 950 and sampler.samples >= 5
+    assert judge(2**30, 2**30) is None
+    assert "undercuts" in judge(int(0.9 * 2**30), 2**30)
+    assert "exceeds" in judge(int(1.2 * 2**30), 2**30)
+    assert judge(2**30, None) == "no figure to compare: NVML gave none"
 
 
 def test_the_profile_is_named_after_the_gpu():

@@ -1,14 +1,15 @@
-"""What the GPU checks share: the built-in pipeline, fresh copies of it, one rendered call, NVML's memory figures.
+"""What the GPU checks share: the built-in pipeline, fresh copies of it, one rendered call.
 
-Built once on the CPU (random init of a 1B-parameter pipeline takes seconds), the pipeline is deep-copied for every
-configuration that cannot be undone in place (offload hooks, compile), so no check pays for the build twice.
+`builtin:sd15-arch` is built once per check process on the CPU (random init of a 1B-parameter pipeline takes
+seconds) and deep-copied for every configuration that cannot be undone in place (offload hooks, compile), so no check
+pays for the build twice. `builtin:flux-arch` (16.9 B parameters, built on the GPU) is swept only with --with-flux.
+NVML's figures are in `nvml`, which imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import os
 import time
 from typing import Any
 
@@ -20,15 +21,16 @@ from autotune import pipelines
 from autotune.hardware import Hardware, probe
 from autotune.measure import image_problem
 
-SD15 = "builtin:sd15-arch"
-DIT = "builtin:flux-arch"  # the modern-pipelines issue's DiT built-in, checked once autotune.pipelines has it
+from .core import DIT, SD15, Options
+
 SIZE = 512
 PROMPT = "a photograph of an astronaut riding a horse"
 
 
-def models() -> list[str]:
-    """The built-ins to check: SD 1.5's architecture, and the DiT one when it exists."""
-    return [SD15] + ([DIT] if DIT in pipelines.builtin_names() else [])
+def models(options: Options) -> list[str]:
+    """The built-ins to sweep: SD 1.5's architecture; the DiT one only when asked (--with-flux): in fp32 it takes
+    62.8 GiB of the GPU, and a second copy of it does not fit."""
+    return [SD15] + ([DIT] if options.with_flux and DIT in pipelines.builtin_names() else [])
 
 
 def hardware() -> Hardware:
@@ -48,11 +50,14 @@ def render(pipe: DiffusionPipeline, steps: int = 2, batch: int = 1, size: int = 
            **kwargs: Any) -> tuple[np.ndarray, float]:
     """One pipeline call, synchronized: the images (floats in [0, 1]) and its seconds."""
     generator = torch.Generator("cpu").manual_seed(seed)
-    torch.cuda.synchronize()
+    cuda = torch.cuda.is_available()  # the wiring tests render the tiny pipeline on a CPU
+    if cuda:
+        torch.cuda.synchronize()
     started = time.perf_counter()
     images = pipe(PROMPT, height=size, width=size, num_inference_steps=steps, num_images_per_prompt=batch,
                   generator=generator, output_type="np", **kwargs).images
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     return images, time.perf_counter() - started
 
 
@@ -67,41 +72,6 @@ def release() -> None:
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-
-
-def _nvml_handle():
-    import pynvml
-
-    pynvml.nvmlInit()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return pynvml, pynvml.nvmlDeviceGetHandleByIndex(int(visible) if visible.isdigit() else 0)
-
-
-def nvml_process_bytes() -> int | None:
-    """NVML's figure for this process on the GPU; None where NVML is missing or hides it (many containers do)."""
-    try:
-        pynvml, handle = _nvml_handle()
-        try:
-            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if process.pid == os.getpid() and process.usedGpuMemory:
-                    return int(process.usedGpuMemory)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return None
-    return None
-
-
-def nvml_used_bytes() -> int | None:
-    """The whole GPU's used memory as NVML sees it (a baseline taken before this process touches CUDA)."""
-    try:
-        pynvml, handle = _nvml_handle()
-        try:
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return None
 
 
 def gib(value: float | None) -> float | None:

@@ -1,9 +1,10 @@
 """Check 3a: memory truth. For a few configurations, the peak autotune records (the allocator's reserved peak plus
-the CUDA context, `autotune.measure`) against NVML's figures for this process; then each offload mode's peak against
-no offload, which it must undercut.
+the CUDA context, `autotune.measure`) against an independent witness: a thread that reads NVML's device-used memory
+every ~5 ms during the measured call; its peak less a baseline read before this process touched CUDA is what this
+process took. Then each offload mode's peak against no offload, which it must undercut.
 
-NVML's per-process figure is hidden in many containers; the GPU's used memory less a baseline taken before this
-process touched CUDA is the second witness (it counts other processes too, so the run wants an otherwise idle GPU).
+The baseline is read before anything that imports diffusers (its torchao import initialises CUDA), so it holds no
+context of this process. The witness counts other processes' changes too: the run wants an otherwise idle GPU.
 """
 
 from __future__ import annotations
@@ -14,12 +15,35 @@ from .core import FAIL, PASS, SKIPPED, Context
 
 CONFIGS = {"fp32 default": {}, "fp16 + SDPA": {"precision": "fp16"},
            "fp16 + attention slicing": {"precision": "fp16", "attention": "sliced"}}
-# The recorded peak may exceed NVML's current figure (the reserved peak can be given back) but must not undercut it.
-TOLERANCE = 0.05
+# The recorded peak must not undercut the witness (a budget would be broken) by more than this share of it, nor
+# exceed it (a configuration that fits would be rejected) by more than OVER.
+UNDER, OVER = 0.05, 0.10
 OFFLOAD_COST_S = {"model": 8.0, "group-block": 12.0, "group-leaf": 25.0, "sequential": 30.0}
 
 
-def _measured_peak(pipe, settings: dict[str, Any], hw) -> dict[str, Any]:
+def judge(recorded: int | None, witness: int | None) -> str | None:
+    """Why the recorded peak disagrees with the witness (sampled peak less baseline), or None when it agrees.
+
+    >>> judge(100, 100) is None
+    True
+    >>> judge(90, 100)
+    'the recorded peak 90 B undercuts the sampled 100 B by 10%'
+    """
+    if recorded is None or witness is None or witness <= 0:
+        return "no figure to compare: " + ("autotune recorded none" if recorded is None else "NVML gave none")
+    gap = (recorded - witness) / witness
+    if gap < -UNDER:
+        return f"the recorded peak {_size(recorded)} undercuts the sampled {_size(witness)} by {-gap:.0%}"
+    if gap > OVER:
+        return f"the recorded peak {_size(recorded)} exceeds the sampled {_size(witness)} by {gap:.0%}"
+    return None
+
+
+def _size(value: int) -> str:
+    return f"{value / 2**30:.3g} GiB" if value >= 2**20 else f"{value} B"
+
+
+def _measured_peak(pipe, settings: dict[str, Any], hw, baseline: int | None = None) -> dict[str, Any]:
     import torch
 
     from autotune import knobs
@@ -27,20 +51,23 @@ def _measured_peak(pipe, settings: dict[str, Any], hw) -> dict[str, Any]:
     from autotune.measure import Repeats, measure
     from autotune.profile import Workload
 
-    from .gpu import PROMPT, SIZE, gib, nvml_process_bytes
+    from .gpu import PROMPT, SIZE, gib
+    from .nvml import UsedSampler, process_bytes
 
     apply_settings(pipe, settings, hw, fallback=False)
     workload = Workload(height=SIZE, width=SIZE, prompts=[PROMPT])
-    result = measure(pipe, workload, {**knobs.call_kwargs(settings), "num_inference_steps": 2},
-                     Repeats(warmup=1, min_runs=1, max_runs=1))
-    return {"recorded_peak_gib": gib(result.peak_memory_bytes),
-            "reserved_peak_gib": gib(torch.cuda.max_memory_reserved()),
-            "reserved_now_gib": gib(torch.cuda.memory_reserved()), "nvml_process_gib": gib(nvml_process_bytes()),
-            "image_problem": result.image_problem, "_peak": result.peak_memory_bytes}
+    with UsedSampler() as sampler:
+        result = measure(pipe, workload, {**knobs.call_kwargs(settings), "num_inference_steps": 2},
+                         Repeats(warmup=1, min_runs=1, max_runs=1))
+    witness = None if sampler.peak_bytes is None or baseline is None else sampler.peak_bytes - baseline
+    return {"recorded_peak_gib": gib(result.peak_memory_bytes), "sampled_peak_less_baseline_gib": gib(witness),
+            "nvml_samples": sampler.samples, "reserved_peak_gib": gib(torch.cuda.max_memory_reserved()),
+            "nvml_process_gib": gib(process_bytes()), "image_problem": result.image_problem,
+            "_peak": result.peak_memory_bytes, "_witness": witness}
 
 
 def _truth(ctx: Context, base, hw, baseline: int | None) -> list[str]:
-    from .gpu import fresh, gib, nvml_used_bytes, release
+    from .gpu import fresh, release
 
     rows, wrong = [], []
     ctx.figures["peaks_vs_nvml"] = rows
@@ -48,19 +75,12 @@ def _truth(ctx: Context, base, hw, baseline: int | None) -> list[str]:
         if ctx.left() < 10:
             rows.append({"configuration": name, "status": SKIPPED, "reason": "time box spent"})
             continue
+        release()  # the previous configuration's cached blocks would count in this one's NVML figure
         pipe = fresh(base)
-        row = {"configuration": name, **_measured_peak(pipe, settings, hw)}
-        used = nvml_used_bytes()
-        row["nvml_gpu_used_less_baseline_gib"] = gib(used - baseline) if used is not None and baseline else None
-        witness = row["nvml_process_gib"] or row["nvml_gpu_used_less_baseline_gib"]
-        peak = row.pop("_peak") / 2**30
-        if witness is None:
-            row["status"], row["reason"] = FAIL, "NVML gives no figure to compare with"
-        elif peak < witness * (1 - TOLERANCE):
-            row["status"], row["reason"] = FAIL, f"the recorded peak undercuts NVML's {witness:.3g} GiB"
-        else:
-            row["status"] = PASS
-        wrong += [f"{name}: {row['reason']}"] if row["status"] == FAIL else []
+        row = {"configuration": name, **_measured_peak(pipe, settings, hw, baseline)}
+        reason = judge(row.pop("_peak"), row.pop("_witness"))
+        row["status"], row["reason"] = (FAIL, reason) if reason else (PASS, None)
+        wrong += [f"{name}: {reason}"] if reason else []
         rows.append(row)
         del pipe
         release()
@@ -68,7 +88,7 @@ def _truth(ctx: Context, base, hw, baseline: int | None) -> list[str]:
     return wrong
 
 
-def _offload(ctx: Context, base, hw) -> list[str]:
+def _offload(ctx: Context, base, hw, baseline: int | None) -> list[str]:
     from autotune import knobs
 
     from .gpu import fresh, release
@@ -83,12 +103,13 @@ def _offload(ctx: Context, base, hw) -> list[str]:
             continue
         pipe = fresh(base)
         try:
-            row = {"offload": mode, **_measured_peak(pipe, {"precision": "fp16", "offload": mode}, hw)}
+            row = {"offload": mode, **_measured_peak(pipe, {"precision": "fp16", "offload": mode}, hw, baseline)}
         except Exception as error:
             row = {"offload": mode, "status": FAIL, "reason": f"{type(error).__name__}: {str(error)[:200]}"}
         del pipe
         release()
         peak = row.pop("_peak", None)
+        row.pop("_witness", None)
         if mode == "none":
             none_peak = peak
             row.setdefault("status", PASS if peak else FAIL)
@@ -106,11 +127,13 @@ def _offload(ctx: Context, base, hw) -> list[str]:
 
 
 def run(ctx: Context) -> tuple[str, str | None]:
-    from .gpu import hardware, nvml_used_bytes, template
+    from .nvml import used_bytes
 
-    baseline = nvml_used_bytes()  # before this process creates its CUDA context
+    baseline = used_bytes()  # first: `.gpu` imports diffusers, whose torchao import initialises CUDA
     ctx.figures["gpu_used_before_gib"] = None if baseline is None else round(baseline / 2**30, 3)
+    from .gpu import hardware, template
+
     hw = hardware()
     base = template()
-    wrong = _truth(ctx, base, hw, baseline) + _offload(ctx, base, hw)
+    wrong = _truth(ctx, base, hw, baseline) + _offload(ctx, base, hw, baseline)
     return (FAIL, "; ".join(wrong)) if wrong else (PASS, None)
