@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_checks import core, evidence, runner, worker_start  # noqa: E402
-from gpu_checks.cli_checks import gpu_slug  # noqa: E402
+from gpu_checks import core, evidence, runner, seeds, worker_start  # noqa: E402
+from gpu_checks.cli_checks import budget_command, gpu_slug, search_command  # noqa: E402
 from gpu_checks.core import CHECKS, Check, Options, allot  # noqa: E402
 from gpu_checks.knob_sweep import NOT_SWEPT, cases, run_case  # noqa: E402
 from gpu_checks.memory import judge  # noqa: E402
@@ -266,6 +266,29 @@ def test_flux_arch_is_swept_only_with_its_flag():
 
     args = gpu_check.parse_args(["--out", "x", "--with-flux"])
     assert args.with_flux and not args.full_sweep
+
+
+def test_the_search_runs_8_steps_for_45_s_with_one_round(tmp_path):
+    command = " ".join(search_command(tmp_path / "h100-sd15-arch.yaml", left_s=88))
+    assert "--steps 8 --timeout 45 " in command and "--rounds 1 " in command and "--model builtin:sd15-arch" in command
+    assert "--timeout 20 " in " ".join(search_command(tmp_path / "p.yaml", left_s=60))  # a shortened box
+
+
+def test_the_budget_search_pins_offload_off_and_runs_3_trials(tmp_path):
+    command = " ".join(budget_command(tmp_path))
+    assert "--pin offload=none" in command and "--trials 3 " in command
+
+
+def test_each_seeds_row_puts_its_own_process_flags_back_before_its_timed_call(gpu_hardware, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(seeds, "_timed", lambda entry: seen.setdefault(entry["name"], (
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32)))
+    settings = {"fp32 default": {}, "tf32 + cudnn benchmark": {"precision": "tf32", "cudnn_benchmark": True},
+                "fp16": {"precision": "fp16"}}
+    ready = {name: {"name": name} for name in settings}
+    seeds.one_round(ready, settings, gpu_hardware)
+    assert seen == {"fp32 default": (False, False), "tf32 + cudnn benchmark": (True, True), "fp16": (False, False)}
+    assert seeds.STEPS == 20
 
 
 def test_the_memory_baseline_is_read_before_diffusers_is_imported(tmp_path):

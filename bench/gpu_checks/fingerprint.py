@@ -17,14 +17,26 @@ def _series(version: str | None) -> tuple[int, ...]:
 
 
 def run(ctx: Context) -> tuple[str, str | None]:
-    import torch
+    # The probe starts first and may take the whole box: its imports (torch, diffusers, transformers, torchao) run
+    # while this process imports torch, not after.
+    box_s = ctx.left()
+    probe = subprocess.Popen([sys.executable, "-m", "autotune.cli", "probe", "--json"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        import torch
 
-    answer = subprocess.run([sys.executable, "-m", "autotune.cli", "probe", "--json"], capture_output=True, text=True,
-                            timeout=max(5.0, ctx.left()), env=child_env())
-    if answer.returncode != 0:
-        return FAIL, f"autotune probe --json exited with {answer.returncode}: {last_line(answer.stderr)}"
-    hardware = json.loads(answer.stdout)["hardware"]
-    properties = torch.cuda.get_device_properties(0)
+        properties = torch.cuda.get_device_properties(0)
+        stdout, stderr = probe.communicate(timeout=max(1.0, ctx.left()))
+    except subprocess.TimeoutExpired:
+        return FAIL, f"autotune probe --json gave no answer within the box ({box_s:.0f} s)"
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    ctx.figures["probe_s"] = round(box_s - ctx.left(), 1)
+    if probe.returncode != 0:
+        return FAIL, f"autotune probe --json exited with {probe.returncode}: {last_line(stderr)}"
+    hardware = json.loads(stdout)["hardware"]
     torch_memory = int(properties.total_memory)
     rows = [
         {"field": "device", "probe": hardware["device"], "torch": "cuda", "ok": hardware["device"] == "cuda"},
