@@ -198,6 +198,7 @@ def test_a_worker_started_as_for_cuda_is_spawned_and_its_failure_comes_back_in_o
         pytest.skip("this machine has a CUDA device: the probe would pass")
     result = worker_start.probe_worker("cuda", timeout_s=120)
     assert result.figures["start_method"] == "spawn"
+    assert result.figures["exit_code"] == 0  # it answered and exited on its own, not killed
     assert result.status == "fail" and "\n" not in result.reason
     assert "CUDA" in result.reason or "NVIDIA" in result.reason
 

@@ -52,9 +52,10 @@ def probe_worker(device: str = "cuda", timeout_s: float = TIMEOUT_S) -> Result:
     try:
         status, reason = _answer(reader, timeout_s)
     finally:
+        worker.join(5)  # an answered worker is exiting; one that hangs is killed
         if worker.is_alive():
             worker.kill()
-        worker.join(5)
+            worker.join(5)
     if status == FAIL and reason is None:
         reason = f"the worker exited with code {worker.exitcode} without answering"
     seconds = round(time.monotonic() - started, 1)
