@@ -30,10 +30,12 @@ class Candidate:
     warmup_s: float = 0.0
     failure: str | None = None
     quality: dict[str, float] = field(default_factory=dict)
-    images: Any = None  # prompts x H x W x 3, rendered in the last round of the re-measurement
+    images: Any = None  # prompts x H x W x 3, rendered in the first round of the re-measurement
     trial: int | None = None  # the study's trial it came from (None for the default configuration)
     frames: int | None = None  # frames per output, for a video pipeline
     others_cpu_share: float | None = None  # of all cores, used by other processes while it was timed
+    trial_images_per_s: Stat | None = None  # what its trial measured, at its batch size
+    trial_quality: dict[str, float] = field(default_factory=dict)  # its trial's scores
 
     @property
     def frames_per_s(self) -> Stat | None:
@@ -95,8 +97,17 @@ def distinct_candidates(trials: list) -> list[Candidate]:
         settings = {**trial.user_attrs["settings"], "batch_size": trial.user_attrs["batch_size"]}
         key = settings_key(settings)
         chosen.setdefault(key, Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"],
-                                         trial=trial.number))
+                                         trial=trial.number, trial_images_per_s=_trial_rate(trial),
+                                         trial_quality=dict(trial.user_attrs.get("quality") or {})))
     return list(chosen.values())
+
+
+def _trial_rate(trial) -> Stat | None:
+    """The images/s a trial measured at the batch size it chose (its batches' records keep the spread too)."""
+    for batch in trial.user_attrs.get("batches") or []:
+        if batch.get("batch_size") == trial.user_attrs["batch_size"] and batch.get("images_per_s"):
+            return Stat(**batch["images_per_s"])
+    return None
 
 
 # A trial at less than this share of the best trial's speed cannot overtake it in the re-measurement: trials of one

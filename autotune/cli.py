@@ -102,8 +102,9 @@ def search(
              "profile set with the picks fastest, balanced, smallest)")] = "throughput",
     trials: Annotated[int, typer.Option(help="trials in the study (a resumed study counts its finished ones)")] = 30,
     timeout: Annotated[float | None, typer.Option(
-        help="run trials for at most this many seconds (a trial still running then is stopped and queued again for a "
-             "resume), then re-measure the best")] = None,
+        help="seconds the whole search may take: trials get the first three quarters (a trial still running then is "
+             "stopped and queued again for a resume), the re-measurement of the best the rest, and stops there with "
+             "what it has; the profile is always written")] = None,
     height: Annotated[int | None, typer.Option(help="image height (default: the pipeline's own)")] = None,
     width: Annotated[int | None, typer.Option(help="image width (default: the pipeline's own)")] = None,
     steps: Annotated[int | None, typer.Option(help="inference steps (default: the pipeline's own)")] = None,

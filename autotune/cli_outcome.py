@@ -33,11 +33,14 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
             (name, next(c for c in outcome.candidates if c.trial == profile.provenance.trial))
             for name, profile in ((n, outcome.profile_set.pick(n)) for n in outcome.profile_set.picks)]
     for label, candidate in rows:
-        rate = candidate.images_per_s
+        # Not re-measured (the time limit came first): its trial's figures, marked, or nothing.
+        rate = candidate.images_per_s if candidate.measured else candidate.trial_images_per_s
         frames = candidate.frames_per_s
-        cells = [label, f"{rate.median:.2f}", *([f"{frames.median:.2f}" if frames else "-"] if video else []),
-                 f"{rate.cv:.0%}", f"{candidate.latency.median:.3f}",
-                 format_size(candidate.peak_memory_bytes), str(candidate.batch_size),
+        cells = [label, "-" if rate is None else f"{rate.median:.2f}" + ("" if candidate.measured else " (trial)"),
+                 *([f"{frames.median:.2f}" if frames else "-"] if video else []),
+                 "-" if rate is None else f"{rate.cv:.0%}",
+                 f"{candidate.latency.median:.3f}" if candidate.measured else "-",
+                 format_size(candidate.peak_memory_bytes or candidate.trial_peak_bytes), str(candidate.batch_size),
                  candidate.shown_vs(outcome.baseline)]
         if outcome.reference is not None:
             cells.append(f"{candidate.quality[metric]:.4g}" if metric in candidate.quality else "-")

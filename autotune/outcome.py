@@ -65,9 +65,15 @@ class SearchOutcome:
 def finish_study(
     study: optuna.Study, spec: StudySpec, fingerprint: Fingerprint, config: WorkerConfig, storage_url: str,
     out: str | Path | None, top_k: int, rounds: int, emit: Events, scoring: Scoring | None = None,
+    deadline: float | None = None, others_cpu_share: float | None = None,
 ) -> SearchOutcome:
     """Re-measure the study's top candidates (its Pareto front) and the default configuration here, interleaved;
-    write the profile (or profile set)."""
+    write the profile (or profile set).
+
+    With a `deadline` (`time.monotonic()`) the re-measurement stops there with what it has, and says so in one line;
+    when it timed no candidate that fits, the profile is the leading trial's, with that trial's own figures
+    (`Metrics.measured_in: trial`) and no comparison with the default. `others_cpu_share` is the load the search
+    measured under, recorded for a configuration that was not re-measured."""
     budget_bytes, objective = spec.memory_budget_bytes, spec.objective
     if scoring is None and spec.reference_steps:
         with Worker(config) as worker:
@@ -94,10 +100,19 @@ def finish_study(
         return ratio is None or ratio.verdict != "cannot tell"
 
     # A spread too wide to tell the leader from the default gets up to as many rounds again, then is reported as is.
-    remeasure([baseline, *candidates], config, workload, rounds, spec.trial_timeout_s, scoring=scoring,
-              extra_rounds=rounds, settled=settled, device_memory_bytes=fingerprint.hardware.memory_bytes)
+    complete = remeasure([baseline, *candidates], config, workload, rounds, spec.trial_timeout_s, scoring=scoring,
+                         extra_rounds=rounds, settled=settled, device_memory_bytes=fingerprint.hardware.memory_bytes,
+                         deadline=deadline)
     floor = scoring.floor_spec if scoring else None
     fitting = [c for c in candidates if c.fits(budget_bytes) and (scoring is None or scoring.meets(c.quality))]
+    if not complete:
+        timed = sum(c.measured for c in [baseline, *candidates])
+        emit("phase", {"message": f"warning: the time limit stopped the re-measurement before its {rounds} rounds "
+                                  f"({timed} of {len(candidates) + 1} configurations timed)"
+                                  + ("" if fitting else "; the profile keeps the leading trial's own figures, not "
+                                                        "compared with the default")})
+        if not fitting:
+            fitting = candidates[:1]
     if not fitting:
         raise NothingFits(f"none of the top configurations fit {format_size(budget_bytes)}"
                           + (f" and meet {floor}" if floor else "") + " when re-measured")
@@ -113,14 +128,16 @@ def finish_study(
             goal=Goal(objective=objective, memory_budget_bytes=budget_bytes,
                       quality_floor=scoring.floor_record() if scoring and floor else None),
             settings=candidate.settings,
-            metrics=metrics_of(candidate, baseline),
+            metrics=metrics_of(candidate, baseline, others_cpu_share),
             provenance=Provenance(sampler=type(study.sampler).__name__, seed=spec.seed, trials=trials,
                                   study=study.study_name, storage=redact(storage_url), created=now(),
                                   autotune=__version__, trial=candidate.trial),
         )
 
     profile_set = None
-    if objective == "pareto":
+    if not fitting[0].measured:  # the time limit's fallback: the leading trial, as its trial measured it
+        best = fitting[0]
+    elif objective == "pareto":
         metric = scoring.metric if scoring else "ssim"
         front = pareto_front(fitting, metric)
         picks = choose_picks(front, metric)
@@ -150,24 +167,37 @@ def write_outcome(outcome: SearchOutcome, out: str | Path, scoring: Scoring | No
                           "run the same command again to write the profile") from error
 
 
-def metrics_of(candidate: Candidate, baseline: Candidate | None = None) -> Metrics:
-    """A re-measured candidate's numbers as a profile records them; what was not measured is None."""
+def metrics_of(candidate: Candidate, baseline: Candidate | None = None,
+               others_cpu_share: float | None = None) -> Metrics:
+    """A re-measured candidate's numbers as a profile records them; what was not measured is None. A candidate the
+    re-measurement never timed (the time limit came first) keeps its trial's figures, marked as such, with
+    `others_cpu_share` the load they were measured under."""
+    if not candidate.measured:
+        return Metrics(images_per_s=candidate.trial_images_per_s, peak_memory_bytes=candidate.trial_peak_bytes or None,
+                       quality={k: round(v, 4) for k, v in candidate.trial_quality.items()}, measured_in="trial",
+                       others_cpu_share=_share(others_cpu_share))
     ratio = candidate.vs(baseline) if baseline is not None else None
     return Metrics(images_per_s=candidate.images_per_s, frames_per_s=candidate.frames_per_s,
                    vs_default=SpeedRatio(**ratio.record()) if ratio is not None else None,
                    latency_s=candidate.latency,
                    peak_memory_bytes=candidate.peak_memory_bytes or None,
                    quality={k: round(v, 4) for k, v in candidate.quality.items()},
-                   warmup_s=round(candidate.warmup_s, 3))
+                   warmup_s=round(candidate.warmup_s, 3),
+                   others_cpu_share=_share(candidate.others_cpu_share))
 
 
-def warn_if_busy(emit: Events) -> None:
+def _share(share: float | None) -> float | None:
+    return None if share is None else round(share, 3)
+
+
+def warn_if_busy(emit: Events) -> float:
     """Say so when other work is using the machine: it can slow a timed run many times over. The search's own
-    workers are not counted."""
+    workers are not counted. Returns the share of the CPU the others use."""
     share = others_share()
     if share > BUSY_SHARE:
         emit("phase", {"message": f"warning: other processes are using {share:.0%} of this machine's "
                                   f"{os.cpu_count() or 1} cores; timings will be noisy"})
+    return share
 
 
 def nothing_fits_message(study: optuna.Study, budget_bytes: int, scoring: Scoring | None = None) -> str:

@@ -82,7 +82,13 @@ class SpeedRatio(_Strict):
 
 
 class Metrics(_Strict):
-    """The re-measured numbers; a video pipeline's `images_per_s` counts videos, and `frames_per_s` their frames."""
+    """The re-measured numbers; a video pipeline's `images_per_s` counts videos, and `frames_per_s` their frames.
+
+    `measured_in` says where they come from: the final interleaved re-measurement, or, when the time limit stopped
+    that before it timed this configuration, the search's own trial of it (then nothing is compared with the
+    default). `others_cpu_share` is the share of all cores other processes used meanwhile: above
+    `host_load.BUSY_SHARE` the figures were measured on a busy machine and should be re-measured on a quiet one
+    before the profile ships."""
 
     images_per_s: Stat | None = None
     frames_per_s: Stat | None = None
@@ -91,6 +97,8 @@ class Metrics(_Strict):
     peak_memory_bytes: PositiveInt | None = None
     quality: dict[str, float] = Field(default_factory=dict)
     warmup_s: float | None = Field(default=None, ge=0)
+    measured_in: Literal["re-measurement", "trial"] = "re-measurement"
+    others_cpu_share: float | None = Field(default=None, ge=0, le=1)
 
 
 class Provenance(_Strict):

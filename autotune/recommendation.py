@@ -7,7 +7,9 @@ availability on this pipeline, and the memory model's prediction at batch 1 inst
   upcasting VAE in fp32); SDPA, the default, which never materializes the attention scores; channels-last on a
   UNet, whose convolutions cuDNN runs fastest in NHWC.
 - On a CPU: the configuration as loaded (fp32, SDPA). Whether a lower precision or channels-last is faster on a CPU
-  depends on its instruction set and is left for a search to measure; nothing here assumes it.
+  depends on its instruction set and is left for a search to measure; nothing here assumes it. Where other processes
+  hold some cores, as many torch threads as there are free cores: two threads on two cores, one of them taken, spend
+  their time waiting for each other (10-17x slower than quiet, against about 2x for one thread).
 - Never compile: it costs minutes per configuration before it pays, which only a measurement can weigh.
 - Then, while the predicted peak is over the budget, the savers the rule tools reach for, cheapest first: VAE
   slicing, VAE tiling, sliced attention (where the attention holds its scores), model offload, sequential offload.
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import knobs
+from .host_load import BUSY_SHARE, others_share
 from .memory_facts import ModelFacts
 from .memory_model import FULL_SCORES, MemoryModel
 from .units import format_size
@@ -71,9 +74,10 @@ class Recommendation:
 
 def recommend_settings(hardware: Hardware, domains: Mapping[str, Any], facts: ModelFacts | None,
                        budget_bytes: int | None, height: int, width: int, guidance_scale: float | None = None,
-                       fixed: Mapping[str, Any] | None = None) -> Recommendation:
+                       fixed: Mapping[str, Any] | None = None, others_cpu_share: float = 0.0) -> Recommendation:
     """The recommendation for `hardware` over `domains` (knob name -> `Domain` or its dict), with the memory model
-    of `facts` at `height` x `width` (no memory step without them). `fixed` values are kept as given."""
+    of `facts` at `height` x `width` (no memory step without them). `fixed` values are kept as given;
+    `others_cpu_share` is the share of the CPU other processes use now (`host_load.others_share`)."""
     fixed = dict(fixed or {})
     available = {name: knobs.domain_from_dict(d) if isinstance(d, (dict, list)) else d for name, d in domains.items()}
     settings: dict[str, Any] = {**knobs.defaults(), **fixed}
@@ -95,6 +99,10 @@ def recommend_settings(hardware: Hardware, domains: Mapping[str, Any], facts: Mo
                                         "has no bf16")
         if facts is not None and facts.denoiser == "unet":
             choose("channels_last", True, "the UNet's convolutions run in cuDNN's preferred NHWC layout")
+    free = free_cores(hardware.cpu_cores, others_cpu_share)
+    if hardware.device == "cpu" and free < hardware.cpu_cores:
+        choose("cpu_threads", free, f"other processes use {others_cpu_share:.0%} of the CPU: {free} of "
+                                    f"{hardware.cpu_cores} cores are free")
     if facts is None:
         note = "no pipeline given (--model): the memory model has no sizes, so no memory saver was considered"
         return Recommendation(settings, reasons, None, budget_bytes, [note])
@@ -123,6 +131,17 @@ def recommend_settings(hardware: Hardware, domains: Mapping[str, Any], facts: Mo
     return Recommendation(settings, reasons, predicted, budget_bytes, notes)
 
 
+def free_cores(cores: int, others_cpu_share: float) -> int:
+    """The cores other processes leave free, at least one; all of them on a machine that is not busy.
+
+    >>> free_cores(2, 0.5), free_cores(16, 0.1), free_cores(2, 1.0)
+    (1, 16, 1)
+    """
+    if others_cpu_share <= BUSY_SHARE:
+        return cores
+    return max(1, round(cores * (1 - others_cpu_share)))
+
+
 def recommend(model: str | None = None, *, budget: str | int | None = None, device: str | None = None,
               height: int | None = None, width: int | None = None) -> Recommendation:
     """A configuration for `model` on this machine within `budget`, chosen by rules and the memory model, without
@@ -136,8 +155,10 @@ def recommend(model: str | None = None, *, budget: str | int | None = None, devi
 
     hardware = probe(device).hardware
     budget_bytes = parse_size(budget, hardware.memory_bytes) if budget is not None else None
+    others = others_share() if hardware.device == "cpu" else 0.0
     if model is None:
-        return recommend_settings(hardware, knobs.domains(hardware), None, budget_bytes, height or 512, width or 512)
+        return recommend_settings(hardware, knobs.domains(hardware), None, budget_bytes, height or 512, width or 512,
+                                  others_cpu_share=others)
     from . import pipelines
     from .memory_facts import facts_of
 
@@ -145,7 +166,7 @@ def recommend(model: str | None = None, *, budget: str | int | None = None, devi
     size = pipelines.default_call_size(pipe, model)
     facts = facts_of(pipe, _baseline_bytes(pipe) if hardware.device == "cpu" else None)
     return recommend_settings(hardware, knobs.domains(hardware, pipe), facts, budget_bytes, height or size,
-                              width or size)
+                              width or size, others_cpu_share=others)
 
 
 def _baseline_bytes(pipe) -> int:

@@ -5,6 +5,7 @@ Slow drifts of the machine then hit every candidate alike. Optuna-free: `verify`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from . import knobs, protocol, quality
@@ -34,36 +35,41 @@ def takes_turns(candidates: list[Candidate], config: WorkerConfig, device_memory
 def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workload, rounds: int,
               timeout_s: float, runs_per_round: int = protocol.RUNS_PER_ROUND, scoring: Scoring | None = None,
               extra_rounds: int = 0, settled: Callable[[], bool] | None = None,
-              device_memory_bytes: int | None = None) -> None:
+              device_memory_bytes: int | None = None, deadline: float | None = None) -> bool:
     """Time every candidate in its own warmed-up worker, round-robin; with `scoring`, render and score its images in
-    the last planned round. Fills each candidate's latencies, peak memory, warm-up, images and quality, or its
-    failure, and the share of the CPU other processes used while they were timed. With `settled`, up to
-    `extra_rounds` more rounds run while `settled()` says the comparison the caller needs is not decided yet. On a GPU
-    of `device_memory_bytes` that cannot hold them all, the candidates take turns on it (`takes_turns`).
+    the first round. Fills each candidate's latencies, peak memory, warm-up, images and quality, or its failure, and
+    the share of the CPU other processes used while they were timed. With `settled`, up to `extra_rounds` more rounds
+    run while `settled()` says the comparison the caller needs is not decided yet. On a GPU of `device_memory_bytes`
+    that cannot hold them all, the candidates take turns on it (`takes_turns`).
+
+    With a `deadline` (`time.monotonic()`), it stops there with what it has: a candidate not yet warmed up is not
+    re-measured (`TIME_UP`), and the rounds stop. Returns whether it ran every planned round.
 
     >>> remeasure([Candidate("default", {})], WorkerConfig("builtin:tiny-sd"), workload, 2, 600)  # doctest: +SKIP
     """
     workers = {id(c): Worker(config) for c in candidates}
     park = takes_turns(candidates, config, device_memory_bytes)
+    clock = _Clock(timeout_s, deadline)
+    completed = 0
     try:
         for worker in workers.values():
             worker.start()  # all at once: their imports and model loads overlap
         for candidate in candidates:
             _ask(candidate, workers[id(candidate)], protocol.Prepare(
-                candidate.settings, workload, knobs.call_kwargs(candidate.settings), park=park), timeout_s)
+                candidate.settings, workload, knobs.call_kwargs(candidate.settings), park=park), clock)
         with OthersCpu() as others:
             for round_number in range(rounds + extra_rounds):
-                if round_number >= rounds and (settled is None or settled()):
+                if round_number >= rounds and (settled is None or settled()) or clock.up:
                     break
                 order = candidates[round_number % len(candidates):] + candidates[:round_number % len(candidates)]
-                last = round_number == rounds - 1
+                render = scoring is not None and round_number == 0
                 for candidate in order:
                     _ask(candidate, workers[id(candidate)],
-                         protocol.Time(workload, runs_per_round, render=scoring is not None and last, park=park),
-                         timeout_s)
+                         protocol.Time(workload, runs_per_round, render=render, park=park), clock)
                 share = others.so_far()  # over every round so far: an interleaved round times them all alike
                 for candidate in candidates:
                     candidate.others_cpu_share = share
+                completed += not clock.up
     finally:
         for worker in workers.values():
             worker.close()
@@ -72,14 +78,47 @@ def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workl
             if candidate.images is not None:
                 candidate.quality = quality.score(candidate.images, scoring.reference, scoring.metrics,
                                                   workload.prompts)
+    return completed >= rounds
 
 
-def _ask(candidate: Candidate, worker: Worker, task: protocol.Prepare | protocol.Time, timeout_s: float) -> None:
-    if candidate.failure is not None:
+# A candidate's failure when the time limit came before it was warmed up.
+TIME_UP = "time limit: reached before it was re-measured"
+# A request needs at least this long to be worth sending before the deadline.
+MIN_REQUEST_S = 1.0
+
+
+class _Clock:
+    """Each request's time: the timeout, or what is left before the deadline; `up` once the deadline has stopped
+    one."""
+
+    def __init__(self, timeout_s: float, deadline: float | None):
+        self.timeout_s, self.deadline, self.up = timeout_s, deadline, False
+
+    def allowed(self) -> tuple[float, bool]:
+        """(seconds the next request may take, whether the deadline rather than the timeout sets it)."""
+        if self.deadline is None:
+            return self.timeout_s, False
+        left = self.deadline - time.monotonic()
+        return (left, True) if left < self.timeout_s else (self.timeout_s, False)
+
+
+def _ask(candidate: Candidate, worker: Worker, task: protocol.Prepare | protocol.Time, clock: _Clock) -> None:
+    if candidate.failure is not None or clock.up:
+        if isinstance(task, protocol.Prepare) and candidate.failure is None:
+            candidate.failure = TIME_UP
         return
+    seconds, cut = clock.allowed()
+    if seconds < MIN_REQUEST_S:
+        clock.up = True
+        return _ask(candidate, worker, task, clock)
     try:
-        answer = worker.request(task, timeout_s=timeout_s)
+        answer = worker.request(task, timeout_s=seconds)
     except TrialFailed as failure:
+        if cut and failure.kind == "timeout":
+            clock.up = True
+            if isinstance(task, protocol.Prepare):
+                candidate.failure = TIME_UP
+            return
         candidate.failure = f"{failure.kind}: {failure.reason}"
         return
     if isinstance(answer, protocol.Prepared):

@@ -24,7 +24,7 @@ from .memory_model import FACTS_ATTR
 from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, PRUNERS, SAMPLERS
 from .outcome import SearchOutcome, finish_study, warn_if_busy
 from .profile import Profile, Workload
-from .recommendation import recommend_settings
+from .recommendation import free_cores, recommend_settings
 from .scoring import scoring_for
 from .space import build_space, steps_range, validate_pinned, warm_start
 from .storages import surface_storage_failures
@@ -170,7 +170,7 @@ def run_search(
             workload=workload.model_dump(), objective=objective, fixed=fixed,
             hardware=hardware.model_dump(), space=space, memory_budget_bytes=budget_bytes, n_trials=n_trials,
             max_batch=max_batch, trial_timeout_s=trial_timeout_s, sampler=sampler, seed=seed,
-            deadline=time.time() + timeout_s if timeout_s is not None else None, steps=steps,
+            deadline=trials_deadline(started, timeout_s), steps=steps,
             quality_floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None,
             pruner=pruner,
         )
@@ -183,15 +183,19 @@ def run_search(
         study = open_study(name, storage_url, spec)
         if info.memory:  # for the memory model of every worker of the study, on any host
             study.set_user_attr(FACTS_ATTR, info.memory)
+        load = warn_if_busy(emit)
         if not finished(study):
             recommended = recommend_settings(
                 hardware, info.domains, ModelFacts.from_dict(info.memory) if info.memory else None, budget_bytes,
-                workload.height, workload.width, guidance_scale, fixed=pinned) if warm_start_recipes else None
+                workload.height, workload.width, guidance_scale, fixed=pinned,
+                others_cpu_share=load) if warm_start_recipes else None
+            # On a busy CPU every seed runs with the free cores' threads, as the recommendation does.
+            free = free_cores(hardware.cpu_cores, load) if hardware.device == "cpu" else hardware.cpu_cores
+            threads = {"cpu_threads": free} if free < hardware.cpu_cores else {}
             warm_start(study, space, hardware.device, previous, fixed, warm_start_recipes,
                        reference={"scheduler": "default", "steps": reference_steps} if scored else None,
-                       defaults={"steps": steps, "batch_size": 1},
+                       defaults={"steps": steps, "batch_size": 1, **threads},
                        recommended=recommended.changed() if recommended else None)
-        warn_if_busy(emit)
         if workers > 1:
             from .distributed import launch_workers
 
@@ -202,10 +206,26 @@ def run_search(
         config = worker.config
     finally:
         worker.close()
-    outcome = finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit, scoring)
+    outcome = finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit, scoring,
+                           deadline=started + timeout_s - WRITE_RESERVE_S if timeout_s is not None else None,
+                           others_cpu_share=load)
     outcome.time_split = time_split(study, started_at, time.monotonic() - started,
                                     [outcome.baseline, *outcome.candidates])
     return outcome
+
+
+# The share of the time limit kept for the end of a search: re-measuring the leaders beside the default, interleaved.
+FINISH_SHARE = 0.25
+# What the end keeps of its share for writing the profile and the study's last records.
+WRITE_RESERVE_S = 5.0
+
+
+def trials_deadline(started: float, timeout_s: float | None) -> float | None:
+    """When the trials of a search started at `started` (`time.monotonic()`) must stop, in seconds since the epoch
+    (the study records it for every worker): the time limit less the end's share."""
+    if timeout_s is None:
+        return None
+    return time.time() + started + timeout_s * (1 - FINISH_SHARE) - time.monotonic()
 
 
 def check_workload_arguments(info: protocol.Description, call: dict[str, Any], negative_prompt: str | None,

@@ -22,6 +22,7 @@ from .apply import ProfileLike, check_pipeline_fits, resolve_profile
 from .candidates import Candidate
 from .exceptions import IncompatibleProfile, InvalidInput
 from .hardware import Hardware, probe
+from .host_load import BUSY_SHARE as SEARCH_BUSY_SHARE
 from .host_load import OthersCpu
 from .library import SearchPath
 from .options import DEFAULT_REFERENCE_STEPS, DEFAULT_TOLERANCE
@@ -117,7 +118,8 @@ def verify_profile(
         _measure(result, timeout_s, time.monotonic() + time_limit_s if time_limit_s else None,
                  on_progress or (lambda message: None))
     result.others_cpu_share = others.share
-    result.checks = [_speed_check(result, tolerance), _memory_check(result), _quality_check(result)]
+    result.checks = [_speed_check(result, tolerance), _memory_check(result), _quality_check(result),
+                     _load_check(result)]
     return result
 
 
@@ -203,6 +205,27 @@ def _memory_check(result: Verification) -> Check:
         check.note = "not measured: the profile did not run"
     else:
         check.status = "pass" if peak <= budget else "fail"
+    return check
+
+
+def _load_check(result: Verification) -> Check:
+    """Whether the profile's own figures were measured on a quiet machine: made under load, its choice and figures
+    may not hold on a quiet one (threads picked for the free cores, a ratio no interval could back), so it fails
+    until a search on a quiet machine makes it again."""
+    metrics = result.profile.metrics
+    share = metrics.others_cpu_share if metrics else None
+    check = Check("quiet when made", "not recorded" if share is None else f"others used {share:.0%} of the CPU",
+                  f"others used {result.others_cpu_share:.0%}", f"<= {SEARCH_BUSY_SHARE:.0%}", "skip")
+    if share is None:
+        check.note = "the profile does not record the load it was measured under"
+    elif share > SEARCH_BUSY_SHARE:
+        check.status = "fail"
+        check.note = "measured on a busy machine: search again on a quiet one before it ships"
+    else:
+        check.status = "pass"
+    if metrics is not None and metrics.measured_in == "trial":
+        check.note += ("; " if check.note else "") + ("its figures are its search trial's: the time limit stopped "
+                                                     "the re-measurement first")
     return check
 
 

@@ -93,6 +93,38 @@ def test_the_re_measurement_adds_rounds_only_while_the_comparison_is_undecided()
     assert [len(c.latency_s) for c in decided] == [1, 1]
 
 
+@pytest.mark.slow
+def test_the_re_measurement_stops_at_its_deadline_with_what_it_has():
+    import time
+
+    from autotune.profile import Workload
+    from autotune.remeasure import TIME_UP, remeasure
+    from autotune.worker import WorkerConfig
+
+    workload = Workload(height=64, width=64, prompts=["a cat"])
+    candidates = [Candidate("default", {"steps": 2}), Candidate("same", {"steps": 2})]
+    started = time.monotonic()
+    complete = remeasure(candidates, WorkerConfig("builtin:tiny-sd"), workload, rounds=10_000, timeout_s=300,
+                         runs_per_round=1, deadline=started + 20)
+    assert not complete and time.monotonic() - started < 25  # past the deadline only by closing the workers
+    assert all(c.measured for c in candidates) and 0 < len(candidates[0].latency_s) < 10_000
+    late = [Candidate("default", {"steps": 2})]
+    assert not remeasure(late, WorkerConfig("builtin:tiny-sd"), workload, rounds=1, timeout_s=300,
+                         deadline=time.monotonic())
+    assert late[0].failure == TIME_UP and not late[0].latency_s
+
+
+def test_a_configuration_never_re_measured_keeps_its_trials_figures_marked_as_such():
+    from autotune.profile import Stat
+
+    leader = Candidate("trial 3", {"batch_size": 4}, trial_peak_bytes=2**30, trial=3,
+                       trial_images_per_s=Stat(median=12.5, cv=0.04, n=3), trial_quality={"psnr": 31.0})
+    recorded = metrics_of(leader, Candidate("default", {}), others_cpu_share=0.5)
+    assert recorded.measured_in == "trial" and recorded.images_per_s.median == 12.5
+    assert recorded.vs_default is None and recorded.peak_memory_bytes == 2**30 and recorded.quality == {"psnr": 31.0}
+    assert recorded.others_cpu_share == 0.5
+
+
 # ---- on a busy machine, for real: a CPU-heavy process started by the test ----
 
 

@@ -91,6 +91,21 @@ def test_the_time_limit_stops_a_running_trial_and_queues_it_again_for_the_resume
     assert outcome.time_split.stopped_s > 10 and "a trial the time limit stopped" in outcome.time_split.describe()
 
 
+def test_the_time_limit_holds_for_the_whole_search_and_the_profile_is_written(tmp_path):
+    # Rounds without end: the re-measurement can only stop at its share of the limit, with what it has.
+    out, events = tmp_path / "limited.yaml", []
+    started = time.monotonic()
+    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=2, timeout_s=45, out=out, warm_start_recipes=False,
+                         on_event=lambda kind, data: events.append(data.get("message", "")),
+                         **{**FAST, "rounds": 10_000})
+    assert time.monotonic() - started < 45
+    assert any(message.startswith("warning: the time limit stopped the re-measurement") for message in events)
+    profile = load_profile(out)
+    assert profile.metrics.images_per_s is not None and profile.metrics.measured_in == "re-measurement"
+    assert profile.metrics.others_cpu_share is not None
+    assert outcome.best.measured
+
+
 def test_nan_images_make_a_trial_infeasible_and_it_is_never_chosen(tmp_path):
     storage, name = f"sqlite:///{tmp_path / 'nan.db'}", "nan"
     poisoned, clean = params(channels_last=True), params()

@@ -137,6 +137,17 @@ def test_on_cuda_the_compiled_recommendation_compiles_the_repeated_blocks_in_def
     assert [t.system_attrs["fixed_params"] for t in study.trials][1]["compile"] == "default"
 
 
+def test_on_a_busy_cpu_the_recommendation_uses_the_free_cores():
+    from autotune.recommendation import free_cores, recommend_settings
+
+    two_cores = probe().hardware.model_copy(update={"device": "cpu", "cpu_cores": 2})
+    domains = knobs.domains(two_cores)
+    busy = recommend_settings(two_cores, domains, None, None, 64, 64, others_cpu_share=0.5)
+    assert busy.settings["cpu_threads"] == 1 and "1 of 2 cores are free" in busy.reasons["cpu_threads"]
+    assert "cpu_threads" not in recommend_settings(two_cores, domains, None, None, 64, 64).changed()
+    assert free_cores(2, 0.2) == 2 and free_cores(8, 0.5) == 4 and free_cores(2, 0.99) == 1
+
+
 @pytest.fixture
 def offload_excludes_compile(monkeypatch):
     """A rule as a knob declares it: sequential offload excludes compile's default mode (not max-autotune)."""

@@ -25,7 +25,9 @@ def test_a_profile_verified_on_the_machine_that_made_it_passes(tuned_profile, tm
 
     checks = {check.metric: check for check in result.checks}
     assert result.same_hardware and result.passed
-    assert [check.status for check in result.checks] == ["pass", "pass", "skip"]
+    # The last check is the load the profile was made under: this test's own search, on a machine that may be busy.
+    assert [check.status for check in result.checks][:3] == ["pass", "pass", "skip"]
+    assert checks["quiet when made"].status == ("pass" if tuned_profile.metrics.others_cpu_share <= 0.25 else "fail")
     assert result.images_per_s.n == QUICK["workers"] * QUICK["rounds"] * 2  # 2 timed runs per worker per round
     assert len(result.worker_images_per_s) == QUICK["workers"]
     assert result.best_worker_images_per_s == max(result.worker_images_per_s)
@@ -48,7 +50,8 @@ def test_verify_tells_each_step_and_starts_no_worker_past_its_time_limit(tuned_p
 def test_each_metric_fails_on_its_own_and_the_command_exits_1(tuned_profile, tmp_path):
     promised = tuned_profile.model_copy(update={
         # A promise no pipeline keeps, and a budget less than torch alone takes.
-        "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6)}),
+        "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6),
+                                                            "others_cpu_share": 0.5}),  # made beside a busy core
         "goal": Goal(memory_budget_bytes=50 * 1024**2,  # and a floor above what identical images score
                      quality_floor=QualityFloor(metric="psnr", min=100.5, reference_steps=2)),
     })
@@ -63,6 +66,7 @@ def test_each_metric_fails_on_its_own_and_the_command_exits_1(tuned_profile, tmp
         "images/s"]
     assert "fail" in rows["peak memory"] and "<= 50.0 MiB (budget)" in rows["peak memory"]
     assert "fail" in rows["quality"] and ">= 100.5 psnr" in rows["quality"] and "psnr 100" in rows["quality"]
+    assert "fail" in rows["quiet when made"] and "others used 50% of the CPU" in rows["quiet when made"]
     assert "1 worker processes in turn x 1 rounds x 2 runs" in result.output
 
 
@@ -71,7 +75,8 @@ def test_a_profile_measured_on_another_cpu_is_held_to_its_budget_and_floor_only(
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
     elsewhere = tuned_profile.model_copy(update={
         "hardware": tuned_profile.hardware.model_copy(update={"cpu": "Another CPU", "cpu_cores": 64}),
-        "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6)}),
+        "metrics": tuned_profile.metrics.model_copy(update={"images_per_s": Stat(median=1e6, cv=0, n=6),
+                                                            "others_cpu_share": 0.5}),  # made beside a busy core
         # Against a reference at the profile's own 2 steps: the same images up to the exact knobs' numerical noise.
         "goal": tuned_profile.goal.model_copy(update={
             "quality_floor": QualityFloor(metric="psnr", min=50.0, reference_steps=2)})})
