@@ -21,6 +21,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from .exceptions import Unavailable
 from .profile import Profile, write_atomic
 from .report_html import CSS, ERROR_RECORDER, PAGE, section
 from .report_images import REFERENCE, image_grid, psnr
@@ -43,7 +44,11 @@ def write_report(
     `profile` adds the goal and the re-measured result; `images` (label -> (prompts, H, W, 3) in [0, 1], with
     `"reference"`) adds the image grid.
     """
-    import plotly.offline
+    try:
+        import plotly.offline
+    except ModuleNotFoundError:  # a dependency, but a machine without an index may lack it (the GPU run carries none)
+        raise Unavailable("the report draws its plots with plotly, which is not installed here: pip install plotly, "
+                          "or write the report on another machine from the study and profile") from None
 
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     names = objective_names(study, profile)

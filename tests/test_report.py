@@ -334,3 +334,16 @@ def test_the_report_renders_in_headless_chromium_without_script_errors(searched,
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("AUTOTUNE_REPORT_SCREENSHOT"):  # for a person to look at
         Path(os.environ["AUTOTUNE_REPORT_SCREENSHOT"]).write_bytes(shot.read_bytes())
+
+
+def test_without_plotly_the_report_says_so_in_one_line(study, tmp_path, monkeypatch):
+    # A GPU machine without a package index may lack plotly: the report's plots need it, nothing else does.
+    import sys
+
+    from autotune.exceptions import Unavailable
+
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    monkeypatch.setitem(sys.modules, "plotly.offline", None)
+    with pytest.raises(Unavailable, match=r"^the report draws its plots with plotly, which is not installed here"):
+        write_report(study, tmp_path / "no-plotly.html")
+    assert not (tmp_path / "no-plotly.html").exists()
