@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,7 @@ def serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str]) 
         torch.cuda.init()
         torch.cuda.set_per_process_memory_fraction(budget_fraction(config.memory_budget_bytes))
     state = WorkerState(config, hardware, conn)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, KeyboardInterrupt):
-            return
-        if task is None:
-            return
+    for task in _tasks(conn):
         try:
             answer = _HANDLERS[type(task)](state, task)
         except Exception as error:
@@ -79,9 +73,8 @@ def serve(conn, config: WorkerConfig, parent: int, environment: dict[str, str]) 
         conn.send(answer)
 
 
-def _refuse_every_task(conn, reason: str) -> None:
-    """Answer each task with `reason` as its failure, until the parent closes: a worker that cannot do its work
-    says why, in one line, instead of dying on its first CUDA call with a traceback."""
+def _tasks(conn) -> Iterator[Any]:
+    """The tasks the parent sends, until it sends None or goes away."""
     while True:
         try:
             task = conn.recv()
@@ -89,6 +82,13 @@ def _refuse_every_task(conn, reason: str) -> None:
             return
         if task is None:
             return
+        yield task
+
+
+def _refuse_every_task(conn, reason: str) -> None:
+    """Answer each task with `reason` as its failure, until the parent closes: a worker that cannot do its work
+    says why, in one line, instead of dying on its first CUDA call with a traceback."""
+    for _task in _tasks(conn):
         conn.send(protocol.Failed("error", reason))
 
 
