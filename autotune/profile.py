@@ -139,19 +139,27 @@ class Profile(_Strict):
     metrics: Metrics | None = None
     provenance: Provenance | None = None
 
-    def call_kwargs(self, seed: int | None = None) -> dict[str, Any]:
+    def call_kwargs(self, seed: int | None = None, batch: bool = False) -> dict[str, Any]:
         """Keyword arguments for the pipeline call: the workload's (size, guidance, negative prompt and the call
-        arguments it sets), then steps and batch.
+        arguments it sets), then steps, for one image per prompt: what an app serving one image per request asks.
+
+        `batch=True` adds the batch the profile was tuned at (`num_images_per_prompt`; a video pipeline's
+        `num_videos_per_prompt`): a batch job's call, at which its images/s was measured. A throughput profile's
+        images/s holds only at its batch; one image per call takes `metrics.latency_s / batch_size` or more.
 
         With `seed`, also the `generator` the search rendered with: one CPU generator per image (`seeding:
         per-image`), so each image is the one a batch of one would give. `seed=profile.workload.prompt_seed(i)`
         with the workload's i-th prompt reproduces the images the search measured.
 
-        >>> pipe(prompt, **profile.call_kwargs(seed=1234))  # doctest: +SKIP
+        >>> image = pipe(prompt, **profile.call_kwargs()).images[0]  # doctest: +SKIP
+        >>> images = pipe(prompt, **profile.call_kwargs(seed=1234, batch=True)).images  # doctest: +SKIP
         """
-        kwargs = self.workload.call_kwargs(knobs.call_kwargs(self.settings_dict()))
+        knob_kwargs = knobs.call_kwargs(self.settings_dict())
+        if not batch:  # the pipeline's own default: one image per prompt
+            knob_kwargs.pop("num_images_per_prompt", None)
+        kwargs = self.workload.call_kwargs(knob_kwargs)
         if seed is not None:
-            kwargs["generator"] = self.workload.generators(seed, self.settings.batch_size)
+            kwargs["generator"] = self.workload.generators(seed, self.settings.batch_size if batch else 1)
         return kwargs
 
     def settings_dict(self) -> dict[str, Any]:

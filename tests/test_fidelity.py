@@ -120,11 +120,11 @@ def test_the_shipped_profiles_call_kwargs_render_the_images_it_measured():
     profile = load_profile(SHIPPED)
     profile = profile.model_copy(update={"settings": profile.settings.model_copy(update={"compile": "none"})})
     pipe = apply_profile(tiny_sd(), profile)
-    kwargs = profile.call_kwargs()
+    kwargs = profile.call_kwargs(batch=True)
     assert kwargs["num_images_per_prompt"] == profile.settings.batch_size > 1
     for index, prompt in enumerate(profile.workload.prompts):
         seed = profile.workload.prompt_seed(index)
-        shipped = pipe(prompt, output_type="np", **profile.call_kwargs(seed=seed)).images
+        shipped = pipe(prompt, output_type="np", **profile.call_kwargs(seed=seed, batch=True)).images
         scored = render(pipe, profile.workload, {**kwargs, "num_images_per_prompt": 1}, index, cuda=False)[0]
         assert np.abs(shipped[0] - scored).max() < FLOAT_NOISE
 
@@ -157,9 +157,10 @@ def test_a_searched_lcm_profile_renders_at_its_batch_the_images_the_search_score
                          storage=f"sqlite:///{tmp_path}/s.db", steps=2, reference_steps=4, max_batch=4, top_k=1,
                          rounds=1, quality_floor="psnr=0", pinned={"compile": "none", "batch_size": 4})
     profile = load_profile(outcome.profile_path)
-    assert profile.workload.seeding == "per-image" and profile.call_kwargs()["num_images_per_prompt"] == 4
+    assert profile.workload.seeding == "per-image" and profile.call_kwargs(batch=True)["num_images_per_prompt"] == 4
     scored = load_images(outcome.images_path)[outcome.best.label]
     pipe = apply_profile(families.tiny_lcm(), profile)
     for index, prompt in enumerate(profile.workload.prompts):
-        shipped = pipe(prompt, output_type="np", **profile.call_kwargs(seed=profile.workload.prompt_seed(index)))
+        shipped = pipe(prompt, output_type="np", **profile.call_kwargs(seed=profile.workload.prompt_seed(index),
+                                                                       batch=True))
         assert np.abs(shipped.images[0] - scored[index]).max() < FLOAT_NOISE

@@ -176,7 +176,7 @@ def test_compile_applies_and_generates(settings, tiny_pipe, make_profile, state_
 def test_call_time_value_goes_into_the_call(name, value, tiny_pipe, make_profile, call_checks):
     # Two steps keep the batch test fast, unless the value under test is the step count.
     settings = {name: value} if name == "steps" else {name: value, "steps": 2}
-    kwargs = make_profile(**settings).call_kwargs()
+    kwargs = make_profile(**settings).call_kwargs(batch=True)
     assert knobs.get(name).call_kwargs(value).items() <= kwargs.items()
     assert kwargs["height"] == kwargs["width"] == 64
 
@@ -187,7 +187,11 @@ def test_call_time_value_goes_into_the_call(name, value, tiny_pipe, make_profile
 
 
 def test_call_kwargs_of_a_profile(make_profile):
+    # An app serving one image per request gets one image; a batch job asks for the profile's batch.
     assert make_profile(batch_size=4, steps=20).call_kwargs() == {
+        "height": 64, "width": 64, "num_inference_steps": 20,
+    }
+    assert make_profile(batch_size=4, steps=20).call_kwargs(batch=True) == {
         "height": 64, "width": 64, "num_images_per_prompt": 4, "num_inference_steps": 20,
     }
     assert "num_inference_steps" not in make_profile().call_kwargs()  # null: the pipeline's own default

@@ -229,7 +229,7 @@ def test_the_profile_written_by_a_search_applies_to_a_fresh_pipeline(tmp_path):
     run_search("builtin:tiny-sd", budget="4GB", n_trials=1, out=tmp_path / "p.yaml", **FAST)
     profile = load_profile(tmp_path / "p.yaml")
     pipe = load_pipeline(None, profile)
-    images = pipe("a red cube", output_type="np", **profile.call_kwargs()).images
+    images = pipe("a red cube", output_type="np", **profile.call_kwargs(batch=True)).images
     assert images.shape == (profile.settings.batch_size, 64, 64, 3)
     for knob in knobs.in_order():
         if not knob.call_time and knob.active(profile.settings_dict()):

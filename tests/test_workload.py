@@ -155,15 +155,18 @@ def test_a_profile_without_the_new_fields_still_loads_and_passes_none_of_them():
     shipped = load_profile("profiles/tiny-sd-cpu.yaml")
     assert shipped.workload.negative_prompt is None and shipped.workload.call == {}
     assert shipped.workload.output == "image"
-    assert "negative_prompt" not in shipped.call_kwargs() and "num_images_per_prompt" in shipped.call_kwargs()
+    assert "negative_prompt" not in shipped.call_kwargs()
+    assert "num_images_per_prompt" in shipped.call_kwargs(batch=True)
 
 
 def test_a_video_profile_passes_its_batch_as_num_videos_per_prompt(make_profile):
     workload = Workload(height=64, width=64, prompts=["a cat"], call={"num_frames": 9}, output="video")
     profile: Profile = make_profile(batch_size=2).model_copy(update={"workload": workload})
-    kwargs = profile.call_kwargs(seed=3)
+    kwargs = profile.call_kwargs(seed=3, batch=True)
     assert kwargs["num_videos_per_prompt"] == 2 and "num_images_per_prompt" not in kwargs
     assert kwargs["num_frames"] == 9 and len(kwargs["generator"]) == 2
+    one = profile.call_kwargs(seed=3)  # an app's request: one clip
+    assert "num_videos_per_prompt" not in one and len(one["generator"]) == 1
 
 
 def test_the_negative_prompt_guidance_and_call_arguments_change_the_image():
@@ -238,7 +241,7 @@ def test_a_tiny_wan_search_tunes_its_frames_reports_frames_per_s_and_its_profile
     assert quality.load_images(outcome.images_path)["reference"].shape == (1, 64, 64, 3)  # each clip's first frame
 
     pipe = apply_profile(families.tiny_wan(), profile)
-    clips = pipe(profile.workload.prompts[0], output_type="np", **profile.call_kwargs(seed=0)).frames
+    clips = pipe(profile.workload.prompts[0], output_type="np", **profile.call_kwargs(seed=0, batch=True)).frames
     assert clips.shape == (1, 5, 64, 64, 3)
     direct = render(pipe, profile.workload, {"num_inference_steps": profile.settings.steps}, 0, cuda=False)
     assert np.abs(clips - direct).max() < FLOAT_NOISE

@@ -26,7 +26,8 @@ def main(prompt: str) -> None:
     print(selection.explain())
     try:
         pipe = apply_profile(pipe, "auto", search_path=PROFILES)
-        call = selection.require().call_kwargs()  # size, steps and batch the profile was tuned for
+        # Size and steps the profile was tuned for, one image per prompt (call_kwargs(batch=True): its batch).
+        call = selection.require().call_kwargs()
     except NoProfileFits:
         call = {"height": 64, "width": 64, "num_inference_steps": 20}  # the app's own defaults, untuned
     for label in ("first call (includes warm-up, compiling if the profile compiles)", "next call"):
