@@ -210,3 +210,23 @@ def test_load_pipeline_without_a_profile_is_the_plain_model():
 def test_load_pipeline_names_the_builtins_for_an_unknown_one():
     with pytest.raises(UnknownModel, match="unknown built-in model 'builtin:nope'; known: builtin:tiny-sd"):
         load_pipeline("builtin:nope")
+
+
+def test_a_pipeline_an_app_placed_on_a_second_gpu_stays_there(gpu_hardware, tiny_pipe, monkeypatch):
+    # On a CPU machine the GPU is faked at its boundary: where the pipeline's weights say they are, and where `.to`
+    # and the offload hooks are asked to put them.
+    import torch
+
+    from autotune.knobs.placement import target_device
+
+    moved = []
+    monkeypatch.setattr(type(tiny_pipe), "device", property(lambda pipe: torch.device("cuda", 1)))
+    monkeypatch.setattr(tiny_pipe, "to", lambda *args, **kwargs: moved.append(args))
+    monkeypatch.setattr(tiny_pipe, "enable_model_cpu_offload", lambda **kwargs: moved.append(kwargs["device"]))
+    knobs.get("offload").apply(tiny_pipe, "none", {}, gpu_hardware)
+    knobs.get("offload").apply(tiny_pipe, "model", {}, gpu_hardware)
+    assert moved == [(torch.device("cuda", 1),), torch.device("cuda", 1)]
+    # A pipeline still on the CPU goes to the current GPU, and a CPU search keeps it on the CPU.
+    monkeypatch.setattr(type(tiny_pipe), "device", property(lambda pipe: torch.device("cpu")))
+    assert target_device(tiny_pipe, "cuda") == torch.device("cuda")
+    assert target_device(tiny_pipe, "cpu") == torch.device("cpu")

@@ -43,16 +43,16 @@ class Offload(Knob):
         return None
 
     def apply(self, pipe, value, settings, hw):
+        device = target_device(pipe, hw.device)
         if value == "none":
-            pipe.to(hw.device)  # the device the search or profile names, not whatever this host has
+            pipe.to(device)  # the device the search or profile names, not whatever this host has
         elif value == "model":
-            pipe.enable_model_cpu_offload()
+            pipe.enable_model_cpu_offload(device=device)
         elif value == "sequential":
-            pipe.enable_sequential_cpu_offload()
+            pipe.enable_sequential_cpu_offload(device=device)
         else:
             pipe.enable_group_offload(
-                onload_device=torch.device("cuda"), offload_type=_GROUP[value], num_blocks_per_group=1,
-                use_stream=True,
+                onload_device=device, offload_type=_GROUP[value], num_blocks_per_group=1, use_stream=True,
             )
 
     def read(self, pipe):
@@ -66,6 +66,15 @@ class Offload(Knob):
         if group is not None:
             return {level: value for value, level in _GROUP.items()}[group]
         return "none"
+
+
+def target_device(pipe, device: str) -> torch.device:
+    """Where `device` ("cpu" or "cuda") puts `pipe`: a pipeline an app already placed on one GPU (`cuda:1`) stays
+    on it, where a plain "cuda" would move it to the current device."""
+    current = getattr(pipe, "device", None)
+    if device == "cuda" and isinstance(current, torch.device) and current.type == "cuda":
+        return current
+    return torch.device(device)
 
 
 def _group_offload_type(net: torch.nn.Module) -> str | None:
