@@ -63,7 +63,7 @@ def flux_arch() -> FluxPipeline:
     keeps this pristine copy and copies it for every trial, and neither may hold the GPU.
     """
     cuda = torch.cuda.is_available()
-    pipe = built_in_bf16(_flux_arch, "cuda" if cuda else "cpu")
+    pipe = built_in_bf16(flux_arch_layers, "cuda" if cuda else "cpu")
     if cuda:
         pipe.to("cpu")
         torch.cuda.empty_cache()
@@ -81,7 +81,8 @@ def built_in_bf16(make: Callable[[], DiffusionPipeline], device: str) -> Diffusi
         torch.set_default_dtype(previous)
 
 
-def _flux_arch() -> FluxPipeline:
+def flux_arch_layers() -> FluxPipeline:
+    """flux-arch made in the current dtype and device (`built_in_bf16` sets them)."""
     return named(BUILTIN_PREFIX + "flux-arch", _flux(
         transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
                          attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,

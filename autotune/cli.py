@@ -73,7 +73,7 @@ def probe(
     from .hardware import probe as probe_machine
 
     fingerprint = probe_machine()
-    pipe = pipelines.load(model) if model else None
+    pipe = pipelines.load_empty(model) if model else None  # classes and shapes are enough: no weight is loaded
     rows = knobs.availability(fingerprint.hardware, pipe)
     if as_json:
         print(json.dumps({**fingerprint.model_dump(mode="json"), "knobs": rows}, indent=2))

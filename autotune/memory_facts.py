@@ -113,7 +113,8 @@ def component_size(module) -> ComponentSize:
     seen: set[int] = set()
     elements = total = other = 0
     for tensor in [*module.parameters(), *module.buffers()]:
-        key = tensor.untyped_storage().data_ptr()
+        # A meta tensor (a model read without its weights) has no storage address: it counts as itself.
+        key = id(tensor) if tensor.is_meta else tensor.untyped_storage().data_ptr()
         if key in seen:
             continue
         seen.add(key)

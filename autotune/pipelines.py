@@ -9,6 +9,7 @@ seeded, so the same name gives the same weights every time.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import os
 import shutil
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -29,7 +31,7 @@ from diffusers import __version__ as diffusers_version
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers import __version__ as transformers_version
 
-from .builtin_flux import flux_arch, tiny_flux
+from .builtin_flux import built_in_bf16, flux_arch, flux_arch_layers, tiny_flux
 from .builtin_parts import BUILTIN_PREFIX, clip_tokenizer, named
 from .exceptions import UnknownModel
 from .files import cache_dir
@@ -58,6 +60,54 @@ def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
     except (OSError, ValueError) as error:
         where = "folder" if Path(model).exists() else "hub id (or folder)"
         raise UnknownModel(f"cannot load model {model!r} as a {where}: {str(error).splitlines()[0]}") from error
+
+
+def load_empty(model: str) -> DiffusionPipeline:
+    """`model` with every module on the meta device: its classes, configs, shapes and sizes, and no weight read or
+    initialised (accelerate's empty-weight loading). What `recommend`, `probe --model` and the memory model need
+    to know of a model, in a second instead of a load of gigabytes.
+
+    >>> load_empty("builtin:sd15-arch").unet.device
+    device(type='meta')
+    """
+    builtin = find_builtin(model)
+    if builtin is not None:
+        if builtin.make_empty is not None:
+            return builtin.make_empty()
+        with torch.device("meta"):
+            return builtin.make()
+    try:
+        index = DiffusionPipeline.load_config(model)
+        pipeline_class = getattr(diffusers, index["_class_name"])
+        components = {name: _empty_component(model, name, entry) for name, entry in index.items()
+                      if not name.startswith("_") and isinstance(entry, (list, tuple)) and len(entry) == 2}
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        raise UnknownModel(f"cannot read model {model!r} without its weights: {str(error).splitlines()[0]}") from error
+    accepted = inspect.signature(pipeline_class.__init__).parameters
+    extra = {"requires_safety_checker": False} if "requires_safety_checker" in accepted else {}
+    return pipeline_class(**{name: value for name, value in components.items() if name in accepted}, **extra)
+
+
+def _empty_component(model: str, name: str, entry: list) -> object:
+    """One component of `model`'s index: a model on the meta device, or the small parts (scheduler, tokenizer) as
+    they are; the safety checker is left out, as `load` leaves it."""
+    library, class_name = entry
+    if library is None or class_name is None or name == "safety_checker":
+        return None
+    component_class = getattr(importlib.import_module(library), class_name)
+    if not issubclass(component_class, torch.nn.Module):
+        return component_class.from_pretrained(model, subfolder=name)
+    from accelerate import init_empty_weights
+
+    if hasattr(component_class, "load_config"):  # a diffusers model: its config.json read as diffusers does
+        config = component_class.load_config(model, subfolder=name)
+        with init_empty_weights(include_buffers=True):
+            return component_class.from_config(config)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, subfolder=name)
+    with init_empty_weights(include_buffers=True):
+        return component_class(config)
 
 
 def classes(model: str) -> tuple[str, str]:
@@ -217,6 +267,8 @@ class Builtin:
     # Built once, then loaded from autotune's cache: a real-shape model's random init takes 10-15 s on a CPU, and
     # every worker that loads it (each replacement, each re-measured candidate) paid it again.
     saved: bool = False
+    # How to make it on the meta device (`load_empty`), where `make` places its modules itself.
+    make_empty: Callable[[], DiffusionPipeline] | None = None
 
 
 def _built(model: str, builtin: Builtin) -> DiffusionPipeline:
@@ -256,5 +308,6 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-sd": Builtin(tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20),
     "sd15-arch": Builtin(sd15_arch, "StableDiffusionPipeline", "UNet2DConditionModel", 512, 50, saved=True),
     "tiny-flux": Builtin(tiny_flux, "FluxPipeline", "FluxTransformer2DModel", 64, 20),
-    "flux-arch": Builtin(flux_arch, "FluxPipeline", "FluxTransformer2DModel", 1024, 28),
+    "flux-arch": Builtin(flux_arch, "FluxPipeline", "FluxTransformer2DModel", 1024, 28,
+                         make_empty=lambda: built_in_bf16(flux_arch_layers, "meta")),
 }

@@ -162,7 +162,7 @@ def recommend(model: str | None = None, *, budget: str | int | None = None, devi
     from . import pipelines
     from .memory_facts import facts_of
 
-    pipe = pipelines.load(model)
+    pipe = pipelines.load_empty(model)  # the sizes the memory model needs, no weight loaded
     size = pipelines.default_call_size(pipe, model)
     facts = facts_of(pipe, _baseline_bytes(pipe) if hardware.device == "cpu" else None)
     return recommend_settings(hardware, knobs.domains(hardware, pipe), facts, budget_bytes, height or size,

@@ -207,6 +207,8 @@ def tensor_bytes(pipe: DiffusionPipeline) -> int:
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             for tensor in [*component.parameters(), *component.buffers()]:
+                if tensor.is_meta:  # a model read without its weights holds none
+                    continue
                 storage = tensor.untyped_storage()
                 seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())

@@ -67,3 +67,41 @@ def test_the_default_dtype_is_put_back_when_the_build_fails():
     with pytest.raises(RuntimeError):
         built_in_bf16(failing, "cpu")
     assert torch.get_default_dtype() == torch.float32
+
+
+# ---- a model read without its weights: what recommend, probe --model and the memory model need ----
+
+
+def _no_weights(pipe) -> bool:
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return bool(modules) and all(t.is_meta for m in modules for t in [*m.parameters(), *m.buffers()])
+
+
+@pytest.mark.parametrize("model", ["builtin:tiny-sd", "folder"])
+def test_a_model_read_without_its_weights_has_the_loaded_ones_sizes(model, tiny_folder):
+    from autotune.memory_facts import facts_of
+
+    name = str(tiny_folder) if model == "folder" else model
+    empty = pipelines.load_empty(name)
+    assert _no_weights(empty) and type(empty).__name__ == "StableDiffusionPipeline"
+    assert facts_of(empty) == facts_of(pipelines.load(name))
+
+
+def test_recommend_and_probe_read_a_real_shape_model_without_loading_its_weights():
+    import time
+
+    import psutil
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+    from autotune.recommendation import recommend
+
+    # sd15-arch's weights are 4.3 GB in fp32: read without them, the memory model still has its sizes.
+    held, started = psutil.Process().memory_info().rss, time.monotonic()
+    chosen = recommend("builtin:sd15-arch", budget="2GB")
+    assert psutil.Process().memory_info().rss - held < 300 * 2**20 and time.monotonic() - started < 20
+    assert chosen.predicted_peak_bytes > 3 * 10**9  # the fp32 UNet alone is 3.4 GB
+    flux = pipelines.load_empty("builtin:flux-arch")
+    assert _no_weights(flux) and flux.transformer.dtype == torch.bfloat16
+    probed = CliRunner().invoke(app, ["probe", "--json", "--model", "builtin:sd15-arch"])
+    assert probed.exit_code == 0 and '"knob": "attention"' in probed.output
