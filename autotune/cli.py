@@ -134,6 +134,8 @@ def search(
              "the reference rendering; scheduler, steps, precision and VAE tiling then join the search")] = None,
     reference_steps: Annotated[int, typer.Option(help="steps of the reference rendering")] = DEFAULT_REFERENCE_STEPS,
     report: Annotated[bool, typer.Option("--report", help="write the HTML report next to the profile")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what the search would run, and an estimate of its "
+                                                            "time, without loading any weight; then stop")] = False,
     workers: WorkersOption = 1,
     top_k: TopKOption = 3,
     rounds: RoundsOption = 3,
@@ -155,6 +157,13 @@ def search(
     call_arguments = parse_call(call or [])
     if budget is not None:
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
+    if dry_run:
+        from .dry_run import dry_run as describe
+
+        told = describe(model or DEFAULT_MODEL, budget, height, width, steps, parse_pins(pin or []),
+                        floor is not None, reference_steps)
+        console.print("\n".join(told.lines()), highlight=False)
+        return
     check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
     start_worker_server()  # its imports run beside this process's own from here on
     pinned = parse_pins(pin or [])  # needs the knob registry, so torch: after every light check

@@ -105,3 +105,28 @@ def test_recommend_and_probe_read_a_real_shape_model_without_loading_its_weights
     assert _no_weights(flux) and flux.transformer.dtype == torch.bfloat16
     probed = CliRunner().invoke(app, ["probe", "--json", "--model", "builtin:sd15-arch"])
     assert probed.exit_code == 0 and '"knob": "attention"' in probed.output
+
+
+def test_a_dry_run_says_what_a_search_would_run_without_loading_a_weight(tmp_path, monkeypatch):
+    import psutil
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+    from autotune.dry_run import dry_run
+
+    held = psutil.Process().memory_info().rss
+    told = dry_run("builtin:sd15-arch", budget="6GB")
+    assert psutil.Process().memory_info().rss - held < 300 * 2**20  # its fp32 weights alone are 4.3 GB
+    assert (told.pipeline, told.denoiser, told.size) == ("StableDiffusionPipeline", "UNet2DConditionModel", (512, 512))
+    # SD 1.5's UNet at 512x512 is about 0.8 TFLOP a step per latent; guidance doubles it; 50 steps.
+    assert 70e12 < told.image_flops < 90e12 and told.seconds_per_image() > 0
+    assert told.configurations > 1 and "precision" in told.space
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(app, ["search", "--dry-run", "--model", "builtin:tiny-flux", "--pin", "compile=none"],
+                               env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "model builtin:tiny-flux: FluxPipeline, denoiser FluxTransformer2DModel (read without its weights)" in \
+        shown.output
+    assert "first trial (the recommendation):" in shown.output and "estimate:" in shown.output
+    assert "compile" not in shown.output.split("space:")[1].split("\n")[0]  # a pinned knob is not searched
+    assert list(tmp_path.iterdir()) == []  # no study, no profile, no log
