@@ -91,7 +91,7 @@ class StudySpec:
     pruner: str | None = None  # `options.PRUNERS`; None: recorded before the choice, when every study pruned
 
     # A resumed search must match these; the others follow the latest search's options.
-    IDENTITY = ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps")
+    IDENTITY = ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps", "memory_budget_bytes")
 
     @property
     def machine(self) -> Hardware:
@@ -123,11 +123,14 @@ def check_machine(recorded: Hardware, here: Hardware, study_name: str) -> None:
 
 
 def default_study_name(model_id: str, fingerprint: Fingerprint, workload: Workload, objective: str,
-                       floor: FloorSpec | None = None) -> str:
-    """The model, the hardware, the size, the objective and the floor, as one name fit for a file."""
+                       floor: FloorSpec | None = None, budget_bytes: int | None = None) -> str:
+    """The model, the hardware, the size, the objective, the budget and the floor, as one name fit for a file: the
+    same command with another --budget starts a study of its own (its trials' feasibility depends on it)."""
     hardware = fingerprint.hardware
     where = hardware.gpu if hardware.device == "cuda" else "cpu"
     text = f"{model_id}-{where}-{workload.height}x{workload.width}-{objective}"
+    if budget_bytes is not None:
+        text += f"-{budget_bytes / 2**30:.3g}gib"
     if floor is not None:
         text += f"-{floor.metric}{floor.value:g}{'pct' if floor.relative else ''}"
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-").lower()
@@ -204,7 +207,8 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     recorded = study.user_attrs
     for key in StudySpec.IDENTITY if recorded else ():
         if _identity(key, recorded.get(key)) != _identity(key, getattr(spec, key)):
-            raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {key}; "
+            what = {"memory_budget_bytes": "memory budget", "fixed": "set of pinned values"}.get(key, key)
+            raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {what}; "
                                 "give a new --study name or the same options as before")
     if "hardware" in recorded:
         check_machine(Hardware(**recorded["hardware"]), spec.machine, name)

@@ -174,7 +174,7 @@ def run_search(
             quality_floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None,
             pruner=pruner,
         )
-        name = study_name or default_study_name(model_id, fingerprint, workload, objective, floor)
+        name = study_name or default_study_name(model_id, fingerprint, workload, objective, floor, budget_bytes)
         out, log_path = output_paths(out, name)
         storage_url = storage or default_storage(out, name)
         emit("phase", {"message": f"worker output goes to {log_path}"})

@@ -284,3 +284,27 @@ def test_only_trials_within_half_the_best_speed_are_re_measured_unless_fallbacks
     latency = [ran(0.1, "fp32"), ran(0.15, "bf16"), ran(0.25, "fp16")]
     assert [c.settings["precision"] for c in top_candidates(latency, 3, "latency", fallbacks=False)] == [
         "fp32", "bf16"]
+
+
+def test_the_budget_is_part_of_a_studys_identity(fingerprint, tmp_path):
+    from autotune.exceptions import AutotuneError
+    from autotune.profile import Workload
+    from autotune.study import default_study_name, open_study
+
+    def spec(budget: int) -> StudySpec:
+        return StudySpec(model="builtin:tiny-sd", loadable=True, pipeline="StableDiffusionPipeline",
+                         denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
+                         objective="throughput", fixed={"steps": 2}, hardware=fingerprint.hardware.model_dump(),
+                         space={}, memory_budget_bytes=budget, n_trials=1, max_batch=1, trial_timeout_s=5,
+                         sampler="random", seed=0)
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    open_study("s", storage, spec(4 * 2**30))
+    open_study("s", storage, spec(4 * 2**30))  # the same options resume it
+    with pytest.raises(AutotuneError, match=r"^study 's' in .* was made for another memory budget; give a new "):
+        open_study("s", storage, spec(8 * 2**30))
+    # Without --study, another budget names another study: the same command with --budget 8GB starts afresh.
+    workload = Workload(height=64, width=64, prompts=["a cube"])
+    names = {default_study_name("builtin:tiny-sd", fingerprint, workload, "throughput", None, budget)
+             for budget in (4 * 2**30, 8 * 2**30)}
+    assert len(names) == 2 and all(name.endswith("gib") for name in names)
