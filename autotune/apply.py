@@ -94,19 +94,29 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: Se
     return pipe
 
 
-def load_pipeline(model: str | None = None, profile: ProfileLike | None = None,
-                  search_path: SearchPath = None) -> DiffusionPipeline:
+def load_pipeline(model: str | None = None, profile: ProfileLike | None = None, search_path: SearchPath = None,
+                  revision: str | None = None, variant: str | None = None,
+                  local_files_only: bool = False) -> DiffusionPipeline:
     """Load `model` (default: the profile's model) directly in the profile's dtype, then apply the profile.
 
     Loading in the target dtype (`dtype=`, diffusers' replacement for `torch_dtype=`) avoids a full-precision copy.
-    With `profile="auto"` the profile is chosen for `model` before anything is loaded.
+    With `profile="auto"` the profile is chosen for `model` before anything is loaded. The profile's own model loads
+    at the commit and weights variant it was tuned on, unless `revision` / `variant` say otherwise; another revision
+    than the tuned one warns (`ProfileMismatchWarning`).
     """
     if str(profile) == AUTO and model is None:
         raise ProfileError('profile "auto" picks a profile for a model: give the model too')
     resolved = resolve_profile(profile, search_path, model) if profile is not None else None
+    tuned = resolved.model if resolved is not None and model in (None, resolved.model.id) else None
     model = model or (resolved.model.id if resolved else pipelines.DEFAULT_MODEL)
+    if tuned is not None and tuned.revision and revision not in (None, tuned.revision):
+        warnings.warn(f"the profile was tuned on {tuned.id} at commit {tuned.revision}; this loads revision "
+                      f"{revision}: its numbers may not hold (autotune verify re-measures it)", ProfileMismatchWarning,
+                      stacklevel=2)
+    hub = pipelines.HubOptions(revision or (tuned.revision if tuned else None),
+                               variant or (tuned.variant if tuned else None), local_files_only)
     load_kwargs = knobs.load_kwargs(resolved.settings_dict()) if resolved else {}
-    pipe = pipelines.load(model, **load_kwargs)
+    pipe = pipelines.load(model, **load_kwargs, hub=hub)
     return apply_profile(pipe, resolved) if resolved else pipe
 
 

@@ -28,15 +28,15 @@ from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from .cli_outcome import print_outcome  # noqa: E402
-from .cli_profiles import SearchPathOption, profiles_app  # noqa: E402
+from .cli_profiles import profiles_app  # noqa: E402
 from .cli_recommend import recommend  # noqa: E402
+from .cli_verify import verify  # noqa: E402
 from .exceptions import AutotuneError, InvalidInput, StorageFailed, first_line  # noqa: E402
 from .files import check_writable  # noqa: E402
 from .flags import check_at_least_one, check_choice, check_positive, parse_pins, read_prompts  # noqa: E402
 from .options import (  # noqa: E402
     DEFAULT_MODEL,
     DEFAULT_REFERENCE_STEPS,
-    DEFAULT_TOLERANCE,
     OBJECTIVES,
     PRUNERS,
     SAMPLERS,
@@ -50,6 +50,7 @@ app = typer.Typer(help="Find the fastest diffusers configuration for this machin
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(profiles_app, name="profiles")
 app.command()(recommend)
+app.command()(verify)
 console = Console()
 
 StorageOption = Annotated[str | None, typer.Option(
@@ -96,6 +97,13 @@ def probe(
 @app.command()
 def search(
     model: Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, or builtin:tiny-sd")] = "",
+    revision: Annotated[str | None, typer.Option(help="the hub model's branch, tag or commit (the profile records "
+                                                      "the commit)")] = None,
+    variant: Annotated[str | None, typer.Option(help="the weights variant to load (fp16)")] = None,
+    local_files_only: Annotated[bool, typer.Option("--local-files-only", help="load from the hub's cache only "
+                                                   "(HF_HUB_OFFLINE=1 does the same)")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
+                      ] = None,
     budget: Annotated[str | None, typer.Option(help="memory budget: 6GB, 6GiB, 6000MB, 6.5G or 80%")] = None,
     objective: Annotated[str, typer.Option(
         help="throughput (images/s), latency (s/image, batch 1), or pareto (images/s, memory and quality: writes a "
@@ -157,6 +165,8 @@ def search(
     call_arguments = parse_call(call or [])
     if budget is not None:
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
+    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InvalidInput(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
     if dry_run:
         from .dry_run import dry_run as describe
 
@@ -180,7 +190,8 @@ def search(
             guidance_scale=guidance, call=call_arguments, seed=seed, sampler=sampler, pruner=pruner, storage=storage,
             study_name=study, out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
             workers=workers, top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,
-            on_event=progress.event,
+            on_event=progress.event, revision=revision, variant=variant, local_files_only=local_files_only,
+            device=device,
         )
     print_outcome(console, outcome)
     if report:
@@ -302,58 +313,6 @@ def _write_search_report(outcome) -> None:
     images = load_images(outcome.images_path) if outcome.images_path else None
     path = write_report(study, outcome.profile_path.with_suffix(".html"), outcome.profile, images)
     console.print(f"report written to [bold]{path}[/bold]")
-
-
-@app.command()
-def verify(
-    profile: Annotated[str, typer.Argument(help="a profile file or name")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="the model to run it on (default: the "
-                                                                       "profile's)")] = None,
-    tolerance: Annotated[float, typer.Option(help="how far below the recorded images/s still passes (0.10: 10%)")]
-    = DEFAULT_TOLERANCE,
-    workers: Annotated[int, typer.Option(help="worker processes measured, one after the other")] = 5,
-    rounds: Annotated[int, typer.Option(help="rounds of 2 timed runs in each worker, after its warm-up")] = 2,
-    search_path: SearchPathOption = None,
-    time_limit: Annotated[float | None, typer.Option("--time-limit", help="seconds after which no further worker "
-                                                     "starts (the first always runs)")] = None,
-) -> None:
-    """Re-measure a profile here: images/s, peak memory and quality against its record; exit 1 when one fails."""
-    if not 0 < tolerance < 1:
-        raise InvalidInput(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
-    check_at_least_one(("workers", workers), ("rounds", rounds))
-    check_positive(("time-limit", time_limit))
-    from .verify import verify_profile
-
-    with console.status("re-measuring the profile in worker processes") as status:
-        def show(message: str) -> None:
-            console.log(message, highlight=False)
-            status.update(message)
-
-        result = verify_profile(profile, model, tolerance=tolerance, workers=workers, rounds=rounds,
-                                search_path=search_path, time_limit_s=time_limit, on_progress=show)
-    recorded = result.profile.hardware
-    console.print(f"profile measured on {recorded.describe()}; verified on {result.hardware.describe()}"
-                  + ("" if result.same_hardware else " [yellow](another machine: budget and floor only)[/yellow]"),
-                  highlight=False)
-    table = Table(title=f"{profile} on {result.model}")
-    for column in ("metric", "recorded", "measured here", "limit", "result", "note"):
-        table.add_column(column)
-    colour = {"pass": "green", "fail": "red", "skip": "yellow"}
-    for check in result.checks:
-        table.add_row(check.metric, check.recorded, check.measured, check.limit,
-                      f"[{colour[check.status]}]{check.status}[/{colour[check.status]}]", check.note)
-    console.print(table)
-    settings, workload = result.profile.settings, result.profile.workload
-    warmup = f", slowest warm-up {result.warmup_s:.1f} s" if result.warmup_s is not None else ""
-    console.print(f"measured {workload.height}x{workload.width}, batch {settings.batch_size}, "
-                  f"{settings.steps or 'default'} steps: {result.workers} worker processes in turn x {result.rounds} "
-                  f"rounds x 2 runs{warmup}; each worker's median: "
-                  f"{', '.join(f'{rate:.3g}' for rate in result.worker_images_per_s) or '-'} images/s; "
-                  f"other processes used {result.others_cpu_share:.0%} of the CPU meanwhile", highlight=False)
-    if result.busy:
-        console.print("[yellow]warning: the machine was busy while verify measured; timings are unreliable[/yellow]")
-    if not result.passed:
-        raise typer.Exit(1)
 
 
 @app.command()

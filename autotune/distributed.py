@@ -21,6 +21,7 @@ from . import compile_cache
 from .exceptions import AutotuneError, first_line
 from .hardware import Fingerprint, Hardware, probe
 from .outcome import SearchOutcome, finish_study
+from .pipelines import HubOptions
 from .storages import surface_storage_failures
 from .study import (
     STORAGE_ENV,
@@ -122,6 +123,7 @@ def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Stu
 
 def _worker_config(spec: StudySpec, log_path: str, study_name: str) -> WorkerConfig:
     return WorkerConfig(model=spec.model, device=spec.machine.device, memory_budget_bytes=spec.memory_budget_bytes,
+                        hub=HubOptions(**(spec.hub or {})),
                         log_path=log_path, compile_cache=str(compile_cache.study_folder(study_name)))
 
 

@@ -110,6 +110,24 @@ def probe(device: str | None = None) -> Fingerprint:
     return Fingerprint(hardware=hardware, software=software_versions())
 
 
+def choose_gpu(device: str) -> str:
+    """`cuda:N` as the device a search and its workers run on: the N-th visible GPU becomes the only one visible
+    (CUDA_VISIBLE_DEVICES, which spawned workers inherit, and which NVML's lookups follow), and the device reads
+    "cuda". Any other device is returned as it is. It must be chosen before CUDA starts in this process."""
+    if not device.startswith("cuda:"):
+        return device
+    index = device.partition(":")[2]
+    visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+    if not index.isdigit() or (visible and int(index) >= len(visible)):
+        shown = f" (CUDA_VISIBLE_DEVICES={','.join(visible)} makes {len(visible)} visible)" if visible else ""
+        raise InvalidInput(f"device {device!r} names no visible GPU{shown}; use cuda, cuda:0, cuda:1, ...")
+    if torch.cuda.is_initialized():
+        raise InvalidInput(f"device {device!r}: CUDA has started in this process already; choose the GPU before, "
+                           "with CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[int(index)] if visible else index
+    return "cuda"
+
+
 def available_memory_bytes(device: str | None = None) -> int:
     """Memory this process can use on `device`: what is free, plus what the process holds already.
 

@@ -122,7 +122,8 @@ def finish_study(
         return Profile(
             hardware=fingerprint.hardware,
             software=fingerprint.software,
-            model=ModelInfo(id=spec.model, pipeline=spec.pipeline, denoiser=spec.denoiser,
+            model=ModelInfo(id=spec.model, revision=spec.commit, variant=(spec.hub or {}).get("variant"),
+                            pipeline=spec.pipeline, denoiser=spec.denoiser,
                             default_guidance_scale=pipelines.default_guidance(spec.pipeline)),
             workload=workload,
             goal=Goal(objective=objective, memory_budget_bytes=budget_bytes,

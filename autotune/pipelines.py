@@ -38,7 +38,21 @@ from .files import cache_dir
 from .options import DEFAULT_MODEL as DEFAULT_MODEL  # the CLI reads it without importing torch
 
 
-def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
+@dataclass(frozen=True)
+class HubOptions:
+    """Which files of a hub model to load, as `from_pretrained` takes them: a `revision` (branch, tag or commit), a
+    weights `variant` (`fp16`), and `local_files_only` (the hub's cache only; `HF_HUB_OFFLINE=1` does the same)."""
+
+    revision: str | None = None
+    variant: str | None = None
+    local_files_only: bool = False
+
+    def kwargs(self) -> dict:
+        given = {"revision": self.revision, "variant": self.variant, "local_files_only": self.local_files_only}
+        return {key: value for key, value in given.items() if value}
+
+
+def load(model: str, dtype: torch.dtype | None = None, hub: HubOptions = HubOptions()) -> DiffusionPipeline:
     """Load `model` (hub id, folder or `builtin:*`), in `dtype` when given, with the safety checker off.
 
     The safety checker blacks out images, which would read as a quality failure, so tuning pipelines go without it.
@@ -51,15 +65,32 @@ def load(model: str, dtype: torch.dtype | None = None) -> DiffusionPipeline:
     if builtin is not None:
         pipe = _built(model, builtin)
         return pipe.to(dtype) if dtype is not None else pipe
-    kwargs: dict = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict = {"dtype": dtype, **hub.kwargs()} if dtype is not None else hub.kwargs()
     try:
         # Only a pipeline with a safety checker takes `safety_checker`; any other warns that it ignores it.
-        if "safety_checker" in DiffusionPipeline.load_config(model):
+        if "safety_checker" in DiffusionPipeline.load_config(model, **_config_kwargs(hub)):
             kwargs["safety_checker"] = None
         return DiffusionPipeline.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as error:
         where = "folder" if Path(model).exists() else "hub id (or folder)"
         raise UnknownModel(f"cannot load model {model!r} as a {where}: {str(error).splitlines()[0]}") from error
+
+
+def _config_kwargs(hub: HubOptions) -> dict:
+    # load_config takes a revision and the offline switch, not a weights variant.
+    return {key: value for key, value in hub.kwargs().items() if key != "variant"}
+
+
+def resolved_commit(model: str, hub: HubOptions = HubOptions()) -> str | None:
+    """The commit a hub id resolves to under `hub` (the snapshot `from_pretrained` loads); None for a built-in, a
+    folder, or where the hub cannot tell."""
+    if find_builtin(model) is not None or Path(model).exists():
+        return None
+    try:
+        folder = Path(DiffusionPipeline.download(model, **hub.kwargs()))
+    except (OSError, ValueError):
+        return None
+    return folder.name if folder.parent.name == "snapshots" else None
 
 
 def load_empty(model: str) -> DiffusionPipeline:

@@ -38,7 +38,8 @@ class _Strict(BaseModel):
 
 class ModelInfo(_Strict):
     id: str = Field(min_length=1)
-    revision: str | None = None
+    revision: str | None = None  # the commit a hub id resolved to when it was tuned; None for folders and built-ins
+    variant: str | None = None  # the weights variant it was loaded with (`fp16`)
     pipeline: str
     denoiser: str
     default_guidance_scale: float | None = None  # the pipeline call's own, used when the workload sets none

@@ -14,6 +14,7 @@ from typing import Any
 
 from .batching import BatchPolicy
 from .measure import Repeats
+from .pipelines import HubOptions
 from .profile import Stat, Workload
 from .quality import DEFAULT_METRICS
 
@@ -36,6 +37,7 @@ class WorkerConfig:
     memory_budget_bytes: int | None = None
     log_path: str | None = None  # where workers write what torch, diffusers and inductor print
     compile_cache: str | None = None  # the study's compile folder; each worker claims a slot of it
+    hub: HubOptions = HubOptions()  # the revision, weights variant and offline switch a hub model loads with
 
 
 # ---- tasks ----

@@ -89,9 +89,12 @@ class StudySpec:
     quality_floor: str | None = None  # as given: psnr=35, ssim=-5%
     reference_steps: int | None = None  # set when trials are scored against a reference rendering
     pruner: str | None = None  # `options.PRUNERS`; None: recorded before the choice, when every study pruned
+    hub: dict[str, Any] | None = None  # `pipelines.HubOptions` as given (revision, variant, local_files_only)
+    commit: str | None = None  # the commit a hub model resolved to when the search loaded it
 
     # A resumed search must match these; the others follow the latest search's options.
-    IDENTITY = ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps", "memory_budget_bytes")
+    IDENTITY = ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps", "memory_budget_bytes",
+                "hub")
 
     @property
     def machine(self) -> Hardware:
@@ -207,7 +210,8 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     recorded = study.user_attrs
     for key in StudySpec.IDENTITY if recorded else ():
         if _identity(key, recorded.get(key)) != _identity(key, getattr(spec, key)):
-            what = {"memory_budget_bytes": "memory budget", "fixed": "set of pinned values"}.get(key, key)
+            what = {"memory_budget_bytes": "memory budget", "fixed": "set of pinned values",
+                    "hub": "revision or variant of the model"}.get(key, key)
             raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {what}; "
                                 "give a new --study name or the same options as before")
     if "hardware" in recorded:
@@ -226,6 +230,8 @@ _LATER_WORKLOAD_FIELDS = {"negative_prompt": None, "call": {}, "output": "image"
 def _identity(key: str, value: Any) -> Any:
     if key == "workload" and isinstance(value, dict):
         return {**_LATER_WORKLOAD_FIELDS, **value}
+    if key == "hub":  # recorded before the field, or as given without options: the model as loaded by default
+        return value or {}
     return value
 
 

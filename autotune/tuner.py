@@ -9,20 +9,23 @@ study's storage, so a search that stops resumes with the same command, and worke
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import compile_cache, protocol, quality
+from . import compile_cache, pipelines, protocol, quality
 from .batching import doublings
 from .exceptions import InvalidInput, TrialFailed, UnknownModel
 from .files import check_writable
-from .hardware import probe
+from .hardware import choose_gpu, probe
 from .memory_facts import ModelFacts
 from .memory_model import FACTS_ATTR
 from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, PRUNERS, SAMPLERS
 from .outcome import SearchOutcome, finish_study, warn_if_busy
+from .pipelines import HubOptions
 from .profile import Profile, Workload
 from .recommendation import free_cores, recommend_settings
 from .scoring import scoring_for
@@ -92,6 +95,9 @@ def run_search(
     pinned: dict[str, Any] | None = None,
     warm_start_recipes: bool = True,
     device: str | None = None,
+    revision: str | None = None,
+    variant: str | None = None,
+    local_files_only: bool = False,
     trial_timeout_s: float = 600.0,
     max_batch: int = 16,
     top_k: int = 3,
@@ -109,6 +115,10 @@ def run_search(
     With `quality_floor` (`ssim=0.9`, `psnr=30`, `ssim=-5%`) every trial is scored against a reference rendering
     and must meet the floor; scheduler, steps, precision and VAE tiling then join the search. `objective="pareto"`
     trades images/s, peak memory and quality, and returns a profile set with the picks fastest, balanced, smallest.
+
+    A hub model loads at `revision` (branch, tag or commit) with the weights `variant` (`fp16`), from the hub's
+    cache alone with `local_files_only` (or `HF_HUB_OFFLINE=1`); the profile records the commit it resolved to.
+    `device` is `cpu`, `cuda` or `cuda:N` (the N-th visible GPU, chosen before CUDA starts).
 
     The workload is what the app will render: `prompts` (each timed call renders the next), `negative_prompt`,
     `guidance_scale` (None: the pipeline's own) and `call`, any other argument of the pipeline call
@@ -140,19 +150,25 @@ def run_search(
                            "not a Python function")
     emit = on_event or (lambda kind, data: None)
     started, started_at = time.monotonic(), datetime.now()
-    fingerprint = probe(device)
+    hub = HubOptions(revision, variant, local_files_only)
+    fingerprint = probe(choose_gpu(device) if device else None)
     hardware = fingerprint.hardware
     budget_bytes = parse_size(budget, hardware.memory_bytes) if budget is not None else hardware.memory_bytes
     model_id = model if isinstance(model, str) else f"{model.__module__}:{model.__qualname__}"
     pinned = validate_pinned(pinned or {})
 
-    worker = Worker(WorkerConfig(model=model, device=hardware.device, memory_budget_bytes=budget_bytes))
+    # Until the study's log is known, what the worker prints loading the model (the libraries' progress bars and
+    # warnings) goes to a log of its own: a model that cannot load is then one line on the terminal.
+    loading_log = Path(tempfile.gettempdir()) / f"autotune-{os.getpid()}-loading.log"
+    worker = Worker(WorkerConfig(model=model, device=hardware.device, memory_budget_bytes=budget_bytes, hub=hub,
+                                 log_path=str(loading_log)))
     try:
         emit("phase", {"message": f"loading {model_id} in a worker"})
         try:
             info = worker.request(protocol.Describe(), timeout_s=trial_timeout_s)
         except TrialFailed as failure:
-            raise UnknownModel(f"cannot load {model_id}: {failure.reason}") from None
+            raise UnknownModel(f"cannot load {model_id}: {failure.reason} (the loading's output: {loading_log})"
+                               ) from None
         workload = Workload(
             height=height or info.default_size, width=width or info.default_size, prompts=prompts or DEFAULT_PROMPTS,
             seed=seed, guidance_scale=guidance_scale, negative_prompt=negative_prompt, output=info.output,
@@ -172,12 +188,15 @@ def run_search(
             max_batch=max_batch, trial_timeout_s=trial_timeout_s, sampler=sampler, seed=seed,
             deadline=trials_deadline(started, timeout_s), steps=steps,
             quality_floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None,
-            pruner=pruner,
+            pruner=pruner, hub=hub.kwargs(),
+            # The snapshot the worker loaded (from the hub's cache, once it has loaded it): what the profile records.
+            commit=pipelines.resolved_commit(model, hub) if isinstance(model, str) else None,
         )
         name = study_name or default_study_name(model_id, fingerprint, workload, objective, floor, budget_bytes)
         out, log_path = output_paths(out, name)
         storage_url = storage or default_storage(out, name)
         emit("phase", {"message": f"worker output goes to {log_path}"})
+        move_log(loading_log, log_path)
         worker.redirect_output(log_path, str(compile_cache.study_folder(name)))
         scoring = scoring_for(spec, worker, fingerprint, emit)
         study = open_study(name, storage_url, spec)
@@ -212,6 +231,18 @@ def run_search(
     outcome.time_split = time_split(study, started_at, time.monotonic() - started,
                                     [outcome.baseline, *outcome.candidates])
     return outcome
+
+
+def move_log(source: Path, log_path: str) -> None:
+    """Append what `source` holds to the study's log and remove it."""
+    try:
+        text = source.read_bytes()
+        if log_path != os.devnull:
+            with open(log_path, "ab") as log:
+                log.write(text)
+        source.unlink()
+    except OSError:  # a log lost, never the search
+        pass
 
 
 # The share of the time limit kept for the end of a search: re-measuring the leaders beside the default, interleaved.

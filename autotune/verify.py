@@ -26,6 +26,7 @@ from .host_load import BUSY_SHARE as SEARCH_BUSY_SHARE
 from .host_load import OthersCpu
 from .library import SearchPath
 from .options import DEFAULT_REFERENCE_STEPS, DEFAULT_TOLERANCE
+from .pipelines import HubOptions
 from .profile import Profile, Stat
 from .quality import FloorSpec
 from .remeasure import remeasure
@@ -133,8 +134,11 @@ def _check_runnable_here(profile: Profile, model: str, hardware: Hardware) -> No
 def _measure(result: Verification, timeout_s: float, deadline: float | None, tell: Callable[[str], None]) -> None:
     profile = result.profile
     settings = profile.settings_dict()
+    # The profile's own model at the commit and weights variant it was tuned on.
+    tuned = profile.model if result.model == profile.model.id else None
+    hub = HubOptions(tuned.revision, tuned.variant) if tuned is not None else HubOptions()
     config = WorkerConfig(model=result.model, device=result.hardware.device,
-                          memory_budget_bytes=profile.goal.memory_budget_bytes)
+                          memory_budget_bytes=profile.goal.memory_budget_bytes, hub=hub)
     runs = [Candidate(f"worker {number}", settings) for number in range(1, result.workers + 1)]
     if profile.goal.quality_floor is not None:
         tell("rendering (or reading) the reference to score quality against")

@@ -164,7 +164,7 @@ class WorkerState:
             from . import pipelines
 
             model = self.config.model
-            self._pristine = pipelines.load(model) if isinstance(model, str) else model()
+            self._pristine = pipelines.load(model, hub=self.config.hub) if isinstance(model, str) else model()
             self._pristine.set_progress_bar_config(disable=True)
             self._pristine_bytes = tensor_bytes(self._pristine)
         return copy.deepcopy(self._pristine)

@@ -281,3 +281,22 @@ def test_autotune_probe_with_an_unknown_model_is_one_line():
         "autotune: error: unknown built-in model 'builtin:nope'; known: builtin:tiny-sd, builtin:sd15-arch, "
         "builtin:tiny-flux, builtin:flux-arch")
     assert "Traceback" not in result.stderr
+
+
+def test_cuda_n_is_chosen_as_the_only_visible_gpu_before_cuda_starts(monkeypatch):
+    from autotune.exceptions import InvalidInput
+    from autotune.hardware import choose_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert choose_gpu("cuda:1") == "cuda" and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    # Already narrowed by the user: cuda:1 is the second of those, by NVML's and the driver's numbering.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert choose_gpu("cuda:1") == "cuda" and os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    assert choose_gpu("cpu") == "cpu" and choose_gpu("cuda") == "cuda"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    with pytest.raises(InvalidInput, match=r"device 'cuda:2' names no visible GPU \(CUDA_VISIBLE_DEVICES=3,5"):
+        choose_gpu("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(InvalidInput, match="CUDA has started in this process already"):
+        choose_gpu("cuda:0")

@@ -1,0 +1,70 @@
+"""`autotune verify`: a profile re-measured here in worker processes, each metric passed or failed against its record.
+
+Like every command, its flags are checked before torch or diffusers is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .cli_profiles import SearchPathOption
+from .exceptions import InvalidInput
+from .flags import check_at_least_one, check_positive
+from .options import DEFAULT_TOLERANCE
+
+console = Console()
+
+
+def verify(
+    profile: Annotated[str, typer.Argument(help="a profile file or name")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="the model to run it on (default: the "
+                                                                       "profile's)")] = None,
+    tolerance: Annotated[float, typer.Option(help="how far below the recorded images/s still passes (0.10: 10%)")]
+    = DEFAULT_TOLERANCE,
+    workers: Annotated[int, typer.Option(help="worker processes measured, one after the other")] = 5,
+    rounds: Annotated[int, typer.Option(help="rounds of 2 timed runs in each worker, after its warm-up")] = 2,
+    search_path: SearchPathOption = None,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", help="seconds after which no further worker "
+                                                     "starts (the first always runs)")] = None,
+) -> None:
+    """Re-measure a profile here: images/s, peak memory and quality against its record; exit 1 when one fails."""
+    if not 0 < tolerance < 1:
+        raise InvalidInput(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
+    check_at_least_one(("workers", workers), ("rounds", rounds))
+    check_positive(("time-limit", time_limit))
+    from .verify import verify_profile
+
+    with console.status("re-measuring the profile in worker processes") as status:
+        def show(message: str) -> None:
+            console.log(message, highlight=False)
+            status.update(message)
+
+        result = verify_profile(profile, model, tolerance=tolerance, workers=workers, rounds=rounds,
+                                search_path=search_path, time_limit_s=time_limit, on_progress=show)
+    recorded = result.profile.hardware
+    console.print(f"profile measured on {recorded.describe()}; verified on {result.hardware.describe()}"
+                  + ("" if result.same_hardware else " [yellow](another machine: budget and floor only)[/yellow]"),
+                  highlight=False)
+    table = Table(title=f"{profile} on {result.model}")
+    for column in ("metric", "recorded", "measured here", "limit", "result", "note"):
+        table.add_column(column)
+    colour = {"pass": "green", "fail": "red", "skip": "yellow"}
+    for check in result.checks:
+        table.add_row(check.metric, check.recorded, check.measured, check.limit,
+                      f"[{colour[check.status]}]{check.status}[/{colour[check.status]}]", check.note)
+    console.print(table)
+    settings, workload = result.profile.settings, result.profile.workload
+    warmup = f", slowest warm-up {result.warmup_s:.1f} s" if result.warmup_s is not None else ""
+    console.print(f"measured {workload.height}x{workload.width}, batch {settings.batch_size}, "
+                  f"{settings.steps or 'default'} steps: {result.workers} worker processes in turn x {result.rounds} "
+                  f"rounds x 2 runs{warmup}; each worker's median: "
+                  f"{', '.join(f'{rate:.3g}' for rate in result.worker_images_per_s) or '-'} images/s; "
+                  f"other processes used {result.others_cpu_share:.0%} of the CPU meanwhile", highlight=False)
+    if result.busy:
+        console.print("[yellow]warning: the machine was busy while verify measured; timings are unreliable[/yellow]")
+    if not result.passed:
+        raise typer.Exit(1)
