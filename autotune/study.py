@@ -230,8 +230,8 @@ _LATER_WORKLOAD_FIELDS = {"negative_prompt": None, "call": {}, "output": "image"
 def _identity(key: str, value: Any) -> Any:
     if key == "workload" and isinstance(value, dict):
         return {**_LATER_WORKLOAD_FIELDS, **value}
-    if key == "hub":  # recorded before the field, or as given without options: the model as loaded by default
-        return value or {}
+    if key == "hub":  # the files loaded; not whether they came from the cache alone (recorded before: the default)
+        return {name: given for name, given in (value or {}).items() if name in ("revision", "variant")}
     return value
 
 

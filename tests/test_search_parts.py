@@ -291,18 +291,23 @@ def test_the_budget_is_part_of_a_studys_identity(fingerprint, tmp_path):
     from autotune.profile import Workload
     from autotune.study import default_study_name, open_study
 
-    def spec(budget: int) -> StudySpec:
+    def spec(budget: int, hub: dict | None = None) -> StudySpec:
         return StudySpec(model="builtin:tiny-sd", loadable=True, pipeline="StableDiffusionPipeline",
                          denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
                          objective="throughput", fixed={"steps": 2}, hardware=fingerprint.hardware.model_dump(),
                          space={}, memory_budget_bytes=budget, n_trials=1, max_batch=1, trial_timeout_s=5,
-                         sampler="random", seed=0)
+                         sampler="random", seed=0, hub=hub)
 
     storage = f"sqlite:///{tmp_path / 's.db'}"
     open_study("s", storage, spec(4 * 2**30))
     open_study("s", storage, spec(4 * 2**30))  # the same options resume it
     with pytest.raises(AutotuneError, match=r"^study 's' in .* was made for another memory budget; give a new "):
         open_study("s", storage, spec(8 * 2**30))
+    # The files a hub model loads are its identity too; whether they came from the cache alone is not.
+    open_study("h", storage, spec(4 * 2**30, {"variant": "fp16", "local_files_only": True}))
+    open_study("h", storage, spec(4 * 2**30, {"variant": "fp16"}))
+    with pytest.raises(AutotuneError, match="was made for another revision or variant of the model"):
+        open_study("h", storage, spec(4 * 2**30, {"variant": "bf16"}))
     # Without --study, another budget names another study: the same command with --budget 8GB starts afresh.
     workload = Workload(height=64, width=64, prompts=["a cube"])
     names = {default_study_name("builtin:tiny-sd", fingerprint, workload, "throughput", None, budget)
