@@ -184,9 +184,9 @@ def test_load_pipeline_builds_the_model_straight_in_the_profile_dtype(make_profi
     asked = []
     real_load = pipelines.load
 
-    def load(model, dtype=None, hub=pipelines.HubOptions()):
+    def load(model, dtype=None, **options):
         asked.append((model, dtype))
-        return real_load(model, dtype=dtype, hub=hub)
+        return real_load(model, dtype=dtype, **options)
 
     monkeypatch.setattr(pipelines, "load", load)
     load_pipeline(profile=make_profile(precision="fp16"))
