@@ -63,7 +63,7 @@ def load(model: str, dtype: torch.dtype | None = None, hub: HubOptions = HubOpti
     """
     builtin = find_builtin(model)
     if builtin is not None:
-        pipe = _built(model, builtin)
+        pipe = _built(model, builtin, dtype)
         return pipe.to(dtype) if dtype is not None else pipe
     kwargs: dict = {"dtype": dtype, **hub.kwargs()} if dtype is not None else hub.kwargs()
     try:
@@ -302,16 +302,17 @@ class Builtin:
     make_empty: Callable[[], DiffusionPipeline] | None = None
 
 
-def _built(model: str, builtin: Builtin) -> DiffusionPipeline:
-    """`builtin` made, or loaded from where an earlier make was saved (safetensors, memory-mapped: a fraction of a
-    second). The folder's name holds the library versions, whose init code and random streams the weights depend on."""
+def _built(model: str, builtin: Builtin, dtype: torch.dtype | None = None) -> DiffusionPipeline:
+    """`builtin` made, or loaded (in `dtype`, when given) from where an earlier make was saved (safetensors,
+    memory-mapped: a fraction of a second). The folder's name holds the library versions, whose init code and random
+    streams the weights depend on."""
     if not builtin.saved:
         return builtin.make()
     versions = f"{model}|torch {torch.__version__}|diffusers {diffusers_version}|transformers {transformers_version}"
     key = hashlib.sha256(versions.encode()).hexdigest()[:12]
     folder = cache_dir() / "builtins" / f"{model[len(BUILTIN_PREFIX):]}-{key}"
     if (folder / "model_index.json").is_file():
-        return named(model, DiffusionPipeline.from_pretrained(folder))
+        return named(model, DiffusionPipeline.from_pretrained(folder, **({"dtype": dtype} if dtype else {})))
     pipe = builtin.make()
     _save(pipe, folder)
     return pipe

@@ -180,3 +180,22 @@ def test_out_of_memory_is_recognised_when_another_error_wraps_it():
     assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
     assert is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert not is_oom(wrapped(ValueError("a shape mismatch"))) and not is_oom(RuntimeError("expected scalar type"))
+
+
+def test_an_fp16_trial_loads_the_model_in_fp16_and_never_casts_an_fp32_copy(tiny_folder, monkeypatch):
+    # SDXL in fp32 is 10 GB of host memory: a worker loads a model in the dtype its task runs, as an app's
+    # load_pipeline does, instead of copying the fp32 model and casting the copy.
+    from diffusers import DiffusionPipeline
+
+    from autotune.worker_tasks import WorkerState
+
+    cast = []
+    real_to = DiffusionPipeline.to
+    monkeypatch.setattr(DiffusionPipeline, "to", lambda self, *args, **kwargs: cast.append(args) or real_to(
+        self, *args, **kwargs))
+    state = WorkerState(WorkerConfig(model=str(tiny_folder)), probe().hardware, conn=None)
+    half = state.fresh_pipeline({"precision": "fp16"})
+    assert {half.unet.dtype, half.text_encoder.dtype} == {torch.float16} and not cast
+    full = state.fresh_pipeline({"precision": "fp32"})  # another precision: loaded again, in its own dtype
+    assert full.unet.dtype == torch.float32 and not cast
+    assert state.fresh_pipeline({}).unet.dtype == torch.float32  # the default configuration: fp32
