@@ -43,10 +43,10 @@ class DryRun:
     def configurations(self) -> int | None:
         """How many configurations the space holds at most (options count under every parent value); None when a
         knob takes a continuous range."""
-        sizes = [len(domain) for domain in map(knobs.domain_from_dict, self.space.values())]
-        if any(isinstance(knobs.domain_from_dict(d), knobs.FloatRange) for d in self.space.values()):
+        domains = [knobs.domain_from_dict(data) for data in self.space.values()]
+        if any(isinstance(domain, knobs.FloatRange) for domain in domains):
             return None
-        return math.prod(sizes)
+        return math.prod(len(domain) for domain in domains)
 
     def seconds_per_image(self) -> float | None:
         """A lower bound: the FLOPs at this device's matmul rate (a whole call also decodes, and rarely runs at it)."""

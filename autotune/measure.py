@@ -210,28 +210,32 @@ class PeakMemory:
             return _nvml_process_bytes()
         process_now = _nvml_process_bytes()
         if process_now is None:
-            return int(reserved_peak + cuda_context_bytes())
+            return int(reserved_peak + _context_from_device_memory())
         # What NVML sees beyond the allocator's pool is the CUDA context and library workspaces.
         context = max(0, process_now - torch.cuda.memory_reserved())
         return int(max(reserved_peak + context, process_now))
 
 
-# The smallest reading yet of what this process's device holds beyond torch's pool (`cuda_context_bytes`).
+# The smallest reading yet of what this process's device holds beyond torch's pool (`_context_from_device_memory`).
 _context_seen: list[int] = []
 
 
 def cuda_context_bytes() -> int:
     """What this process holds on its CUDA device beyond torch's caching allocator: the context and library
     workspaces (cuBLAS, cuDNN), typically 0.3-0.6 GB. NVML's per-process figure tells it; where containers hide that,
-    the device's used memory (`torch.cuda.mem_get_info`) less torch's pool is an upper bound, since other processes
-    on the device count too, so the smallest reading this process has seen is kept."""
+    the device's used memory tells an upper bound (`_context_from_device_memory`)."""
     process_now = _nvml_process_bytes()
-    reserved = torch.cuda.memory_reserved()
-    if process_now is not None:
-        return max(0, process_now - reserved)
+    if process_now is None:
+        return _context_from_device_memory()
+    return max(0, process_now - torch.cuda.memory_reserved())
+
+
+def _context_from_device_memory() -> int:
+    """The device's used memory (`torch.cuda.mem_get_info`) less torch's pool: other processes on the device count
+    too, so the smallest reading this process has seen is kept."""
     free, total = torch.cuda.mem_get_info()
-    _context_seen.append(max(0, total - free - reserved))
-    _context_seen[:] = [min(_context_seen)]
+    reading = max(0, total - free - torch.cuda.memory_reserved())
+    _context_seen[:] = [min([reading, *_context_seen])]
     return _context_seen[0]
 
 

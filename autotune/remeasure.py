@@ -103,14 +103,12 @@ class _Clock:
 
 
 def _ask(candidate: Candidate, worker: Worker, task: protocol.Prepare | protocol.Time, clock: _Clock) -> None:
+    seconds, cut = clock.allowed()
+    clock.up = clock.up or seconds < MIN_REQUEST_S
     if candidate.failure is not None or clock.up:
         if isinstance(task, protocol.Prepare) and candidate.failure is None:
             candidate.failure = TIME_UP
         return
-    seconds, cut = clock.allowed()
-    if seconds < MIN_REQUEST_S:
-        clock.up = True
-        return _ask(candidate, worker, task, clock)
     try:
         answer = worker.request(task, timeout_s=seconds)
     except TrialFailed as failure:
