@@ -96,13 +96,14 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: Se
 
 def load_pipeline(model: str | None = None, profile: ProfileLike | None = None, search_path: SearchPath = None,
                   revision: str | None = None, variant: str | None = None,
-                  local_files_only: bool = False) -> DiffusionPipeline:
+                  local_files_only: bool = False, config: str | None = None) -> DiffusionPipeline:
     """Load `model` (default: the profile's model) directly in the profile's dtype, then apply the profile.
 
     Loading in the target dtype (`dtype=`, diffusers' replacement for `torch_dtype=`) avoids a full-precision copy.
     With `profile="auto"` the profile is chosen for `model` before anything is loaded. The profile's own model loads
     at the commit and weights variant it was tuned on, unless `revision` / `variant` say otherwise; another revision
-    than the tuned one warns (`ProfileMismatchWarning`).
+    than the tuned one warns (`ProfileMismatchWarning`). A single-file checkpoint loads with the pipeline `config` it
+    was tuned with, unless `config` says otherwise.
     """
     if str(profile) == AUTO and model is None:
         raise ProfileError('profile "auto" picks a profile for a model: give the model too')
@@ -114,7 +115,8 @@ def load_pipeline(model: str | None = None, profile: ProfileLike | None = None, 
                       f"{revision}: its numbers may not hold (autotune verify re-measures it)", ProfileMismatchWarning,
                       stacklevel=2)
     hub = pipelines.HubOptions(revision or (tuned.revision if tuned else None),
-                               variant or (tuned.variant if tuned else None), local_files_only)
+                               variant or (tuned.variant if tuned else None), local_files_only,
+                               config or (tuned.config if tuned else None))
     load_kwargs = knobs.load_kwargs(resolved.settings_dict()) if resolved else {}
     pipe = pipelines.load(model, **load_kwargs, hub=hub)
     return apply_profile(pipe, resolved) if resolved else pipe
@@ -154,7 +156,8 @@ def check_pipeline_fits(profile: Profile, pipe_or_model: DiffusionPipeline | str
     """Raise `IncompatibleProfile` when `profile` was tuned for other pipeline or denoiser classes than `pipe_or_model`
     (a pipeline, or a model id read without loading it)."""
     if isinstance(pipe_or_model, str):
-        (pipeline, net), subject = pipelines.classes(pipe_or_model), pipe_or_model
+        tuned = pipelines.HubOptions(config=profile.model.config) if pipe_or_model == profile.model.id else None
+        (pipeline, net), subject = pipelines.classes(pipe_or_model, tuned or pipelines.HubOptions()), pipe_or_model
     else:
         pipeline, net = type(pipe_or_model).__name__, type(pipelines.denoiser(pipe_or_model)).__name__
         subject = "this pipeline"

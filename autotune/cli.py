@@ -40,6 +40,7 @@ from .options import (  # noqa: E402
     OBJECTIVES,
     PRUNERS,
     SAMPLERS,
+    SINGLE_FILE_SUFFIXES,
     STORAGE_ENV,
 )
 from .units import check_size, format_size  # noqa: E402
@@ -96,12 +97,15 @@ def probe(
 
 @app.command()
 def search(
-    model: Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, or builtin:tiny-sd")] = "",
+    model: Annotated[str, typer.Option("--model", "-m", help="hub id, local folder, single-file checkpoint "
+                                       "(.safetensors), or builtin:tiny-sd")] = "",
     revision: Annotated[str | None, typer.Option(help="the hub model's branch, tag or commit (the profile records "
                                                       "the commit)")] = None,
     variant: Annotated[str | None, typer.Option(help="the weights variant to load (fp16)")] = None,
     local_files_only: Annotated[bool, typer.Option("--local-files-only", help="load from the hub's cache only "
                                                    "(HF_HUB_OFFLINE=1 does the same)")] = False,
+    config: Annotated[str | None, typer.Option(help="a single-file checkpoint's pipeline: a diffusers folder or hub "
+                                                    "id with its configs (default: inferred from the file)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda when a GPU is present)")
                       ] = None,
     budget: Annotated[str | None, typer.Option(help="memory budget: 6GB, 6GiB, 6000MB, 6.5G or 80%")] = None,
@@ -167,11 +171,16 @@ def search(
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InvalidInput(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
+    if config is not None and not model.lower().endswith(SINGLE_FILE_SUFFIXES):
+        raise InvalidInput("--config describes a single-file checkpoint (.safetensors, .ckpt); "
+                           f"{model or DEFAULT_MODEL!r} is not one")
     if dry_run:
         from .dry_run import dry_run as describe
+        from .pipelines import HubOptions
 
         told = describe(model or DEFAULT_MODEL, budget, height, width, steps, parse_pins(pin or []),
-                        floor is not None, reference_steps)
+                        floor is not None, reference_steps, device,
+                        HubOptions(revision, variant, local_files_only, config))
         console.print("\n".join(told.lines()), highlight=False)
         return
     check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
@@ -191,7 +200,7 @@ def search(
             study_name=study, out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
             workers=workers, top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,
             on_event=progress.event, revision=revision, variant=variant, local_files_only=local_files_only,
-            device=device,
+            config=config, device=device,
         )
     print_outcome(console, outcome)
     if report:

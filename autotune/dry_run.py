@@ -86,11 +86,12 @@ class DryRun:
 
 def dry_run(model: str, budget: str | int | None = None, height: int | None = None, width: int | None = None,
             steps: int | None = None, pinned: dict[str, Any] | None = None, quality_floor: bool = False,
-            reference_steps: int = DEFAULT_REFERENCE_STEPS, device: str | None = None) -> DryRun:
+            reference_steps: int = DEFAULT_REFERENCE_STEPS, device: str | None = None,
+            hub: pipelines.HubOptions | None = None) -> DryRun:
     """What `run_search` with these options would do, told without loading any weight."""
     hardware = probe(device).hardware
     budget_bytes = parse_size(budget, hardware.memory_bytes) if budget is not None else hardware.memory_bytes
-    pipe = pipelines.load_empty(model)
+    pipe = pipelines.load_empty(model, hub or pipelines.HubOptions())
     size = pipelines.default_call_size(pipe, model)
     height, width = height or size, width or size
     steps = steps or pipelines.default_steps(pipe, model)

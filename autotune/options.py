@@ -16,5 +16,7 @@ DEFAULT_REFERENCE_STEPS = 50
 DEFAULT_TOLERANCE = 0.10
 # The model the CLI and the library use when none is given: built in, random weights, no download.
 DEFAULT_MODEL = "builtin:tiny-sd"
+# What a checkpoint file is named: the original (LDM, ComfyUI, A1111) layout community models ship in.
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # The environment variable that names a study's Optuna storage, for `search`, `worker` and `export`.
 STORAGE_ENV = "AUTOTUNE_STORAGE"

@@ -123,6 +123,7 @@ def finish_study(
             hardware=fingerprint.hardware,
             software=fingerprint.software,
             model=ModelInfo(id=spec.model, revision=spec.commit, variant=(spec.hub or {}).get("variant"),
+                            config=(spec.hub or {}).get("config"),
                             pipeline=spec.pipeline, denoiser=spec.denoiser,
                             default_guidance_scale=pipelines.default_guidance(spec.pipeline)),
             workload=workload,

@@ -1,9 +1,10 @@
-"""Loading a model: a hub id, a local folder, or a built-in random-weight pipeline; finding its denoiser.
+"""Loading a model: a hub id, a local folder, a single-file checkpoint, or a built-in random-weight pipeline; finding
+its denoiser.
 
 The built-ins need no download. `builtin:tiny-sd` is a Stable Diffusion pipeline small enough for dozens of trials on
 two CPU cores; `builtin:sd15-arch` has the real SD 1.5 shapes (860M-parameter UNet) for tuning speed and memory on a
-GPU without weights; `builtin:tiny-flux` and `builtin:flux-arch` are the same pair for FLUX (`builtin_flux`). All are
-seeded, so the same name gives the same weights every time.
+GPU without weights (both in `builtin_sd`); `builtin:tiny-flux` and `builtin:flux-arch` are the same pair for FLUX
+(`builtin_flux`). All are seeded, so the same name gives the same weights every time.
 """
 
 from __future__ import annotations
@@ -20,36 +21,38 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import DiffusionPipeline
 from diffusers import __version__ as diffusers_version
-from transformers import CLIPTextConfig, CLIPTextModel
 from transformers import __version__ as transformers_version
 
 from .builtin_flux import built_in_bf16, flux_arch, flux_arch_layers, tiny_flux
-from .builtin_parts import BUILTIN_PREFIX, clip_tokenizer, named
+from .builtin_parts import BUILTIN_PREFIX, named
+from .builtin_sd import sd15_arch, tiny_sd
 from .exceptions import UnknownModel
 from .files import cache_dir
 from .options import DEFAULT_MODEL as DEFAULT_MODEL  # the CLI reads it without importing torch
+from .options import SINGLE_FILE_SUFFIXES
 
 
 @dataclass(frozen=True)
 class HubOptions:
-    """Which files of a hub model to load, as `from_pretrained` takes them: a `revision` (branch, tag or commit), a
-    weights `variant` (`fp16`), and `local_files_only` (the hub's cache only; `HF_HUB_OFFLINE=1` does the same)."""
+    """Which files of a model to load, as diffusers takes them: a `revision` (branch, tag or commit), a weights
+    `variant` (`fp16`), `local_files_only` (the hub's cache only; `HF_HUB_OFFLINE=1` does the same), and for a
+    single-file checkpoint the `config` of its pipeline (a diffusers folder or hub id; `from_single_file(config=)`)."""
 
     revision: str | None = None
     variant: str | None = None
     local_files_only: bool = False
+    config: str | None = None
 
     def kwargs(self) -> dict:
+        """The arguments `from_pretrained` takes."""
         given = {"revision": self.revision, "variant": self.variant, "local_files_only": self.local_files_only}
         return {key: value for key, value in given.items() if value}
+
+    def given(self) -> dict:
+        """Every option set, as a study records them (`HubOptions(**given)` makes them again)."""
+        return {**self.kwargs(), **({"config": self.config} if self.config else {})}
 
 
 def load(model: str, dtype: torch.dtype | None = None, hub: HubOptions = HubOptions()) -> DiffusionPipeline:
@@ -65,6 +68,8 @@ def load(model: str, dtype: torch.dtype | None = None, hub: HubOptions = HubOpti
     if builtin is not None:
         pipe = _built(model, builtin, dtype)
         return pipe.to(dtype) if dtype is not None else pipe
+    if is_single_file(model):
+        return _load_single_file(model, dtype, hub)
     kwargs: dict = {"dtype": dtype, **hub.kwargs()} if dtype is not None else hub.kwargs()
     try:
         # Only a pipeline with a safety checker takes `safety_checker`; any other warns that it ignores it.
@@ -76,6 +81,57 @@ def load(model: str, dtype: torch.dtype | None = None, hub: HubOptions = HubOpti
         raise UnknownModel(f"cannot load model {model!r} as a {where}: {str(error).splitlines()[0]}") from error
 
 
+def is_single_file(model: object) -> bool:
+    """Whether `model` names one checkpoint file (a path or a hub file's URL) rather than a diffusers folder or id."""
+    return isinstance(model, str) and model.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
+def check_single_file(model: str) -> None:
+    """Refuse a checkpoint path that names no file, before a worker starts to load it (a URL is the hub's to judge)."""
+    if not (Path(model).is_file() or model.startswith("https://")):
+        raise UnknownModel(f"cannot load checkpoint {model!r}: no such file")
+
+
+def single_file_layout(model: str, hub: HubOptions = HubOptions()) -> str:
+    """The folder or hub id whose `model_index.json` and configs describe the pipeline in checkpoint `model`:
+    `hub.config`, or else the repository diffusers infers from the checkpoint's keys (SD 1.5's for an SD 1.x file),
+    which must be on the hub or in its cache."""
+    if hub.config:
+        return hub.config
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+
+    check_single_file(model)
+    try:
+        checkpoint = load_single_file_checkpoint(model, local_files_only=hub.local_files_only)
+        return str(fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"])
+    except (OSError, ValueError, KeyError) as error:
+        raise UnknownModel(f"cannot tell which pipeline checkpoint {model!r} holds (give its layout with --config): "
+                           f"{str(error).strip().splitlines()[0]}") from error
+
+
+def _load_single_file(model: str, dtype: torch.dtype | None, hub: HubOptions) -> DiffusionPipeline:
+    """`model`, one checkpoint file, loaded by the pipeline class its layout names (`from_single_file`)."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    check_single_file(model)
+    try:
+        layout = single_file_layout(model, hub)
+        index = DiffusionPipeline.load_config(layout, local_files_only=hub.local_files_only)
+        pipeline_class = getattr(diffusers, index["_class_name"])
+        kwargs: dict = {"config": layout, "local_files_only": hub.local_files_only}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if "safety_checker" in index:
+            kwargs["safety_checker"] = None
+        pipe = pipeline_class.from_single_file(model, **kwargs)
+    except (OSError, ValueError, KeyError, AttributeError, SingleFileComponentError) as error:
+        raise UnknownModel(f"cannot load checkpoint {model!r}"
+                           + ("" if hub.config else " (give its pipeline's layout with --config)")
+                           + f": {str(error).strip().splitlines()[0]}") from error
+    pipe.register_to_config(_name_or_path=model)  # what `"auto"` matches profiles on, as for a hub id
+    return pipe
+
+
 def _config_kwargs(hub: HubOptions) -> dict:
     # load_config takes a revision and the offline switch, not a weights variant.
     return {key: value for key, value in hub.kwargs().items() if key != "variant"}
@@ -84,7 +140,7 @@ def _config_kwargs(hub: HubOptions) -> dict:
 def resolved_commit(model: str, hub: HubOptions = HubOptions()) -> str | None:
     """The commit a hub id resolves to under `hub` (the snapshot `from_pretrained` loads); None for a built-in, a
     folder, or where the hub cannot tell."""
-    if find_builtin(model) is not None or Path(model).exists():
+    if find_builtin(model) is not None or Path(model).exists() or is_single_file(model):
         return None
     try:
         folder = Path(DiffusionPipeline.download(model, **hub.kwargs()))
@@ -93,10 +149,11 @@ def resolved_commit(model: str, hub: HubOptions = HubOptions()) -> str | None:
     return folder.name if folder.parent.name == "snapshots" else None
 
 
-def load_empty(model: str) -> DiffusionPipeline:
+def load_empty(model: str, hub: HubOptions = HubOptions()) -> DiffusionPipeline:
     """`model` with every module on the meta device: its classes, configs, shapes and sizes, and no weight read or
     initialised (accelerate's empty-weight loading). What `recommend`, `probe --model` and the memory model need
-    to know of a model, in a second instead of a load of gigabytes.
+    to know of a model, in a second instead of a load of gigabytes. `hub` says at which revision, and for a
+    single-file checkpoint which layout, its configs are read.
 
     >>> load_empty("builtin:sd15-arch").unet.device
     device(type='meta')
@@ -107,10 +164,12 @@ def load_empty(model: str) -> DiffusionPipeline:
             return builtin.make_empty()
         with torch.device("meta"):
             return builtin.make()
+    if is_single_file(model):
+        return load_empty(single_file_layout(model, hub), HubOptions(local_files_only=hub.local_files_only))
     try:
-        index = DiffusionPipeline.load_config(model)
+        index = DiffusionPipeline.load_config(model, **_config_kwargs(hub))
         pipeline_class = getattr(diffusers, index["_class_name"])
-        components = {name: _empty_component(model, name, entry) for name, entry in index.items()
+        components = {name: _empty_component(model, name, entry, hub) for name, entry in index.items()
                       if not name.startswith("_") and isinstance(entry, (list, tuple)) and len(entry) == 2}
     except (OSError, ValueError, KeyError, AttributeError) as error:
         raise UnknownModel(f"cannot read model {model!r} without its weights: {str(error).splitlines()[0]}") from error
@@ -119,7 +178,7 @@ def load_empty(model: str) -> DiffusionPipeline:
     return pipeline_class(**{name: value for name, value in components.items() if name in accepted}, **extra)
 
 
-def _empty_component(model: str, name: str, entry: list) -> object:
+def _empty_component(model: str, name: str, entry: list, hub: HubOptions) -> object:
     """One component of `model`'s index: a model on the meta device, or the small parts (scheduler, tokenizer) as
     they are; the safety checker is left out, as `load` leaves it."""
     library, class_name = entry
@@ -127,24 +186,25 @@ def _empty_component(model: str, name: str, entry: list) -> object:
         return None
     component_class = getattr(importlib.import_module(library), class_name)
     if not issubclass(component_class, torch.nn.Module):
-        return component_class.from_pretrained(model, subfolder=name)
+        return component_class.from_pretrained(model, subfolder=name, **_config_kwargs(hub))
     from accelerate import init_empty_weights
 
     if hasattr(component_class, "load_config"):  # a diffusers model: its config.json read as diffusers does
-        config = component_class.load_config(model, subfolder=name)
+        config = component_class.load_config(model, subfolder=name, **_config_kwargs(hub))
         with init_empty_weights(include_buffers=True):
             return component_class.from_config(config)
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model, subfolder=name)
+    config = AutoConfig.from_pretrained(model, subfolder=name, **_config_kwargs(hub))
     with init_empty_weights(include_buffers=True):
         return component_class(config)
 
 
-def classes(model: str) -> tuple[str, str]:
+def classes(model: str, hub: HubOptions = HubOptions()) -> tuple[str, str]:
     """The pipeline class and the denoiser class of `model`, read without loading any weights.
 
-    Hub ids and folders are read from their `model_index.json` (a hub id needs the hub or its local cache).
+    Hub ids and folders are read from their `model_index.json` (a hub id needs the hub or its local cache), a
+    single-file checkpoint from its layout's.
 
     >>> classes("builtin:tiny-sd")
     ('StableDiffusionPipeline', 'UNet2DConditionModel')
@@ -152,8 +212,10 @@ def classes(model: str) -> tuple[str, str]:
     builtin = find_builtin(model)
     if builtin is not None:
         return builtin.pipeline, builtin.denoiser
+    if is_single_file(model):
+        return classes(single_file_layout(model, hub), HubOptions(local_files_only=hub.local_files_only))
     try:
-        index = DiffusionPipeline.load_config(model)
+        index = DiffusionPipeline.load_config(model, **_config_kwargs(hub))
     except (OSError, ValueError) as error:
         raise UnknownModel(f"cannot read the model index of {model!r}: {str(error).splitlines()[0]}") from error
     for name in ("unet", "transformer", "prior"):
@@ -228,62 +290,6 @@ def default_steps(pipe: DiffusionPipeline, model: object = None) -> int | None:
     parameter = inspect.signature(type(pipe).__call__).parameters.get("num_inference_steps")
     default = None if parameter is None else parameter.default
     return default if isinstance(default, int) else None
-
-
-def _scheduler() -> PNDMScheduler:
-    # SD 1.5's scheduler config.
-    return PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
-    )
-
-
-def _stable_diffusion(unet: dict, vae: dict, text: dict) -> StableDiffusionPipeline:
-    tokenizer = clip_tokenizer()
-    torch.manual_seed(0)
-    unet_model = UNet2DConditionModel(**unet)
-    torch.manual_seed(1)
-    vae_model = AutoencoderKL(**vae)
-    torch.manual_seed(2)
-    text_model = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, **text))
-    pipe = StableDiffusionPipeline(
-        unet=unet_model, vae=vae_model, text_encoder=text_model.eval(), tokenizer=tokenizer,
-        scheduler=_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    return pipe
-
-
-def tiny_sd() -> StableDiffusionPipeline:
-    """SD architecture at toy size: 4-block VAE (latents are image/8, as in SD), 2-level UNet, 5-layer CLIP."""
-    return named(BUILTIN_PREFIX + "tiny-sd", _stable_diffusion(
-        unet=dict(
-            block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
-        ),
-        vae=dict(
-            block_out_channels=(16, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=16,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            # Tiles of 32 px, so VAE tiling really engages on the 64 px default image (as it does above 512 px in SD).
-            sample_size=32,
-        ),
-        text=dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4,
-                  max_position_embeddings=77, projection_dim=32),
-    ))
-
-
-def sd15_arch() -> StableDiffusionPipeline:
-    """Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L text encoder) with random weights."""
-    return named(BUILTIN_PREFIX + "sd15-arch", _stable_diffusion(
-        unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
-        vae=dict(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        ),
-        text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                  num_attention_heads=12, max_position_embeddings=77, projection_dim=768),
-    ))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class ModelInfo(_Strict):
     id: str = Field(min_length=1)
     revision: str | None = None  # the commit a hub id resolved to when it was tuned; None for folders and built-ins
     variant: str | None = None  # the weights variant it was loaded with (`fp16`)
+    config: str | None = None  # a single-file checkpoint's pipeline layout (folder or hub id), as it was loaded
     pipeline: str
     denoiser: str
     default_guidance_scale: float | None = None  # the pipeline call's own, used when the workload sets none

@@ -89,7 +89,7 @@ class StudySpec:
     quality_floor: str | None = None  # as given: psnr=35, ssim=-5%
     reference_steps: int | None = None  # set when trials are scored against a reference rendering
     pruner: str | None = None  # `options.PRUNERS`; None: recorded before the choice, when every study pruned
-    hub: dict[str, Any] | None = None  # `pipelines.HubOptions` as given (revision, variant, local_files_only)
+    hub: dict[str, Any] | None = None  # `pipelines.HubOptions.given()`: revision, variant, offline, config
     commit: str | None = None  # the commit a hub model resolved to when the search loaded it
 
     # A resumed search must match these; the others follow the latest search's options.
@@ -211,7 +211,7 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     for key in StudySpec.IDENTITY if recorded else ():
         if _identity(key, recorded.get(key)) != _identity(key, getattr(spec, key)):
             what = {"memory_budget_bytes": "memory budget", "fixed": "set of pinned values",
-                    "hub": "revision or variant of the model"}.get(key, key)
+                    "hub": "revision, variant or config of the model"}.get(key, key)
             raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {what}; "
                                 "give a new --study name or the same options as before")
     if "hardware" in recorded:
@@ -231,7 +231,7 @@ def _identity(key: str, value: Any) -> Any:
     if key == "workload" and isinstance(value, dict):
         return {**_LATER_WORKLOAD_FIELDS, **value}
     if key == "hub":  # the files loaded; not whether they came from the cache alone (recorded before: the default)
-        return {name: given for name, given in (value or {}).items() if name in ("revision", "variant")}
+        return {name: given for name, given in (value or {}).items() if name in ("revision", "variant", "config")}
     return value
 
 

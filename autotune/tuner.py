@@ -98,6 +98,7 @@ def run_search(
     revision: str | None = None,
     variant: str | None = None,
     local_files_only: bool = False,
+    config: str | None = None,
     trial_timeout_s: float = 600.0,
     max_batch: int = 16,
     top_k: int = 3,
@@ -118,6 +119,8 @@ def run_search(
 
     A hub model loads at `revision` (branch, tag or commit) with the weights `variant` (`fp16`), from the hub's
     cache alone with `local_files_only` (or `HF_HUB_OFFLINE=1`); the profile records the commit it resolved to.
+    A single-file checkpoint (`model.safetensors`) loads with diffusers' `from_single_file`, its pipeline described
+    by `config` (a diffusers folder or hub id) or, without it, by the repository diffusers infers from its keys.
     `device` is `cpu`, `cuda` or `cuda:N` (the N-th visible GPU, chosen before CUDA starts).
 
     The workload is what the app will render: `prompts` (each timed call renders the next), `negative_prompt`,
@@ -150,7 +153,12 @@ def run_search(
                            "not a Python function")
     emit = on_event or (lambda kind, data: None)
     started, started_at = time.monotonic(), datetime.now()
-    hub = HubOptions(revision, variant, local_files_only)
+    if config is not None and not pipelines.is_single_file(model):
+        raise InvalidInput(f"a config describes a single-file checkpoint (.safetensors, .ckpt); {model!r} is not "
+                           "one")
+    if pipelines.is_single_file(model):
+        pipelines.check_single_file(model)
+    hub = HubOptions(revision, variant, local_files_only, config)
     fingerprint = probe(choose_gpu(device) if device else None)
     hardware = fingerprint.hardware
     budget_bytes = parse_size(budget, hardware.memory_bytes) if budget is not None else hardware.memory_bytes
@@ -188,7 +196,7 @@ def run_search(
             max_batch=max_batch, trial_timeout_s=trial_timeout_s, sampler=sampler, seed=seed,
             deadline=trials_deadline(started, timeout_s), steps=steps,
             quality_floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None,
-            pruner=pruner, hub=hub.kwargs(),
+            pruner=pruner, hub=hub.given(),
             # The snapshot the worker loaded (from the hub's cache, once it has loaded it): what the profile records.
             commit=pipelines.resolved_commit(model, hub) if isinstance(model, str) else None,
         )

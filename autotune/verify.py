@@ -136,7 +136,7 @@ def _measure(result: Verification, timeout_s: float, deadline: float | None, tel
     settings = profile.settings_dict()
     # The profile's own model at the commit and weights variant it was tuned on.
     tuned = profile.model if result.model == profile.model.id else None
-    hub = HubOptions(tuned.revision, tuned.variant) if tuned is not None else HubOptions()
+    hub = HubOptions(tuned.revision, tuned.variant, config=tuned.config) if tuned is not None else HubOptions()
     config = WorkerConfig(model=result.model, device=result.hardware.device,
                           memory_budget_bytes=profile.goal.memory_budget_bytes, hub=hub)
     runs = [Candidate(f"worker {number}", settings) for number in range(1, result.workers + 1)]
