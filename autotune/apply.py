@@ -7,14 +7,17 @@ for the tuner. The tuner applies a trial's settings through `apply_settings` too
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffusers import DiffusionPipeline
 
-from . import knobs, pipelines
+from . import compiled, knobs, pipelines
 from .exceptions import FallbackWarning, IncompatibleProfile, KnobConflict, ProfileError, ProfileMismatchWarning
 from .hardware import Fingerprint, Hardware, probe
 from .library import (
@@ -78,6 +81,8 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: Se
     `"set.yaml#balanced"` or `pick="balanced"` (`fastest`, `balanced`, `smallest`).
 
     Order: process settings, precision, scheduler, attention, VAE, memory format, placement or offload, compile last.
+    A compiled profile read from a file hot-loads what `autotune precompile` saved beside it for this machine, so
+    its first call does not compile again (`compiled`).
     A knob value unavailable here falls back with a `FallbackWarning` (xformers missing -> SDPA; offload without an
     accelerator -> none). A profile measured on another GPU or library version warns; a profile made for another
     pipeline or denoiser raises `IncompatibleProfile`. Call-time settings come from `profile.call_kwargs()`:
@@ -90,7 +95,9 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: Se
     check_pipeline_fits(resolved, pipe)
     here = probe()
     warn_if_measured_elsewhere(resolved, here)
-    apply_settings(pipe, resolved.settings_dict(), here.hardware)
+    applied = apply_settings(pipe, resolved.settings_dict(), here.hardware)
+    if applied.get("compile", "none") != "none" and resolved.source is not None:
+        compiled.load_artifacts(compiled.artifacts_path(resolved.source, here))
     return pipe
 
 
@@ -183,3 +190,44 @@ def _series(version: str) -> tuple[str, ...]:
     # Libraries still at 0.x change behaviour in minor releases; compare major.minor for them, the major otherwise.
     parts = version.split("+")[0].split(".")
     return tuple(parts[:2]) if parts[0] == "0" else tuple(parts[:1])
+
+
+@dataclass(frozen=True)
+class Precompiled:
+    """What `precompile` wrote: the artifacts file, its size, and the compile it saves an app's first call."""
+
+    path: Path
+    bytes: int
+    seconds: float
+
+
+def precompile(profile: ProfileLike, model: str | None = None, search_path: SearchPath = None) -> Precompiled:
+    """Render once with a compiled `profile` applied, at each call shape it serves (one image; its batch too), and
+    write what compiling made beside the profile, keyed by this machine (`compiled.artifacts_path`), for
+    `apply_profile` to hot-load at an app's start. The compile runs in an empty inductor cache, so that the
+    artifacts hold all of it, not only what this machine's cache did not have yet."""
+    resolved = resolve_profile(profile, search_path, model)
+    if resolved.settings.compile in (None, "none"):
+        raise ProfileError(f"{profile} does not compile (compile: none): there is nothing to save")
+    if resolved.source is None:
+        raise ProfileError("precompile writes beside the profile's file: give a profile file or name")
+    path = compiled.artifacts_path(resolved.source, probe())
+    calls = [resolved.call_kwargs()] + ([resolved.call_kwargs(batch=True)] if resolved.settings.batch_size > 1 else [])
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="autotune-precompile-") as empty:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = empty  # read at each compile
+        try:
+            pipe = load_pipeline(model, resolved, search_path)
+            started = time.perf_counter()
+            for kwargs in calls:
+                pipe(resolved.workload.prompts[0], **kwargs)
+            seconds = time.perf_counter() - started
+            size = compiled.save_artifacts(path)
+        finally:
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+    if size is None:
+        raise ProfileError(f"rendering with {profile} compiled nothing that torch can save")
+    return Precompiled(path, size, seconds)

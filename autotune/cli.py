@@ -28,7 +28,7 @@ from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from .cli_outcome import print_outcome  # noqa: E402
-from .cli_profiles import profiles_app  # noqa: E402
+from .cli_profiles import precompile, profiles_app  # noqa: E402
 from .cli_recommend import recommend  # noqa: E402
 from .cli_verify import verify  # noqa: E402
 from .exceptions import AutotuneError, InvalidInput, StorageFailed, first_line  # noqa: E402
@@ -52,6 +52,7 @@ app = typer.Typer(help="Find the fastest diffusers configuration for this machin
 app.add_typer(profiles_app, name="profiles")
 app.command()(recommend)
 app.command()(verify)
+app.command()(precompile)
 console = Console()
 
 StorageOption = Annotated[str | None, typer.Option(

@@ -1,4 +1,5 @@
-"""`autotune profiles ...`: list, show, validate, select and the schema of the profiles an app ships.
+"""`autotune profiles ...`: list, show, validate, select and the schema of the profiles an app ships; and
+`autotune precompile`, which saves what a compiled profile compiles beside it.
 
 Like the deployment path, these commands never import Optuna; heavy modules are imported inside each command, so a
 bad argument is refused before torch is loaded.
@@ -138,3 +139,18 @@ def profiles_select(
     if selection.profile is None:
         console.print("no profile fits: tune this model here with autotune search, or ship one made on this hardware")
         raise typer.Exit(1)
+
+
+def precompile(
+    profile: Annotated[str, typer.Argument(help="a compiled profile's file or name")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="the model to compile (default: the "
+                                                                       "profile's)")] = None,
+    search_path: SearchPathOption = None,
+) -> None:
+    """Compile a profile here and save what it compiled beside it, so that an app's first call skips the compile."""
+    from .apply import precompile as save_compiled
+
+    with console.status(f"rendering with {profile} to compile it"):
+        done = save_compiled(profile, model, search_path)
+    console.print(f"compiled in {done.seconds:.1f} s; {format_size(done.bytes)} of torch's compile artifacts "
+                  f"written to {done.path}: apply_profile loads them on a machine like this one", highlight=False)

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from . import knobs
 from .exceptions import ProfileError, UnreadableProfile
@@ -140,6 +149,12 @@ class Profile(_Strict):
     settings: Settings = Field(default_factory=Settings)
     metrics: Metrics | None = None
     provenance: Provenance | None = None
+    # The file it was read from (`set.yaml#pick` for a pick): what is shipped beside it is found from there.
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
 
     def call_kwargs(self, seed: int | None = None, batch: bool = False) -> dict[str, Any]:
         """Keyword arguments for the pipeline call: the workload's (size, guidance, negative prompt and the call
@@ -258,10 +273,14 @@ def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
         if not pick:
             raise ProfileError(f"{path}: a profile set; name a pick as {path}#PICK or pick= "
                                f"(picks: {', '.join(profiles.picks)})")
-        return profiles.pick(pick)
+        profile = profiles.pick(pick)
+        profile._source = f"{path}#{pick}"
+        return profile
     if pick:
         raise ProfileError(f"{path}: a single profile, not a profile set; it has no pick {pick!r}")
-    return profile_from_dict(data, str(path))
+    profile = profile_from_dict(data, str(path))
+    profile._source = str(path)
+    return profile
 
 
 def load_profile_set(path: str | os.PathLike) -> ProfileSet:

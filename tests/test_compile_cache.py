@@ -1,5 +1,6 @@
 """Isolation from other work on the host: each worker compiles in a slot of its study's folder that no process
-running at the same time shares, and two searches compiling the same graph at once both complete their trials."""
+running at the same time shares, and two searches compiling the same graph at once both complete their trials. And
+what a compiled profile compiled, saved beside it by `autotune precompile`, reaches a fresh app process."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 
 from autotune import compile_cache
+from autotune.profile import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time
@@ -74,3 +79,50 @@ def test_two_searches_compiling_the_same_graph_at_once_lose_no_trial_to_the_comp
         assert [t.state for t in finished] == [optuna.trial.TrialState.COMPLETE]
         assert finished[0].user_attrs.get("failure") is None, finished[0].user_attrs
         assert any((shared / "autotune" / name).glob("slot-*/fxgraph")), f"{name} compiled outside its folder"
+
+
+# ---- what a compiled profile compiled, shipped beside it: `autotune precompile`, hot-loaded by apply_profile ----
+
+FIRST_CALL = """
+import sys, torch
+from autotune import load_pipeline, load_profile
+profile = load_profile(sys.argv[1])
+load_pipeline(None, profile)(profile.workload.prompts[0], **profile.call_kwargs())
+print(torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"])
+"""
+
+
+@pytest.mark.slow
+def test_a_precompiled_profile_compiles_nothing_again_in_a_fresh_app_process(tmp_path):
+    tuned = load_profile(ROOT / "profiles" / "tiny-sd-cpu.yaml")
+    # One call shape and inductor's default mode: the least compiling that still shows what is shipped.
+    settings = tuned.settings.model_copy(update={"compile": "default", "batch_size": 1})
+    shipped, bare = tmp_path / "shipped", tmp_path / "bare"
+    for folder in (shipped, bare):
+        folder.mkdir()
+        (folder / "app.yaml").write_text(tuned.model_copy(update={"settings": settings}).to_yaml())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300"}
+    made = subprocess.run([sys.executable, "-m", "autotune.cli", "precompile", str(shipped / "app.yaml")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert made.returncode == 0, made.stderr[-3000:]
+    [artifacts] = shipped.glob("app.*.compiled")
+    assert str(artifacts) in made.stdout.replace("\n", "")
+    hits = {}
+    for folder in (shipped, bare):  # each app process starts with an empty inductor cache of its own
+        cache = tmp_path / f"inductor-{folder.name}"
+        ran = subprocess.run([sys.executable, "-c", FIRST_CALL, str(folder / "app.yaml")], capture_output=True,
+                             text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": str(cache)}, timeout=900)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        hits[folder.name] = int(ran.stdout.strip().splitlines()[-1])
+    assert hits["shipped"] > 0 and hits["bare"] == 0, hits
+
+
+def test_precompile_refuses_a_profile_that_does_not_compile_in_one_line(tmp_path):
+    tuned = load_profile(ROOT / "profiles" / "tiny-sd-cpu.yaml")
+    (tmp_path / "eager.yaml").write_text(tuned.model_copy(update={"settings": tuned.settings.model_copy(
+        update={"compile": "none"})}).to_yaml())
+    done = subprocess.run([sys.executable, "-m", "autotune.cli", "precompile", str(tmp_path / "eager.yaml")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("autotune: error: ")
+    assert "does not compile (compile: none)" in done.stderr

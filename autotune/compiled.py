@@ -1,0 +1,72 @@
+"""What a compiled profile compiled, shipped beside it so that an app's first call does not compile again.
+
+A profile with `compile` costs the app its warm-up compile at every start (the profile's `metrics.warmup_s`, minutes
+on a GPU). torch's portable cache artifacts (`torch.compiler.save_cache_artifacts` / `load_cache_artifacts`) hold
+what inductor and AOTAutograd made; `autotune precompile PROFILE` renders once with the profile applied and writes
+them beside the profile, and `apply_profile` hot-loads them when the file beside the profile matches this machine.
+The file is keyed by what the artifacts depend on (the device, Python, torch, and Triton where there is one): a
+profile taken to another GPU or torch finds no file of its key and compiles as before.
+
+    rtx4090.yaml                       the profile
+    rtx4090.3f2a9c1b04de.compiled      what it compiled on that GPU with that torch
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+from pathlib import Path
+
+from .files import write_atomic
+from .hardware import Fingerprint
+
+SUFFIX = ".compiled"
+
+
+def artifacts_key(fingerprint: Fingerprint) -> str:
+    """What compiled code depends on, hashed: the GPU, its compute capability and CUDA (on a CPU, the CPU and the
+    vector instructions inductor's C++ was built for), Python, torch and Triton."""
+    hardware, software = fingerprint.hardware, fingerprint.software
+    try:
+        triton = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton = None
+    device = ((hardware.gpu, hardware.capability, hardware.cuda) if hardware.device == "cuda"
+              else (hardware.cpu, hardware.cpu_capability))
+    parts = (hardware.device, *map(str, device), software.python, software.torch, str(triton))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def artifacts_path(source: str | os.PathLike, fingerprint: Fingerprint) -> Path:
+    """Where the artifacts of the profile read from `source` (`set.yaml#pick` for a pick of a set) live for this
+    machine: beside the profile, named after it, its pick and the machine's key."""
+    text = os.fspath(source)
+    path, pick = (text.rsplit("#", 1) + [""])[:2] if "#" in text and not Path(text).exists() else (text, "")
+    path = Path(path)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return path.with_name(f"{stem}{'.' + pick if pick else ''}.{artifacts_key(fingerprint)}{SUFFIX}")
+
+
+def save_artifacts(path: Path) -> int | None:
+    """Write what this process compiled to `path` (atomically); its size in bytes, or None when it compiled
+    nothing."""
+    import torch
+
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return None
+    data, _ = saved
+    write_atomic(path, data)
+    return len(data)
+
+
+def load_artifacts(path: Path) -> bool:
+    """Hot-load the artifacts in `path` into this process's compile caches, before anything compiles; False when
+    there is no such file."""
+    if not path.is_file():
+        return False
+    import torch
+
+    torch.compiler.load_cache_artifacts(path.read_bytes())
+    return True
