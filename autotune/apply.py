@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from diffusers import DiffusionPipeline
 
@@ -32,6 +32,7 @@ from .library import (
 from .profile import Profile, load_profile, split_pick
 
 ProfileLike = Profile | str | os.PathLike
+PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)  # apply_profile returns the pipeline's own type
 AUTO = "auto"  # the profile name that asks `select_profile` to choose
 
 
@@ -51,7 +52,8 @@ def shipped_profile_path(name: str) -> Path:
 
 
 def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
-                    pipe_or_model: DiffusionPipeline | str | None = None, pick: str | None = None) -> Profile:
+                    pipe_or_model: DiffusionPipeline | str | None = None, pick: str | None = None,
+                    size: tuple[int, int] | None = None) -> Profile:
     """A `Profile`; a path to a profile file; a name looked up in the library (AUTOTUNE_PROFILE_PATH, then
     `search_path`, then the shipped profiles); or `"auto"`: the profile `select_profile` picks for `pipe_or_model`.
     A profile set (a Pareto search's) needs a pick: `"set.yaml#balanced"` or `pick="balanced"`.
@@ -61,7 +63,7 @@ def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
     if str(profile) == AUTO:
         if pipe_or_model is None:
             raise ProfileError('profile "auto" picks a profile for a pipeline: give the pipeline (or model) too')
-        return select_profile(pipe_or_model, search_path=search_path).require()
+        return select_profile(pipe_or_model, search_path=search_path, size=size).require()
     path, pick = split_pick(profile, pick)
     if path.is_file():
         return load_profile(path, pick)
@@ -71,13 +73,14 @@ def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
     return load_profile(find_profile(text, search_path), pick)
 
 
-def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: SearchPath = None,
-                  pick: str | None = None) -> DiffusionPipeline:
+def apply_profile(pipe: PipelineT, profile: ProfileLike, search_path: SearchPath = None,
+                  pick: str | None = None, size: tuple[int, int] | None = None) -> PipelineT:
     """Apply `profile`'s settings to a freshly loaded `pipe`, in the documented order, and return it.
 
     `profile` is a `Profile`, a path, a name in the library, or `"auto"` for the profile that fits this pipeline on
     this machine (`select_profile`; when none fits, `NoProfileFits` is raised and nothing is applied). `search_path`
-    adds an app's own folders of profiles to the lookup. From a profile set (`--objective pareto`), name the pick:
+    adds an app's own folders of profiles to the lookup, and `size` ((height, width) the app renders) makes `"auto"`
+    prefer a profile tuned at that size. From a profile set (`--objective pareto`), name the pick:
     `"set.yaml#balanced"` or `pick="balanced"` (`fastest`, `balanced`, `smallest`).
 
     Order: process settings, precision, scheduler, attention, VAE, memory format, placement or offload, compile last.
@@ -91,7 +94,7 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: Se
     >>> image = pipe("a lighthouse at dusk", **load_profile(...).call_kwargs()).images[0]  # doctest: +SKIP
     >>> pipe = apply_profile(pipe, "auto", search_path=Path(__file__).parent / "profiles")  # doctest: +SKIP
     """
-    resolved = resolve_profile(profile, search_path, pipe, pick)
+    resolved = resolve_profile(profile, search_path, pipe, pick, size)
     check_pipeline_fits(resolved, pipe)
     here = probe()
     warn_if_measured_elsewhere(resolved, here)
@@ -103,18 +106,19 @@ def apply_profile(pipe: DiffusionPipeline, profile: ProfileLike, search_path: Se
 
 def load_pipeline(model: str | None = None, profile: ProfileLike | None = None, search_path: SearchPath = None,
                   revision: str | None = None, variant: str | None = None,
-                  local_files_only: bool = False, config: str | None = None) -> DiffusionPipeline:
+                  local_files_only: bool = False, config: str | None = None,
+                  size: tuple[int, int] | None = None) -> DiffusionPipeline:
     """Load `model` (default: the profile's model) directly in the profile's dtype, then apply the profile.
 
     Loading in the target dtype (`dtype=`, diffusers' replacement for `torch_dtype=`) avoids a full-precision copy.
-    With `profile="auto"` the profile is chosen for `model` before anything is loaded. The profile's own model loads
-    at the commit and weights variant it was tuned on, unless `revision` / `variant` say otherwise; another revision
-    than the tuned one warns (`ProfileMismatchWarning`). A single-file checkpoint loads with the pipeline `config` it
-    was tuned with, unless `config` says otherwise.
+    With `profile="auto"` the profile is chosen for `model` (and `size`, the (height, width) the app renders) before
+    anything is loaded. The profile's own model loads at the commit and weights variant it was tuned on, unless
+    `revision` / `variant` say otherwise; another revision than the tuned one warns (`ProfileMismatchWarning`). A
+    single-file checkpoint loads with the pipeline `config` it was tuned with, unless `config` says otherwise.
     """
     if str(profile) == AUTO and model is None:
         raise ProfileError('profile "auto" picks a profile for a model: give the model too')
-    resolved = resolve_profile(profile, search_path, model) if profile is not None else None
+    resolved = resolve_profile(profile, search_path, model, size=size) if profile is not None else None
     tuned = resolved.model if resolved is not None and model in (None, resolved.model.id) else None
     model = model or (resolved.model.id if resolved else pipelines.DEFAULT_MODEL)
     if tuned is not None and tuned.revision and revision not in (None, tuned.revision):

@@ -36,6 +36,8 @@ class Candidate:
     others_cpu_share: float | None = None  # of all cores, used by other processes while it was timed
     trial_images_per_s: Stat | None = None  # what its trial measured, at its batch size
     trial_quality: dict[str, float] = field(default_factory=dict)  # its trial's scores
+    # Its trial's batch and figures at each of the workload's other sizes (`trials.size_record`).
+    trial_sizes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def frames_per_s(self) -> Stat | None:
@@ -98,7 +100,8 @@ def distinct_candidates(trials: list) -> list[Candidate]:
         key = settings_key(settings)
         chosen.setdefault(key, Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"],
                                          trial=trial.number, trial_images_per_s=_trial_rate(trial),
-                                         trial_quality=dict(trial.user_attrs.get("quality") or {})))
+                                         trial_quality=dict(trial.user_attrs.get("quality") or {}),
+                                         trial_sizes=list(trial.user_attrs.get("sizes") or [])))
     return list(chosen.values())
 
 

@@ -45,7 +45,7 @@ from .options import (  # noqa: E402
 )
 from .units import check_size, format_size  # noqa: E402
 from .worker_server import start_early as start_worker_server  # noqa: E402
-from .workload import parse_call  # noqa: E402
+from .workload import check_sizes, parse_call, parse_size  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -120,6 +120,8 @@ def search(
              "what it has; the profile is always written")] = None,
     height: Annotated[int | None, typer.Option(help="image height (default: the pipeline's own)")] = None,
     width: Annotated[int | None, typer.Option(help="image width (default: the pipeline's own)")] = None,
+    size: Annotated[list[str] | None, typer.Option(help="WIDTHxHEIGHT the app renders (repeatable: one profile, the "
+                                                        "knobs tuned for every size, a batch for each)")] = None,
     steps: Annotated[int | None, typer.Option(help="inference steps (default: the pipeline's own)")] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="a prompt the app renders (repeatable; default: two "
                                                           "built-in prompts)")] = None,
@@ -167,6 +169,9 @@ def search(
     if guidance is not None and not guidance >= 0:
         raise InvalidInput(f"--guidance must be 0 or more, got {guidance:g}")
     workload_prompts = read_prompts(prompt or [], prompts)
+    sizes = [parse_size(text) for text in size] if size else None
+    if sizes is not None:
+        check_sizes(sizes, height, width, several_allowed=floor is None and objective != "pareto")
     call_arguments = parse_call(call or [])
     if budget is not None:
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
@@ -179,6 +184,7 @@ def search(
         from .dry_run import dry_run as describe
         from .pipelines import HubOptions
 
+        height, width = sizes[0] if sizes else (height, width)
         told = describe(model or DEFAULT_MODEL, budget, height, width, steps, parse_pins(pin or []),
                         floor is not None, reference_steps, device,
                         HubOptions(revision, variant, local_files_only, config))
@@ -196,7 +202,7 @@ def search(
     with resume_line(), progress:
         outcome = run_search(
             model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
-            width=width, steps=steps, prompts=workload_prompts, negative_prompt=negative_prompt,
+            width=width, sizes=sizes, steps=steps, prompts=workload_prompts, negative_prompt=negative_prompt,
             guidance_scale=guidance, call=call_arguments, seed=seed, sampler=sampler, pruner=pruner, storage=storage,
             study_name=study, out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
             workers=workers, top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,

@@ -18,6 +18,7 @@ from rich.table import Table
 from .exceptions import ProfileError
 from .options import DEFAULT_MODEL
 from .units import format_size
+from .workload import parse_size
 
 profiles_app = typer.Typer(help="Shipped and local profiles.", no_args_is_help=True)
 console = Console()
@@ -92,16 +93,16 @@ def profiles_validate(
     files: Annotated[list[str], typer.Argument(help="profile files to check (for an app's CI)")],
 ) -> None:
     """Check profile files: schema, values, and contradictions; exit 1 when any file has a problem."""
-    from .library import check_profile, profile_picks
+    from .library import profile_picks
     from .profile import load_profile
 
     bad = 0
     for file in files:
         try:
             picks = profile_picks(Path(file)) if Path(file).is_file() else []
-            problems = [f"{pick}: {problem}" for pick in picks for problem in check_profile(load_profile(file, pick))]
+            problems = [f"{pick}: {problem}" for pick in picks for problem in load_profile(file, pick).contradictions()]
             if not picks:
-                problems = check_profile(load_profile(file))
+                problems = load_profile(file).contradictions()
         except ProfileError as error:
             problems = [str(error).removeprefix(f"{file}: ")]
         if problems:
@@ -119,11 +120,13 @@ def profiles_validate(
 def profiles_select(
     model: ModelOption = DEFAULT_MODEL,
     search_path: SearchPathOption = None,
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT the app renders: a profile tuned at it first")] = None,
 ) -> None:
     """Show which profile `apply_profile(pipe, "auto")` would pick for a model here, and why each other is not."""
+    wanted = parse_size(size) if size else None  # before torch loads
     from .library import select_profile
 
-    selection = select_profile(model, search_path=search_path)
+    selection = select_profile(model, search_path=search_path, size=wanted)
     console.print(f"{selection.pipeline} with a {selection.denoiser} ({model}) on {selection.hardware.describe()}, "
                   f"{format_size(selection.free_memory_bytes)} free", highlight=False)
     table = Table(title="Ranking" if selection.ranking else "Ranking: no profile fits, nothing would be applied")

@@ -148,20 +148,6 @@ def profile_picks(path: Path) -> list[str]:
     return []
 
 
-def check_profile(profile: Profile) -> list[str]:
-    """Contradictions a valid schema cannot catch (a hand-edited file): each one a sentence, empty when none."""
-    problems = []
-    budget, metrics = profile.goal.memory_budget_bytes, profile.metrics
-    if budget and metrics and metrics.peak_memory_bytes and metrics.peak_memory_bytes > budget:
-        problems.append(f"metrics.peak_memory_bytes ({format_size(metrics.peak_memory_bytes)}) is over "
-                        f"goal.memory_budget_bytes ({format_size(budget)})")
-    floor = profile.goal.quality_floor
-    if floor and metrics and floor.metric in metrics.quality and metrics.quality[floor.metric] < floor.min:
-        problems.append(f"metrics.quality.{floor.metric} ({metrics.quality[floor.metric]}) is under "
-                        f"goal.quality_floor.min ({floor.min})")
-    return problems
-
-
 # ---- selection ----
 
 
@@ -236,6 +222,7 @@ def select_profile(
     search_path: SearchPath = None,
     fingerprint: Fingerprint | Hardware | None = None,
     free_memory_bytes: int | None = None,
+    size: tuple[int, int] | None = None,
 ) -> Selection:
     """Pick the profile that fits this pipeline (or model id) on this machine, and say why.
 
@@ -243,8 +230,9 @@ def select_profile(
     same device kind, and every setting must be able to run here (no fallback). Then the same GPU model (on CPU: the
     same processor and core count) whose measured peak memory fits the free memory ranks first; else one of the same
     generation (GPU: compute capability; CPU: vector instruction set) whose memory budget fits it. Within that, a
-    profile of the same model id first, then the highest measured images/s. Nothing is guessed: when no candidate
-    qualifies, `Selection.profile` is None and `require()` raises `NoProfileFits`.
+    profile of the same model id first, then one tuned at `size` ((height, width), the size the app will render:
+    the workload's own or one of its `other_sizes`), then the highest measured images/s. Nothing is guessed: when no
+    candidate qualifies, `Selection.profile` is None and `require()` raises `NoProfileFits`.
 
     `candidates` defaults to every profile in the library (`search_path=` adds an app's folders). `fingerprint` and
     `free_memory_bytes` default to probing this machine.
@@ -263,7 +251,7 @@ def select_profile(
     else:
         model = pipe.name_or_path  # what from_pretrained was given (hub id or folder); built-ins record theirs
         pipeline, net = type(pipe).__name__, type(pipelines.denoiser(pipe)).__name__
-    considered = [_consider(label, profile, error, pipeline, net, model, hardware, free, pipe)
+    considered = [_consider(label, profile, error, pipeline, net, model, hardware, free, pipe, size)
                   for label, profile, error in _candidates(candidates, search_path)]
     for order, item in enumerate(considered):
         item.rank_key = (*item.rank_key, order)  # ties keep lookup order: a user's folder before an app's
@@ -294,7 +282,8 @@ def _candidates(candidates: Iterable[ProfileSource] | None, search_path: SearchP
 
 
 def _consider(label: str, profile: Profile | None, error: str | None, pipeline: str, net: str, model: str | None,
-              hardware: Hardware, free: int, pipe: DiffusionPipeline | None) -> Considered:
+              hardware: Hardware, free: int, pipe: DiffusionPipeline | None,
+              size: tuple[int, int] | None = None) -> Considered:
     item = Considered(label, profile)
     if profile is None or error:
         item.rejections.append(error or "unreadable")
@@ -321,9 +310,13 @@ def _consider(label: str, profile: Profile | None, error: str | None, pipeline: 
     same_id = model is not None and profile.model.id == model
     if not same_id:
         item.notes.append(f"tuned on {profile.model.id}, another model of the same classes")
+    other_size = size is not None and tuple(size) not in profile.workload.sizes()
+    if size is not None:
+        tuned = ", ".join(f"{height}x{width}" for height, width in profile.workload.sizes())
+        item.notes.append(f"tuned at {tuned} (height x width), " + ("not at this size" if other_size else "this size"))
     rate = item.images_per_s
     item.notes.append(f"{rate:.3g} images/s measured" if rate is not None else "no images/s recorded: ranked last")
-    item.rank_key = (not same_model, not same_id, -(rate or 0.0))
+    item.rank_key = (not same_model, not same_id, other_size, -(rate or 0.0))
     return item
 
 

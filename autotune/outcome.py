@@ -19,7 +19,18 @@ from .comparison import Ratio
 from .exceptions import CannotWrite, NothingFits
 from .hardware import Fingerprint
 from .host_load import BUSY_SHARE, others_share
-from .profile import Goal, Metrics, ModelInfo, Profile, ProfileSet, Provenance, SpeedRatio, Workload, now
+from .profile import (
+    Goal,
+    Metrics,
+    ModelInfo,
+    Profile,
+    ProfileSet,
+    Provenance,
+    SizeSettings,
+    SpeedRatio,
+    Workload,
+    now,
+)
 from .remeasure import remeasure
 from .scoring import Scoring, scoring_for
 from .space import REFERENCE_RECIPE
@@ -130,6 +141,8 @@ def finish_study(
             goal=Goal(objective=objective, memory_budget_bytes=budget_bytes,
                       quality_floor=scoring.floor_record() if scoring and floor else None),
             settings=candidate.settings,
+            other_sizes=[SizeSettings(**{key: size[key] for key in SizeSettings.model_fields})
+                         for size in candidate.trial_sizes if size.get("batch_size")],
             metrics=metrics_of(candidate, baseline, others_cpu_share),
             provenance=Provenance(sampler=type(study.sampler).__name__, seed=spec.seed, trials=trials,
                                   study=study.study_name, storage=redact(storage_url), created=now(),

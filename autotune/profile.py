@@ -25,18 +25,15 @@ from pydantic import (
 )
 
 from . import knobs
-from .exceptions import ProfileError, UnreadableProfile
+from .exceptions import ProfileError
 from .files import write_atomic
 from .hardware import Hardware, Software
+from .profile_yaml import parse_yaml, read_yaml
 from .workload import IMAGE_SEED_STRIDE as IMAGE_SEED_STRIDE  # tests and bench read it from here
 from .workload import Workload
 
 SCHEMA_VERSION = 1
 
-# What one profile file may expand to. A real profile is ~100 values a few levels deep; the bounds only stop a file
-# whose aliases multiply (a "billion laughs") or whose nesting would exhaust the stack before a ProfileError.
-MAX_YAML_DEPTH = 64
-MAX_YAML_NODES = 100_000
 # An offending value is quoted up to this length: a message stays one readable line whatever the input.
 MAX_QUOTED = 80
 
@@ -112,6 +109,17 @@ class Metrics(_Strict):
     others_cpu_share: float | None = Field(default=None, ge=0, le=1)
 
 
+class SizeSettings(_Strict):
+    """One of the workload's other sizes (`workload.other_sizes`): the batch its trial chose there, under the same
+    budget, and what that batch measured in the trial (the re-measurement times the workload's own size only)."""
+
+    height: PositiveInt
+    width: PositiveInt
+    batch_size: PositiveInt
+    images_per_s: float | None = Field(default=None, ge=0)
+    peak_memory_bytes: PositiveInt | None = None
+
+
 class Provenance(_Strict):
     sampler: str
     seed: int | None = None
@@ -147,6 +155,7 @@ class Profile(_Strict):
     workload: Workload
     goal: Goal = Field(default_factory=Goal)
     settings: Settings = Field(default_factory=Settings)
+    other_sizes: list[SizeSettings] = Field(default_factory=list)
     metrics: Metrics | None = None
     provenance: Provenance | None = None
     # The file it was read from (`set.yaml#pick` for a pick): what is shipped beside it is found from there.
@@ -156,7 +165,8 @@ class Profile(_Strict):
     def source(self) -> str | None:
         return self._source
 
-    def call_kwargs(self, seed: int | None = None, batch: bool = False) -> dict[str, Any]:
+    def call_kwargs(self, seed: int | None = None, batch: bool = False, height: int | None = None,
+                    width: int | None = None) -> dict[str, Any]:
         """Keyword arguments for the pipeline call: the workload's (size, guidance, negative prompt and the call
         arguments it sets), then steps, for one image per prompt: what an app serving one image per request asks.
 
@@ -168,16 +178,51 @@ class Profile(_Strict):
         per-image`), so each image is the one a batch of one would give. `seed=profile.workload.prompt_seed(i)`
         with the workload's i-th prompt reproduces the images the search measured.
 
+        `height` and `width` ask for another size than the workload's: one the profile was tuned at
+        (`workload.other_sizes`) brings its own batch; any other renders with the same knobs, one image per prompt.
+
         >>> image = pipe(prompt, **profile.call_kwargs()).images[0]  # doctest: +SKIP
         >>> images = pipe(prompt, **profile.call_kwargs(seed=1234, batch=True)).images  # doctest: +SKIP
+        >>> small = pipe(prompt, **profile.call_kwargs(height=512, width=512)).images[0]  # doctest: +SKIP
         """
-        knob_kwargs = knobs.call_kwargs(self.settings_dict())
+        height, width = height or self.workload.height, width or self.workload.width
+        batch_size = self.batch_size_at(height, width)
+        if batch and batch_size is None:
+            tuned = ", ".join(f"{h}x{w}" for h, w in self.workload.sizes())
+            raise ProfileError(f"the profile has no batch for {height}x{width}: it was tuned at {tuned}")
+        knob_kwargs = knobs.call_kwargs({**self.settings_dict(), "batch_size": batch_size or 1})
         if not batch:  # the pipeline's own default: one image per prompt
             knob_kwargs.pop("num_images_per_prompt", None)
-        kwargs = self.workload.call_kwargs(knob_kwargs)
+        kwargs = self.workload.call_kwargs(knob_kwargs) | {"height": height, "width": width}
         if seed is not None:
-            kwargs["generator"] = self.workload.generators(seed, self.settings.batch_size if batch else 1)
+            kwargs["generator"] = self.workload.generators(seed, batch_size if batch and batch_size else 1)
         return kwargs
+
+    def batch_size_at(self, height: int, width: int) -> int | None:
+        """The batch the profile was tuned at for `height` x `width`; None for a size it was not tuned at."""
+        if (height, width) == (self.workload.height, self.workload.width):
+            return self.settings.batch_size
+        return next((size.batch_size for size in self.other_sizes if (size.height, size.width) == (height, width)),
+                    None)
+
+    def contradictions(self) -> list[str]:
+        """What a valid schema cannot catch (a hand-edited file): each one a sentence, empty when none."""
+        from .units import format_size
+
+        problems = []
+        budget, metrics = self.goal.memory_budget_bytes, self.metrics
+        if budget and metrics and metrics.peak_memory_bytes and metrics.peak_memory_bytes > budget:
+            problems.append(f"metrics.peak_memory_bytes ({format_size(metrics.peak_memory_bytes)}) is over "
+                            f"goal.memory_budget_bytes ({format_size(budget)})")
+        floor = self.goal.quality_floor
+        if floor and metrics and floor.metric in metrics.quality and metrics.quality[floor.metric] < floor.min:
+            problems.append(f"metrics.quality.{floor.metric} ({metrics.quality[floor.metric]}) is under "
+                            f"goal.quality_floor.min ({floor.min})")
+        tuned = sorted((size.height, size.width) for size in self.other_sizes)
+        if tuned != sorted(self.workload.other_sizes):
+            problems.append(f"other_sizes ({tuned}) are not the workload's other_sizes "
+                            f"({sorted(self.workload.other_sizes)})")
+        return problems
 
     def settings_dict(self) -> dict[str, Any]:
         return self.settings.model_dump()
@@ -292,78 +337,8 @@ def profile_set_from_dict(data: Any, source: str = "profile set") -> ProfileSet:
     return _validated(ProfileSet, data, source, "a profile set")
 
 
-def read_yaml(path: Path) -> Any:
-    """A profile file's YAML as data, within the loader's bounds; any problem is one ProfileError naming the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UnreadableProfile(f"{path}: cannot read the profile ({error.strerror or error})") from None
-    except UnicodeDecodeError as error:
-        raise UnreadableProfile(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-                                f"{error.start}); save the profile as UTF-8") from None
-    return _parse_yaml(text, str(path))
-
-
-class _Unbounded(yaml.MarkedYAMLError):
-    pass
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a document nested deeper than MAX_YAML_DEPTH or whose aliases expand to more
-    than MAX_YAML_NODES values, before anything is built from it."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        self.depth += 1
-        try:
-            if self.depth > MAX_YAML_DEPTH:
-                raise _Unbounded(problem=f"nested deeper than {MAX_YAML_DEPTH} levels",
-                                 problem_mark=self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        _expanded_size(node, {}, set())
-        return super().construct_document(node)
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
-    """How many values `node` stands for once every alias is expanded; an alias is the same node object, so each node
-    is counted once (linear time) however often it is referred to."""
-    if id(node) in sizes:
-        return sizes[id(node)]
-    if id(node) in open_nodes:
-        raise _Unbounded(problem="an alias refers to itself", problem_mark=node.start_mark)
-    open_nodes.add(id(node))
-    children: list[yaml.Node] = []
-    if isinstance(node, yaml.SequenceNode):
-        children = node.value
-    elif isinstance(node, yaml.MappingNode):
-        children = [part for pair in node.value for part in pair]
-    size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in children)
-    if size > MAX_YAML_NODES:
-        raise _Unbounded(problem=f"expands to more than {MAX_YAML_NODES} values (aliases?)",
-                         problem_mark=node.start_mark)
-    open_nodes.discard(id(node))
-    sizes[id(node)] = size
-    return size
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader with bounds
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ProfileError(f"{source}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-
-
 def profile_from_text(text: str, source: str = "profile") -> Profile:
-    return profile_from_dict(_parse_yaml(text, source), source)
+    return profile_from_dict(parse_yaml(text, source), source)
 
 
 def describe_errors(error: ValidationError) -> str:

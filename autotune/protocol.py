@@ -163,9 +163,19 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
+class SizeResult:
+    """A trial's batches at one of the workload's other sizes (`Workload.other_sizes`)."""
+
+    height: int
+    width: int
+    batches: tuple[BatchResult, ...]
+
+
+@dataclass(frozen=True)
 class TrialResult:
     settings: dict[str, Any]  # as applied (read back from the pipeline)
-    batches: tuple[BatchResult, ...]
+    batches: tuple[BatchResult, ...]  # at the workload's own size
+    other_sizes: tuple[SizeResult, ...] = ()
     quality: dict[str, float] | None = None
     recycle: bool = False  # the worker's state is suspect (after an out-of-memory error): replace it
     # Seconds in the worker: copying the pristine pipeline (loading it, the first time), applying the knobs, warm-up

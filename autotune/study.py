@@ -131,7 +131,8 @@ def default_study_name(model_id: str, fingerprint: Fingerprint, workload: Worklo
     same command with another --budget starts a study of its own (its trials' feasibility depends on it)."""
     hardware = fingerprint.hardware
     where = hardware.gpu if hardware.device == "cuda" else "cpu"
-    text = f"{model_id}-{where}-{workload.height}x{workload.width}-{objective}"
+    sizes = "-".join(f"{height}x{width}" for height, width in workload.sizes())
+    text = f"{model_id}-{where}-{sizes}-{objective}"
     if budget_bytes is not None:
         text += f"-{budget_bytes / 2**30:.3g}gib"
     if floor is not None:
@@ -224,7 +225,7 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
 
 
 # Workload fields added after studies were first recorded, with the value a study recorded before them meant.
-_LATER_WORKLOAD_FIELDS = {"negative_prompt": None, "call": {}, "output": "image"}
+_LATER_WORKLOAD_FIELDS = {"negative_prompt": None, "call": {}, "output": "image", "other_sizes": []}
 
 
 def _identity(key: str, value: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import time
@@ -252,10 +253,12 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
     if not batches:  # out of memory at the only batch size asked for
         return record_failure(trial, objective, "oom", answer.batches[0].oom, scoring)
     problem = next((b.image_problem for b in batches if b.image_problem), None)
-    fitting = [b for b in batches if b.peak_memory_bytes is not None and b.peak_memory_bytes <= budget_bytes
-               and not b.image_problem]
-    key = (lambda b: -b.seconds_per_image) if objective == "latency" else (lambda b: b.images_per_s_median)
-    chosen = max(fitting, key=key) if fitting else min(batches, key=lambda b: b.peak_memory_bytes or 0)
+    chosen, fitting = choose_batch(batches, budget_bytes, objective)
+    others = [(size, *choose_batch([b for b in size.batches if b.oom is None], budget_bytes, objective))
+              for size in answer.other_sizes]
+    if others:  # each other size at its own best batch; the objective weighs every size alike (geometric mean)
+        trial.set_user_attr("sizes", [size_record(size, best) for size, best, _ in others])
+        fitting = fitting if all(fits for _, _, fits in others) else []
     trial.set_user_attr("batch_size", chosen.batch_size)
     trial.set_user_attr("images_per_s", chosen.images_per_s_median)
     trial.set_user_attr("seconds_per_image", chosen.seconds_per_image)
@@ -273,7 +276,8 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
             trial.set_user_attr("failure", "quality")
             trial.set_user_attr("reason", f"{scoring.metric} {scores[scoring.metric]:.4g} < {scoring.minimum:.4g}")
     # Constraints are <= 0 when met; in GiB, so the sampler sees sizes it can compare. Unmeasured memory violates.
-    peak = chosen.peak_memory_bytes
+    peaks = [chosen.peak_memory_bytes, *(best.peak_memory_bytes if best else None for _, best, _ in others)]
+    peak = None if None in peaks else max(peaks)
     trial.set_constraint("memory", (peak - budget_bytes) / 2**30 if peak is not None else 1.0)
     trial.set_constraint("image", 1.0 if problem and not fitting else 0.0)
     trial.set_constraint("failure", 0.0)
@@ -284,7 +288,33 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
     if objective == "pareto":
         return [chosen.images_per_s_median, peak / 2**30,
                 (scores or {}).get(scoring.metric if scoring else "ssim", quality.worst_score("ssim"))]
-    return chosen.seconds_per_image if objective == "latency" else chosen.images_per_s_median
+    if objective == "latency":
+        return geometric_mean([chosen.seconds_per_image, *(best.seconds_per_image for _, best, _ in others)])
+    return geometric_mean([chosen.images_per_s_median, *(best.images_per_s_median for _, best, _ in others)])
+
+
+def choose_batch(batches: list[protocol.BatchResult], budget_bytes: int,
+                 objective: str) -> tuple[protocol.BatchResult | None, bool]:
+    """The batch a trial keeps at one size: the best under the budget with usable images, else the smallest
+    measured (recorded, infeasible); and whether it fits."""
+    fitting = [b for b in batches if b.peak_memory_bytes is not None and b.peak_memory_bytes <= budget_bytes
+               and not b.image_problem]
+    if not fitting:
+        return min(batches, key=lambda b: b.peak_memory_bytes or 0, default=None), False
+    key = (lambda b: -b.seconds_per_image) if objective == "latency" else (lambda b: b.images_per_s_median)
+    return max(fitting, key=key), True
+
+
+def size_record(size: protocol.SizeResult, chosen: protocol.BatchResult | None) -> dict[str, Any]:
+    """What a trial records of one of the workload's other sizes: its batch and that batch's figures."""
+    return {"height": size.height, "width": size.width, "batch_size": chosen.batch_size if chosen else None,
+            "images_per_s": chosen.images_per_s_median if chosen else None,
+            "peak_memory_bytes": chosen.peak_memory_bytes if chosen else None,
+            "oom": next((b.oom for b in size.batches if b.oom), None)}
+
+
+def geometric_mean(values: list[float]) -> float:
+    return math.prod(values) ** (1 / len(values))
 
 
 def record_failure(trial: optuna.Trial, objective: str, kind: str, reason: str,

@@ -44,7 +44,7 @@ from .time_split import time_split
 from .trials import SearchInterrupted, run_trials
 from .units import parse_size
 from .worker import ModelSource, Worker, WorkerConfig
-from .workload import check_call, check_controlled
+from .workload import check_call, check_controlled, check_sizes
 
 __all__ = ["DEFAULT_PROMPTS", "SearchInterrupted", "SearchOutcome", "run_search", "search"]
 
@@ -80,6 +80,7 @@ def run_search(
     timeout_s: float | None = None,
     height: int | None = None,
     width: int | None = None,
+    sizes: list[tuple[int, int]] | None = None,
     steps: int | None = None,
     prompts: list[str] | None = None,
     negative_prompt: str | None = None,
@@ -123,7 +124,9 @@ def run_search(
     by `config` (a diffusers folder or hub id) or, without it, by the repository diffusers infers from its keys.
     `device` is `cpu`, `cuda` or `cuda:N` (the N-th visible GPU, chosen before CUDA starts).
 
-    The workload is what the app will render: `prompts` (each timed call renders the next), `negative_prompt`,
+    The workload is what the app will render: its size (`height`, `width`; or `sizes`, several (height, width) that
+    one pipeline renders: each trial times every size, each at its own batch, and the objective weighs them alike,
+    as their geometric mean), `prompts` (each timed call renders the next), `negative_prompt`,
     `guidance_scale` (None: the pipeline's own) and `call`, any other argument of the pipeline call
     (`{"num_frames": 33}`; text values such as `"256"` are typed from the call's signature). An argument the pipeline
     does not take is refused before any trial runs.
@@ -145,6 +148,10 @@ def run_search(
     if prompts is not None and (not prompts or not all(isinstance(p, str) and p.strip() for p in prompts)):
         raise InvalidInput("the prompts must be a non-empty list of non-blank texts")
     check_controlled(call or {})
+    other_sizes: list[tuple[int, int]] = []
+    if sizes is not None:
+        several = quality_floor is None and objective != "pareto"
+        height, width, other_sizes = check_sizes(list(map(tuple, sizes)), height, width, several)
     if out is not None:  # before the model loads: a read-only folder found after the search loses the profile
         check_writable(str(out).replace("{study}", "study"))
     floor = quality.parse_floor(quality_floor) if isinstance(quality_floor, str) else quality_floor
@@ -178,7 +185,8 @@ def run_search(
             raise UnknownModel(f"cannot load {model_id}: {failure.reason} (the loading's output: {loading_log})"
                                ) from None
         workload = Workload(
-            height=height or info.default_size, width=width or info.default_size, prompts=prompts or DEFAULT_PROMPTS,
+            height=height or info.default_size, width=width or info.default_size, other_sizes=other_sizes,
+            prompts=prompts or DEFAULT_PROMPTS,
             seed=seed, guidance_scale=guidance_scale, negative_prompt=negative_prompt, output=info.output,
             call=check_workload_arguments(info, call or {}, negative_prompt, guidance_scale),
         )
@@ -191,7 +199,7 @@ def run_search(
         fixed = {**({} if "steps" in space else {"steps": steps}), **pinned}
         spec = StudySpec(
             model=model_id, loadable=isinstance(model, str), pipeline=info.pipeline, denoiser=info.denoiser,
-            workload=workload.model_dump(), objective=objective, fixed=fixed,
+            workload=workload.model_dump(mode="json"), objective=objective, fixed=fixed,
             hardware=hardware.model_dump(), space=space, memory_budget_bytes=budget_bytes, n_trials=n_trials,
             max_batch=max_batch, trial_timeout_s=trial_timeout_s, sampler=sampler, seed=seed,
             deadline=trials_deadline(started, timeout_s), steps=steps,

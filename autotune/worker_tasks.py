@@ -244,9 +244,9 @@ def _describe(state: WorkerState, task: protocol.Describe) -> protocol.Descripti
 
 
 def _trial(state: WorkerState, task: protocol.TrialTask) -> protocol.TrialResult:
-    """Apply the settings, then time growing batch sizes for as long as the task's batch policy says it pays."""
+    """Apply the settings, then time growing batch sizes for as long as the task's batch policy says it pays, at
+    each size of the workload."""
     from .apply import apply_settings
-    from .measure import measure
 
     started = time.perf_counter()
     pipe = state.fresh_pipeline(task.settings)
@@ -255,35 +255,51 @@ def _trial(state: WorkerState, task: protocol.TrialTask) -> protocol.TrialResult
     # Where the trial's time went, the timed calls apart from the rest (`protocol.TrialResult.seconds`).
     seconds = {"model": copied - started, "knobs": time.perf_counter() - copied, "warmup": 0.0, "timed": 0.0,
                "scoring": 0.0}
+    own = task.workload.at(task.workload.height, task.workload.width)
+    measured = _batches(state, pipe, own, task, seconds, first_size=True)
+    # The other sizes the app renders, with the same knobs: each finds its own batch (the pruner judges the first).
+    others = tuple(protocol.SizeResult(height, width, _batches(state, pipe, task.workload.at(height, width), task,
+                                                                seconds, first_size=False))
+                   for height, width in task.workload.other_sizes if not any(entry.oom for entry in measured))
+    # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
+    seconds["worker"] = time.perf_counter() - started
+    batches = [*measured, *(entry for size in others for entry in size.batches)]
+    return protocol.TrialResult(settings=settings, batches=measured, other_sizes=others,
+                                quality=measured[0].quality, recycle=any(entry.oom for entry in batches),
+                                seconds={key: round(value, 4) for key, value in seconds.items()})
+
+
+def _batches(state: WorkerState, pipe: DiffusionPipeline, workload, task: protocol.TrialTask,
+             seconds: dict[str, float], first_size: bool) -> tuple[protocol.BatchResult, ...]:
+    """Time growing batches at one size, for as long as the task's batch policy says it pays (and, at the first
+    size, the parent's pruner); the first size's first batch is scored when the task asks."""
+    from .measure import measure
+
     measured: list[protocol.BatchResult] = []
     for batch in task.policy.sizes:
         kwargs = {**task.call_kwargs, "num_images_per_prompt": batch}
         try:
-            result = measure(pipe, task.workload, kwargs, task.repeats)
+            result = measure(pipe, workload, kwargs, task.repeats)
         except Exception as error:
-            if not measured or not is_oom(error):
+            if not is_oom(error) or (first_size and not measured):  # another size's OOM: it does not fit there
                 raise
             measured.append(protocol.BatchResult(batch_size=batch, oom=first_line(error)))
             break
         seconds["warmup"] += result.warmup_s or 0.0
         seconds["timed"] += sum(result.latency_s)
         scores = None
-        if task.score is not None and not measured and not result.image_problem:
+        if task.score is not None and first_size and not measured and not result.image_problem:
             # Scored once, at the first batch: per-image seeding keeps each image the same at every batch size.
             scoring_started = time.perf_counter()
-            scores = state.score(pipe, task.workload, kwargs, result.first_images, task.score)
+            scores = state.score(pipe, workload, kwargs, result.first_images, task.score)
             seconds["scoring"] += time.perf_counter() - scoring_started
         measured.append(protocol.BatchResult(
             batch_size=batch, images_per_s=result.images_per_s,
             seconds_per_image=result.latency.median / batch, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
             warmup_s=result.warmup_s, image_problem=result.image_problem, quality=scores))
-        if not task.policy.worth_next(measured) or not state.go_on(measured[-1]):
+        if not task.policy.worth_next(measured) or (first_size and not state.go_on(measured[-1])):
             break
-    # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
-    seconds["worker"] = time.perf_counter() - started
-    return protocol.TrialResult(settings=settings, batches=tuple(measured), quality=measured[0].quality,
-                                recycle=any(entry.oom for entry in measured),
-                                seconds={key: round(value, 4) for key, value in seconds.items()})
+    return tuple(measured)
 
 
 def _prepare(state: WorkerState, task: protocol.Prepare) -> protocol.Prepared:

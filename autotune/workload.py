@@ -31,7 +31,7 @@ VIDEO_BATCH_ARGUMENT = "num_videos_per_prompt"
 # change what is measured behind the search's back.
 CONTROLLED: dict[str, str] = {
     "prompt": "--prompt or --prompts", "negative_prompt": "--negative-prompt", "guidance_scale": "--guidance",
-    "height": "--height", "width": "--width", "num_inference_steps": "--steps (or the steps knob)",
+    "height": "--height or --size", "width": "--width or --size", "num_inference_steps": "--steps (or the steps knob)",
     "num_images_per_prompt": "the batch_size knob (--pin batch_size=N)",
     VIDEO_BATCH_ARGUMENT: "the batch_size knob (--pin batch_size=N)", "generator": "--seed",
     "output_type": "nothing: autotune reads the output as arrays", "return_dict": "nothing: autotune reads the output",
@@ -62,6 +62,16 @@ class Workload(BaseModel):
     call: dict[str, CallValue] = Field(default_factory=dict)
     output: Literal["image", "video"] = "image"
     seeding: Literal["shared", "per-image"] = "per-image"
+    # Further (height, width) the app renders with the same pipeline: a trial times each, with a batch of its own.
+    other_sizes: list[tuple[PositiveInt, PositiveInt]] = Field(default_factory=list)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """Every (height, width) the workload renders, its own first."""
+        return [(self.height, self.width), *self.other_sizes]
+
+    def at(self, height: int, width: int) -> Workload:
+        """This workload at one of its sizes, alone."""
+        return self.model_copy(update={"height": height, "width": width, "other_sizes": []})
 
     def prompt_seed(self, index: int) -> int:
         """The seed of the workload's `index`-th prompt (prompts repeat past the last)."""
@@ -93,6 +103,37 @@ class Workload(BaseModel):
         if self.output == "video" and "num_images_per_prompt" in kwargs:
             kwargs[VIDEO_BATCH_ARGUMENT] = kwargs.pop("num_images_per_prompt")
         return kwargs
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`--size WxH` (width first, as image sizes are written) as (height, width).
+
+    >>> parse_size("768x512")
+    (512, 768)
+    """
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.strip().isdigit() or not height.strip().isdigit() or not int(width) or not int(height):
+        raise InvalidInput(f"--size takes WIDTHxHEIGHT in pixels (768x512), got {text!r}")
+    return int(height), int(width)
+
+
+def check_sizes(sizes: list[tuple[int, int]], height: int | None, width: int | None, several_allowed: bool
+                ) -> tuple[int, int, list[tuple[int, int]]]:
+    """The workload's size and its other sizes from `sizes` ((height, width) each, the first the workload's own),
+    refused in one line when --height/--width are given too, a size repeats, or there are several where the search
+    scores one size (`several_allowed` False: a quality floor, a Pareto search)."""
+    if not sizes:
+        raise InvalidInput("give at least one size")
+    if height is not None or width is not None:
+        raise InvalidInput("give the sizes with --size or with --height/--width, not both")
+    if any(not (isinstance(side, int) and side > 0) for size in sizes for side in size):
+        raise InvalidInput(f"each size is a (height, width) of positive pixel counts, got {sizes}")
+    if len(set(sizes)) < len(sizes):
+        raise InvalidInput("a size is given twice")
+    if len(sizes) > 1 and not several_allowed:
+        raise InvalidInput("several sizes are searched for speed (throughput or latency); a quality floor or a Pareto "
+                           "search scores one size: give one --size")
+    return sizes[0][0], sizes[0][1], list(sizes[1:])
 
 
 def parse_call(pairs: list[str]) -> dict[str, str]:

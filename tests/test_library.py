@@ -22,7 +22,7 @@ from autotune.apply import apply_profile, load_pipeline, resolve_profile
 from autotune.cli import app
 from autotune.exceptions import NoProfileFits, ProfileError
 from autotune.hardware import Hardware
-from autotune.library import ENV_VAR, check_profile, find_profile, list_profiles, select_profile, shipped_profiles_dir
+from autotune.library import ENV_VAR, find_profile, list_profiles, select_profile, shipped_profiles_dir
 from autotune.profile import Goal, Profile, Stat, load_profile
 
 GiB = 1024**3
@@ -298,7 +298,7 @@ def test_the_shipped_profiles_are_in_the_tuner_s_own_form_and_consistent():
         assert metrics.images_per_s.n == metrics.latency_s.n >= 2
         batch = profile.settings.batch_size
         assert metrics.images_per_s.median == pytest.approx(batch / metrics.latency_s.median, rel=0.1)
-        assert profile.goal.memory_budget_bytes is not None and check_profile(profile) == []
+        assert profile.goal.memory_budget_bytes is not None and profile.contradictions() == []
     tiny = load_profile(shipped_profiles_dir() / "tiny-sd-cpu.yaml")
     assert (tiny.hardware.device, tiny.model.id, tiny.workload.height) == ("cpu", "builtin:tiny-sd", 64)
 
@@ -316,7 +316,7 @@ def test_the_example_app_ships_valid_profiles_of_its_own():
     shipped = sorted(folder.glob("*.yaml"))
     assert shipped
     for path in shipped:
-        assert check_profile(load_profile(path)) == []
+        assert load_profile(path).contradictions() == []
     names = {entry.name for entry in list_profiles(folder) if entry.origin == "app"}
     assert names == {path.stem for path in shipped}
 
