@@ -1,9 +1,12 @@
-"""The package's shape, as the contributors' guide promises it: small modules, one direction of imports, and no
-private name reached into from another module."""
+"""The package's shape, as the contributors' guide promises it: small modules, one direction of imports, no
+private name reached into from another module, and nothing the linter finds."""
 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,14 @@ def test_no_import_cycle():
 
     cycles = [cycle for name in graph if (cycle := cycle_from(name))]
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_ruff_finds_nothing_in_the_checkout():
+    """The linter the project uses (pyproject's [tool.ruff]), run where CI runs the tests: a lint error fails CI."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is one of the test extras: pip install -e '.[test]'"
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=PACKAGE.parent, capture_output=True, text=True)
+    files = tracked.stdout.split() if tracked.returncode == 0 else ["."]  # a tree without git: all of it
+    linted = subprocess.run([ruff, "check", "--no-cache", *files], cwd=PACKAGE.parent, capture_output=True,
+                            text=True)
+    assert linted.returncode == 0, linted.stdout[-3000:]
