@@ -206,17 +206,19 @@ class Precompiled:
 
 
 def precompile(profile: ProfileLike, model: str | None = None, search_path: SearchPath = None) -> Precompiled:
-    """Render once with a compiled `profile` applied, at each call shape it serves (one image; its batch too), and
-    write what compiling made beside the profile, keyed by this machine (`compiled.artifacts_path`), for
-    `apply_profile` to hot-load at an app's start. The compile runs in an empty inductor cache, so that the
-    artifacts hold all of it, not only what this machine's cache did not have yet."""
+    """Render once with a compiled `profile` applied, at each call shape it serves (each size it was tuned at, one
+    image and its batch), and write what compiling made beside the profile, keyed by this machine
+    (`compiled.artifacts_path`), for `apply_profile` to hot-load at an app's start. The compile runs in an empty
+    inductor cache, so that the artifacts hold all of it, not only what this machine's cache did not have yet."""
     resolved = resolve_profile(profile, search_path, model)
     if resolved.settings.compile in (None, "none"):
         raise ProfileError(f"{profile} does not compile (compile: none): there is nothing to save")
     if resolved.source is None:
         raise ProfileError("precompile writes beside the profile's file: give a profile file or name")
     path = compiled.artifacts_path(resolved.source, probe())
-    calls = [resolved.call_kwargs()] + ([resolved.call_kwargs(batch=True)] if resolved.settings.batch_size > 1 else [])
+    calls = [resolved.call_kwargs(height=height, width=width, batch=batch)
+             for height, width in resolved.workload.sizes()
+             for batch in (False, True) if not batch or (resolved.batch_size_at(height, width) or 1) > 1]
     before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="autotune-precompile-") as empty:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = empty  # read at each compile

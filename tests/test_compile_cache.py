@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from autotune import compile_cache
-from autotune.profile import load_profile
+from autotune.profile import SizeSettings, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,38 +83,50 @@ def test_two_searches_compiling_the_same_graph_at_once_lose_no_trial_to_the_comp
 
 # ---- what a compiled profile compiled, shipped beside it: `autotune precompile`, hot-loaded by apply_profile ----
 
-FIRST_CALL = """
+APP = """
 import sys, torch
 from autotune import load_pipeline, load_profile
 profile = load_profile(sys.argv[1])
-load_pipeline(None, profile)(profile.workload.prompts[0], **profile.call_kwargs())
-print(torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"])
+pipe = load_pipeline(None, profile)
+graphs = []
+for height, width in [(64, 64), (48, 32), (64, 64), (48, 32)][: int(sys.argv[2])]:
+    pipe(profile.workload.prompts[0], **profile.call_kwargs(height=height, width=width))
+    graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+print(torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"], *graphs)
 """
 
 
 @pytest.mark.slow
-def test_a_precompiled_profile_compiles_nothing_again_in_a_fresh_app_process(tmp_path):
+def test_a_precompiled_two_size_profile_compiles_once_per_size_and_nothing_again_in_a_fresh_app(tmp_path):
     tuned = load_profile(ROOT / "profiles" / "tiny-sd-cpu.yaml")
-    # One call shape and inductor's default mode: the least compiling that still shows what is shipped.
-    settings = tuned.settings.model_copy(update={"compile": "default", "batch_size": 1})
+    # Two sizes, one image each, inductor's default mode over the whole denoiser: the least compiling that shows it.
+    workload = tuned.workload.model_copy(update={"other_sizes": [(48, 32)]})
+    settings = tuned.settings.model_copy(update={"compile": "default", "compile_scope": "denoiser", "batch_size": 1,
+                                                 "steps": 2})
+    profile = tuned.model_copy(update={"workload": workload, "settings": settings,
+                                       "other_sizes": [SizeSettings(height=48, width=32, batch_size=1)]})
     shipped, bare = tmp_path / "shipped", tmp_path / "bare"
     for folder in (shipped, bare):
         folder.mkdir()
-        (folder / "app.yaml").write_text(tuned.model_copy(update={"settings": settings}).to_yaml())
+        (folder / "app.yaml").write_text(profile.to_yaml())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300"}
     made = subprocess.run([sys.executable, "-m", "autotune.cli", "precompile", str(shipped / "app.yaml")],
                           capture_output=True, text=True, env=env, timeout=900)
     assert made.returncode == 0, made.stderr[-3000:]
     [artifacts] = shipped.glob("app.*.compiled")
     assert str(artifacts) in made.stdout.replace("\n", "")
-    hits = {}
-    for folder in (shipped, bare):  # each app process starts with an empty inductor cache of its own
-        cache = tmp_path / f"inductor-{folder.name}"
-        ran = subprocess.run([sys.executable, "-c", FIRST_CALL, str(folder / "app.yaml")], capture_output=True,
-                             text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": str(cache)}, timeout=900)
+    seen = {}
+    # Each app process starts with an empty inductor cache of its own; the bare one calls one size only.
+    for folder, calls in ((shipped, 4), (bare, 1)):
+        ran = subprocess.run([sys.executable, "-c", APP, str(folder / "app.yaml"), str(calls)], capture_output=True,
+                             text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{calls}")},
+                             timeout=900)
         assert ran.returncode == 0, ran.stderr[-3000:]
-        hits[folder.name] = int(ran.stdout.strip().splitlines()[-1])
-    assert hits["shipped"] > 0 and hits["bare"] == 0, hits
+        seen[folder.name] = [int(word) for word in ran.stdout.split()[-1 - calls:]]
+    hits, *graphs = seen["shipped"]
+    assert hits > 0 and seen["bare"][0] == 0, seen  # what it hit came from the shipped file
+    # One graph for the first size, one more (dynamic) for the second; alternating after that compiles nothing.
+    assert graphs[1] <= 2 * graphs[0] and graphs[1:] == [graphs[1]] * 3, graphs
 
 
 def test_precompile_refuses_a_profile_that_does_not_compile_in_one_line(tmp_path):

@@ -1,6 +1,6 @@
 """Several sizes, one profile: a search that tunes the knobs for every size an app renders, with a batch for each;
-a compiled profile that compiles once per size however the app alternates; `"auto"` preferring a profile tuned at the
-size the app asks for."""
+`"auto"` preferring a profile tuned at the size the app asks for. (A compiled profile compiling once per size however
+the app alternates: `test_compile_cache.py`.)"""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 
 from autotune import pipelines, protocol
 from autotune.apply import apply_profile
 from autotune.exceptions import ProfileError
 from autotune.library import select_profile
 from autotune.measure import summarize
-from autotune.profile import Profile, SizeSettings, Stat, load_profile
+from autotune.profile import Profile, Stat, load_profile
 from autotune.trials import record_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,24 +76,6 @@ def test_a_trial_at_two_sizes_is_worth_the_geometric_mean_and_fits_only_if_every
     trial = study.ask()
     assert record_result(trial, "throughput", out_of_memory, budget_bytes=2 * GiB) == 0.0  # infeasible
     assert trial.user_attrs["sizes"][0]["oom"] == "CUDA out of memory"
-
-
-@pytest.mark.slow
-def test_a_compiled_profile_called_at_its_sizes_alternately_compiles_once_per_size(tuned_profile):
-    torch._dynamo.reset()
-    profile = tuned_profile.model_copy(update={
-        "workload": tuned_profile.workload.model_copy(update={"other_sizes": [(48, 32)]}),
-        "other_sizes": [SizeSettings(height=48, width=32, batch_size=2)],
-        "settings": tuned_profile.settings.model_copy(update={"compile": "default", "compile_scope": "denoiser",
-                                                              "steps": 2})})
-    pipe = apply_profile(pipelines.load("builtin:tiny-sd"), profile)
-    graphs = torch._dynamo.utils.counters["stats"]
-    compiled = []
-    for height, width in ((64, 64), (48, 32), (64, 64), (48, 32), (64, 64)):
-        pipe("a cube", **profile.call_kwargs(batch=True, height=height, width=width))
-        compiled.append(graphs["unique_graphs"])
-    assert compiled[1] <= 2 * compiled[0]  # the second size compiled once (a dynamic-shape graph)
-    assert compiled[1:] == [compiled[1]] * 4  # alternating compiles nothing more
 
 
 def test_auto_prefers_a_profile_tuned_at_the_size_the_app_renders(tuned_profile):
