@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -27,11 +28,18 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from .cli_outcome import print_outcome  # noqa: E402
+from .cli_outcome import SearchProgress, print_event, print_outcome  # noqa: E402
 from .cli_profiles import precompile, profiles_app  # noqa: E402
 from .cli_recommend import recommend  # noqa: E402
 from .cli_verify import verify  # noqa: E402
-from .exceptions import AutotuneError, InvalidInput, StorageFailed, first_line  # noqa: E402
+from .exceptions import (  # noqa: E402
+    AutotuneError,
+    InvalidInput,
+    NoProfileFits,
+    NothingFits,
+    StorageFailed,
+    first_line,
+)
 from .files import check_writable  # noqa: E402
 from .flags import check_at_least_one, check_choice, check_positive, parse_pins, read_prompts  # noqa: E402
 from .options import (  # noqa: E402
@@ -48,7 +56,7 @@ from .worker_server import start_early as start_worker_server  # noqa: E402
 from .workload import check_sizes, parse_call, parse_size  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(profiles_app, name="profiles")
 app.command()(recommend)
 app.command()(verify)
@@ -233,7 +241,7 @@ def worker(
 
     with resume_line():
         completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
-                               workers=workers, on_event=_print_event)
+                               workers=workers, on_event=print_event)
     if workers == 1:
         console.print(f"this worker completed {completed} trials of study {study}")
 
@@ -252,7 +260,7 @@ def export(
     check_writable(out.replace("{study}", study))
     from .distributed import export_profile
 
-    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=_print_event)
+    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=print_event)
     print_outcome(console, outcome)
 
 
@@ -272,47 +280,6 @@ def _study_flags(storage: str | None, study: str | None) -> tuple[str, str]:
     if not study:
         raise InvalidInput("--study is required: the name of the study")
     return storage, study
-
-
-def _print_event(kind: str, data: dict) -> None:
-    if kind == "phase":
-        console.print(f"[dim]{data['message']}[/dim]", highlight=False)
-    elif data.get("failure"):
-        console.print(f"trial {data['number']}: {data['failure']}: {data['reason']} "
-                      f"({data['done']}/{data['total']} in the study)", highlight=False)
-    else:
-        console.print(f"trial {data['number']}: {data['images_per_s'] or 0:.3g} images/s "
-                      f"({data['done']}/{data['total']} in the study)", highlight=False)
-
-
-class SearchProgress:
-    """A rich progress bar: trial n/N, best images/s so far, time left."""
-
-    def __init__(self, out: Console, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[best]}"), TextColumn("{task.fields[left]}"),
-                                 console=out, transient=False)
-        self.task = self.progress.add_task("trials", total=total, best="", left="")
-
-    def __enter__(self) -> SearchProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def event(self, kind: str, data: dict) -> None:
-        if kind == "phase":
-            self.progress.console.print(f"[dim]{data['message']}[/dim]")
-            return
-        best = data["best_images_per_s"]
-        self.progress.update(self.task, completed=data["done"],
-                             best=f"best {best:.2f} img/s" if best else "best -",
-                             left=f"~{data['seconds_left'] / 60:.1f} min left")
-        if data.get("failure"):
-            self.progress.console.print(f"[dim]trial {data['number']}: {data['failure']}: {data['reason']}[/dim]")
 
 
 def _write_search_report(outcome) -> None:
@@ -348,6 +315,41 @@ def report(
     print(write_report(found.study, output or found.default_output, found.profile, found.images))
 
 
+# The exit statuses, as the README's table gives them.
+EXIT_CHECK_FAILED = 1  # verify, profiles validate or profiles select found what they check for missing
+EXIT_ERROR = 2  # a bad flag, value, file, profile or model, or a storage or disk that failed: one line says which
+EXIT_NOTHING_FITS = 3  # no configuration (or shipped profile) meets the budget and floor here
+EXIT_BUG = 70  # anything else is a bug in autotune: its traceback is printed for the report (EX_SOFTWARE)
+
+
+def _print_versions(asked: bool) -> None:
+    if asked:
+        console.print(versions(), highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", help="print the versions and exit", is_eager=True,
+                                                   callback=_print_versions)] = False) -> None:
+    """Find the fastest diffusers configuration for this machine, and apply it."""
+
+
+def versions() -> str:
+    """autotune's version and the libraries' it runs with, read without importing them (no torch start-up)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from . import __version__
+
+    found = []
+    for name in ("torch", "diffusers", "transformers", "optuna", "torchao"):
+        try:
+            found.append(f"{name} {installed(name)}")
+        except PackageNotFoundError:
+            continue
+    return f"autotune {__version__} ({', '.join(found)})"
+
+
 def main() -> None:
     """The `autotune` console script. Only autotune's own errors become one line: any other exception is a bug, and
     its traceback is what a bug report needs."""
@@ -362,7 +364,12 @@ def main() -> None:
             raise
         message = first_line(error)
         print(f"autotune: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_NOTHING_FITS if isinstance(error, (NothingFits, NoProfileFits)) else EXIT_ERROR)
+    except Exception:
+        traceback.print_exc()
+        print(f"autotune: this is a bug in {versions()}: please report it with the traceback above",
+              file=sys.stderr)
+        sys.exit(EXIT_BUG)
 
 
 def _quiet_storage_threads(args: threading.ExceptHookArgs) -> None:

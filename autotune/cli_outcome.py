@@ -1,5 +1,6 @@
-"""The table a search or an export ends with: the chosen configuration(s) beside the default one, re-measured
-together; a video pipeline's rate in videos/s with frames/s beside it."""
+"""What a search prints: its progress and a line per trial as it runs, then the table it ends with (as an export
+does): the chosen configuration(s) beside the default one, re-measured together; a video pipeline's rate in
+videos/s with frames/s beside it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from .units import format_size
 
 if TYPE_CHECKING:
     from .outcome import SearchOutcome
+
+CONSOLE = Console()
 
 
 def print_outcome(console: Console, outcome: SearchOutcome) -> None:
@@ -70,3 +73,44 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
     else:
         console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
 
+
+def print_event(kind: str, data: dict, console: Console = CONSOLE) -> None:
+    """One line for a finished trial or a phase of a command (`autotune worker`, `export`)."""
+    if kind == "phase":
+        console.print(f"[dim]{data['message']}[/dim]", highlight=False)
+    elif data.get("failure"):
+        console.print(f"trial {data['number']}: {data['failure']}: {data['reason']} "
+                      f"({data['done']}/{data['total']} in the study)", highlight=False)
+    else:
+        console.print(f"trial {data['number']}: {data['images_per_s'] or 0:.3g} images/s "
+                      f"({data['done']}/{data['total']} in the study)", highlight=False)
+
+
+class SearchProgress:
+    """A rich progress bar: trial n/N, best images/s so far, time left."""
+
+    def __init__(self, out: Console, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[best]}"), TextColumn("{task.fields[left]}"),
+                                 console=out, transient=False)
+        self.task = self.progress.add_task("trials", total=total, best="", left="")
+
+    def __enter__(self) -> SearchProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def event(self, kind: str, data: dict) -> None:
+        if kind == "phase":
+            self.progress.console.print(f"[dim]{data['message']}[/dim]")
+            return
+        best = data["best_images_per_s"]
+        self.progress.update(self.task, completed=data["done"],
+                             best=f"best {best:.2f} img/s" if best else "best -",
+                             left=f"~{data['seconds_left'] / 60:.1f} min left")
+        if data.get("failure"):
+            self.progress.console.print(f"[dim]trial {data['number']}: {data['failure']}: {data['reason']}[/dim]")

@@ -64,14 +64,29 @@ def test_profiles_list_never_imports_optuna():
     assert "torch" in loaded  # the check above is not vacuous: this path does import the knob registry
 
 
-def test_a_bug_is_not_hidden_behind_a_friendly_line(monkeypatch):
+def test_a_bug_is_not_hidden_behind_a_friendly_line(monkeypatch, capsys):
     def broken(search_path=None):
         raise ValueError("a bug, not the user's mistake")
 
     monkeypatch.setattr(library, "list_profiles", broken)
     monkeypatch.setattr(sys, "argv", ["autotune", "profiles", "list"])
-    with pytest.raises(ValueError, match="a bug"):  # python then prints its traceback and exits 1
+    with pytest.raises(SystemExit) as exit_:
         cli.main()
+    error = capsys.readouterr().err
+    assert exit_.value.code == cli.EXIT_BUG == 70  # told apart from a failed check (1) and a user's mistake (2)
+    assert "Traceback (most recent call last)" in error and "ValueError: a bug, not the user's mistake" in error
+    assert error.strip().splitlines()[-1].startswith("autotune: this is a bug in autotune 0.1.0 (torch ")
+
+
+def test_version_completion_and_the_exit_status_of_nothing_fits():
+    version = _autotune("--version")
+    assert version.returncode == 0 and version.stdout.startswith("autotune 0.1.0 (torch ")
+    completion = _autotune("--show-completion", "bash")
+    assert completion.returncode == 0 and "complete" in completion.stdout and "autotune" in completion.stdout
+    # No shipped profile is for tiny-flux: "auto" finds none, and says so with its own status.
+    nothing = _autotune("precompile", "auto", "--model", "builtin:tiny-flux")
+    assert nothing.returncode == cli.EXIT_NOTHING_FITS == 3, nothing.stderr
+    assert nothing.stderr.startswith("autotune: error: ") and nothing.stderr.strip().count("\n") == 0
 
 
 def test_an_autotune_error_becomes_one_line_unless_autotune_debug_is_set(monkeypatch, capsys):
