@@ -355,8 +355,18 @@ def main() -> None:
     its traceback is what a bug report needs."""
     threading.excepthook = _quiet_storage_threads
     try:
-        app()
-    except KeyboardInterrupt as stop:  # a search's says how to resume
+        # Not standalone: click's own errors (a bad flag, a missing argument) come here, to be one line too.
+        status = typer.main.get_command(app).main(prog_name="autotune", standalone_mode=False)
+    except typer.TyperException as error:  # typer's own click: its NoArgsIsHelpError is not exported by name
+        if type(error).__name__ == "NoArgsIsHelpError":  # `autotune` alone, or a group without its command
+            error.show()  # type: ignore[attr-defined]
+            sys.exit(EXIT_ERROR)
+        ctx = getattr(error, "ctx", None)
+        print(f"autotune: error: {first_line(error.format_message())} (see {ctx.command_path if ctx else 'autotune'} "
+              "--help)", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    except (KeyboardInterrupt, typer.Abort) as stop:  # a search's says how to resume
+        stop = stop.__cause__ or stop
         print(f"autotune: {str(stop) or 'interrupted'}", file=sys.stderr)
         sys.exit(130)
     except AutotuneError as error:
@@ -370,6 +380,7 @@ def main() -> None:
         print(f"autotune: this is a bug in {versions()}: please report it with the traceback above",
               file=sys.stderr)
         sys.exit(EXIT_BUG)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 def _quiet_storage_threads(args: threading.ExceptHookArgs) -> None:

@@ -165,6 +165,14 @@ class Profile(_Strict):
     def source(self) -> str | None:
         return self._source
 
+    def __eq__(self, other: object) -> bool:
+        # Where a profile was read from is not part of it: the same profile read from two files is equal.
+        if not isinstance(other, Profile):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as pydantic's models are
+
     def call_kwargs(self, seed: int | None = None, batch: bool = False, height: int | None = None,
                     width: int | None = None) -> dict[str, Any]:
         """Keyword arguments for the pipeline call: the workload's (size, guidance, negative prompt and the call
@@ -228,8 +236,13 @@ class Profile(_Strict):
         return self.settings.model_dump()
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True,
-                              default_flow_style=False, width=120)
+        data = self.model_dump(mode="json", by_alias=True)
+        # One size, as most profiles are: nothing to say about others.
+        if not self.other_sizes:
+            del data["other_sizes"]
+        if not self.workload.other_sizes:
+            del data["workload"]["other_sizes"]
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=120)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the YAML form atomically: a reader sees the old file or the new one, never half of one."""

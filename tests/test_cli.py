@@ -115,3 +115,15 @@ def test_every_error_autotune_raises_on_purpose_is_also_the_builtin_it_means():
     for error in errors:
         assert any(base.__module__ == "builtins" and base not in vague for base in error.__mro__), (
             f"{error.__name__} inherits no builtin error but Exception")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["search", "--bogus"], "No such option: --bogus"),
+    (["search", "--trials", "x"], "Invalid value for '--trials'"),
+    (["verify"], "Missing argument 'profile'."),
+])
+def test_a_flag_the_parser_refuses_is_one_line_and_status_2_too(args, message):
+    result = _autotune(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"autotune: error: {message}") and result.stderr.strip().count("\n") == 0
+    assert result.stderr.strip().endswith(f"(see autotune {args[0]} --help)")

@@ -42,7 +42,9 @@ def made_on(profile: Profile, hw: Hardware, images_per_s: float, budget_gib: flo
     """The tuner's profile as if measured on `hw`, with that machine's numbers."""
     metrics = profile.metrics.model_copy(update={"images_per_s": Stat(median=images_per_s, cv=0.02, n=6),
                                                  "peak_memory_bytes": int(peak_gib * GiB)})
-    return profile.model_copy(update={"hardware": hw, "metrics": metrics,
+    # A GPU's search tunes no CPU threads (the tuned profile, made on a busy CPU, may have chosen fewer).
+    settings = profile.settings.model_copy(update={"cpu_threads": None}) if hw.device == "cuda" else profile.settings
+    return profile.model_copy(update={"hardware": hw, "metrics": metrics, "settings": settings,
                                       "goal": Goal(memory_budget_bytes=int(budget_gib * GiB))})
 
 
