@@ -236,13 +236,7 @@ class Profile(_Strict):
         return self.settings.model_dump()
 
     def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", by_alias=True)
-        # One size, as most profiles are: nothing to say about others.
-        if not self.other_sizes:
-            del data["other_sizes"]
-        if not self.workload.other_sizes:
-            del data["workload"]["other_sizes"]
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=120)
+        return _yaml(_one_size_says_less(self.model_dump(mode="json", by_alias=True)))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the YAML form atomically: a reader sees the old file or the new one, never half of one."""
@@ -276,8 +270,26 @@ class ProfileSet(_Strict):
             raise ProfileError(f"no pick {name!r} in this profile set; picks: {', '.join(self.picks)}")
         return self.profiles[self.picks[name]]
 
-    to_yaml = Profile.to_yaml
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", by_alias=True)
+        data["profiles"] = [_one_size_says_less(profile) for profile in data["profiles"]]
+        return _yaml(data)
+
     save = Profile.save
+
+
+def _yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=120)
+
+
+def _one_size_says_less(profile: dict) -> dict:
+    """A dumped profile without the empty lists of other sizes: one size, as most profiles are, says nothing of
+    others."""
+    if not profile.get("other_sizes"):
+        profile.pop("other_sizes", None)
+    if not profile["workload"].get("other_sizes"):
+        profile["workload"].pop("other_sizes", None)
+    return profile
 
 
 def now() -> datetime:

@@ -306,7 +306,7 @@ def test_the_budget_is_part_of_a_studys_identity(fingerprint, tmp_path):
     # The files a hub model loads are its identity too; whether they came from the cache alone is not.
     open_study("h", storage, spec(4 * 2**30, {"variant": "fp16", "local_files_only": True}))
     open_study("h", storage, spec(4 * 2**30, {"variant": "fp16"}))
-    with pytest.raises(AutotuneError, match="was made for another revision or variant of the model"):
+    with pytest.raises(AutotuneError, match="was made for another revision, variant or config of the model"):
         open_study("h", storage, spec(4 * 2**30, {"variant": "bf16"}))
     # Without --study, another budget names another study: the same command with --budget 8GB starts afresh.
     workload = Workload(height=64, width=64, prompts=["a cube"])

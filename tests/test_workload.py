@@ -102,7 +102,7 @@ def test_call_flags_parse_as_key_and_text():
     (["--prompts", "two.txt", "--prompt", "a cat"], "give --prompt or --prompts FILE, not both"),
     (["--prompt", "  "], "--prompt is blank; give the text of a prompt"),
     (["--guidance", "-1"], "--guidance must be 0 or more, got -1"),
-    (["--call", "height=32"], "--call height: autotune sets height itself; use --height"),
+    (["--call", "height=32"], "--call height: autotune sets height itself; use --height or --size"),
     (["--call", "num_frames"], "--call takes KEY=VALUE (a pipeline call argument), got 'num_frames'"),
 ])
 def test_a_bad_workload_flag_is_one_line_and_status_2(tmp_path, args, message):
