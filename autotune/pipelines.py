@@ -56,7 +56,8 @@ class HubOptions:
 
 
 def load(model: str, dtype: torch.dtype | None = None, hub: HubOptions = HubOptions()) -> DiffusionPipeline:
-    """Load `model` (hub id, folder or `builtin:*`), in `dtype` when given, with the safety checker off.
+    """Load `model` (hub id, folder, single-file checkpoint or `builtin:*`), in `dtype` when given, with the safety
+    checker off.
 
     The safety checker blacks out images, which would read as a quality failure, so tuning pipelines go without it.
 

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,7 +27,7 @@ from . import knobs
 from .exceptions import ProfileError
 from .files import write_atomic
 from .hardware import Hardware, Software
-from .profile_yaml import parse_yaml, read_yaml
+from .profile_yaml import dump_yaml, parse_yaml, read_yaml, without_empty_sizes
 from .workload import IMAGE_SEED_STRIDE as IMAGE_SEED_STRIDE  # tests and bench read it from here
 from .workload import Workload
 
@@ -236,7 +235,7 @@ class Profile(_Strict):
         return self.settings.model_dump()
 
     def to_yaml(self) -> str:
-        return _yaml(_one_size_says_less(self.model_dump(mode="json", by_alias=True)))
+        return dump_yaml(without_empty_sizes(self.model_dump(mode="json", by_alias=True)))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the YAML form atomically: a reader sees the old file or the new one, never half of one."""
@@ -272,24 +271,10 @@ class ProfileSet(_Strict):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", by_alias=True)
-        data["profiles"] = [_one_size_says_less(profile) for profile in data["profiles"]]
-        return _yaml(data)
+        data["profiles"] = [without_empty_sizes(profile) for profile in data["profiles"]]
+        return dump_yaml(data)
 
     save = Profile.save
-
-
-def _yaml(data: dict) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=120)
-
-
-def _one_size_says_less(profile: dict) -> dict:
-    """A dumped profile without the empty lists of other sizes: one size, as most profiles are, says nothing of
-    others."""
-    if not profile.get("other_sizes"):
-        profile.pop("other_sizes", None)
-    if not profile["workload"].get("other_sizes"):
-        profile["workload"].pop("other_sizes", None)
-    return profile
 
 
 def now() -> datetime:

@@ -1,6 +1,6 @@
-"""Reading a profile's YAML safely: PyYAML's safe loader within bounds, every problem one `ProfileError` naming the
-file. A profile comes from an app's folder or a download, so a file that would expand without end or nest past the
-stack is refused before anything is built from it.
+"""A profile's YAML: read safely, with PyYAML's safe loader within bounds, every problem one `ProfileError` naming
+the file (a profile comes from an app's folder or a download, so a file that would expand without end or nest past
+the stack is refused before anything is built from it); and written in field order, stable.
 """
 
 from __future__ import annotations
@@ -87,3 +87,18 @@ def parse_yaml(text: str, source: str) -> Any:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ProfileError(f"{source}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+
+
+def dump_yaml(data: dict) -> str:
+    """A profile's (or set's) data as the YAML apps ship: in field order, readable, stable."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=120)
+
+
+def without_empty_sizes(profile: dict) -> dict:
+    """A dumped profile without the empty lists of other sizes: one size, as most profiles are, says nothing of
+    others."""
+    if not profile.get("other_sizes"):
+        profile.pop("other_sizes", None)
+    if not profile["workload"].get("other_sizes"):
+        profile["workload"].pop("other_sizes", None)
+    return profile

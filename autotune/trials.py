@@ -258,7 +258,7 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
               for size in answer.other_sizes]
     if others:  # each other size at its own best batch; the objective weighs every size alike (geometric mean)
         trial.set_user_attr("sizes", [size_record(size, best) for size, best, _ in others])
-        fitting = fitting if all(fits for _, _, fits in others) else []
+        fitting = fitting and all(fits for _, _, fits in others)
     trial.set_user_attr("batch_size", chosen.batch_size)
     trial.set_user_attr("images_per_s", chosen.images_per_s_median)
     trial.set_user_attr("seconds_per_image", chosen.seconds_per_image)
