@@ -45,6 +45,9 @@ from .flags import check_at_least_one, check_choice, check_positive, parse_pins,
 from .options import (  # noqa: E402
     DEFAULT_MODEL,
     DEFAULT_REFERENCE_STEPS,
+    EXIT_BUG,
+    EXIT_ERROR,
+    EXIT_NOTHING_FITS,
     OBJECTIVES,
     PRUNERS,
     SAMPLERS,
@@ -313,13 +316,6 @@ def report(
 
     found = report_source(source, study_name=study, storage=storage)
     print(write_report(found.study, output or found.default_output, found.profile, found.images))
-
-
-# The exit statuses, as the README's table gives them.
-EXIT_CHECK_FAILED = 1  # verify, profiles validate or profiles select found what they check for missing
-EXIT_ERROR = 2  # a bad flag, value, file, profile or model, or a storage or disk that failed: one line says which
-EXIT_NOTHING_FITS = 3  # no configuration (or shipped profile) meets the budget and floor here
-EXIT_BUG = 70  # anything else is a bug in autotune: its traceback is printed for the report (EX_SOFTWARE)
 
 
 def _print_versions(asked: bool) -> None:

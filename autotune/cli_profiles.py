@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .exceptions import ProfileError
-from .options import DEFAULT_MODEL
+from .options import DEFAULT_MODEL, EXIT_CHECK_FAILED
 from .units import format_size
 from .workload import parse_size
 
@@ -113,7 +113,7 @@ def profiles_validate(
             console.print(f"[green]ok[/green] {file}", highlight=False)
     if bad:
         console.print(f"{bad} of {len(files)} profiles have problems")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 @profiles_app.command("select")
@@ -141,7 +141,7 @@ def profiles_select(
     console.print(table)
     if selection.profile is None:
         console.print("no profile fits: tune this model here with autotune search, or ship one made on this hardware")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def precompile(

@@ -14,7 +14,7 @@ from rich.table import Table
 from .cli_profiles import SearchPathOption
 from .exceptions import InvalidInput
 from .flags import check_at_least_one, check_positive
-from .options import DEFAULT_TOLERANCE
+from .options import DEFAULT_TOLERANCE, EXIT_CHECK_FAILED
 
 console = Console()
 
@@ -67,4 +67,4 @@ def verify(
     if result.busy:
         console.print("[yellow]warning: the machine was busy while verify measured; timings are unreliable[/yellow]")
     if not result.passed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)

@@ -20,3 +20,9 @@ DEFAULT_MODEL = "builtin:tiny-sd"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # The environment variable that names a study's Optuna storage, for `search`, `worker` and `export`.
 STORAGE_ENV = "AUTOTUNE_STORAGE"
+
+# The exit statuses, as the README's table gives them.
+EXIT_CHECK_FAILED = 1  # verify, profiles validate or profiles select found what they check for missing
+EXIT_ERROR = 2  # a bad flag, value, file, profile or model, or a storage or disk that failed: one line says which
+EXIT_NOTHING_FITS = 3  # no configuration (or shipped profile) meets the budget and floor here
+EXIT_BUG = 70  # anything else is a bug in autotune: its traceback is printed for the report (EX_SOFTWARE)
