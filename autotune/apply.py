@@ -29,6 +29,7 @@ from .library import (
     select_profile,
     shipped_profiles_dir,
 )
+from .memory_model import compiles
 from .profile import Profile, load_profile, split_pick
 
 ProfileLike = Profile | str | os.PathLike
@@ -99,7 +100,7 @@ def apply_profile(pipe: PipelineT, profile: ProfileLike, search_path: SearchPath
     here = probe()
     warn_if_measured_elsewhere(resolved, here)
     applied = apply_settings(pipe, resolved.settings_dict(), here.hardware)
-    if applied.get("compile", "none") != "none" and resolved.source is not None:
+    if compiles(applied) and resolved.source is not None:
         compiled.load_artifacts(compiled.artifacts_path(resolved.source, here))
     return pipe
 
@@ -211,7 +212,7 @@ def precompile(profile: ProfileLike, model: str | None = None, search_path: Sear
     (`compiled.artifacts_path`), for `apply_profile` to hot-load at an app's start. The compile runs in an empty
     inductor cache, so that the artifacts hold all of it, not only what this machine's cache did not have yet."""
     resolved = resolve_profile(profile, search_path, model)
-    if resolved.settings.compile in (None, "none"):
+    if not compiles(resolved.settings_dict()):
         raise ProfileError(f"{profile} does not compile (compile: none): there is nothing to save")
     if resolved.source is None:
         raise ProfileError("precompile writes beside the profile's file: give a profile file or name")

@@ -51,8 +51,8 @@ from .options import (  # noqa: E402
     OBJECTIVES,
     PRUNERS,
     SAMPLERS,
-    SINGLE_FILE_SUFFIXES,
     STORAGE_ENV,
+    is_single_file,
 )
 from .units import check_size, format_size  # noqa: E402
 from .worker_server import start_early as start_worker_server  # noqa: E402
@@ -188,7 +188,7 @@ def search(
         check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InvalidInput(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
-    if config is not None and not model.lower().endswith(SINGLE_FILE_SUFFIXES):
+    if config is not None and not is_single_file(model):
         raise InvalidInput("--config describes a single-file checkpoint (.safetensors, .ckpt); "
                            f"{model or DEFAULT_MODEL!r} is not one")
     if dry_run:

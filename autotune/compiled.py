@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .files import write_atomic
 from .hardware import Fingerprint
+from .profile import split_pick
 
 SUFFIX = ".compiled"
 
@@ -41,9 +42,7 @@ def artifacts_key(fingerprint: Fingerprint) -> str:
 def artifacts_path(source: str | os.PathLike, fingerprint: Fingerprint) -> Path:
     """Where the artifacts of the profile read from `source` (`set.yaml#pick` for a pick of a set) live for this
     machine: beside the profile, named after it, its pick and the machine's key."""
-    text = os.fspath(source)
-    path, pick = (text.rsplit("#", 1) + [""])[:2] if "#" in text and not Path(text).exists() else (text, "")
-    path = Path(path)
+    path, pick = split_pick(source)
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     return path.with_name(f"{stem}{'.' + pick if pick else ''}.{artifacts_key(fingerprint)}{SUFFIX}")
 

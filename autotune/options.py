@@ -18,6 +18,12 @@ DEFAULT_TOLERANCE = 0.10
 DEFAULT_MODEL = "builtin:tiny-sd"
 # What a checkpoint file is named: the original (LDM, ComfyUI, A1111) layout community models ship in.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def is_single_file(model: object) -> bool:
+    """Whether `model` names one checkpoint file (a path or a hub file's URL) rather than a diffusers folder or id."""
+    return isinstance(model, str) and model.lower().endswith(SINGLE_FILE_SUFFIXES)
+
 # The environment variable that names a study's Optuna storage, for `search`, `worker` and `export`.
 STORAGE_ENV = "AUTOTUNE_STORAGE"
 

@@ -31,7 +31,7 @@ from .builtin_sd import sd15_arch, tiny_sd
 from .exceptions import UnknownModel
 from .files import cache_dir
 from .options import DEFAULT_MODEL as DEFAULT_MODEL  # the CLI reads it without importing torch
-from .options import SINGLE_FILE_SUFFIXES
+from .options import is_single_file as is_single_file  # the CLI checks it without torch
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,6 @@ def load(model: str, dtype: torch.dtype | None = None, hub: HubOptions = HubOpti
     except (OSError, ValueError) as error:
         where = "folder" if Path(model).exists() else "hub id (or folder)"
         raise UnknownModel(f"cannot load model {model!r} as a {where}: {str(error).splitlines()[0]}") from error
-
-
-def is_single_file(model: object) -> bool:
-    """Whether `model` names one checkpoint file (a path or a hub file's URL) rather than a diffusers folder or id."""
-    return isinstance(model, str) and model.lower().endswith(SINGLE_FILE_SUFFIXES)
 
 
 def check_single_file(model: str) -> None:

@@ -258,9 +258,10 @@ def _trial(state: WorkerState, task: protocol.TrialTask) -> protocol.TrialResult
     own = task.workload.at(task.workload.height, task.workload.width)
     measured = _batches(state, pipe, own, task, seconds, first_size=True)
     # The other sizes the app renders, with the same knobs: each finds its own batch (the pruner judges the first).
+    sizes = [] if any(entry.oom for entry in measured) else task.workload.other_sizes
     others = tuple(protocol.SizeResult(height, width, _batches(state, pipe, task.workload.at(height, width), task,
                                                                 seconds, first_size=False))
-                   for height, width in task.workload.other_sizes if not any(entry.oom for entry in measured))
+                   for height, width in sizes)
     # After an out-of-memory error the allocator's state is suspect: the parent replaces this worker.
     seconds["worker"] = time.perf_counter() - started
     batches = [*measured, *(entry for size in others for entry in size.batches)]
