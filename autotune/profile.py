@@ -20,22 +20,31 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
-from . import knobs
+from . import __version__, knobs
 from .exceptions import ProfileError
 from .files import write_atomic
 from .hardware import Hardware, Software
-from .profile_yaml import dump_yaml, parse_yaml, read_yaml, without_empty_sizes
+from .profile_yaml import (
+    check_schema,
+    describe_errors,
+    dump_yaml,
+    file_text,
+    parse_yaml,
+    read_yaml,
+    with_absolute_storage,
+    without_empty_fields,
+)
+from .units import finite_number, significant
 from .workload import IMAGE_SEED_STRIDE as IMAGE_SEED_STRIDE  # tests and bench read it from here
 from .workload import Workload
 
-SCHEMA_VERSION = 1
-
-# An offending value is quoted up to this length: a message stays one readable line whatever the input.
-MAX_QUOTED = 80
-
+# 1: to 2026-12-06. 2: other_sizes, model.config, metrics.quality_by_prompt, the `prompt` floor. A profile of an
+# older schema loads (and is written back as the current one); a newer one is refused in one line naming both.
+SCHEMA_VERSION = 2
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -56,7 +65,7 @@ class QualityFloor(_Strict):
     `reference_steps`, fp32, the pipeline's own scheduler); `relative_percent` when it was given as a drop from the
     reference's own noise floor."""
 
-    metric: Literal["psnr", "ssim", "lpips", "clip"]
+    metric: Literal["psnr", "ssim", "lpips", "clip", "prompt"]
     min: float
     reference_steps: PositiveInt | None = None
     relative_percent: float | None = Field(default=None, le=0)
@@ -75,6 +84,15 @@ class Stat(_Strict):
     cv: float = Field(ge=0)
     n: PositiveInt
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rounded(cls, data: Any) -> Any:
+        """Rounded to what the spread supports: 3 significant digits (4 under a 1% spread), the spread to 3."""
+        if isinstance(data, dict) and finite_number(data.get("median")) and finite_number(data.get("cv")):
+            data = {**data, "median": significant(data["median"], 3 if data["cv"] >= 0.01 else 4),
+                    "cv": significant(data["cv"], 3)}
+        return data
+
 
 class SpeedRatio(_Strict):
     """images/s over the default configuration's, measured in the same interleaved rounds: the ratio of the medians
@@ -86,6 +104,14 @@ class SpeedRatio(_Strict):
     confidence: float = Field(gt=0, lt=1)
     # Of all cores, used by other processes during the re-measurement; above host_load.BUSY_SHARE nothing is claimed.
     others_cpu_share: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rounded(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data, **{key: significant(data[key], 3) for key in ("median", "low", "high")
+                               if finite_number(data.get(key))}}
+        return data
 
 
 class Metrics(_Strict):
@@ -102,7 +128,8 @@ class Metrics(_Strict):
     vs_default: SpeedRatio | None = None
     latency_s: Stat | None = None
     peak_memory_bytes: PositiveInt | None = None
-    quality: dict[str, float] = Field(default_factory=dict)
+    quality: dict[str, float] = Field(default_factory=dict)  # the worst prompt's (`prompt`: the share drawn right)
+    quality_by_prompt: dict[str, list[float]] = Field(default_factory=dict)  # in the workload's prompt order
     warmup_s: float | None = Field(default=None, ge=0)
     measured_in: Literal["re-measurement", "trial"] = "re-measurement"
     others_cpu_share: float | None = Field(default=None, ge=0, le=1)
@@ -147,7 +174,7 @@ class Profile(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
+    schema_version: int = Field(default=SCHEMA_VERSION, alias="schema", ge=1, le=SCHEMA_VERSION)
     hardware: Hardware
     software: Software
     model: ModelInfo
@@ -234,12 +261,22 @@ class Profile(_Strict):
     def settings_dict(self) -> dict[str, Any]:
         return self.settings.model_dump()
 
+    @field_validator("schema_version")
+    @classmethod
+    def _current_schema(cls, version: int) -> int:
+        return SCHEMA_VERSION  # an older profile's fields are a subset of the current ones: it is written back as one
+
+    def to_data(self) -> dict:
+        """The YAML form as data (JSON types), without the empty fields most profiles have no use for."""
+        return without_empty_fields(self.model_dump(mode="json", by_alias=True))
+
     def to_yaml(self) -> str:
-        return dump_yaml(without_empty_sizes(self.model_dump(mode="json", by_alias=True)))
+        return dump_yaml(self.to_data())
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the YAML form atomically: a reader sees the old file or the new one, never half of one."""
-        return write_atomic(path, self.to_yaml())
+        """Write the YAML form atomically (a reader sees the old file or the new one, never half of one), under a
+        header saying how it was made and how to apply it, its study's file named relative to its folder."""
+        return write_atomic(path, file_text(self.to_data(), Path(path)))
 
 
 PICKS = ("fastest", "balanced", "smallest")
@@ -253,7 +290,7 @@ class ProfileSet(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
+    schema_version: int = Field(default=SCHEMA_VERSION, alias="schema", ge=1, le=SCHEMA_VERSION)
     picks: dict[str, int]
     profiles: list[Profile] = Field(min_length=1)
 
@@ -269,11 +306,14 @@ class ProfileSet(_Strict):
             raise ProfileError(f"no pick {name!r} in this profile set; picks: {', '.join(self.picks)}")
         return self.profiles[self.picks[name]]
 
-    def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", by_alias=True)
-        data["profiles"] = [without_empty_sizes(profile) for profile in data["profiles"]]
-        return dump_yaml(data)
+    _current_schema = Profile._current_schema
 
+    def to_data(self) -> dict:
+        data = self.model_dump(mode="json", by_alias=True)
+        data["profiles"] = [without_empty_fields(profile) for profile in data["profiles"]]
+        return data
+
+    to_yaml = Profile.to_yaml
     save = Profile.save
 
 
@@ -288,6 +328,7 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
 def _validated(model: type[_Strict], data: Any, source: str, noun: str) -> Any:
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: {noun} is a mapping of fields, got {type(data).__name__}")
+    check_schema(data, source, SCHEMA_VERSION, __version__)
     try:
         return model.model_validate(_recorded_seeding(data))
     except ValidationError as error:
@@ -322,7 +363,7 @@ def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
     A profile set (from a Pareto search) needs a pick: `load_profile("set.yaml#balanced")` or `pick="balanced"`.
     """
     path, pick = split_pick(path, pick)
-    data = read_yaml(path)
+    data = with_absolute_storage(read_yaml(path), path.parent)
     if isinstance(data, dict) and "profiles" in data:
         profiles = profile_set_from_dict(data, str(path))
         if not pick:
@@ -340,7 +381,7 @@ def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
 
 def load_profile_set(path: str | os.PathLike) -> ProfileSet:
     path = Path(path)
-    return profile_set_from_dict(read_yaml(path), str(path))
+    return profile_set_from_dict(with_absolute_storage(read_yaml(path), path.parent), str(path))
 
 
 def profile_set_from_dict(data: Any, source: str = "profile set") -> ProfileSet:
@@ -349,40 +390,6 @@ def profile_set_from_dict(data: Any, source: str = "profile set") -> ProfileSet:
 
 def profile_from_text(text: str, source: str = "profile") -> Profile:
     return profile_from_dict(parse_yaml(text, source), source)
-
-
-def describe_errors(error: ValidationError) -> str:
-    """Pydantic's errors as `field.path: what is wrong (got value)`, joined on one line.
-
-    A value that matches no member of a union (`auto`, `max` or a positive integer) gives one entry per member;
-    they are merged into one `field: a or b` entry.
-    """
-    messages: dict[str, list[str]] = {}
-    inputs: dict[str, str] = {}
-    for item in error.errors():
-        # Union members add their tags (`literal['auto','max']`, `constrained-int`) to the location; drop them.
-        path = [str(part) for part in item["loc"] if isinstance(part, int) or str(part).isidentifier()]
-        field = ".".join(path) or "(top level)"
-        if item["type"] == "extra_forbidden" and path[:1] == ["settings"]:
-            known = ", ".join(knob.name for knob in knobs.in_order())
-            message = f"unknown knob {path[-1]!r}; known: {known}"
-        elif item["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif item["type"] == "missing":
-            message = "required field is missing"
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            inputs.setdefault(field, _quoted(item["input"]))
-        messages.setdefault(field, []).append(message)
-    return "; ".join(
-        f"{field}: {' or '.join(texts)}" + (f" (got {inputs[field]})" if field in inputs else "")
-        for field, texts in messages.items()
-    )
-
-
-def _quoted(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED - 3]}..."
 
 
 def json_schema() -> dict:

@@ -110,7 +110,8 @@ def sample(trial: optuna.trial.BaseTrial, name: str, domain: knobs.Domain) -> An
 
 def validate_pinned(pinned: Mapping[str, Any]) -> dict[str, Any]:
     """Check pinned knob values against the profile schema and the rules between knobs; return them typed."""
-    from .profile import Settings, describe_errors
+    from .profile import Settings
+    from .profile_yaml import describe_errors
 
     try:
         typed = Settings.model_validate(dict(pinned))

@@ -14,11 +14,13 @@ from autotune.apply import resolve_profile, shipped_profile_path
 from autotune.cli import app
 from autotune.exceptions import ProfileError
 from autotune.profile import (
+    SCHEMA_VERSION,
     Goal,
     Metrics,
     Profile,
     Provenance,
     QualityFloor,
+    SpeedRatio,
     Stat,
     load_profile,
     profile_from_text,
@@ -41,12 +43,41 @@ def full_profile(make_profile) -> Profile:
 
 
 def test_written_read_and_written_again_gives_identical_bytes(full_profile, tmp_path):
-    first = full_profile.save(tmp_path / "first.yaml")
+    first = full_profile.save(tmp_path / "first" / "p.yaml")
     loaded = load_profile(first)
-    second = loaded.save(tmp_path / "second.yaml")
+    second = loaded.save(tmp_path / "second" / "p.yaml")
 
-    assert first.read_bytes() == second.read_bytes() == full_profile.to_yaml().encode()
+    assert first.read_bytes() == second.read_bytes()
+    header, body = first.read_text().split("\nschema:", 1)
+    assert "schema:" + body == full_profile.to_yaml()
     assert loaded == full_profile
+
+
+def test_a_written_profile_says_how_it_was_made_and_names_no_absolute_path(full_profile, tmp_path):
+    made_beside = full_profile.model_copy(update={"provenance": full_profile.provenance.model_copy(
+        update={"storage": f"sqlite:///{tmp_path.resolve()}/studies/sd15-3060.db"})})
+    text = made_beside.save(tmp_path / "p.yaml").read_text()
+    assert text.startswith("# autotune profile: builtin:tiny-sd-random on ")
+    assert "made 2026-11-25 by autotune" in text and 'apply_profile(pipe, "p.yaml")' in text
+    assert "autotune verify p.yaml" in text
+    assert str(tmp_path) not in text and "storage: sqlite:///studies/sd15-3060.db" in text
+    assert load_profile(tmp_path / "p.yaml") == made_beside  # read back as a path of this machine
+
+
+def test_figures_are_rounded_to_what_their_spread_supports():
+    assert Stat(median=21.36352656097651, cv=0.10659882070270525, n=10) == Stat(median=21.4, cv=0.107, n=10)
+    assert Stat(median=21.36352656, cv=0.004, n=10).median == 21.36  # a spread under 1%: one digit more
+    assert SpeedRatio(median=4.80123, low=4.5234, high=5.4211, confidence=0.95).model_dump()["low"] == 4.52
+
+
+def test_an_older_schema_loads_and_a_newer_one_names_both_versions(full_profile, tmp_path):
+    data = yaml.safe_load(full_profile.to_yaml())
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**data, "schema": 1}))
+    assert load_profile(tmp_path / "old.yaml").schema_version == SCHEMA_VERSION
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump({**data, "schema": SCHEMA_VERSION + 1, "colour": "red"}))
+    with pytest.raises(ProfileError, match=rf"new.yaml: written by a newer autotune \(profile schema "
+                                           rf"{SCHEMA_VERSION + 1}; autotune .* reads schemas 1 to {SCHEMA_VERSION}\)"):
+        load_profile(tmp_path / "new.yaml")
 
 
 def test_yaml_form_is_readable_and_ordered(full_profile):
@@ -54,7 +85,7 @@ def test_yaml_form_is_readable_and_ordered(full_profile):
     data = yaml.safe_load(text)
     assert list(data) == ["schema", "hardware", "software", "model", "workload", "goal", "settings", "metrics",
                           "provenance"]
-    assert data["schema"] == 1
+    assert data["schema"] == SCHEMA_VERSION == 2
     # Settings in application order, every knob present, so a reader sees the whole configuration.
     assert list(data["settings"]) == [knob.name for knob in knobs.in_order()]
     assert data["provenance"]["created"] == "2026-11-25T10:00:00Z"
@@ -97,7 +128,7 @@ BAD_FIELDS = [
     ("word as a batch size", ("set", "settings.batch_size", "many"), ["settings.batch_size", "'many'"]),
     ("missing required field", ("del", "model.pipeline"), ["model.pipeline", "required field is missing"]),
     ("missing section", ("del", "hardware"), ["hardware", "required field is missing"]),
-    ("wrong schema version", ("set", "schema", 2), ["schema", "(got 2)"]),
+    ("wrong schema version", ("set", "schema", 0), ["schema", "(got 0)"]),
     ("unknown top-level field", ("set", "extras", {}), ["extras", "unknown field"]),
     ("bad capability", ("set", "hardware.capability", "eight"), ["hardware.capability", "'eight'"]),
 ]
