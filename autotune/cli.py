@@ -156,8 +156,9 @@ def search(
     max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = 16,
     pin: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE: keep a knob at a value (repeatable)")] = None,
     quality_floor: Annotated[str | None, typer.Option(
-        help="ssim=0.90, psnr=30, or ssim=-5% (of the reference's own noise): every image must score this against "
-             "the reference rendering; scheduler, steps, precision and VAE tiling then join the search")] = None,
+        help="ssim=0.90, psnr=30, ssim=-5% (of the reference's own noise), or prompt=0.9 (trained built-ins: the share "
+             "of prompts the judge reads as drawn): the worst prompt must score this against the reference rendering; "
+             "scheduler, steps, precision and VAE tiling then join the search")] = None,
     reference_steps: Annotated[int, typer.Option(help="steps of the reference rendering")] = DEFAULT_REFERENCE_STEPS,
     report: Annotated[bool, typer.Option("--report", help="write the HTML report next to the profile")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what the search would run, and an estimate of its "
@@ -208,7 +209,7 @@ def search(
 
     if not model:
         model = DEFAULT_MODEL
-        console.print(f"[dim]no --model given: using the built-in {model} (random weights, no download)[/dim]")
+        console.print(f"[dim]no --model given: using the built-in {model} (shipped with autotune, no download)[/dim]")
     progress = SearchProgress(console, trials)
     with resume_line(), progress:
         outcome = run_search(

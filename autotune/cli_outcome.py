@@ -78,12 +78,22 @@ def print_event(kind: str, data: dict, console: Console = CONSOLE) -> None:
     """One line for a finished trial or a phase of a command (`autotune worker`, `export`)."""
     if kind == "phase":
         console.print(f"[dim]{data['message']}[/dim]", highlight=False)
-    elif data.get("failure"):
-        console.print(f"trial {data['number']}: {data['failure']}: {data['reason']} "
-                      f"({data['done']}/{data['total']} in the study)", highlight=False)
     else:
-        console.print(f"trial {data['number']}: {data['images_per_s'] or 0:.3g} images/s "
-                      f"({data['done']}/{data['total']} in the study)", highlight=False)
+        console.print(f"{trial_line(data)} ({data['done']}/{data['total']} in the study)", highlight=False)
+
+
+def trial_line(data: dict) -> str:
+    """A finished trial in one line: what differs from the default, then its images/s and peak, or why it failed.
+
+    >>> trial_line({"number": 3, "changed": "precision=bf16, batch_size=8", "images_per_s": 12.34,
+    ...             "peak_memory_bytes": 2_500_000_000, "failure": None, "feasible": True})
+    'trial 3: precision=bf16, batch_size=8: 12.3 images/s, peak 2.3 GiB'
+    """
+    head = f"trial {data['number']}: {data.get('changed') or 'defaults'}"
+    if data.get("failure"):
+        return f"{head}: {data['failure']}: {data['reason']}"
+    figures = f"{data['images_per_s'] or 0:.3g} images/s, peak {format_size(data.get('peak_memory_bytes'))}"
+    return f"{head}: {figures}" + ("" if data.get("feasible", True) else " (infeasible)")
 
 
 class SearchProgress:
@@ -112,5 +122,4 @@ class SearchProgress:
         self.progress.update(self.task, completed=data["done"],
                              best=f"best {best:.2f} img/s" if best else "best -",
                              left=f"~{data['seconds_left'] / 60:.1f} min left")
-        if data.get("failure"):
-            self.progress.console.print(f"[dim]trial {data['number']}: {data['failure']}: {data['reason']}[/dim]")
+        self.progress.console.print(trial_line(data), style="dim" if data.get("failure") else None, highlight=False)

@@ -27,6 +27,12 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", help="hub id, local f
                                                                   "builtin:sd15-arch")]
 SearchPathOption = Annotated[list[str] | None, typer.Option(
     "--search-path", "-p", help="an app's folder of profiles, looked up after AUTOTUNE_PROFILE_PATH (repeatable)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of tables (for scripts)")]
+
+
+def print_json(document: object) -> None:
+    """A command's result as JSON on stdout, the one thing there (progress goes to stderr)."""
+    print(json.dumps(document, indent=2, default=str))
 
 
 @profiles_app.command("schema")
@@ -38,10 +44,16 @@ def profiles_schema() -> None:
 
 
 @profiles_app.command("list")
-def profiles_list(search_path: SearchPathOption = None) -> None:
+def profiles_list(search_path: SearchPathOption = None, as_json: JsonOption = False) -> None:
     """Every profile found: AUTOTUNE_PROFILE_PATH, then --search-path, then the shipped ones."""
     from .library import list_profiles, profile_folders
 
+    if as_json:
+        print_json([{"name": entry.name, "origin": entry.origin, "path": str(entry.path), "error": entry.error,
+                     "shadowed_by": entry.shadowed_by and str(entry.shadowed_by),
+                     "profile": entry.profile.to_data() if entry.profile else None}
+                    for entry in list_profiles(search_path)])
+        return
     table = Table(title="Profiles")
     for column in ("name", "from", "hardware", "model", "workload", "goal", "images/s", "peak memory"):
         table.add_column(column, justify="right" if column in ("images/s", "peak memory") else "left",
@@ -121,12 +133,24 @@ def profiles_select(
     model: ModelOption = DEFAULT_MODEL,
     search_path: SearchPathOption = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT the app renders: a profile tuned at it first")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Show which profile `apply_profile(pipe, "auto")` would pick for a model here, and why each other is not."""
     wanted = parse_size(size) if size else None  # before torch loads
     from .library import select_profile
 
     selection = select_profile(model, search_path=search_path, size=wanted)
+    if as_json:
+        print_json({"model": model, "pipeline": selection.pipeline, "denoiser": selection.denoiser,
+                    "hardware": selection.hardware.model_dump(mode="json"),
+                    "free_memory_bytes": selection.free_memory_bytes,
+                    "chosen": selection.ranking[0].label if selection.ranking else None,
+                    "ranking": [{"profile": item.label, "images_per_s": item.images_per_s, "notes": item.notes}
+                                for item in selection.ranking],
+                    "rejected": [{"profile": item.label, "reasons": item.rejections} for item in selection.rejected]})
+        if selection.profile is None:
+            raise typer.Exit(EXIT_CHECK_FAILED)
+        return
     console.print(f"{selection.pipeline} with a {selection.denoiser} ({model}) on {selection.hardware.describe()}, "
                   f"{format_size(selection.free_memory_bytes)} free", highlight=False)
     table = Table(title="Ranking" if selection.ranking else "Ranking: no profile fits, nothing would be applied")

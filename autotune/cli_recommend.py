@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from .cli_profiles import JsonOption, print_json
 from .files import check_writable
 from .flags import check_at_least_one, check_choice
 from .units import check_size
@@ -22,6 +23,7 @@ def recommend(
     height: Annotated[int | None, typer.Option(help="image height (default: the pipeline's own)")] = None,
     width: Annotated[int | None, typer.Option(help="image width (default: the pipeline's own)")] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="also write the settings and reasons as YAML")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the configuration rules and the memory model choose for this machine (no trial is run), and why."""
     if budget is not None:
@@ -34,15 +36,19 @@ def recommend(
     from .recommendation import recommend as choose
 
     recommendation = choose(model, budget=budget, device=device, height=height, width=width)
-    for line in recommendation.lines():
-        print(line)
+    document = {"model": model, "memory_budget_bytes": recommendation.memory_budget_bytes,
+                "predicted_peak_bytes": recommendation.predicted_peak_bytes, "measured": False,
+                "settings": recommendation.settings, "reasons": recommendation.reasons}
+    if as_json:
+        print_json({**document, "notes": recommendation.notes})
+    else:
+        for line in recommendation.lines():
+            print(line)
     if out is not None:
         import yaml
 
         from .files import write_atomic
 
-        document = {"model": model, "memory_budget_bytes": recommendation.memory_budget_bytes,
-                    "predicted_peak_bytes": recommendation.predicted_peak_bytes, "measured": False,
-                    "settings": recommendation.settings, "reasons": recommendation.reasons}
         write_atomic(out, yaml.safe_dump(document, sort_keys=False))
-        print(f"wrote {out}")
+        if not as_json:
+            print(f"wrote {out}")

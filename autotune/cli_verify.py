@@ -11,12 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_profiles import SearchPathOption
+from .cli_profiles import JsonOption, SearchPathOption, print_json
 from .exceptions import InvalidInput
 from .flags import check_at_least_one, check_positive
 from .options import DEFAULT_TOLERANCE, EXIT_CHECK_FAILED
 
 console = Console()
+progress = Console(stderr=True)  # with --json, stdout holds the JSON alone
 
 
 def verify(
@@ -30,6 +31,7 @@ def verify(
     search_path: SearchPathOption = None,
     time_limit: Annotated[float | None, typer.Option("--time-limit", help="seconds after which no further worker "
                                                      "starts (the first always runs)")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-measure a profile here: images/s, peak memory and quality against its record; exit 1 when one fails."""
     if not 0 < tolerance < 1:
@@ -38,13 +40,23 @@ def verify(
     check_positive(("time-limit", time_limit))
     from .verify import verify_profile
 
-    with console.status("re-measuring the profile in worker processes") as status:
+    with (progress if as_json else console).status("re-measuring the profile in worker processes") as status:
         def show(message: str) -> None:
-            console.log(message, highlight=False)
+            (progress if as_json else console).log(message, highlight=False)
             status.update(message)
 
         result = verify_profile(profile, model, tolerance=tolerance, workers=workers, rounds=rounds,
                                 search_path=search_path, time_limit_s=time_limit, on_progress=show)
+    if as_json:
+        print_json({"profile": profile, "model": result.model, "passed": result.passed,
+                    "same_hardware": result.same_hardware, "hardware": result.hardware.model_dump(mode="json"),
+                    "checks": [vars(check) for check in result.checks],
+                    "images_per_s": result.images_per_s.model_dump() if result.images_per_s else None,
+                    "worker_images_per_s": result.worker_images_per_s, "peak_memory_bytes": result.peak_memory_bytes,
+                    "warmup_s": result.warmup_s, "others_cpu_share": result.others_cpu_share, "busy": result.busy})
+        if not result.passed:
+            raise typer.Exit(EXIT_CHECK_FAILED)
+        return
     recorded = result.profile.hardware
     console.print(f"profile measured on {recorded.describe()}; verified on {result.hardware.describe()}"
                   + ("" if result.same_hardware else " [yellow](another machine: budget and floor only)[/yellow]"),

@@ -14,7 +14,7 @@ PRUNERS = ("percentile", "none")
 DEFAULT_REFERENCE_STEPS = 50
 # How far below a profile's recorded images/s `verify` still passes (a fraction).
 DEFAULT_TOLERANCE = 0.10
-# The model the CLI and the library use when none is given: built in, random weights, no download.
+# The model the CLI and the library use when none is given: built in and trained, shipped with autotune, no download.
 DEFAULT_MODEL = "builtin:tiny-sd"
 # What a checkpoint file is named: the original (LDM, ComfyUI, A1111) layout community models ship in.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")

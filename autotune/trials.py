@@ -272,6 +272,7 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
     scores = answer.quality
     if scoring is not None:
         trial.set_user_attr("quality", scores or {})
+        trial.set_user_attr("quality_by_prompt", answer.quality_by_prompt or {})
         if scores and not scoring.meets(scores) and not problem:
             trial.set_user_attr("failure", "quality")
             trial.set_user_attr("reason", f"{scoring.metric} {scores[scoring.metric]:.4g} < {scoring.minimum:.4g}")
@@ -350,6 +351,9 @@ def trial_event(study: optuna.Study, number: int, n_trials: int, started: float,
     left = elapsed / max(1, done) * max(0, n_trials - done)
     if deadline is not None:
         left = min(left, max(0.0, deadline - time.time()))
+    settings = {**(trial.user_attrs.get("settings") or trial.params), "batch_size": trial.user_attrs.get("batch_size")}
     return {"number": number, "done": done, "total": n_trials, "best_images_per_s": best,
             "images_per_s": trial.user_attrs.get("images_per_s"), "failure": trial.user_attrs.get("failure"),
-            "reason": trial.user_attrs.get("reason"), "feasible": feasible(trial), "seconds_left": left}
+            "reason": trial.user_attrs.get("reason"), "feasible": feasible(trial), "seconds_left": left,
+            "changed": knobs.show_changed({k: v for k, v in settings.items() if v is not None and k in knobs.KNOBS}),
+            "peak_memory_bytes": trial.user_attrs.get("peak_memory_bytes")}

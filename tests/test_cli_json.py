@@ -1,0 +1,49 @@
+"""`--json` on every command that prints a table: the same result as data on stdout, alone, for scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from autotune.cli import app
+from autotune.options import EXIT_CHECK_FAILED
+
+ROOT = Path(__file__).resolve().parent.parent
+EAGER = ROOT / "examples" / "tiny_app" / "profiles" / "tiny-sd-cpu-eager.yaml"
+
+
+def _json(*args: str, code: int = 0) -> object:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return json.loads(result.stdout)
+
+
+def test_profiles_list_json_holds_each_profile_found():
+    found = _json("profiles", "list", "--json", "--search-path", str(EAGER.parent))
+    by_name = {entry["name"]: entry for entry in found}
+    assert by_name["tiny-sd-cpu-eager"]["origin"] == "app"
+    assert by_name["tiny-sd-cpu-eager"]["profile"]["settings"]["compile"] == "none"
+    assert by_name["tiny-sd-cpu"]["origin"] == "shipped"
+
+
+def test_profiles_select_json_ranks_and_rejects_with_reasons(tmp_path):
+    chosen = _json("profiles", "select", "--json", "--model", "builtin:tiny-sd")
+    assert set(chosen) >= {"chosen", "ranking", "rejected", "hardware", "free_memory_bytes"}
+    nothing = _json("profiles", "select", "--json", "--model", "builtin:tiny-flux-random", code=EXIT_CHECK_FAILED)
+    assert nothing["chosen"] is None and all(item["reasons"] for item in nothing["rejected"])
+
+
+def test_recommend_json_gives_settings_and_reasons():
+    told = _json("recommend", "--json", "--model", "builtin:tiny-sd-random", "--budget", "4GB")
+    assert told["measured"] is False and told["memory_budget_bytes"] == 4 * 10**9
+    assert set(told["reasons"]) <= set(told["settings"]) and told["predicted_peak_bytes"] > 0
+
+
+def test_verify_json_gives_each_check_and_exits_as_the_table_does():
+    result = CliRunner().invoke(app, ["verify", str(EAGER), "--json", "--workers", "1", "--rounds", "1"])
+    told = json.loads(result.stdout)  # the progress lines went to stderr
+    assert [check["metric"] for check in told["checks"]][:2] == ["images/s", "peak memory"]
+    assert {check["status"] for check in told["checks"]} <= {"pass", "fail", "skip"}
+    assert result.exit_code == (0 if told["passed"] else EXIT_CHECK_FAILED) and told["worker_images_per_s"]
