@@ -1,8 +1,8 @@
 """The `autotune` command line: thin typer commands over the Python API.
 
-An error the user can cause (an `AutotuneError`) prints one line and exits 2; `AUTOTUNE_DEBUG=1` shows its traceback
-instead. Anything else is a bug and shows its traceback (exit 1). Flags are checked before torch, diffusers or Optuna
-is imported: the modules imported here are light, the heavy ones are imported inside each command.
+How a command ends (one line and an exit status for an error the user can cause, the traceback of a bug) is
+`cli_exit`'s; `-v` adds the traceback to every error, `-q` keeps only results and errors. Flags are checked before
+torch, diffusers or Optuna is imported: the modules imported here are light, the heavy ones inside each command.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
-import traceback
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -28,26 +26,19 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from .cli_outcome import SearchProgress, print_event, print_outcome  # noqa: E402
+from .cli_exit import run, show_tracebacks, versions  # noqa: E402
+from .cli_outcome import SearchProgress, print_event, print_outcome, quiet, set_verbosity  # noqa: E402
 from .cli_profiles import precompile, profiles_app  # noqa: E402
 from .cli_recommend import recommend  # noqa: E402
 from .cli_verify import verify  # noqa: E402
 from .exceptions import (  # noqa: E402
-    AutotuneError,
     InvalidInput,
-    NoProfileFits,
-    NothingFits,
-    StorageFailed,
-    first_line,
 )
 from .files import check_writable  # noqa: E402
 from .flags import check_at_least_one, check_choice, check_positive, parse_pins, read_prompts  # noqa: E402
 from .options import (  # noqa: E402
     DEFAULT_MODEL,
     DEFAULT_REFERENCE_STEPS,
-    EXIT_BUG,
-    EXIT_ERROR,
-    EXIT_NOTHING_FITS,
     OBJECTIVES,
     PRUNERS,
     SAMPLERS,
@@ -209,7 +200,9 @@ def search(
 
     if not model:
         model = DEFAULT_MODEL
-        console.print(f"[dim]no --model given: using the built-in {model} (shipped with autotune, no download)[/dim]")
+        if not quiet():
+            console.print(f"[dim]no --model given: using the built-in {model} (shipped with autotune, no download)"
+                          "[/dim]")
     progress = SearchProgress(console, trials)
     with resume_line(), progress:
         outcome = run_search(
@@ -326,65 +319,24 @@ def _print_versions(asked: bool) -> None:
 
 
 @app.callback()
-def _options(version: Annotated[bool, typer.Option("--version", help="print the versions and exit", is_eager=True,
-                                                   callback=_print_versions)] = False) -> None:
+def _options(
+    version: Annotated[bool, typer.Option("--version", help="print the versions and exit", is_eager=True,
+                                          callback=_print_versions)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print results and errors only, no progress")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also each error's traceback "
+                                                                  "(as AUTOTUNE_DEBUG=1)")] = False,
+) -> None:
     """Find the fastest diffusers configuration for this machine, and apply it."""
-
-
-def versions() -> str:
-    """autotune's version and the libraries' it runs with, read without importing them (no torch start-up)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    from . import __version__
-
-    found = []
-    for name in ("torch", "diffusers", "transformers", "optuna", "torchao"):
-        try:
-            found.append(f"{name} {installed(name)}")
-        except PackageNotFoundError:
-            continue
-    return f"autotune {__version__} ({', '.join(found)})"
+    if quiet and verbose:
+        raise InvalidInput("--quiet and --verbose ask for opposite things; give one")
+    set_verbosity(-1 if quiet else 1 if verbose else 0)
+    if verbose:
+        show_tracebacks()
 
 
 def main() -> None:
-    """The `autotune` console script. Only autotune's own errors become one line: any other exception is a bug, and
-    its traceback is what a bug report needs."""
-    threading.excepthook = _quiet_storage_threads
-    try:
-        # Not standalone: click's own errors (a bad flag, a missing argument) come here, to be one line too.
-        status = typer.main.get_command(app).main(prog_name="autotune", standalone_mode=False)
-    except typer.TyperException as error:  # typer's own click: its NoArgsIsHelpError is not exported by name
-        if type(error).__name__ == "NoArgsIsHelpError":  # `autotune` alone, or a group without its command
-            error.show()  # type: ignore[attr-defined]
-            sys.exit(EXIT_ERROR)
-        ctx = getattr(error, "ctx", None)
-        print(f"autotune: error: {first_line(error.format_message())} (see {ctx.command_path if ctx else 'autotune'} "
-              "--help)", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-    except (KeyboardInterrupt, typer.Abort) as stop:  # a search's says how to resume
-        stop = stop.__cause__ or stop
-        print(f"autotune: {str(stop) or 'interrupted'}", file=sys.stderr)
-        sys.exit(130)
-    except AutotuneError as error:
-        if os.environ.get("AUTOTUNE_DEBUG"):
-            raise
-        message = first_line(error)
-        print(f"autotune: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_NOTHING_FITS if isinstance(error, (NothingFits, NoProfileFits)) else EXIT_ERROR)
-    except Exception:
-        traceback.print_exc()
-        print(f"autotune: this is a bug in {versions()}: please report it with the traceback above",
-              file=sys.stderr)
-        sys.exit(EXIT_BUG)
-    sys.exit(status if isinstance(status, int) else 0)
-
-
-def _quiet_storage_threads(args: threading.ExceptHookArgs) -> None:
-    # Optuna's heartbeat thread often meets a failed storage first; the command meets it next and says it in one line.
-    if isinstance(args.exc_value, StorageFailed) and not os.environ.get("AUTOTUNE_DEBUG"):
-        return
-    threading.__excepthook__(args)
+    """The `autotune` console script."""
+    run(typer.main.get_command(app))
 
 
 if __name__ == "__main__":

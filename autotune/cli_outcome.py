@@ -15,6 +15,17 @@ if TYPE_CHECKING:
     from .outcome import SearchOutcome
 
 CONSOLE = Console()
+_VERBOSITY = {"level": 0}
+
+
+def set_verbosity(level: int) -> None:
+    """-1 (`--quiet`): results and errors only; 0: progress too (a line per phase and per trial); 1 (`--verbose`):
+    as 0, errors with their tracebacks (the exit's concern)."""
+    _VERBOSITY["level"] = level
+
+
+def quiet() -> bool:
+    return _VERBOSITY["level"] < 0
 
 
 def print_outcome(console: Console, outcome: SearchOutcome) -> None:
@@ -76,6 +87,8 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
 
 def print_event(kind: str, data: dict, console: Console = CONSOLE) -> None:
     """One line for a finished trial or a phase of a command (`autotune worker`, `export`)."""
+    if quiet():
+        return
     if kind == "phase":
         console.print(f"[dim]{data['message']}[/dim]", highlight=False)
     else:
@@ -108,13 +121,17 @@ class SearchProgress:
         self.task = self.progress.add_task("trials", total=total, best="", left="")
 
     def __enter__(self) -> SearchProgress:
-        self.progress.__enter__()
+        if not quiet():
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
+        if not quiet():
+            self.progress.__exit__(*exc)
 
     def event(self, kind: str, data: dict) -> None:
+        if quiet():
+            return
         if kind == "phase":
             self.progress.console.print(f"[dim]{data['message']}[/dim]")
             return

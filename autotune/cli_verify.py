@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_outcome import quiet
 from .cli_profiles import JsonOption, SearchPathOption, print_json
 from .exceptions import InvalidInput
 from .flags import check_at_least_one, check_positive
@@ -42,7 +43,8 @@ def verify(
 
     with (progress if as_json else console).status("re-measuring the profile in worker processes") as status:
         def show(message: str) -> None:
-            (progress if as_json else console).log(message, highlight=False)
+            if not quiet():
+                (progress if as_json else console).log(message, highlight=False)
             status.update(message)
 
         result = verify_profile(profile, model, tolerance=tolerance, workers=workers, rounds=rounds,

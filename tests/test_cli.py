@@ -13,7 +13,7 @@ import pytest
 
 from autotune import cli, library
 from autotune.exceptions import InvalidInput
-from autotune.options import OBJECTIVES, PRUNERS, SAMPLERS
+from autotune.options import EXIT_BUG, EXIT_NOTHING_FITS, OBJECTIVES, PRUNERS, SAMPLERS
 
 
 def _autotune(*args: str) -> subprocess.CompletedProcess:
@@ -73,7 +73,7 @@ def test_a_bug_is_not_hidden_behind_a_friendly_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main()
     error = capsys.readouterr().err
-    assert exit_.value.code == cli.EXIT_BUG == 70  # told apart from a failed check (1) and a user's mistake (2)
+    assert exit_.value.code == EXIT_BUG == 70  # told apart from a failed check (1) and a user's mistake (2)
     assert "Traceback (most recent call last)" in error and "ValueError: a bug, not the user's mistake" in error
     assert error.strip().splitlines()[-1].startswith("autotune: this is a bug in autotune 0.1.0 (torch ")
 
@@ -87,8 +87,8 @@ def test_version_completion_and_the_exit_status_of_nothing_fits():
                                 timeout=300, env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert completion.returncode == 0 and "complete" in completion.stdout and "autotune" in completion.stdout
     # No shipped profile is for tiny-flux: "auto" finds none, and says so with its own status.
-    nothing = _autotune("precompile", "auto", "--model", "builtin:tiny-flux")
-    assert nothing.returncode == cli.EXIT_NOTHING_FITS == 3, nothing.stderr
+    nothing = _autotune("precompile", "auto", "--model", "builtin:tiny-flux-random")
+    assert nothing.returncode == EXIT_NOTHING_FITS == 3, nothing.stderr
     assert nothing.stderr.startswith("autotune: error: ") and nothing.stderr.strip().count("\n") == 0
 
 
@@ -105,6 +105,17 @@ def test_an_autotune_error_becomes_one_line_unless_autotune_debug_is_set(monkeyp
     monkeypatch.setenv("AUTOTUNE_DEBUG", "1")
     with pytest.raises(InvalidInput):
         cli.main()
+    monkeypatch.delenv("AUTOTUNE_DEBUG")
+    monkeypatch.setattr(sys, "argv", ["autotune", "-v", "profiles", "list"])  # --verbose: the same as the variable
+    with pytest.raises(InvalidInput):
+        cli.main()
+
+
+def test_quiet_and_verbose_are_one_or_the_other(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["autotune", "-q", "-v", "profiles", "list"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2 and "--quiet and --verbose ask for opposite things" in capsys.readouterr().err
 
 
 def test_every_error_autotune_raises_on_purpose_is_also_the_builtin_it_means():
