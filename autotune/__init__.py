@@ -11,12 +11,22 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .apply import apply_profile, load_pipeline
-    from .exceptions import AutotuneError, IncompatibleProfile, NoProfileFits, NothingFits, ProfileError
+    from .exceptions import (
+        AutotuneError,
+        AutotuneWarning,
+        FallbackWarning,
+        IncompatibleProfile,
+        NoProfileFits,
+        NothingFits,
+        ProfileError,
+        ProfileMismatchWarning,
+    )
     from .hardware import probe
     from .library import select_profile
+    from .outcome import SearchOutcome
     from .profile import Profile, load_profile
     from .recommendation import recommend
-    from .tuner import search
+    from .tuner import run_search, search
 
 __version__ = "0.1.0"
 
@@ -26,6 +36,9 @@ _EXPORTS = {
     "apply_profile": "apply",
     "load_pipeline": "apply",
     "AutotuneError": "exceptions",
+    "AutotuneWarning": "exceptions",
+    "FallbackWarning": "exceptions",
+    "ProfileMismatchWarning": "exceptions",
     "IncompatibleProfile": "exceptions",
     "NoProfileFits": "exceptions",
     "NothingFits": "exceptions",
@@ -35,20 +48,27 @@ _EXPORTS = {
     "load_profile": "profile",
     "recommend": "recommendation",
     "search": "tuner",
+    "run_search": "tuner",
+    "SearchOutcome": "outcome",
     "select_profile": "library",
 }
 __all__ = [
     "AutotuneError",
+    "AutotuneWarning",
+    "FallbackWarning",
     "IncompatibleProfile",
     "NoProfileFits",
     "NothingFits",
     "Profile",
     "ProfileError",
+    "ProfileMismatchWarning",
+    "SearchOutcome",
     "apply_profile",
     "load_pipeline",
     "load_profile",
     "probe",
     "recommend",
+    "run_search",
     "search",
     "select_profile",
 ]

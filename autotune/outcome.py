@@ -60,6 +60,11 @@ class SearchOutcome:
     time_split: TimeSplit | None = None  # where the search's time went (`time_split`), set by the search
 
     @property
+    def study(self) -> optuna.Study:
+        """The search's Optuna study, opened again (its trials, `optuna.visualization`, the dashboard)."""
+        return optuna.load_study(study_name=self.study_name, storage=self.storage_url or self.storage)
+
+    @property
     def speedup(self) -> float | None:
         """The best configuration's images/s over the default's, measured side by side; None when the default
         configuration failed here or was never timed (there is no ratio to give). See `speedup_ratio` for its
@@ -189,7 +194,8 @@ def metrics_of(candidate: Candidate, baseline: Candidate | None = None,
     `others_cpu_share` the load they were measured under."""
     if not candidate.measured:
         return Metrics(images_per_s=candidate.trial_images_per_s, peak_memory_bytes=candidate.trial_peak_bytes or None,
-                       quality={k: round(v, 4) for k, v in candidate.trial_quality.items()}, measured_in="trial",
+                       quality={k: round(v, 4) for k, v in candidate.trial_quality.items()},
+                       quality_by_prompt=_rounded(candidate.trial_quality_by_prompt), measured_in="trial",
                        others_cpu_share=_share(others_cpu_share))
     ratio = candidate.vs(baseline) if baseline is not None else None
     return Metrics(images_per_s=candidate.images_per_s, frames_per_s=candidate.frames_per_s,
@@ -197,8 +203,13 @@ def metrics_of(candidate: Candidate, baseline: Candidate | None = None,
                    latency_s=candidate.latency,
                    peak_memory_bytes=candidate.peak_memory_bytes or None,
                    quality={k: round(v, 4) for k, v in candidate.quality.items()},
+                   quality_by_prompt=_rounded(candidate.quality_by_prompt),
                    warmup_s=round(candidate.warmup_s, 3),
                    others_cpu_share=_share(candidate.others_cpu_share))
+
+
+def _rounded(by_prompt: dict[str, list[float]]) -> dict[str, list[float]]:
+    return {metric: [round(value, 4) for value in values] for metric, values in by_prompt.items()}
 
 
 def _share(share: float | None) -> float | None:

@@ -1,0 +1,41 @@
+"""The Python API's manners: what it exports, that it ships type information, and that it leaves an app's logging
+as it found it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import optuna
+
+import autotune
+from autotune.study import optuna_warnings_only
+
+
+def test_every_exported_name_resolves_and_the_warnings_can_be_filtered():
+    for name in autotune.__all__:
+        assert getattr(autotune, name) is not None, name
+    assert issubclass(autotune.FallbackWarning, autotune.AutotuneWarning)
+    assert issubclass(autotune.ProfileMismatchWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", autotune.FallbackWarning)  # what an app that expects fallbacks writes
+
+
+def test_the_package_says_it_is_typed():
+    assert (Path(autotune.__file__).parent / "py.typed").is_file()
+
+
+def test_importing_the_search_leaves_optunas_logging_alone():
+    code = ("import optuna; optuna.logging.set_verbosity(optuna.logging.DEBUG); "
+            "import autotune.tuner, autotune.distributed, autotune.trials; "
+            "assert optuna.logging.get_verbosity() == optuna.logging.DEBUG")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_a_search_quiets_optuna_only_while_it_runs():
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    with optuna_warnings_only():
+        assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO
