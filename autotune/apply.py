@@ -229,7 +229,7 @@ def precompile(profile: ProfileLike, model: str | None = None, search_path: Sear
             for kwargs in calls:
                 pipe(resolved.workload.prompts[0], **kwargs)
             seconds = time.perf_counter() - started
-            size = compiled.save_artifacts(path)
+            size = compiled.save_artifacts(path, empty)
         finally:
             if before is None:
                 os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
