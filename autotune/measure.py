@@ -18,8 +18,9 @@ import psutil
 import torch
 from diffusers import DiffusionPipeline
 
+from .figures import Stat
 from .hardware import nvml_device, nvml_session
-from .profile import Stat, Workload
+from .workload import Workload
 
 
 @dataclass(frozen=True)

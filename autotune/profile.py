@@ -26,6 +26,7 @@ from pydantic import (
 
 from . import __version__, knobs
 from .exceptions import ProfileError
+from .figures import SpeedRatio, Stat
 from .files import write_atomic
 from .hardware import Hardware, Software
 from .profile_yaml import (
@@ -38,7 +39,6 @@ from .profile_yaml import (
     with_absolute_storage,
     without_empty_fields,
 )
-from .units import finite_number, significant
 from .workload import IMAGE_SEED_STRIDE as IMAGE_SEED_STRIDE  # tests and bench read it from here
 from .workload import Workload
 
@@ -75,43 +75,6 @@ class Goal(_Strict):
     objective: Literal["throughput", "latency", "pareto"] = "throughput"
     memory_budget_bytes: PositiveInt | None = None
     quality_floor: QualityFloor | None = None
-
-
-class Stat(_Strict):
-    """A repeated measurement: its median, coefficient of variation and sample count."""
-
-    median: float = Field(ge=0)
-    cv: float = Field(ge=0)
-    n: PositiveInt
-
-    @model_validator(mode="before")
-    @classmethod
-    def _rounded(cls, data: Any) -> Any:
-        """Rounded to what the spread supports: 3 significant digits (4 under a 1% spread), the spread to 3."""
-        if isinstance(data, dict) and finite_number(data.get("median")) and finite_number(data.get("cv")):
-            data = {**data, "median": significant(data["median"], 3 if data["cv"] >= 0.01 else 4),
-                    "cv": significant(data["cv"], 3)}
-        return data
-
-
-class SpeedRatio(_Strict):
-    """images/s over the default configuration's, measured in the same interleaved rounds: the ratio of the medians
-    and its bootstrap interval (`comparison.ratio_of_medians`). An interval that spans 1 is no claim of a speed-up."""
-
-    median: float = Field(gt=0)
-    low: float = Field(ge=0)
-    high: float = Field(ge=0)
-    confidence: float = Field(gt=0, lt=1)
-    # Of all cores, used by other processes during the re-measurement; above host_load.BUSY_SHARE nothing is claimed.
-    others_cpu_share: float | None = Field(default=None, ge=0, le=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _rounded(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {**data, **{key: significant(data[key], 3) for key in ("median", "low", "high")
-                               if finite_number(data.get(key))}}
-        return data
 
 
 class Metrics(_Strict):

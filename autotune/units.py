@@ -1,9 +1,7 @@
-"""Sizes and figures: bytes inside, human units only at the edges (the one place that parses and prints them), and
-measured figures rounded to the digits they support."""
+"""Sizes: bytes inside, human units only at the edges. The one place that parses and prints them."""
 
 from __future__ import annotations
 
-import math
 import re
 
 from .exceptions import InvalidInput
@@ -81,17 +79,3 @@ def format_size(num_bytes: int | float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
-
-
-def significant(value: float, digits: int) -> float:
-    """`value` to `digits` significant digits: 21.36352656 -> 21.4 (3 digits).
-
-    >>> significant(21.36352656, 3), significant(0.0012345, 2), significant(0.0, 3)
-    (21.4, 0.0012, 0.0)
-    """
-    return float(f"{value:.{digits}g}")
-
-
-def finite_number(value: object) -> bool:
-    """A real number, not a bool, NaN or infinity (YAML reads `.nan` and `true` as numbers' kin)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

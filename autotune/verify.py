@@ -21,13 +21,14 @@ from typing import Literal
 from .apply import ProfileLike, check_pipeline_fits, resolve_profile
 from .candidates import Candidate
 from .exceptions import IncompatibleProfile, InvalidInput
+from .figures import Stat
 from .hardware import Hardware, probe
 from .host_load import BUSY_SHARE as SEARCH_BUSY_SHARE
 from .host_load import OthersCpu
 from .library import SearchPath
 from .options import DEFAULT_REFERENCE_STEPS, DEFAULT_TOLERANCE
 from .pipelines import HubOptions
-from .profile import Profile, Stat
+from .profile import Profile
 from .quality import FloorSpec
 from .remeasure import remeasure
 from .scoring import Scoring, prepare_reference

@@ -84,11 +84,11 @@ def test_the_re_measurement_adds_rounds_only_while_the_comparison_is_undecided()
         return False
 
     candidates = [Candidate("default", {"steps": 2}), Candidate("same", {"steps": 2})]
-    remeasure(candidates, WorkerConfig("builtin:tiny-sd"), workload, rounds=1, timeout_s=300, runs_per_round=1,
+    remeasure(candidates, WorkerConfig("builtin:tiny-sd-random"), workload, rounds=1, timeout_s=300, runs_per_round=1,
               extra_rounds=2, settled=undecided)
     assert [len(c.latency_s) for c in candidates] == [3, 3] and len(asked) == 2  # 1 planned + 2 extra rounds
     decided = [Candidate("default", {"steps": 2}), Candidate("same", {"steps": 2})]
-    remeasure(decided, WorkerConfig("builtin:tiny-sd"), workload, rounds=1, timeout_s=300, runs_per_round=1,
+    remeasure(decided, WorkerConfig("builtin:tiny-sd-random"), workload, rounds=1, timeout_s=300, runs_per_round=1,
               extra_rounds=2, settled=lambda: True)
     assert [len(c.latency_s) for c in decided] == [1, 1]
 
@@ -104,18 +104,18 @@ def test_the_re_measurement_stops_at_its_deadline_with_what_it_has():
     workload = Workload(height=64, width=64, prompts=["a cat"])
     candidates = [Candidate("default", {"steps": 2}), Candidate("same", {"steps": 2})]
     started = time.monotonic()
-    complete = remeasure(candidates, WorkerConfig("builtin:tiny-sd"), workload, rounds=10_000, timeout_s=300,
+    complete = remeasure(candidates, WorkerConfig("builtin:tiny-sd-random"), workload, rounds=10_000, timeout_s=300,
                          runs_per_round=1, deadline=started + 20)
     assert not complete and time.monotonic() - started < 25  # past the deadline only by closing the workers
     assert all(c.measured for c in candidates) and 0 < len(candidates[0].latency_s) < 10_000
     late = [Candidate("default", {"steps": 2})]
-    assert not remeasure(late, WorkerConfig("builtin:tiny-sd"), workload, rounds=1, timeout_s=300,
+    assert not remeasure(late, WorkerConfig("builtin:tiny-sd-random"), workload, rounds=1, timeout_s=300,
                          deadline=time.monotonic())
     assert late[0].failure == TIME_UP and not late[0].latency_s
 
 
 def test_a_configuration_never_re_measured_keeps_its_trials_figures_marked_as_such():
-    from autotune.profile import Stat
+    from autotune.figures import Stat
 
     leader = Candidate("trial 3", {"batch_size": 4}, trial_peak_bytes=2**30, trial=3,
                        trial_images_per_s=Stat(median=12.5, cv=0.04, n=3), trial_quality={"psnr": 31.0})
@@ -144,7 +144,7 @@ def _quiet_ratio(settings: dict, baseline: dict, workload) -> Ratio:
     from autotune.worker import WorkerConfig
 
     again = [Candidate("claimed", settings), Candidate("default", baseline)]
-    remeasure(again, WorkerConfig("builtin:tiny-sd"), workload, rounds=3, timeout_s=300)
+    remeasure(again, WorkerConfig("builtin:tiny-sd-random"), workload, rounds=3, timeout_s=300)
     return again[0].vs(again[1])
 
 
@@ -157,14 +157,14 @@ def test_a_search_on_a_busy_machine_claims_only_what_a_quiet_re_measurement_hold
     burners = _burn_every_core()
     try:
         # A real speed-up (batch 8 against the default's batch 1), searched while every core is taken.
-        outcome = run_search("builtin:tiny-sd", budget="4GB", n_trials=1, out=tmp_path / "busy.yaml", steps=2,
+        outcome = run_search("builtin:tiny-sd-random", budget="4GB", n_trials=1, out=tmp_path / "busy.yaml", steps=2,
                              height=64, width=64, top_k=1, rounds=2,
                              pinned={"compile": "none", "batch_size": 8, "precision": "fp32"})
         # No speed-up at all: the default configuration against itself, re-measured while every core is taken.
         same = [Candidate("default", dict(outcome.baseline.settings)),
                 Candidate("same", dict(outcome.baseline.settings))]
         workload = outcome.profile.workload
-        remeasure(same, WorkerConfig("builtin:tiny-sd"), workload, rounds=2, timeout_s=300)
+        remeasure(same, WorkerConfig("builtin:tiny-sd-random"), workload, rounds=2, timeout_s=300)
     finally:
         from load import stop_burners
 

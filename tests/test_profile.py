@@ -13,6 +13,7 @@ from autotune import knobs
 from autotune.apply import resolve_profile, shipped_profile_path
 from autotune.cli import app
 from autotune.exceptions import ProfileError
+from autotune.figures import SpeedRatio, Stat
 from autotune.profile import (
     SCHEMA_VERSION,
     Goal,
@@ -20,8 +21,6 @@ from autotune.profile import (
     Profile,
     Provenance,
     QualityFloor,
-    SpeedRatio,
-    Stat,
     load_profile,
     profile_from_text,
 )

@@ -13,9 +13,9 @@ from autotune import knobs
 from autotune.batching import BatchPolicy, doublings
 from autotune.candidates import Candidate
 from autotune.exceptions import InvalidInput
+from autotune.figures import Stat
 from autotune.hardware import probe
 from autotune.outcome import SearchOutcome, metrics_of
-from autotune.profile import Stat
 from autotune.protocol import BatchResult
 from autotune.space import build_space, restrict, sample, suggest, validate_pinned
 from autotune.study import StudySpec, feasible, make_pruner
@@ -292,7 +292,7 @@ def test_the_budget_is_part_of_a_studys_identity(fingerprint, tmp_path):
     from autotune.study import default_study_name, open_study
 
     def spec(budget: int, hub: dict | None = None) -> StudySpec:
-        return StudySpec(model="builtin:tiny-sd", loadable=True, pipeline="StableDiffusionPipeline",
+        return StudySpec(model="builtin:tiny-sd-random", loadable=True, pipeline="StableDiffusionPipeline",
                          denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
                          objective="throughput", fixed={"steps": 2}, hardware=fingerprint.hardware.model_dump(),
                          space={}, memory_budget_bytes=budget, n_trials=1, max_batch=1, trial_timeout_s=5,
@@ -310,6 +310,6 @@ def test_the_budget_is_part_of_a_studys_identity(fingerprint, tmp_path):
         open_study("h", storage, spec(4 * 2**30, {"variant": "bf16"}))
     # Without --study, another budget names another study: the same command with --budget 8GB starts afresh.
     workload = Workload(height=64, width=64, prompts=["a cube"])
-    names = {default_study_name("builtin:tiny-sd", fingerprint, workload, "throughput", None, budget)
+    names = {default_study_name("builtin:tiny-sd-random", fingerprint, workload, "throughput", None, budget)
              for budget in (4 * 2**30, 8 * 2**30)}
     assert len(names) == 2 and all(name.endswith("gib") for name in names)

@@ -15,9 +15,10 @@ import pytest
 from autotune import pipelines, protocol
 from autotune.apply import apply_profile
 from autotune.exceptions import ProfileError
+from autotune.figures import Stat
 from autotune.library import select_profile
 from autotune.measure import summarize
-from autotune.profile import Profile, Stat, load_profile
+from autotune.profile import Profile, load_profile
 from autotune.trials import record_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_a_two_size_search_writes_one_profile_with_a_batch_for_each_size(tmp_pat
     assert all(t.user_attrs["sizes"][0]["height"] == 48 for t in study.trials if "settings" in t.user_attrs)
 
     # The app's side: both sizes, one image each, and the other size's batch when it asks for a batch.
-    pipe = apply_profile(pipelines.load("builtin:tiny-sd"), profile)
+    pipe = apply_profile(pipelines.load("builtin:tiny-sd-random"), profile)
     for height, width in ((64, 64), (48, 32)):
         image = pipe("a cube", **profile.call_kwargs(height=height, width=width)).images[0]
         assert image.size == (width, height)
@@ -87,7 +88,7 @@ def test_auto_prefers_a_profile_tuned_at_the_size_the_app_renders(tuned_profile)
 
     big, small = tuned_at(64, 64, 100.0), tuned_at(32, 32, 10.0)
     here = dict(fingerprint=tuned_profile.hardware, free_memory_bytes=64 * GiB)
-    tiny = pipelines.tiny_sd()
+    tiny = pipelines.tiny_sd_random()
     assert select_profile(tiny, [big, small], **here).profile is big  # no size asked: the faster
     selection = select_profile(tiny, [big, small], size=(32, 32), **here)
     assert selection.profile is small

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.exceptions import IncompatibleProfile
-from autotune.profile import Goal, QualityFloor, Stat
+from autotune.figures import Stat
+from autotune.profile import Goal, QualityFloor
 from autotune.verify import verify_profile
 
 pytestmark = pytest.mark.slow
@@ -124,6 +125,6 @@ def test_bad_flags_are_refused_with_one_line_and_status_2(args, message, tmp_pat
 def test_a_model_of_another_pipeline_class_is_refused(tuned_profile):
     other = tuned_profile.model_copy(update={"model": tuned_profile.model.model_copy(
         update={"pipeline": "StableDiffusionXLPipeline"})})
-    with pytest.raises(IncompatibleProfile, match="tuned for StableDiffusionXLPipeline.*builtin:tiny-sd is "
+    with pytest.raises(IncompatibleProfile, match="tuned for StableDiffusionXLPipeline.*builtin:tiny-sd-random is "
                                                   "StableDiffusionPipeline"):
         verify_profile(other)
