@@ -27,8 +27,15 @@ from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from .cli_exit import run, show_tracebacks, versions  # noqa: E402
-from .cli_outcome import SearchProgress, print_event, print_outcome, quiet, set_verbosity  # noqa: E402
-from .cli_profiles import precompile, profiles_app  # noqa: E402
+from .cli_outcome import (  # noqa: E402
+    SearchProgress,
+    outcome_document,
+    print_event,
+    print_outcome,
+    quiet,
+    set_verbosity,
+)
+from .cli_profiles import JsonOption, precompile, print_json, profiles_app  # noqa: E402
 from .cli_recommend import recommend  # noqa: E402
 from .cli_verify import verify  # noqa: E402
 from .exceptions import (  # noqa: E402
@@ -56,6 +63,7 @@ app.command()(recommend)
 app.command()(verify)
 app.command()(precompile)
 console = Console()
+stderr = Console(stderr=True)  # progress, when stdout holds the JSON alone
 
 StorageOption = Annotated[str | None, typer.Option(
     envvar=STORAGE_ENV, help="the study's Optuna storage: postgresql://user:password@host/db, mysql+pymysql://..., "
@@ -157,6 +165,7 @@ def search(
     workers: WorkersOption = 1,
     top_k: TopKOption = 3,
     rounds: RoundsOption = 3,
+    as_json: JsonOption = False,
 ) -> None:
     """Search the fastest configuration under a memory budget and write its profile."""
     from .quality import parse_floor  # numpy only: the floor is checked before torch is imported
@@ -201,9 +210,9 @@ def search(
     if not model:
         model = DEFAULT_MODEL
         if not quiet():
-            console.print(f"[dim]no --model given: using the built-in {model} (shipped with autotune, no download)"
-                          "[/dim]")
-    progress = SearchProgress(console, trials)
+            (stderr if as_json else console).print(f"[dim]no --model given: using the built-in {model} (shipped "
+                                                   "with autotune, no download)[/dim]")
+    progress = SearchProgress(stderr if as_json else console, trials)
     with resume_line(), progress:
         outcome = run_search(
             model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
@@ -214,7 +223,10 @@ def search(
             on_event=progress.event, revision=revision, variant=variant, local_files_only=local_files_only,
             config=config, device=device,
         )
-    print_outcome(console, outcome)
+    if as_json:
+        print_json(outcome_document(outcome))
+    else:
+        print_outcome(console, outcome)
     if report:
         _write_search_report(outcome)
 
@@ -250,6 +262,7 @@ def export(
     out: OutOption = "{study}.yaml",
     top_k: TopKOption = 3,
     rounds: RoundsOption = 3,
+    as_json: JsonOption = False,
 ) -> None:
     """Write the profile of a study that workers filled, re-measuring its top candidates on this host."""
     storage, study = _study_flags(storage, study)
@@ -257,8 +270,12 @@ def export(
     check_writable(out.replace("{study}", study))
     from .distributed import export_profile
 
-    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, on_event=print_event)
-    print_outcome(console, outcome)
+    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds,
+                             on_event=lambda kind, data: print_event(kind, data, stderr if as_json else console))
+    if as_json:
+        print_json(outcome_document(outcome))
+    else:
+        print_outcome(console, outcome)
 
 
 @contextlib.contextmanager

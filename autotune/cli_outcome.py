@@ -85,6 +85,25 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
         console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
 
 
+def outcome_document(outcome: SearchOutcome) -> dict:
+    """What `print_outcome` shows, as data (`--json`): where the profile and the study are, and each configuration
+    re-measured beside the default, with the speed-up's interval and verdict."""
+
+    def figures(candidate) -> dict:
+        rate = candidate.images_per_s if candidate.measured else candidate.trial_images_per_s
+        return {"settings": candidate.settings, "measured_in": "re-measurement" if candidate.measured else "trial",
+                "images_per_s": rate.model_dump() if rate else None,
+                "peak_memory_bytes": candidate.peak_memory_bytes or candidate.trial_peak_bytes,
+                "quality": candidate.quality or candidate.trial_quality or None, "failure": candidate.failure}
+
+    ratio = outcome.speedup_ratio
+    return {"profile": str(outcome.profile_path) if outcome.profile_path else None, "study": outcome.study_name,
+            "storage": outcome.storage, "trials": outcome.trials, "default": figures(outcome.baseline),
+            "chosen": figures(outcome.best),
+            "candidates": [{"label": c.label, **figures(c)} for c in outcome.candidates],
+            "vs_default": {**ratio.record(), "verdict": ratio.verdict} if ratio is not None else None}
+
+
 def print_event(kind: str, data: dict, console: Console = CONSOLE) -> None:
     """One line for a finished trial or a phase of a command (`autotune worker`, `export`)."""
     if quiet():

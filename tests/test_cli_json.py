@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from autotune.cli import app
@@ -47,3 +48,15 @@ def test_verify_json_gives_each_check_and_exits_as_the_table_does():
     assert [check["metric"] for check in told["checks"]][:2] == ["images/s", "peak memory"]
     assert {check["status"] for check in told["checks"]} <= {"pass", "fail", "skip"}
     assert result.exit_code == (0 if told["passed"] else EXIT_CHECK_FAILED) and told["worker_images_per_s"]
+
+
+@pytest.mark.slow
+def test_search_json_holds_the_profile_the_comparison_and_every_candidate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["search", "--json", "--model", "builtin:tiny-sd-random", "--trials", "1",
+                                      "--steps", "2", "--max-batch", "1", "--top-k", "1", "--rounds", "1",
+                                      "--pin", "compile=none", "--out", "s.yaml"])
+    assert result.exit_code == 0, result.output
+    told = json.loads(result.stdout)
+    assert told["profile"].endswith("s.yaml") and told["trials"] == 1 and told["default"]["images_per_s"]["n"] >= 1
+    assert set(told["vs_default"]) >= {"median", "low", "high", "verdict"} and told["candidates"]
