@@ -1,4 +1,5 @@
-"""FLUX built-ins with seeded random weights: `builtin:tiny-flux` for CPUs and tests, `builtin:flux-arch` (the
+"""FLUX built-ins with seeded random weights: `builtin:tiny-flux-random` for tests that need only speed (the trained
+`builtin:tiny-flux` is in `builtin_trained`), `builtin:flux-arch` (the
 FLUX.1-dev transformer's real dimensions) for tuning speed and memory on a GPU without downloading weights.
 
 Both are the FLUX architecture: CLIP and T5 text encoders, a flow-matching scheduler, double-stream and
@@ -38,9 +39,9 @@ def _flux(transformer: dict, vae: dict, clip: dict, t5: dict, max_length: int) -
                         tokenizer_2=t5_tokenizer(max_length), transformer=transformer_model)
 
 
-def tiny_flux() -> FluxPipeline:
+def tiny_flux_random() -> FluxPipeline:
     """FLUX at toy size: 2 double-stream and 4 single-stream blocks, a 4-block VAE (latents image/8), 2-layer T5."""
-    return named(BUILTIN_PREFIX + "tiny-flux", _flux(
+    return named(BUILTIN_PREFIX + "tiny-flux-random", _flux(
         transformer=dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=16,
                          num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
                          guidance_embeds=True, axes_dims_rope=(4, 6, 6)),

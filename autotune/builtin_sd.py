@@ -1,6 +1,6 @@
-"""Stable Diffusion built-ins with seeded random weights: `builtin:tiny-sd` for CPUs and tests (dozens of trials on
-two cores), `builtin:sd15-arch` (SD 1.5's real shapes, an 860M-parameter UNet) for tuning speed and memory on a GPU
-without downloading weights.
+"""Stable Diffusion built-ins with seeded random weights: `builtin:tiny-sd-random` for tests that need only speed
+(dozens of trials on two cores; the trained `builtin:tiny-sd` is in `builtin_trained`), and `builtin:sd15-arch` (SD
+1.5's real shapes, an 860M-parameter UNet) for tuning speed and memory on a GPU without downloading weights.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def _stable_diffusion(unet: dict, vae: dict, text: dict) -> StableDiffusionPipel
     return pipe
 
 
-def tiny_sd() -> StableDiffusionPipeline:
+def tiny_sd_random() -> StableDiffusionPipeline:
     """SD architecture at toy size: 4-block VAE (latents are image/8, as in SD), 2-level UNet, 5-layer CLIP."""
-    return named(BUILTIN_PREFIX + "tiny-sd", _stable_diffusion(
+    return named(BUILTIN_PREFIX + "tiny-sd-random", _stable_diffusion(
         unet=dict(
             block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),

@@ -14,8 +14,8 @@ from typing import Any
 
 from . import quality
 from .comparison import Ratio, ratio_of_medians
+from .figures import Stat
 from .measure import summarize
-from .profile import Stat
 
 
 @dataclass
@@ -29,13 +29,15 @@ class Candidate:
     peak_memory_bytes: int | None = None  # None until something was measured
     warmup_s: float = 0.0
     failure: str | None = None
-    quality: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)  # `quality.aggregate` of quality_by_prompt
+    quality_by_prompt: dict[str, list[float]] = field(default_factory=dict)
     images: Any = None  # prompts x H x W x 3, rendered in the first round of the re-measurement
     trial: int | None = None  # the study's trial it came from (None for the default configuration)
     frames: int | None = None  # frames per output, for a video pipeline
     others_cpu_share: float | None = None  # of all cores, used by other processes while it was timed
     trial_images_per_s: Stat | None = None  # what its trial measured, at its batch size
     trial_quality: dict[str, float] = field(default_factory=dict)  # its trial's scores
+    trial_quality_by_prompt: dict[str, list[float]] = field(default_factory=dict)
     # Its trial's batch and figures at each of the workload's other sizes (`trials.size_record`).
     trial_sizes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -101,6 +103,7 @@ def distinct_candidates(trials: list) -> list[Candidate]:
         chosen.setdefault(key, Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"],
                                          trial=trial.number, trial_images_per_s=_trial_rate(trial),
                                          trial_quality=dict(trial.user_attrs.get("quality") or {}),
+                                         trial_quality_by_prompt=dict(trial.user_attrs.get("quality_by_prompt") or {}),
                                          trial_sizes=list(trial.user_attrs.get("sizes") or [])))
     return list(chosen.values())
 

@@ -33,6 +33,7 @@ from .study import (
     load,
     make_pruner,
     make_sampler,
+    optuna_warnings_only,
     output_paths,
 )
 from .trials import SearchInterrupted, run_trials, trial_event
@@ -45,6 +46,7 @@ STOP_S = 30.0
 
 
 @surface_storage_failures
+@optuna_warnings_only()
 def run_worker(
     storage: str,
     study_name: str,
@@ -80,6 +82,7 @@ def run_worker(
 
 
 @surface_storage_failures
+@optuna_warnings_only()
 def export_profile(
     storage: str,
     study_name: str,

@@ -1,10 +1,11 @@
-"""Loading a model: a hub id, a local folder, a single-file checkpoint, or a built-in random-weight pipeline; finding
-its denoiser.
+"""Loading a model: a hub id, a local folder, a single-file checkpoint, or a built-in pipeline; finding its
+denoiser.
 
-The built-ins need no download. `builtin:tiny-sd` is a Stable Diffusion pipeline small enough for dozens of trials on
-two CPU cores; `builtin:sd15-arch` has the real SD 1.5 shapes (860M-parameter UNet) for tuning speed and memory on a
-GPU without weights (both in `builtin_sd`); `builtin:tiny-flux` and `builtin:flux-arch` are the same pair for FLUX
-(`builtin_flux`). All are seeded, so the same name gives the same weights every time.
+The built-ins need no download. `builtin:tiny-sd` and `builtin:tiny-flux` are trained (`builtin_trained`): Stable
+Diffusion and FLUX small enough for dozens of trials on two CPU cores, drawing what their prompts ask. The rest have
+seeded random weights, the same every time: `tiny-sd-random` and `tiny-flux-random` for tests that need only speed,
+and `sd15-arch` and `flux-arch`, the real SD 1.5 and FLUX.1-dev shapes, for tuning speed and memory on a GPU without
+weights (`builtin_sd`, `builtin_flux`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
@@ -25,9 +26,10 @@ from diffusers import DiffusionPipeline
 from diffusers import __version__ as diffusers_version
 from transformers import __version__ as transformers_version
 
-from .builtin_flux import built_in_bf16, flux_arch, flux_arch_layers, tiny_flux
+from . import builtin_trained
+from .builtin_flux import built_in_bf16, flux_arch, flux_arch_layers, tiny_flux_random
 from .builtin_parts import BUILTIN_PREFIX, named
-from .builtin_sd import sd15_arch, tiny_sd
+from .builtin_sd import sd15_arch, tiny_sd_random
 from .exceptions import UnknownModel
 from .files import cache_dir
 from .options import DEFAULT_MODEL as DEFAULT_MODEL  # the CLI reads it without importing torch
@@ -279,7 +281,7 @@ def default_call_size(pipe: DiffusionPipeline, model: object = None) -> int:
 
 def default_steps(pipe: DiffusionPipeline, model: object = None) -> int | None:
     """The step count a workload uses when none is given: the pipeline call's own default, except for the built-ins
-    that declare theirs (tiny-sd is tuned at 20 steps, the usual count for a fast scheduler)."""
+    that declare theirs (the random tiny ones, whose images ignore the step count, are tuned at 20)."""
     builtin = find_builtin(model)
     if builtin is not None:
         return builtin.steps
@@ -296,12 +298,14 @@ class Builtin:
     pipeline: str
     denoiser: str
     size: int  # the default image side
-    steps: int  # tiny-sd is tuned at 20 steps, the usual count for a fast scheduler
+    steps: int  # the pipeline's own default, but for the random tiny ones (20: their quality ignores steps)
     # Built once, then loaded from autotune's cache: a real-shape model's random init takes 10-15 s on a CPU, and
     # every worker that loads it (each replacement, each re-measured candidate) paid it again.
     saved: bool = False
     # How to make it on the meta device (`load_empty`), where `make` places its modules itself.
     make_empty: Callable[[], DiffusionPipeline] | None = None
+    prompts: tuple[str, ...] = ()  # the workload's default prompts (none: the search's own)
+    call: dict = field(default_factory=dict)  # arguments the default workload passes to every call
 
 
 def _built(model: str, builtin: Builtin, dtype: torch.dtype | None = None) -> DiffusionPipeline:
@@ -339,9 +343,14 @@ def _save(pipe: DiffusionPipeline, folder: Path) -> None:
 
 
 BUILTINS: dict[str, Builtin] = {
-    "tiny-sd": Builtin(tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20),
+    "tiny-sd": Builtin(builtin_trained.tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 32, 50,
+                       prompts=builtin_trained.PROMPTS),
+    "tiny-flux": Builtin(builtin_trained.tiny_flux, "FluxPipeline", "FluxTransformer2DModel", 32, 28,
+                         prompts=builtin_trained.PROMPTS,
+                         call={"max_sequence_length": builtin_trained.TINY_FLUX_SEQUENCE_LENGTH}),
+    "tiny-sd-random": Builtin(tiny_sd_random, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20),
     "sd15-arch": Builtin(sd15_arch, "StableDiffusionPipeline", "UNet2DConditionModel", 512, 50, saved=True),
-    "tiny-flux": Builtin(tiny_flux, "FluxPipeline", "FluxTransformer2DModel", 64, 20),
+    "tiny-flux-random": Builtin(tiny_flux_random, "FluxPipeline", "FluxTransformer2DModel", 64, 20),
     "flux-arch": Builtin(flux_arch, "FluxPipeline", "FluxTransformer2DModel", 1024, 28,
                          make_empty=lambda: built_in_bf16(flux_arch_layers, "meta")),
 }

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batching import BatchPolicy
+from .figures import Stat
 from .measure import Repeats
 from .pipelines import HubOptions
-from .profile import Stat, Workload
 from .quality import DEFAULT_METRICS
+from .workload import Workload
 
 # Search-time timing is a quick screen; the interleaved re-measurement at the end decides.
 SCREEN_REPEATS = Repeats(warmup=1, min_runs=2, max_runs=5, max_seconds=5.0, target_cv=0.05)
@@ -66,6 +67,20 @@ class ScoreAgainst:
 
 
 @dataclass(frozen=True)
+class Calibrate:
+    """Before timing, find the largest value of `knob` in [low, high] whose images still score `minimum` on `metric`
+    (quality falls as it grows, as a step cache's threshold): bracket, then bisect on a log scale, in at most
+    `renders` renders of the workload's prompts (`worker_tasks.calibrate`)."""
+
+    knob: str
+    low: float
+    high: float
+    metric: str
+    minimum: float
+    renders: int = 6
+
+
+@dataclass(frozen=True)
 class TrialTask:
     """Apply `settings` to a fresh pipeline, then time it at the batch sizes `policy` allows."""
 
@@ -75,6 +90,7 @@ class TrialTask:
     policy: BatchPolicy = BatchPolicy()
     repeats: Repeats = SCREEN_REPEATS
     score: ScoreAgainst | None = None
+    calibrate: Calibrate | None = None  # with `score`: a value found by rendering, not sampled
 
 
 @dataclass(frozen=True)
@@ -136,6 +152,8 @@ class Description:
     call_parameters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     output: str = "image"  # or "video" (`workload.output_kind`)
     memory: dict[str, Any] = field(default_factory=dict)  # `memory_facts.ModelFacts.to_dict()`
+    default_prompts: tuple[str, ...] = ()  # a built-in's own (`pipelines.Builtin.prompts`)
+    default_call: dict[str, Any] = field(default_factory=dict)  # a built-in's own call arguments
 
 
 @dataclass(frozen=True)
@@ -149,7 +167,8 @@ class BatchResult:
     warmup_s: float | None = None
     image_problem: str | None = None
     oom: str | None = None
-    quality: dict[str, float] | None = None  # scored at the first batch only
+    quality: dict[str, float] | None = None  # scored at the first batch only (`quality.aggregate`)
+    quality_by_prompt: dict[str, list[float]] | None = None  # each prompt's scores, in the workload's order
 
     @property
     def images_per_s_median(self) -> float:
@@ -177,6 +196,8 @@ class TrialResult:
     batches: tuple[BatchResult, ...]  # at the workload's own size
     other_sizes: tuple[SizeResult, ...] = ()
     quality: dict[str, float] | None = None
+    quality_by_prompt: dict[str, list[float]] | None = None
+    calibration: tuple[tuple[float, float], ...] = ()  # (value, score) of each calibration render, in order
     recycle: bool = False  # the worker's state is suspect (after an out-of-memory error): replace it
     # Seconds in the worker: copying the pristine pipeline (loading it, the first time), applying the knobs, warm-up
     # calls (compile included), timed calls, quality scoring, and the whole task ("worker").

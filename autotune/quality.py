@@ -24,8 +24,9 @@ from .exceptions import InvalidInput, Unavailable
 from .files import cache_dir, write_atomic
 from .options import DEFAULT_REFERENCE_STEPS as DEFAULT_REFERENCE_STEPS  # the search reads it from here
 
-# Reference fidelity metrics (higher is better) and alignment metrics that need a model the user has locally.
-METRICS = ("psnr", "ssim", "lpips", "clip")
+# Fidelity to the reference (higher is better), alignment metrics that need a model the user has locally, and the
+# built-in scenes' judge (`prompt`: the share of prompts drawn as asked).
+METRICS = ("psnr", "ssim", "lpips", "clip", "prompt")
 DEFAULT_METRICS = ("psnr", "ssim")
 # Identical images have an infinite PSNR; YAML and the samplers want a number.
 PSNR_CAP = 100.0
@@ -62,7 +63,19 @@ def parse_floor(text: str) -> FloorSpec:
                            "between -100% and 0%")
     if metric == "ssim" and not percent and not -1 <= value <= 1:
         raise InvalidInput(f"--quality-floor {text!r}: SSIM lies between -1 and 1")
+    if metric == "prompt" and not percent and not 0 <= value <= 1:
+        raise InvalidInput(f"--quality-floor {text!r}: the prompt score is a share of prompts, between 0 and 1")
     return FloorSpec(metric, value, percent)
+
+
+def check_judgeable(floor: FloorSpec | None, prompts: list[str]) -> None:
+    """Refuse a `prompt` floor over prompts the judge cannot read (it knows only the built-in scenes' captions)."""
+    from .shapes import HELD_OUT_PROMPTS, parse
+
+    unreadable = [prompt for prompt in prompts if parse(prompt) is None] if floor and floor.metric == "prompt" else []
+    if unreadable:
+        raise InvalidInput(f"--quality-floor {floor}: the prompt judge reads only the built-in scenes' captions "
+                           f"(such as {HELD_OUT_PROMPTS[0]!r}), not {unreadable[0]!r}")
 
 
 # ---- rendering ----
@@ -175,55 +188,79 @@ def _check_images(label: str, array: np.ndarray) -> None:
 
 def score(images: np.ndarray, reference: np.ndarray, metrics: tuple[str, ...] = DEFAULT_METRICS,
           prompts: list[str] | None = None) -> dict[str, float]:
-    """Mean fidelity of `images` to `reference` (both N x H x W x 3 in [0, 1]), per metric; higher is better.
+    """Fidelity of `images` to `reference` (both N x H x W x 3 in [0, 1], one image per prompt), per metric; higher
+    is better. A fidelity metric's score is its worst prompt's, so a configuration that ruins one prompt of four
+    fails a floor the others meet; `prompt` is the share of prompts the judge reads as drawn (`aggregate`).
 
-    Video clips (N x frames x H x W x 3) are scored frame by frame: every frame counts as an image of its prompt.
+    >>> reference = np.zeros((2, 8, 8, 3)); images = reference.copy(); images[1] += 0.1
+    >>> score(images, reference, ("psnr",))
+    {'psnr': 20.0}
+    """
+    return aggregate(score_by_prompt(images, reference, metrics, prompts))
+
+
+def aggregate(by_prompt: dict[str, list[float]]) -> dict[str, float]:
+    """The scores of a trial from its prompts': the worst prompt's for a fidelity metric, the mean for `prompt` (the
+    share of prompts drawn as asked: one unread prompt of four is 0.75)."""
+    return {metric: float(np.mean(values)) if metric == "prompt" else float(min(values))
+            for metric, values in by_prompt.items()}
+
+
+def score_by_prompt(images: np.ndarray, reference: np.ndarray, metrics: tuple[str, ...] = DEFAULT_METRICS,
+                    prompts: list[str] | None = None) -> dict[str, list[float]]:
+    """Each prompt's score per metric (`score` takes the worst). A video prompt's clip (frames x H x W x 3) scores
+    the mean over its frames.
 
     PSNR and SSIM are torchmetrics'. LPIPS (reported as 1 - distance, so that higher is better) and CLIP score
-    need their models on this machine; they are never downloaded.
+    need their models on this machine; they are never downloaded. `prompt` is the built-in scenes' judge
+    (`autotune.shapes.Judge`): 1 where it reads the image as its prompt, else 0.
     """
     import torch
 
     if np.shape(images) != np.shape(reference):
         raise InvalidInput(f"images of shape {np.shape(images)} cannot be scored against a reference of shape "
                            f"{np.shape(reference)}")
+    n_prompts = np.shape(images)[0]
+    prompts = [(prompts or [""])[index % len(prompts or [""])] for index in range(n_prompts)]
+    frames = np.shape(images)[1] if np.ndim(images) == 5 else 1
     if np.ndim(images) == 5:
-        frames = np.shape(images)[1]
-        prompts = [prompt for prompt in prompts or [] for _ in range(frames)]
         images, reference = (np.reshape(a, (-1, *np.shape(a)[2:])) for a in (images, reference))
     produced = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
     wanted = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
     if not torch.isfinite(produced).all():
-        return {metric: worst_score(metric) for metric in metrics}
+        return {metric: [worst_score(metric)] * n_prompts for metric in metrics}
+    texts = [prompt for prompt in prompts for _ in range(frames)]
     scores = {}
     for metric in metrics:
         if metric == "psnr":
-            scores[metric] = _psnr(produced, wanted)
+            values = _psnr(produced, wanted)
         elif metric == "ssim":
             from torchmetrics.functional.image import structural_similarity_index_measure
 
-            scores[metric] = float(structural_similarity_index_measure(produced, wanted, data_range=1.0))
+            values = structural_similarity_index_measure(produced, wanted, data_range=1.0, reduction="none").tolist()
         elif metric == "lpips":
-            scores[metric] = 1.0 - _lpips(produced, wanted)
+            values = [1.0 - _lpips(a[None], b[None]) for a, b in zip(produced, wanted, strict=True)]
         elif metric == "clip":
-            scores[metric] = _clip(produced, prompts or [])
+            values = [_clip(image[None], [text]) for image, text in zip(produced, texts, strict=True)]
+        elif metric == "prompt":
+            values = _judged(produced, texts)
         else:
             raise InvalidInput(f"unknown quality metric {metric!r}; use one of {', '.join(METRICS)}")
+        scores[metric] = [float(np.mean(values[i * frames:(i + 1) * frames])) for i in range(n_prompts)]
     return scores
 
 
-def _psnr(produced, wanted) -> float:
+def _psnr(produced, wanted) -> list[float]:
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    # Per image, then averaged: one identical image must not make the mean infinite.
-    values = [min(PSNR_CAP, float(peak_signal_noise_ratio(a[None], b[None], data_range=1.0)))
-              for a, b in zip(produced, wanted, strict=True)]
-    return float(np.mean(values))
+    # Capped: an identical image's infinite PSNR would make any mean infinite.
+    return [min(PSNR_CAP, float(peak_signal_noise_ratio(a[None], b[None], data_range=1.0)))
+            for a, b in zip(produced, wanted, strict=True)]
 
 
 def worst_score(metric: str) -> float:
     """The lowest score a metric gives: what unusable or unscored images count as."""
-    return {"psnr": 0.0, "ssim": -1.0, "lpips": 0.0, "clip": 0.0}[metric]
+    return {"psnr": 0.0, "ssim": -1.0, "lpips": 0.0, "clip": 0.0, "prompt": 0.0}[metric]
 
 
 def _lpips(produced, wanted) -> float:
@@ -246,6 +283,15 @@ def _clip(produced, prompts: list[str]) -> float:
 
     texts = [prompts[index % len(prompts)] for index in range(len(produced))]
     return float(clip_score((produced * 255).to(torch.uint8), texts, model_name_or_path=model))
+
+
+def _judged(produced, texts: list[str]) -> list[float]:
+    from . import shapes
+
+    if any(shapes.parse(text) is None for text in texts):
+        raise Unavailable("the prompt metric reads only the built-in scenes' prompts (such as "
+                          f"{shapes.HELD_OUT_PROMPTS[0]!r}); use psnr or ssim")
+    return [float(read) for read in shapes.judge_reads(shapes.load_judge(), produced * 2 - 1, texts)]
 
 
 def meets(scores: dict[str, float], metric: str, minimum: float) -> bool:

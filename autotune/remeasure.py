@@ -76,8 +76,9 @@ def remeasure(candidates: list[Candidate], config: WorkerConfig, workload: Workl
     if scoring is not None:
         for candidate in candidates:
             if candidate.images is not None:
-                candidate.quality = quality.score(candidate.images, scoring.reference, scoring.metrics,
-                                                  workload.prompts)
+                candidate.quality_by_prompt = quality.score_by_prompt(candidate.images, scoring.reference,
+                                                                      scoring.metrics, workload.prompts)
+                candidate.quality = quality.aggregate(candidate.quality_by_prompt)
     return completed >= rounds
 
 

@@ -51,9 +51,9 @@ def _image_row(label: str, array: np.ndarray, reference: np.ndarray | None) -> s
     elif not comparable:
         header = f"size {array.shape[1:3]} differs from the reference: not compared"
     else:
-        # The search's PSNR is the mean of the per-image values already computed for the captions.
+        # The search scores the worst prompt: the least of the per-image values already computed for the captions.
         ssim = score(array, reference, ("ssim",))["ssim"]
-        header = f"PSNR {np.mean(per_image):.1f} dB, SSIM {ssim:.4f} (as the search scores it)"
+        header = f"worst prompt: PSNR {min(per_image):.1f} dB, SSIM {ssim:.4f} (as the search scores it)"
     cells = []
     for i, image in enumerate(array):
         caption = _psnr_text(per_image[i]) if per_image else ""

@@ -148,7 +148,10 @@ def _metrics_text(profile: Profile) -> str:
         parts.append(f"{metrics.latency_s.median:.3g} s/call")
     parts.append(f"peak memory {format_size(metrics.peak_memory_bytes)}")
     if metrics.quality:
-        parts.append(quality_text(metrics.quality))
+        parts.append(quality_text(metrics.quality) + (" (worst prompt)" if len(profile.workload.prompts) > 1 else ""))
+    for metric, values in metrics.quality_by_prompt.items():
+        if len(values) > 1:
+            parts.append(f"{metric} by prompt " + " / ".join(f"{value:.4g}" for value in values))
     if metrics.warmup_s is not None:
         parts.append(f"warm-up {metrics.warmup_s:.1f} s")
     return ", ".join(parts)

@@ -16,8 +16,10 @@ torch.Size([3, 32, 32])
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -180,6 +182,19 @@ class Judge(nn.Module):
 def labels(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
     """The index of each scene's attribute in each of the judge's heads, as tensors of length N."""
     return {name: torch.tensor([names.index(getattr(scene, name)) for scene in scenes]) for name, names in Judge.heads}
+
+
+JUDGE_WEIGHTS = Path(__file__).parent / "weights" / "judge.safetensors"
+
+
+@functools.cache
+def load_judge() -> Judge:
+    """The shipped judge (trained by `training/train_judge.py`), in eval mode; loaded once per process."""
+    from safetensors.torch import load_file
+
+    judge = Judge()
+    judge.load_state_dict(load_file(JUDGE_WEIGHTS))
+    return judge.eval()
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from . import knobs
+from . import knobs, protocol
 from .exceptions import InvalidInput
 
 if TYPE_CHECKING:
@@ -74,6 +74,26 @@ def build_space(domains: Mapping[str, DomainData], steps: knobs.IntRange | None 
     if batch_sizes:
         space["batch_size"] = knobs.Categorical(tuple(batch_sizes)).to_dict()
     return space
+
+
+# Knobs whose value a trial under a quality floor finds by rendering (`calibration`) rather than samples: the largest
+# that meets the floor is the fastest allowed, and a few renders find it where a sampler spends whole trials.
+CALIBRATED = ("cache_threshold",)
+
+
+def calibrated_part(space: dict[str, dict], floor: bool) -> dict[str, dict]:
+    """Take out of `space` (and return) the knobs a trial calibrates: those of `CALIBRATED` in it, under a floor."""
+    return {name: space.pop(name) for name in CALIBRATED if floor and name in space}
+
+
+def calibration_for(calibrated: Mapping[str, DomainData] | None, settings: Mapping[str, Any], metric: str,
+                    minimum: float | None) -> protocol.Calibrate | None:
+    """What a trial with `settings` calibrates before it is timed, if anything (a cache that uses a threshold)."""
+    for name, data in (calibrated or {}).items():
+        domain = knobs.domain_from_dict(data)
+        if minimum is not None and knobs.get(name).active(settings) and isinstance(domain, knobs.FloatRange):
+            return protocol.Calibrate(name, domain.low, domain.high, metric, minimum)
+    return None
 
 
 def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, DomainData], fixed: Mapping[str, Any]) -> dict[str, Any]:

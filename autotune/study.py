@@ -9,13 +9,14 @@ stops beating, is failed by the next worker that looks, and is queued again by O
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,18 @@ Events = Callable[[str, dict[str, Any]], None]
 
 class WrongHardware(AutotuneError, RuntimeError):
     """This machine is not the hardware the study measures: its timings would poison the study."""
+
+
+@contextlib.contextmanager
+def optuna_warnings_only() -> Iterator[None]:
+    """Optuna's INFO lines (a line per trial, one per study created) off while autotune runs a study, which prints its
+    own; the level is put back after, so that importing or running autotune leaves an app's logging as it was."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
 
 
 def has_heartbeat(study: optuna.Study) -> bool:
@@ -91,6 +104,8 @@ class StudySpec:
     pruner: str | None = None  # `options.PRUNERS`; None: recorded before the choice, when every study pruned
     hub: dict[str, Any] | None = None  # `pipelines.HubOptions.given()`: revision, variant, offline, config
     commit: str | None = None  # the commit a hub model resolved to when the search loaded it
+    # Knob name -> domain of the values a trial calibrates by rendering instead of sampling (under a floor).
+    calibrated: dict[str, dict] | None = None
 
     # A resumed search must match these; the others follow the latest search's options.
     IDENTITY = ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps", "memory_budget_bytes",

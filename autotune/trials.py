@@ -26,12 +26,10 @@ from .memory_facts import ModelFacts
 from .memory_model import FACTS_ATTR, REFUSE_MARGIN, MemoryModel, Observation, compiles
 from .profile import Workload
 from .scoring import Scoring, scoring_for
-from .space import suggest
+from .space import calibration_for, suggest
 from .study import GRACE_PERIOD_S, Events, StudySpec, feasible, finished, surplus, wait_for_slot
 from .units import format_size
 from .worker import Worker
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 class DeadlineReached(Exception):
@@ -141,7 +139,8 @@ def _run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stu
     task = protocol.TrialTask(
         settings=settings, workload=Workload(**spec.workload),
         call_kwargs=knobs.call_kwargs({**settings, "batch_size": 1}),
-        policy=policy, repeats=screen_repeats(settings), score=scoring.task() if scoring else None)
+        policy=policy, repeats=screen_repeats(settings), score=scoring.task() if scoring else None,
+        calibrate=calibration_for(spec.calibrated, settings, scoring.metric, scoring.minimum) if scoring else None)
     timeout = trial_timeout(spec, settings)
     cut = deadline is not None and deadline - time.time() < timeout
     try:
@@ -265,6 +264,8 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
     trial.set_user_attr("peak_memory_bytes", chosen.peak_memory_bytes)
     trial.set_user_attr("warmup_s", round(chosen.warmup_s, 3) if chosen.warmup_s is not None else None)
     trial.set_user_attr("settings", answer.settings)
+    if answer.calibration:
+        trial.set_user_attr("calibration", [list(pair) for pair in answer.calibration])
     trial.set_user_attr("batches", [b.record() for b in answer.batches])
     if problem:
         trial.set_user_attr("failure", "image")

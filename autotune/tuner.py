@@ -29,7 +29,7 @@ from .pipelines import HubOptions
 from .profile import Profile, Workload
 from .recommendation import free_cores, recommend_settings
 from .scoring import scoring_for
-from .space import build_space, steps_range, validate_pinned, warm_start
+from .space import build_space, calibrated_part, steps_range, validate_pinned, warm_start
 from .storages import surface_storage_failures
 from .study import (
     Events,
@@ -38,6 +38,7 @@ from .study import (
     default_study_name,
     finished,
     open_study,
+    optuna_warnings_only,
     output_paths,
 )
 from .time_split import time_split
@@ -48,7 +49,10 @@ from .workload import check_call, check_controlled, check_sizes
 
 __all__ = ["DEFAULT_PROMPTS", "SearchInterrupted", "SearchOutcome", "run_search", "search"]
 
-DEFAULT_PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a lighthouse at dusk"]
+# Four prompts that ask for different things (subject, medium, light, detail): a floor holds for the worst of them.
+DEFAULT_PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a lighthouse at dusk",
+                   "a close-up portrait of an old fisherman, studio lighting",
+                   "an isometric illustration of a tiny city with many small windows"]
 
 
 def search(
@@ -71,6 +75,7 @@ def search(
 
 
 @surface_storage_failures
+@optuna_warnings_only()
 def run_search(
     model: ModelSource = "builtin:tiny-sd",
     *,
@@ -186,16 +191,19 @@ def run_search(
                                ) from None
         workload = Workload(
             height=height or info.default_size, width=width or info.default_size, other_sizes=other_sizes,
-            prompts=prompts or DEFAULT_PROMPTS,
+            prompts=prompts or list(info.default_prompts) or DEFAULT_PROMPTS,
             seed=seed, guidance_scale=guidance_scale, negative_prompt=negative_prompt, output=info.output,
-            call=check_workload_arguments(info, call or {}, negative_prompt, guidance_scale),
+            call=check_workload_arguments(info, {**info.default_call, **(call or {})}, negative_prompt,
+                                          guidance_scale),
         )
+        quality.check_judgeable(floor, workload.prompts)
         steps = steps or info.default_steps
         scored = floor is not None or objective == "pareto"
         # Quality-changing knobs join when quality is measured: under a floor, or as a Pareto objective.
         space = build_space(info.domains, steps_range(steps, reference_steps) if scored else None,
                             batch_sizes=doublings(max_batch) if objective == "pareto" else None)
         space = {name: domain for name, domain in space.items() if name not in pinned}
+        calibrated = calibrated_part(space, floor is not None)
         fixed = {**({} if "steps" in space else {"steps": steps}), **pinned}
         spec = StudySpec(
             model=model_id, loadable=isinstance(model, str), pipeline=info.pipeline, denoiser=info.denoiser,
@@ -207,6 +215,7 @@ def run_search(
             pruner=pruner, hub=hub.given(),
             # The snapshot the worker loaded (from the hub's cache, once it has loaded it): what the profile records.
             commit=pipelines.resolved_commit(model, hub) if isinstance(model, str) else None,
+            calibrated=calibrated or None,
         )
         name = study_name or default_study_name(model_id, fingerprint, workload, objective, floor, budget_bytes)
         out, log_path = output_paths(out, name)

@@ -22,7 +22,8 @@ quiet_library_noise()  # a spawned CUDA worker imports diffusers here, before it
 
 from diffusers import DiffusionPipeline  # noqa: E402
 
-from . import compile_cache, protocol  # noqa: E402
+from . import compile_cache, protocol, quality  # noqa: E402
+from .calibration import calibrate  # noqa: E402
 from .exceptions import first_line  # noqa: E402
 from .protocol import WorkerConfig  # noqa: E402
 from .worker_server import cuda_fork_problem, exit_with_parent  # noqa: E402
@@ -119,15 +120,17 @@ class WorkerState:
         self._references: dict[str, Any] = {}
 
     def score(self, pipe, workload, call_kwargs: dict, first_images: dict,
-              against: protocol.ScoreAgainst) -> dict[str, float]:
-        """Fidelity of this trial's images to the reference; prompts the timed calls did not reach are rendered."""
-        from . import quality
+              against: protocol.ScoreAgainst) -> dict[str, list[float]]:
+        """Each prompt's fidelity to the reference; prompts the timed calls did not reach are rendered."""
+        images = quality.render_missing(pipe, workload, call_kwargs, first_images)
+        return quality.score_by_prompt(images, self.reference(against.reference_path), tuple(against.metrics),
+                                       workload.prompts)
 
-        path = against.reference_path
+    def reference(self, path: str) -> Any:
+        """The reference rendering saved at `path`, read once per worker."""
         if path not in self._references:
             self._references[path] = quality.load_reference(path)[0]
-        images = quality.render_missing(pipe, workload, call_kwargs, first_images)
-        return quality.score(images, self._references[path], tuple(against.metrics), workload.prompts)
+        return self._references[path]
 
     def park(self) -> None:
         """Move the kept pipeline to host memory and give its device memory back (`protocol.Time.park`)."""
@@ -229,11 +232,13 @@ def _describe(state: WorkerState, task: protocol.Describe) -> protocol.Descripti
 
     pipe = state.fresh_pipeline()
     pipelines.check_text_to_image(pipe)
+    builtin = pipelines.find_builtin(state.config.model)
     return protocol.Description(
         pipeline=type(pipe).__name__,
         denoiser=type(pipelines.denoiser(pipe)).__name__,
         default_size=pipelines.default_call_size(pipe, state.config.model),
         default_steps=pipelines.default_steps(pipe, state.config.model),
+        default_prompts=builtin.prompts if builtin else (), default_call=dict(builtin.call) if builtin else {},
         scheduler=type(pipe.scheduler).__name__,
         domains={name: domain.to_dict() for name, domain in knobs.domains(state.hardware, pipe).items()},
         hardware=state.hardware.model_dump(),
@@ -249,12 +254,17 @@ def _trial(state: WorkerState, task: protocol.TrialTask) -> protocol.TrialResult
     from .apply import apply_settings
 
     started = time.perf_counter()
-    pipe = state.fresh_pipeline(task.settings)
+    wanted, calibration = task.settings, ()
+    if task.calibrate is not None:  # the value is found by rendering, before the timed pipeline is built
+        value, calibration = calibrate(state, task)
+        wanted = {**wanted, task.calibrate.knob: value}
+    calibrated = time.perf_counter()
+    pipe = state.fresh_pipeline(wanted)
     copied = time.perf_counter()
-    settings = apply_settings(pipe, task.settings, state.hardware, fallback=False)
+    settings = apply_settings(pipe, wanted, state.hardware, fallback=False)
     # Where the trial's time went, the timed calls apart from the rest (`protocol.TrialResult.seconds`).
-    seconds = {"model": copied - started, "knobs": time.perf_counter() - copied, "warmup": 0.0, "timed": 0.0,
-               "scoring": 0.0}
+    seconds = {"calibration": calibrated - started, "model": copied - calibrated, "knobs": time.perf_counter() - copied,
+               "warmup": 0.0, "timed": 0.0, "scoring": 0.0}
     own = task.workload.at(task.workload.height, task.workload.width)
     measured = _batches(state, pipe, own, task, seconds, first_size=True)
     # The other sizes the app renders, with the same knobs: each finds its own batch (the pruner judges the first).
@@ -266,7 +276,8 @@ def _trial(state: WorkerState, task: protocol.TrialTask) -> protocol.TrialResult
     seconds["worker"] = time.perf_counter() - started
     batches = [*measured, *(entry for size in others for entry in size.batches)]
     return protocol.TrialResult(settings=settings, batches=measured, other_sizes=others,
-                                quality=measured[0].quality, recycle=any(entry.oom for entry in batches),
+                                quality=measured[0].quality, quality_by_prompt=measured[0].quality_by_prompt,
+                                calibration=calibration, recycle=any(entry.oom for entry in batches),
                                 seconds={key: round(value, 4) for key, value in seconds.items()})
 
 
@@ -288,16 +299,17 @@ def _batches(state: WorkerState, pipe: DiffusionPipeline, workload, task: protoc
             break
         seconds["warmup"] += result.warmup_s or 0.0
         seconds["timed"] += sum(result.latency_s)
-        scores = None
+        by_prompt = None
         if task.score is not None and first_size and not measured and not result.image_problem:
             # Scored once, at the first batch: per-image seeding keeps each image the same at every batch size.
             scoring_started = time.perf_counter()
-            scores = state.score(pipe, workload, kwargs, result.first_images, task.score)
+            by_prompt = state.score(pipe, workload, kwargs, result.first_images, task.score)
             seconds["scoring"] += time.perf_counter() - scoring_started
         measured.append(protocol.BatchResult(
             batch_size=batch, images_per_s=result.images_per_s,
             seconds_per_image=result.latency.median / batch, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
-            warmup_s=result.warmup_s, image_problem=result.image_problem, quality=scores))
+            warmup_s=result.warmup_s, image_problem=result.image_problem,
+            quality=quality.aggregate(by_prompt) if by_prompt else None, quality_by_prompt=by_prompt))
         if not task.policy.worth_next(measured) or (first_size and not state.go_on(measured[-1])):
             break
     return tuple(measured)
@@ -329,8 +341,6 @@ def _time(state: WorkerState, task: protocol.Time) -> protocol.Timed:
                      Repeats(warmup=0, min_runs=task.runs, max_runs=task.runs, max_seconds=float("inf")))
     rendered = None
     if task.render:
-        from . import quality
-
         rendered = quality.render_missing(state.kept, task.workload, state.kept_kwargs, result.first_images)
     if task.park:
         state.park()
@@ -340,7 +350,6 @@ def _time(state: WorkerState, task: protocol.Time) -> protocol.Timed:
 
 def _reference(state: WorkerState, task: protocol.Reference) -> protocol.ReferenceSaved:
     """Render the reference (fp32, the pipeline's own scheduler, the reference steps) with its noise floor; cache it."""
-    from . import quality
     from .apply import apply_settings
 
     pipe = state.fresh_pipeline({})

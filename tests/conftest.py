@@ -41,7 +41,7 @@ from autotune.profile import ModelInfo, Profile, Workload  # noqa: E402
 
 PROMPT = "a lighthouse at dusk"
 SIZE_PX = 64
-TINY_SD = ModelInfo(id="builtin:tiny-sd", pipeline="StableDiffusionPipeline", denoiser="UNet2DConditionModel")
+TINY_SD = ModelInfo(id="builtin:tiny-sd-random", pipeline="StableDiffusionPipeline", denoiser="UNet2DConditionModel")
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +68,7 @@ def gpu_hardware() -> Hardware:
 
 @pytest.fixture
 def tiny_pipe() -> DiffusionPipeline:
-    return pipelines.tiny_sd()
+    return pipelines.tiny_sd_random()
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def tuned_profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
     from autotune.tuner import run_search
 
     folder = tmp_path_factory.mktemp("tuned")
-    outcome = run_search("builtin:tiny-sd", budget="4GB", n_trials=1, steps=2, max_batch=1, top_k=1, rounds=1,
+    outcome = run_search("builtin:tiny-sd-random", budget="4GB", n_trials=1, steps=2, max_batch=1, top_k=1, rounds=1,
                          pinned={"compile": "none"}, height=SIZE_PX, width=SIZE_PX, out=folder / "tuned.yaml")
     return outcome.profile
 
@@ -100,7 +100,7 @@ def tuned_profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny pipeline saved to a folder: a model as an app loads its own (`from_pretrained(folder)`)."""
     folder = tmp_path_factory.mktemp("models") / "tiny-sd"
-    pipelines.tiny_sd().save_pretrained(folder)
+    pipelines.tiny_sd_random().save_pretrained(folder)
     return folder
 
 

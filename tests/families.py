@@ -30,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, 
 
 from autotune.builtin_parts import clip_tokenizer as tiny_tokenizer
 from autotune.builtin_parts import t5_tokenizer
-from autotune.pipelines import tiny_sd
+from autotune.pipelines import tiny_sd_random
 
 SIZE = 64  # image side: 8x8 latents under every builder's VAE
 
@@ -57,7 +57,7 @@ def _vae(seed: int, **extra) -> AutoencoderKL:
 
 def tiny_lcm() -> LatentConsistencyModelPipeline:
     """LCM: tiny-sd's components under the LCM scheduler, which draws fresh noise at every step."""
-    parts = tiny_sd().components
+    parts = tiny_sd_random().components
     torch.manual_seed(0)
     # LCM's guidance is an embedding of the scale (`time_cond_proj_dim`), not classifier-free guidance.
     unet = UNet2DConditionModel(**{**dict(parts["unet"].config), "time_cond_proj_dim": 32})
@@ -99,7 +99,7 @@ def tiny_sd3() -> StableDiffusion3Pipeline:
 
 def tiny_img2img() -> StableDiffusionImg2ImgPipeline:
     """Image-to-image on tiny-sd's components: its call needs an input image."""
-    return _quiet(StableDiffusionImg2ImgPipeline(**tiny_sd().components, requires_safety_checker=False))
+    return _quiet(StableDiffusionImg2ImgPipeline(**tiny_sd_random().components, requires_safety_checker=False))
 
 
 def tiny_pixart_sigma() -> PixArtSigmaPipeline:

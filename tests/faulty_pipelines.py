@@ -14,13 +14,13 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, SlicedAttnProcessor
 
 from autotune.knobs.attention import KernelRestrictedSDPA
-from autotune.pipelines import tiny_sd
+from autotune.pipelines import tiny_sd_random
 
 
 def faulty_tiny_sd():
     """tiny-sd whose UNet runs out of memory under vanilla attention, is SIGKILLed under sliced attention, and hangs
     under SDPA restricted to the math kernel."""
-    pipe = tiny_sd()
+    pipe = tiny_sd_random()
 
     def fault(unet, args):  # the worker's copy of the UNet, with the trial's processors
         processor = next(iter(unet.attn_processors.values()))
@@ -37,7 +37,7 @@ def faulty_tiny_sd():
 
 def nan_tiny_sd():
     """tiny-sd whose VAE decodes NaN under channels-last, as an fp16 VAE overflow would."""
-    pipe = tiny_sd()
+    pipe = tiny_sd_random()
 
     def poison(decoder, args, output):
         weight = next(p for p in decoder.parameters() if p.dim() == 4 and p.shape[-1] > 1)
@@ -54,7 +54,7 @@ COUNT_FILE_ENV = "AUTOTUNE_TEST_UNET_CALLS"
 
 def counting_tiny_sd():
     """tiny-sd whose UNet appends a line to the file named in COUNT_FILE_ENV at each step, in whatever process."""
-    pipe = tiny_sd()
+    pipe = tiny_sd_random()
 
     def count(unet, args):
         with open(os.environ[COUNT_FILE_ENV], "a") as file:
@@ -75,7 +75,7 @@ PID_FILE_ENV = "AUTOTUNE_TEST_CHILD_PID"
 def spawning_tiny_sd():
     """tiny-sd whose UNet starts a long-lived child process (as inductor starts its compile workers), writes its pid
     to the file named in PID_FILE_ENV, and hangs."""
-    pipe = tiny_sd()
+    pipe = tiny_sd_random()
 
     def spawn_and_hang(unet, args):
         import subprocess

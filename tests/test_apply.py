@@ -159,21 +159,21 @@ def test_a_profile_for_another_pipeline_is_refused_before_anything_changes(field
 def test_apply_verify_and_the_selection_refuse_another_pipeline_with_the_same_sentence(tiny_pipe, make_profile):
     profile = make_profile()
     profile = profile.model_copy(update={"model": profile.model.model_copy(update={"pipeline": "FluxPipeline"})})
-    expected = ("the profile was tuned for FluxPipeline with a UNet2DConditionModel (builtin:tiny-sd); "
+    expected = ("the profile was tuned for FluxPipeline with a UNet2DConditionModel (builtin:tiny-sd-random); "
                 "{} is StableDiffusionPipeline with a UNet2DConditionModel")
     with pytest.raises(IncompatibleProfile) as on_pipe:
         check_pipeline_fits(profile, tiny_pipe)
     with pytest.raises(IncompatibleProfile) as on_model:
-        check_pipeline_fits(profile, "builtin:tiny-sd")  # verify's form: a model id, nothing loaded
+        check_pipeline_fits(profile, "builtin:tiny-sd-random")  # verify's form: a model id, nothing loaded
     assert str(on_pipe.value) == expected.format("this pipeline") + ": tune it with autotune search"
-    assert str(on_model.value) == expected.format("builtin:tiny-sd") + ": tune it with autotune search"
-    selection = select_profile("builtin:tiny-sd", [profile], free_memory_bytes=2**40)
-    assert selection.rejected[0].rejections[0] == expected.format("builtin:tiny-sd")
+    assert str(on_model.value) == expected.format("builtin:tiny-sd-random") + ": tune it with autotune search"
+    selection = select_profile("builtin:tiny-sd-random", [profile], free_memory_bytes=2**40)
+    assert selection.rejected[0].rejections[0] == expected.format("builtin:tiny-sd-random")
     check_pipeline_fits(make_profile(), tiny_pipe)  # the same classes fit
 
 
 def test_load_pipeline_loads_in_the_profile_dtype(make_profile, assert_state, generate):
-    pipe = load_pipeline("builtin:tiny-sd", make_profile(precision="bf16"))
+    pipe = load_pipeline("builtin:tiny-sd-random", make_profile(precision="bf16"))
     assert pipe.unet.dtype == torch.bfloat16
     assert_state(pipe, {"precision": "bf16"})
     generate(pipe)
@@ -190,7 +190,7 @@ def test_load_pipeline_builds_the_model_straight_in_the_profile_dtype(make_profi
 
     monkeypatch.setattr(pipelines, "load", load)
     load_pipeline(profile=make_profile(precision="fp16"))
-    assert asked == [("builtin:tiny-sd", torch.float16)]
+    assert asked == [("builtin:tiny-sd-random", torch.float16)]
 
 
 def test_load_pipeline_takes_the_model_from_a_profile_file(make_profile, assert_state, tmp_path):
@@ -202,13 +202,13 @@ def test_load_pipeline_takes_the_model_from_a_profile_file(make_profile, assert_
 
 
 def test_load_pipeline_without_a_profile_is_the_plain_model():
-    pipe = load_pipeline("builtin:tiny-sd")
+    pipe = load_pipeline("builtin:tiny-sd-random")
     assert pipe.unet.dtype == torch.float32
     assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
 
 
 def test_load_pipeline_names_the_builtins_for_an_unknown_one():
-    with pytest.raises(UnknownModel, match="unknown built-in model 'builtin:nope'; known: builtin:tiny-sd"):
+    with pytest.raises(UnknownModel, match="unknown built-in model 'builtin:nope'; known: builtin:tiny-sd-random"):
         load_pipeline("builtin:nope")
 
 

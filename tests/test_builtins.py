@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autotune import pipelines
-from autotune.builtin_flux import built_in_bf16, tiny_flux
+from autotune.builtin_flux import built_in_bf16, tiny_flux_random
 
 
 def _render(pipe) -> np.ndarray:
@@ -22,15 +22,15 @@ def test_a_saved_builtin_is_built_once_then_loaded_from_the_cache(tmp_path, monk
 
     def make():
         made.append(True)
-        return pipelines.tiny_sd()
+        return pipelines.tiny_sd_random()
 
-    monkeypatch.setitem(pipelines.BUILTINS, "tiny-sd", pipelines.Builtin(
+    monkeypatch.setitem(pipelines.BUILTINS, "tiny-sd-random", pipelines.Builtin(
         make, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20, saved=True))
-    built = pipelines.load("builtin:tiny-sd")
-    loaded = pipelines.load("builtin:tiny-sd")
+    built = pipelines.load("builtin:tiny-sd-random")
+    loaded = pipelines.load("builtin:tiny-sd-random")
     assert len(made) == 1
     assert len(list((tmp_path / "builtins").iterdir())) == 1  # the saved folder, no staging left behind
-    assert type(loaded) is type(built) and loaded.config._name_or_path == "builtin:tiny-sd"
+    assert type(loaded) is type(built) and loaded.config._name_or_path == "builtin:tiny-sd-random"
     for name in ("unet", "vae", "text_encoder"):
         for (key, ours), theirs in zip(getattr(built, name).state_dict().items(),
                                        getattr(loaded, name).state_dict().values(), strict=True):
@@ -42,9 +42,9 @@ def test_a_cache_that_cannot_be_written_costs_only_the_build(tmp_path, monkeypat
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("AUTOTUNE_CACHE", str(blocked))
-    monkeypatch.setitem(pipelines.BUILTINS, "tiny-sd", pipelines.Builtin(
-        pipelines.tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20, saved=True))
-    assert type(pipelines.load("builtin:tiny-sd")).__name__ == "StableDiffusionPipeline"
+    monkeypatch.setitem(pipelines.BUILTINS, "tiny-sd-random", pipelines.Builtin(
+        pipelines.tiny_sd_random, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20, saved=True))
+    assert type(pipelines.load("builtin:tiny-sd-random")).__name__ == "StableDiffusionPipeline"
 
 
 def test_only_the_real_shape_sd_builtin_is_saved():
@@ -53,7 +53,7 @@ def test_only_the_real_shape_sd_builtin_is_saved():
 
 
 def test_modules_made_in_bf16_never_exist_in_fp32():
-    pipe = built_in_bf16(tiny_flux, "cpu")
+    pipe = built_in_bf16(tiny_flux_random, "cpu")
     assert {pipe.transformer.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {
         torch.bfloat16}
     assert torch.get_default_dtype() == torch.float32
@@ -77,7 +77,7 @@ def _no_weights(pipe) -> bool:
     return bool(modules) and all(t.is_meta for m in modules for t in [*m.parameters(), *m.buffers()])
 
 
-@pytest.mark.parametrize("model", ["builtin:tiny-sd", "folder"])
+@pytest.mark.parametrize("model", ["builtin:tiny-sd-random", "folder"])
 def test_a_model_read_without_its_weights_has_the_loaded_ones_sizes(model, tiny_folder):
     from autotune.memory_facts import facts_of
 
@@ -122,11 +122,11 @@ def test_a_dry_run_says_what_a_search_would_run_without_loading_a_weight(tmp_pat
     assert 70e12 < told.image_flops < 90e12 and told.seconds_per_image() > 0
     assert told.configurations > 1 and "precision" in told.space
     monkeypatch.chdir(tmp_path)
-    shown = CliRunner().invoke(app, ["search", "--dry-run", "--model", "builtin:tiny-flux", "--pin", "compile=none"],
-                               env={"COLUMNS": "200"})
+    shown = CliRunner().invoke(app, ["search", "--dry-run", "--model", "builtin:tiny-flux-random", "--pin",
+                                     "compile=none"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
-    assert "model builtin:tiny-flux: FluxPipeline, denoiser FluxTransformer2DModel (read without its weights)" in \
-        shown.output
+    assert ("model builtin:tiny-flux-random: FluxPipeline, denoiser FluxTransformer2DModel (read without its "
+            "weights)") in shown.output
     assert "first trial (the recommendation):" in shown.output and "estimate:" in shown.output
     assert "compile" not in shown.output.split("space:")[1].split("\n")[0]  # a pinned knob is not searched
     assert list(tmp_path.iterdir()) == []  # no study, no profile, no log

@@ -128,7 +128,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(fleet):
 def test_export_writes_the_profile_of_a_study_that_workers_filled(fleet):
     assert fleet.export.returncode == 0, fleet.export.stderr[-3000:]
     profile = load_profile(fleet.folder / "exported.yaml")
-    assert profile.model.id == "builtin:tiny-sd" and profile.provenance.study == fleet.name
+    assert profile.model.id == "builtin:tiny-sd-random" and profile.provenance.study == fleet.name
     assert profile.provenance.trials == 6
     assert profile.hardware.same_model(probe().hardware)
     complete = _trials(POSTGRES_URL, fleet.name, TrialState.COMPLETE)
@@ -164,7 +164,7 @@ def _study_for_this_machine(url: str, name: str, pruner: str | None = None) -> N
     """A study as `autotune search` records it, for the tiny pipeline on this machine (no trial run)."""
     fingerprint = probe()
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
-    StudySpec(model="builtin:tiny-sd", loadable=True, pipeline="StableDiffusionPipeline",
+    StudySpec(model="builtin:tiny-sd-random", loadable=True, pipeline="StableDiffusionPipeline",
               denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a red cube"]},
               objective="throughput", fixed={"steps": 2, "compile": "none"},
               hardware=fingerprint.hardware.model_dump(), space={"attention": ["sdpa", "vanilla"]},
@@ -268,7 +268,7 @@ def test_a_waiting_worker_takes_the_last_slot_back_from_a_trial_that_never_beat(
 
 def test_a_journal_file_holds_a_search(tmp_path):
     journal = tmp_path / "study.journal"
-    run_search("builtin:tiny-sd", budget="4GB", n_trials=2, storage=str(journal), study_name="journal", out=None,
+    run_search("builtin:tiny-sd-random", budget="4GB", n_trials=2, storage=str(journal), study_name="journal", out=None,
                steps=2, max_batch=2, top_k=1, rounds=1, pinned={"compile": "none", "precision": "fp32"})
     study = optuna.load_study(study_name="journal", storage=open_storage(str(journal)))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2

@@ -23,10 +23,10 @@ from autotune.tuner import run_search
 from tests import families
 
 FAMILIES = {
-    "sd15": "builtin:tiny-sd",
+    "sd15": "builtin:tiny-sd-random",
     "sdxl": families.tiny_sdxl_ancestral,
     "sd3": families.tiny_sd3,
-    "flux": "builtin:tiny-flux",
+    "flux": "builtin:tiny-flux-random",
     "lcm": families.tiny_lcm,
     "pixart-sigma": families.tiny_pixart_sigma,
 }
@@ -78,13 +78,13 @@ def test_a_profile_that_changes_the_image_round_trips_applies_and_verifies(case,
     if knobs.get("quantization").unavailable("int8-weight-only", probe().hardware) and "quantization" in case:
         pytest.skip(knobs.get("quantization").unavailable("int8-weight-only", probe().hardware))
     pinned = {"compile": "none", **CHANGES_THE_IMAGE[case]}
-    outcome = run_search("builtin:tiny-flux", n_trials=1, steps=4, reference_steps=4, max_batch=1, top_k=1, rounds=1,
-                         quality_floor="psnr=5", out=tmp_path / "p.yaml", storage=f"sqlite:///{tmp_path}/s.db",
+    outcome = run_search("builtin:tiny-flux-random", n_trials=1, steps=4, reference_steps=4, max_batch=1, top_k=1,
+                         rounds=1, quality_floor="psnr=5", out=tmp_path / "p.yaml", storage=f"sqlite:///{tmp_path}/s.db",
                          pinned=pinned)
     profile = load_profile(outcome.profile_path)
     assert {name: profile.settings_dict()[name] for name in pinned} == pinned
     assert profile.metrics.quality["psnr"] >= 5
-    pipe = apply_profile(pipelines.load("builtin:tiny-flux"), profile)
+    pipe = apply_profile(pipelines.load("builtin:tiny-flux-random"), profile)
     assert {name: knobs.get(name).read(pipe) for name in CHANGES_THE_IMAGE[case]} == CHANGES_THE_IMAGE[case]
     result = verify_profile(outcome.profile_path, tolerance=0.9, workers=1, rounds=1)
     checks = {check.metric: check for check in result.checks}

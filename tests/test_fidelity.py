@@ -17,7 +17,7 @@ from autotune.apply import apply_profile
 from autotune.cli import app
 from autotune.exceptions import UnknownModel
 from autotune.measure import render
-from autotune.pipelines import tiny_sd
+from autotune.pipelines import tiny_sd_random
 from autotune.profile import IMAGE_SEED_STRIDE, Workload, load_profile
 from autotune.space import recipes, steps_range
 from autotune.trials import trial_timeout
@@ -29,7 +29,7 @@ SHIPPED = "profiles/tiny-sd-cpu.yaml"
 FLOAT_NOISE = 1e-3
 
 
-@pytest.mark.parametrize("build", [families.tiny_lcm, families.tiny_sdxl_ancestral, tiny_sd],
+@pytest.mark.parametrize("build", [families.tiny_lcm, families.tiny_sdxl_ancestral, tiny_sd_random],
                          ids=["lcm", "sdxl-euler-ancestral", "sd-pndm"])
 def test_image_k_is_the_same_at_batch_1_and_batch_4(build):
     pipe = build()
@@ -119,7 +119,7 @@ def test_the_shipped_profiles_call_kwargs_render_the_images_it_measured():
     out here (it computes the same images, and would take minutes on this machine)."""
     profile = load_profile(SHIPPED)
     profile = profile.model_copy(update={"settings": profile.settings.model_copy(update={"compile": "none"})})
-    pipe = apply_profile(tiny_sd(), profile)
+    pipe = apply_profile(tiny_sd_random(), profile)
     kwargs = profile.call_kwargs(batch=True)
     assert kwargs["num_images_per_prompt"] == profile.settings.batch_size > 1
     for index, prompt in enumerate(profile.workload.prompts):

@@ -251,7 +251,7 @@ def test_max_autotune_modes_are_swept_only_when_asked(tiny_pipe, gpu_hardware, m
 def test_the_sweep_reads_a_value_back_as_the_knob_declares_it(name, value, fingerprint):
     # Each of these reads back as something else than the value set (16 threads, pndm, a head count): the sweep
     # compares with reads_as, and AS_LOADED with what the unmodified template reads.
-    template, pipe = pipelines.tiny_sd(), pipelines.tiny_sd()
+    template, pipe = pipelines.tiny_sd_random(), pipelines.tiny_sd_random()
     runnable, _ = cases(fingerprint.hardware, pipe)
     case = next(case for case in runnable if case["knob"] == name and case["value"] == value)
     row = run_case(pipe, case, fingerprint.hardware, template, size=64)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def hub_home(tmp_path) -> dict[str, str]:
     """The environment of a machine whose hub cache holds REPO at COMMIT, in fp16 files only."""
     repo = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}"
-    pipelines.tiny_sd().to(torch.float16).save_pretrained(repo / "snapshots" / COMMIT, variant="fp16")
+    pipelines.tiny_sd_random().to(torch.float16).save_pretrained(repo / "snapshots" / COMMIT, variant="fp16")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(COMMIT)
     return {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
@@ -92,7 +92,7 @@ def test_another_revision_than_the_tuned_one_warns(hub_home, tmp_path, monkeypat
 def checkpoint(tmp_path) -> tuple[Path, Path]:
     """tiny-sd as one original-format checkpoint, and its pipeline's layout: the configs, tokenizer and scheduler
     with no weight files, so every weight loaded must come from the checkpoint."""
-    pipe = pipelines.tiny_sd()
+    pipe = pipelines.tiny_sd_random()
     layout = tmp_path / "layout"
     pipe.save_pretrained(layout)
     for weights in layout.glob("*/*.safetensors"):
@@ -103,7 +103,7 @@ def checkpoint(tmp_path) -> tuple[Path, Path]:
 def test_a_single_file_checkpoint_loads_every_weight_through_from_single_file(checkpoint):
     path, layout = checkpoint
     pipe = pipelines.load(str(path), torch.float16, hub=pipelines.HubOptions(config=str(layout)))
-    original, loaded = all_weights(pipelines.tiny_sd()), all_weights(pipe)
+    original, loaded = all_weights(pipelines.tiny_sd_random()), all_weights(pipe)
     assert set(loaded) == set(original)
     assert all(loaded[k].dtype == torch.float16 for k in loaded)  # loaded in the trial's dtype, not cast after
     assert all(torch.equal(loaded[k].float(), original[k].half().float()) for k in original)
@@ -130,7 +130,7 @@ def test_a_single_file_checkpoint_is_searched_and_its_profile_applied(checkpoint
 
 
 @pytest.mark.parametrize(("model", "expected"), [
-    ("builtin:tiny-sd", "autotune: error: --config describes a single-file checkpoint"),
+    ("builtin:tiny-sd-random", "autotune: error: --config describes a single-file checkpoint"),
     ("missing.safetensors", "autotune: error: cannot load checkpoint 'missing.safetensors': no such file"),
 ])
 def test_a_config_without_a_checkpoint_or_a_missing_checkpoint_is_one_line(model, expected, hub_home, tmp_path):

@@ -22,8 +22,8 @@ from autotune.hardware import probe
 from autotune.profile import Settings, profile_from_text
 
 HARDWARE = probe().hardware
-TINY = pipelines.tiny_sd()
-TINY_DIT = pipelines.load("builtin:tiny-flux")
+TINY = pipelines.tiny_sd_random()
+TINY_DIT = pipelines.load("builtin:tiny-flux-random")
 
 
 def activating(knob: knobs.Knob, pipe=TINY, value=None) -> dict | None:
@@ -46,7 +46,7 @@ def activating(knob: knobs.Knob, pipe=TINY, value=None) -> dict | None:
 def expected_read(knob: knobs.Knob, value, pipe):
     """What `knob.read` must give once `value` is applied, as the knob declares it (`reads_as`)."""
     wanted = knob.reads_as(value, pipe)
-    return knob.read(pipelines.tiny_sd()) if wanted == knobs.AS_LOADED else wanted
+    return knob.read(pipelines.tiny_sd_random()) if wanted == knobs.AS_LOADED else wanted
 
 
 def _slow(knob: knobs.Knob, value) -> bool:
@@ -116,12 +116,12 @@ DIT_CASES = [(knob.name, value) for knob in knobs.in_order() for value in knob.v
 def test_available_value_applies_reads_back_and_generates_on_a_dit(name, value):
     knob = knobs.get(name)
     settings = {**activating(knob, TINY_DIT, value), name: value}
-    pipe = pipelines.load("builtin:tiny-flux")
+    pipe = pipelines.load("builtin:tiny-flux-random")
     apply_settings(pipe, settings, HARDWARE, fallback=False)
     for applied, applied_value in settings.items():
         wanted = knobs.get(applied).reads_as(applied_value, pipe)
         if wanted == knobs.AS_LOADED:
-            wanted = knobs.get(applied).read(pipelines.load("builtin:tiny-flux"))
+            wanted = knobs.get(applied).read(pipelines.load("builtin:tiny-flux-random"))
         assert knobs.get(applied).read(pipe) == wanted, applied
     images = pipe("a lighthouse", height=64, width=64, num_inference_steps=2, output_type="np",
                   generator=torch.Generator().manual_seed(0)).images
@@ -130,7 +130,7 @@ def test_available_value_applies_reads_back_and_generates_on_a_dit(name, value):
 
 @pytest.mark.parametrize(("name", "value"), EXACT, ids=[f"{n}={v}" for n, v in EXACT])
 def test_an_exact_value_leaves_the_image_as_the_default_makes_it(name, value, make_profile, generate):
-    default, changed = pipelines.tiny_sd(), pipelines.tiny_sd()
+    default, changed = pipelines.tiny_sd_random(), pipelines.tiny_sd_random()
     # Against the default under what the value requires (sdpa-flash's fp16 against fp16 with torch's SDPA).
     knob = knobs.get(name)
     required = activating(knob, TINY, value)
@@ -249,7 +249,7 @@ def test_process_state_is_put_back_for_one_configuration_among_several(tiny_pipe
     # one applied, so each is put back before its own timed calls.
     one = {"cpu_threads": 1, "precision": "fp32"}
     apply_profile(tiny_pipe, make_profile(**one))
-    other = pipelines.tiny_sd()
+    other = pipelines.tiny_sd_random()
     apply_profile(other, make_profile(cpu_threads=2))
     assert torch.get_num_threads() == 2
     knobs.apply_process_state(one, HARDWARE)
@@ -401,7 +401,7 @@ def test_settings_default_is_every_knobs_default():
 
 
 def test_a_fresh_pipeline_reads_as_the_defaults():
-    pipe = pipelines.tiny_sd()
+    pipe = pipelines.tiny_sd_random()
     for knob in knobs.in_order():
         # Call-time knobs leave no state; an option means nothing until its parent activates it.
         if knob.call_time or knob.parent:
@@ -424,7 +424,7 @@ def test_fullgraph_reaches_torch_on_a_model_with_a_graph_break(make_profile, fre
         block.register_forward_pre_hook(lambda module, args: torch._dynamo.graph_break())
         return pipe
 
-    lenient, strict = broken(pipelines.tiny_sd()), broken(pipelines.tiny_sd())
+    lenient, strict = broken(pipelines.tiny_sd_random()), broken(pipelines.tiny_sd_random())
     apply_profile(lenient, make_profile(compile="default", compile_fullgraph=False))
     apply_profile(strict, make_profile(compile="default", compile_fullgraph=True))
     assert knobs.get("compile_fullgraph").read(strict) is True

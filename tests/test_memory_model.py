@@ -117,7 +117,7 @@ def calibrated_errors(study: optuna.Study) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["builtin:tiny-sd", "builtin:tiny-flux"])
+@pytest.mark.parametrize("model", ["builtin:tiny-sd-random", "builtin:tiny-flux-random"])
 def test_the_median_prediction_of_a_search_is_within_15_percent_of_the_measured_peak(tmp_path, model):
     storage = f"sqlite:///{tmp_path / 'memory.db'}"
     run_search(model, budget="8GB", n_trials=8, storage=storage, study_name="memory", max_batch=8,
@@ -153,7 +153,7 @@ def search_configurations(storage: str, name: str, configurations: list[dict], b
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     for params in configurations:
         study.enqueue_trial(params)
-    run_search("builtin:tiny-sd", budget=budget, n_trials=len(configurations), storage=storage, study_name=name,
+    run_search("builtin:tiny-sd-random", budget=budget, n_trials=len(configurations), storage=storage, study_name=name,
                **WIDE)
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -205,7 +205,7 @@ def test_recommend_refuses_a_bad_budget_in_one_line_before_torch_loads():
 
 def test_recommend_prints_the_choice_with_the_predicted_peak_and_writes_it(tmp_path):
     out = tmp_path / "rec.yaml"
-    result = run_cli("recommend", "--model", "builtin:tiny-sd", "--budget", "4GB", "--device", "cpu", "--out",
+    result = run_cli("recommend", "--model", "builtin:tiny-sd-random", "--budget", "4GB", "--device", "cpu", "--out",
                      str(out))
     assert result.returncode == 0, result.stderr
     assert "predicted peak" in result.stdout and "at batch 1 of the budget" in result.stdout

@@ -207,7 +207,7 @@ def test_no_values_summarize_to_none_and_one_value_to_n_1():
 
 
 def test_warming_up_only_times_no_call_and_reports_no_rate():
-    pipe = pipelines.tiny_sd()
+    pipe = pipelines.tiny_sd_random()
     result = measure(pipe, Workload(height=64, width=64, prompts=["a cat"]), {"num_inference_steps": 2},
                      Repeats(warmup=1, max_runs=0))
     assert result.latency_s == [] and result.warmup_s is not None and result.warmup_s > 0
@@ -217,7 +217,7 @@ def test_warming_up_only_times_no_call_and_reports_no_rate():
 
 
 def test_a_measurement_without_warm_up_records_no_warm_up_time():
-    pipe = pipelines.tiny_sd()
+    pipe = pipelines.tiny_sd_random()
     result = measure(pipe, Workload(height=64, width=64, prompts=["a cat"]), {"num_inference_steps": 2},
                      Repeats(warmup=0, min_runs=2, max_runs=2))
     assert result.warmup_s is None and len(result.latency_s) == 2 and result.images_per_s.n == 2
@@ -268,7 +268,7 @@ def test_autotune_probe_prints_the_machine_and_every_knob():
 
 
 def test_autotune_probe_checks_the_knobs_against_a_model():
-    result = CliRunner().invoke(app, ["probe", "--json", "--model", "builtin:tiny-sd"])
+    result = CliRunner().invoke(app, ["probe", "--json", "--model", "builtin:tiny-sd-random"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)["knobs"]
     assert {row["knob"] for row in rows} == set(knobs.KNOBS)
@@ -278,8 +278,8 @@ def test_autotune_probe_with_an_unknown_model_is_one_line():
     result = _autotune("probe", "--model", "builtin:nope")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "autotune: error: unknown built-in model 'builtin:nope'; known: builtin:tiny-sd, builtin:sd15-arch, "
-        "builtin:tiny-flux, builtin:flux-arch")
+        "autotune: error: unknown built-in model 'builtin:nope'; known: builtin:tiny-sd-random, builtin:sd15-arch, "
+        "builtin:tiny-flux-random, builtin:flux-arch")
     assert "Traceback" not in result.stderr
 
 

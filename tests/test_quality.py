@@ -6,11 +6,11 @@ import numpy as np
 import optuna
 import pytest
 
-from autotune import knobs, quality
+from autotune import knobs, quality, shapes
 from autotune.apply import apply_profile
 from autotune.candidates import Candidate, choose_picks, pareto_front
 from autotune.exceptions import AutotuneError, ProfileError
-from autotune.pipelines import tiny_sd
+from autotune.pipelines import tiny_sd_random
 from autotune.profile import load_profile, load_profile_set
 from autotune.tuner import run_search
 
@@ -29,7 +29,7 @@ def test_floor_syntax(text, metric, value, relative):
 
 @pytest.mark.parametrize("text, complaint", [
     ("ssim", "expected METRIC=VALUE"), ("fid=3", "unknown metric 'fid'"), ("ssim=5%", "a drop from the reference"),
-    ("ssim=1.5", "between -1 and 1"), ("psnr=abc", "expected METRIC=VALUE"),
+    ("ssim=1.5", "between -1 and 1"), ("psnr=abc", "expected METRIC=VALUE"), ("prompt=2", "between 0 and 1"),
 ])
 def test_bad_floors_name_the_problem(text, complaint):
     with pytest.raises(AutotuneError, match=complaint):
@@ -58,6 +58,34 @@ def test_scores_rank_closeness_to_the_reference_and_nan_is_the_worst():
         quality.score(reference[:1], reference)
 
 
+def test_a_trial_scores_its_worst_prompt_and_keeps_every_prompts_scores():
+    rng = np.random.default_rng(1)
+    reference = rng.random((4, 16, 16, 3), dtype=np.float32)
+    images = reference.copy()
+    images[2] = np.clip(images[2] + rng.normal(0, 0.1, images[2].shape), 0, 1)  # one ruined prompt of four
+
+    by_prompt = quality.score_by_prompt(images, reference, ("psnr", "ssim"))
+    assert [value == quality.PSNR_CAP for value in by_prompt["psnr"]] == [True, True, False, True]
+    assert quality.score(images, reference) == {"psnr": by_prompt["psnr"][2], "ssim": by_prompt["ssim"][2]}
+    assert quality.aggregate({"prompt": [1.0, 0.0, 1.0, 1.0]}) == {"prompt": 0.75}  # a share, not the worst
+    clips = np.stack([reference, images], axis=1)  # a video prompt's frames: the mean over its clip
+    assert quality.score_by_prompt(clips, np.stack([reference, reference], axis=1), ("psnr",))["psnr"][2] == (
+        pytest.approx((quality.PSNR_CAP + by_prompt["psnr"][2]) / 2))
+
+
+def test_the_prompt_judge_reads_the_scenes_it_was_asked_for():
+    prompts = list(shapes.HELD_OUT_PROMPTS)
+    drawn = (shapes.render_batch([shapes.parse(p) for p in prompts]).permute(0, 2, 3, 1).numpy() + 1) / 2
+    assert quality.score(drawn, drawn, ("prompt",), prompts) == {"prompt": 1.0}
+    swapped = prompts[1:] + prompts[:1]  # every image scored against another scene's caption
+    assert quality.score(drawn, drawn, ("prompt",), swapped) == {"prompt": 0.0}
+    with pytest.raises(AutotuneError, match="reads only the built-in scenes"):
+        quality.score(drawn[:1], drawn[:1], ("prompt",), ["a photo of a cat"])
+    with pytest.raises(AutotuneError, match="not 'a photo of a cat'"):
+        quality.check_judgeable(quality.parse_floor("prompt=0.9"), [prompts[0], "a photo of a cat"])
+    quality.check_judgeable(quality.parse_floor("psnr=30"), ["a photo of a cat"])  # other metrics read any prompt
+
+
 def test_models_that_are_not_here_are_refused_not_downloaded(monkeypatch):
     monkeypatch.delenv("AUTOTUNE_CLIP_MODEL", raising=False)
     images = np.zeros((1, 8, 8, 3), dtype=np.float32)
@@ -68,11 +96,12 @@ def test_models_that_are_not_here_are_refused_not_downloaded(monkeypatch):
 def test_the_reference_cache_key_follows_what_the_rendering_depends_on(tmp_path):
     workload = {"height": 64, "width": 64, "prompts": ["a"], "seed": 0, "guidance_scale": 7.5}
     versions = {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.24.0"}
-    key = quality.reference_key("builtin:tiny-sd", workload, 50, "cpu", versions)
-    assert key == quality.reference_key("builtin:tiny-sd", dict(workload), 50, "cpu", dict(versions))
-    assert key != quality.reference_key("builtin:tiny-sd", workload, 20, "cpu", versions)
-    assert key != quality.reference_key("builtin:tiny-sd", {**workload, "seed": 1}, 50, "cpu", versions)
-    assert key != quality.reference_key("builtin:tiny-sd", workload, 50, "cpu", {**versions, "diffusers": "0.43"})
+    key = quality.reference_key("builtin:tiny-sd-random", workload, 50, "cpu", versions)
+    assert key == quality.reference_key("builtin:tiny-sd-random", dict(workload), 50, "cpu", dict(versions))
+    assert key != quality.reference_key("builtin:tiny-sd-random", workload, 20, "cpu", versions)
+    assert key != quality.reference_key("builtin:tiny-sd-random", {**workload, "seed": 1}, 50, "cpu", versions)
+    newer = {**versions, "diffusers": "0.43"}
+    assert key != quality.reference_key("builtin:tiny-sd-random", workload, 50, "cpu", newer)
     images = np.random.default_rng(1).random((1, 4, 4, 3), dtype=np.float32)
     quality.save_reference(tmp_path / "r.npz", images, {"ssim": 1.0})
     loaded, noise = quality.load_reference(tmp_path / "r.npz")
@@ -81,7 +110,7 @@ def test_the_reference_cache_key_follows_what_the_rendering_depends_on(tmp_path)
 
 def rescore(profile, reference):
     """Render the profile's configuration here, in this process, and score it: independent of the search's workers."""
-    pipe = apply_profile(tiny_sd(), profile)
+    pipe = apply_profile(tiny_sd_random(), profile)
     pipe.set_progress_bar_config(disable=True)
     images = quality.render(pipe, profile.workload, knobs.call_kwargs(profile.settings_dict()))
     return quality.score(quality.stack(images, len(profile.workload.prompts)), reference)
@@ -89,7 +118,7 @@ def rescore(profile, reference):
 
 @pytest.mark.slow
 def test_a_floor_is_met_by_the_chosen_configuration_when_rescored(tmp_path):
-    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=5, out=tmp_path / "floor.yaml",
+    outcome = run_search("builtin:tiny-sd-random", budget="8GB", n_trials=5, out=tmp_path / "floor.yaml",
                          quality_floor="psnr=35", **SMALL)
 
     profile = load_profile(tmp_path / "floor.yaml")
@@ -108,7 +137,7 @@ def test_a_floor_is_met_by_the_chosen_configuration_when_rescored(tmp_path):
 
 @pytest.mark.slow
 def test_a_floor_only_the_reference_meets_keeps_its_scheduler_and_steps(tmp_path):
-    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=4, out=None, quality_floor="psnr=60",
+    outcome = run_search("builtin:tiny-sd-random", budget="8GB", n_trials=4, out=None, quality_floor="psnr=60",
                          storage=f"sqlite:///{tmp_path / 'strict.db'}", **SMALL)
 
     settings = outcome.profile.settings_dict()
@@ -120,7 +149,7 @@ def test_a_floor_only_the_reference_meets_keeps_its_scheduler_and_steps(tmp_path
 @pytest.mark.slow
 def test_a_pareto_search_writes_a_profile_set_whose_picks_apply(tmp_path):
     out = tmp_path / "front.yaml"
-    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=5, out=out, objective="pareto", **SMALL)
+    outcome = run_search("builtin:tiny-sd-random", budget="8GB", n_trials=5, out=out, objective="pareto", **SMALL)
 
     front = load_profile_set(out)
     assert front == outcome.profile_set  # the YAML round trip loses nothing
@@ -130,7 +159,7 @@ def test_a_pareto_search_writes_a_profile_set_whose_picks_apply(tmp_path):
     for pick in front.picks:
         chosen = front.pick(pick)
         assert load_profile(f"{out}#{pick}") == chosen
-        for pipe in (apply_profile(tiny_sd(), f"{out}#{pick}"), apply_profile(tiny_sd(), out, pick=pick)):
+        for pipe in (apply_profile(tiny_sd_random(), f"{out}#{pick}"), apply_profile(tiny_sd_random(), out, pick=pick)):
             for name in ("precision", "attention", "channels_last"):
                 assert knobs.get(name).read(pipe) == chosen.settings_dict()[name]
         assert chosen.metrics.quality["ssim"] <= 1.0
@@ -162,7 +191,7 @@ def test_a_study_under_a_floor_is_joined_by_a_worker_and_exported_with_its_floor
     from autotune.distributed import export_profile, run_worker
 
     storage, name = f"sqlite:///{tmp_path / 'shared.db'}", "shared"
-    run_search("builtin:tiny-sd", budget="8GB", n_trials=2, out=None, storage=storage, study_name=name,
+    run_search("builtin:tiny-sd-random", budget="8GB", n_trials=2, out=None, storage=storage, study_name=name,
                quality_floor="psnr=35", **SMALL)
     study = optuna.load_study(study_name=name, storage=storage)
     study.set_user_attr("n_trials", 3)  # as a later `autotune search --trials 3` would record it

@@ -83,9 +83,9 @@ def test_deepcache_runs_the_deep_blocks_only_every_interval_steps(tiny_pipe):
 @needs_deepcache
 def test_deepcache_is_for_unets_and_the_dit_caches_for_dits():
     cache = knobs.get("cache")
-    flux = pipelines.load("builtin:tiny-flux")
+    flux = pipelines.load("builtin:tiny-flux-random")
     assert "no UNet" in cache.unavailable("deepcache", HARDWARE, flux)
-    assert "enable_cache" in cache.unavailable("first-block", HARDWARE, pipelines.tiny_sd())
+    assert "enable_cache" in cache.unavailable("first-block", HARDWARE, pipelines.tiny_sd_random())
 
 
 def test_a_cli_process_prints_nothing_while_importing_the_libraries():

@@ -35,7 +35,7 @@ PLOTS = ("tradeoff", "importances", "history")
 def searched(tmp_path_factory: pytest.TempPathFactory):
     """A real search: 4 trials of the tiny pipeline, its profile p.yaml and study p.db."""
     out = tmp_path_factory.mktemp("report") / "p.yaml"
-    return run_search("builtin:tiny-sd", budget="4GB", n_trials=TRIALS, out=out, steps=2, height=64, width=64,
+    return run_search("builtin:tiny-sd-random", budget="4GB", n_trials=TRIALS, out=out, steps=2, height=64, width=64,
                       max_batch=2, top_k=1, rounds=1, pinned={"compile": "none"})
 
 
@@ -46,7 +46,7 @@ def study(searched) -> optuna.Study:
 
 def render(settings: dict, prompts: list[str], seed: int) -> np.ndarray:
     """The workload's prompts, seeded, on a fresh tiny pipeline with `settings` applied."""
-    pipe = pipelines.tiny_sd()
+    pipe = pipelines.tiny_sd_random()
     apply_settings(pipe, settings, probe().hardware)
     images = pipe(prompts, num_inference_steps=2, height=64, width=64, output_type="np",
                   generator=torch.Generator().manual_seed(seed)).images

@@ -95,8 +95,8 @@ def test_the_time_limit_holds_for_the_whole_search_and_the_profile_is_written(tm
     # Rounds without end: the re-measurement can only stop at its share of the limit, with what it has.
     out, events = tmp_path / "limited.yaml", []
     started = time.monotonic()
-    outcome = run_search("builtin:tiny-sd", budget="8GB", n_trials=2, timeout_s=45, out=out, warm_start_recipes=False,
-                         on_event=lambda kind, data: events.append(data.get("message", "")),
+    outcome = run_search("builtin:tiny-sd-random", budget="8GB", n_trials=2, timeout_s=45, out=out,
+                         warm_start_recipes=False, on_event=lambda kind, data: events.append(data.get("message", "")),
                          **{**FAST, "rounds": 10_000})
     assert time.monotonic() - started < 45
     assert any(message.startswith("warning: the time limit stopped the re-measurement") for message in events)
@@ -124,12 +124,12 @@ def test_nan_images_make_a_trial_infeasible_and_it_is_never_chosen(tmp_path):
 def test_a_budget_nothing_fits_says_so_and_writes_no_profile(tmp_path):
     out = tmp_path / "tiny.yaml"
     with pytest.raises(NothingFits, match="nothing fits in 1.0 MiB.*needed"):
-        run_search("builtin:tiny-sd", budget="1MiB", n_trials=2, out=out, **FAST)
+        run_search("builtin:tiny-sd-random", budget="1MiB", n_trials=2, out=out, **FAST)
     assert not out.exists()
 
 
 def test_trials_are_held_to_the_budget_and_record_it(tmp_path):
-    outcome = run_search("builtin:tiny-sd", budget="4GB", n_trials=2, out=tmp_path / "p.yaml", **FAST)
+    outcome = run_search("builtin:tiny-sd-random", budget="4GB", n_trials=2, out=tmp_path / "p.yaml", **FAST)
     profile = outcome.profile
     assert profile.goal.memory_budget_bytes == 4 * 10**9
     assert 0 < profile.metrics.peak_memory_bytes <= 4 * 10**9
@@ -143,7 +143,7 @@ def test_trials_are_held_to_the_budget_and_record_it(tmp_path):
 def test_a_search_records_where_each_trial_spent_its_time_and_splits_its_own(tmp_path):
     import optuna
 
-    outcome = run_search("builtin:tiny-sd", budget="4GB", n_trials=2, out=tmp_path / "p.yaml", **FAST)
+    outcome = run_search("builtin:tiny-sd-random", budget="4GB", n_trials=2, out=tmp_path / "p.yaml", **FAST)
     study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url)
     ran = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(ran) == 2
@@ -226,7 +226,7 @@ def test_bad_search_flags_give_one_line_and_exit_2(tmp_path, flags, message):
 def test_the_profile_written_by_a_search_applies_to_a_fresh_pipeline(tmp_path):
     from autotune import load_pipeline
 
-    run_search("builtin:tiny-sd", budget="4GB", n_trials=1, out=tmp_path / "p.yaml", **FAST)
+    run_search("builtin:tiny-sd-random", budget="4GB", n_trials=1, out=tmp_path / "p.yaml", **FAST)
     profile = load_profile(tmp_path / "p.yaml")
     pipe = load_pipeline(None, profile)
     images = pipe("a red cube", output_type="np", **profile.call_kwargs(batch=True)).images

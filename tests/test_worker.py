@@ -24,7 +24,7 @@ WORKLOAD = Workload(height=64, width=64, prompts=["a cube"])
 
 def tiny_sd_with_a_big_buffer():
     """The tiny pipeline carrying BIG_BYTES more of (touched, so resident) buffer: weights an app would hold once."""
-    pipe = pipelines.tiny_sd()
+    pipe = pipelines.tiny_sd_random()
     pipe.unet.register_buffer("ballast", torch.ones(BIG_BYTES // 4))
     return pipe
 
@@ -37,19 +37,19 @@ def _prepared_peak(model) -> int:
 
 
 def test_describe_gives_each_knobs_domain_as_data():
-    with Worker(WorkerConfig(model="builtin:tiny-sd")) as worker:
+    with Worker(WorkerConfig(model="builtin:tiny-sd-random")) as worker:
         info = worker.request(protocol.Describe(), timeout_s=300)
     assert isinstance(info, protocol.Description) and info.pipeline == "StableDiffusionPipeline"
     assert set(info.domains) == set(knobs.KNOBS)
-    here = knobs.domains(probe().hardware, pipelines.tiny_sd())
+    here = knobs.domains(probe().hardware, pipelines.tiny_sd_random())
     assert {name: knobs.domain_from_dict(data) for name, data in info.domains.items()} == here
 
 
 def test_cpu_peak_memory_counts_one_copy_of_the_pipeline_not_the_pristine_one_too():
-    assert tensor_bytes(tiny_sd_with_a_big_buffer()) - tensor_bytes(pipelines.tiny_sd()) == BIG_BYTES
+    assert tensor_bytes(tiny_sd_with_a_big_buffer()) - tensor_bytes(pipelines.tiny_sd_random()) == BIG_BYTES
     # The worker holds a pristine pipeline and a trial's copy of it; an app holds one: the extra weights must show
     # once in the peak, not twice.
-    extra = _prepared_peak(tiny_sd_with_a_big_buffer) - _prepared_peak("builtin:tiny-sd")
+    extra = _prepared_peak(tiny_sd_with_a_big_buffer) - _prepared_peak("builtin:tiny-sd-random")
     assert 0.5 * BIG_BYTES < extra < 1.5 * BIG_BYTES, f"{extra / 2**20:.0f} MiB more for {BIG_BYTES / 2**20:.0f} MiB"
 
 
@@ -95,7 +95,7 @@ def test_the_parent_decides_after_each_batch_whether_a_trial_times_the_next():
     task = protocol.TrialTask({}, WORKLOAD, {"num_inference_steps": 1}, policy=BatchPolicy(doublings(2)),
                               repeats=Repeats(warmup=0, min_runs=2, max_runs=2))
     seen = []
-    with Worker(WorkerConfig(model="builtin:tiny-sd")) as worker:
+    with Worker(WorkerConfig(model="builtin:tiny-sd-random")) as worker:
         stopped = worker.request(task, timeout_s=300, on_batch=lambda batch: seen.append(batch.batch_size) or False)
         went_on = worker.request(task, timeout_s=300, on_batch=lambda batch: True)
     assert seen == [1] and [b.batch_size for b in stopped.batches] == [1]
@@ -155,7 +155,7 @@ def test_candidates_take_turns_on_a_gpu_that_cannot_hold_them_all():
 def test_a_parked_configuration_is_timed_again_after_coming_back():
     # On a CPU host memory is the device, so the move is a no-op, but the turn's sequence runs as on a GPU: prepare
     # and park, then for each round come back, warm up with one step, time, park again.
-    with Worker(WorkerConfig(model="builtin:tiny-sd")) as worker:
+    with Worker(WorkerConfig(model="builtin:tiny-sd-random")) as worker:
         kwargs = {"num_inference_steps": 2}
         worker.request(protocol.Prepare({}, WORKLOAD, kwargs, park=True), timeout_s=300)
         for _ in range(2):

@@ -54,7 +54,7 @@ def test_a_worker_in_a_bad_fork_answers_every_task_with_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
     context = multiprocessing.get_context("fork")
     parent, child = context.Pipe()
-    config = WorkerConfig("builtin:tiny-sd", device="cuda", memory_budget_bytes=6 * 10**9)
+    config = WorkerConfig("builtin:tiny-sd-random", device="cuda", memory_budget_bytes=6 * 10**9)
     process = context.Process(target=worker_tasks.serve, args=(child, config, os.getpid(), dict(os.environ)),
                               daemon=True)
     process.start()

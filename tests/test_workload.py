@@ -16,7 +16,7 @@ from diffusers import FluxPipeline, LatentConsistencyModelPipeline, PixArtSigmaP
 from autotune import quality
 from autotune.exceptions import InvalidInput
 from autotune.measure import render
-from autotune.pipelines import tiny_sd
+from autotune.pipelines import tiny_sd_random
 from autotune.profile import Profile, load_profile, profile_from_text
 from autotune.workload import Workload, call_parameters, check_call, output_kind, parse_call
 from tests import families
@@ -116,7 +116,7 @@ def test_a_bad_workload_flag_is_one_line_and_status_2(tmp_path, args, message):
 
 @pytest.mark.slow
 def test_an_unknown_call_argument_is_refused_before_any_trial_runs(tmp_path):
-    result = _autotune("search", "--model", "builtin:tiny-sd", "--call", "num_frames=9", "--out",
+    result = _autotune("search", "--model", "builtin:tiny-sd-random", "--call", "num_frames=9", "--out",
                        str(tmp_path / "p.yaml"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "autotune: error: --call num_frames: StableDiffusionPipeline takes no argument " \
@@ -170,7 +170,7 @@ def test_a_video_profile_passes_its_batch_as_num_videos_per_prompt(make_profile)
 
 
 def test_the_negative_prompt_guidance_and_call_arguments_change_the_image():
-    pipe = tiny_sd()
+    pipe = tiny_sd_random()
     steps = {"num_inference_steps": 2}
 
     def image(**workload) -> np.ndarray:

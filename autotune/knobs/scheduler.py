@@ -28,6 +28,11 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 }
 # Schedulers that import an extra package when they run.
 _NEEDS = {"lms": "scipy"}
+# A flow-matching pipeline (FLUX, SD3, Wan) lists no `compatibles`; UniPC runs on its flow sigmas (as Wan ships it),
+# with the loaded scheduler's shift. Its `set_timesteps` takes the sigmas and `mu` these pipelines pass; DPM-Solver's
+# and FlowMatchHeun's do not, so the pipelines refuse them.
+_FLOW_MATCHING = "FlowMatchEulerDiscreteScheduler"
+_ON_FLOW_SIGMAS = {"unipc": {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}}
 DEFAULT = "default"
 _LOADED = "_autotune_loaded_scheduler"
 
@@ -54,9 +59,12 @@ class Scheduler(Knob):
         if package and importlib.util.find_spec(package) is None:
             return f"needs the {package} package (pip install {package})"
         if pipe is not None:
-            compatible = {cls.__name__ for cls in pipe.scheduler.compatibles}
+            loaded = pipe.__dict__.get(_LOADED, pipe.scheduler)
+            compatible = {cls.__name__ for cls in loaded.compatibles}
+            if type(loaded).__name__ == _FLOW_MATCHING:
+                compatible = {SCHEDULERS[name][0] for name in _ON_FLOW_SIGMAS}
             if SCHEDULERS[value][0] not in compatible:
-                return f"not compatible with {type(pipe).__name__}'s {type(pipe.scheduler).__name__}"
+                return f"not compatible with {type(pipe).__name__}'s {type(loaded).__name__}"
         return None
 
     def apply(self, pipe, value, settings, hw):
@@ -66,6 +74,8 @@ class Scheduler(Knob):
             pipe.scheduler = loaded
             return
         class_name, overrides = SCHEDULERS[value]
+        if type(loaded).__name__ == _FLOW_MATCHING:
+            overrides = {**overrides, **_ON_FLOW_SIGMAS[value], "flow_shift": loaded.config.get("shift", 1.0)}
         cls = getattr(diffusers, class_name)
         pipe.scheduler = cls.from_config(loaded.config, **overrides)
 

@@ -1,0 +1,47 @@
+"""The trained built-ins: `builtin:tiny-sd` (Stable Diffusion's architecture and noise schedule) and
+`builtin:tiny-flux` (FLUX's, with rectified flow), trained on two CPU cores on the coloured-shape scenes of
+`autotune.shapes`, so that they draw what a prompt asks and their quality falls with steps, schedulers, caches and
+quantization as a real model's does.
+
+Their weights ship in the package (`autotune/weights`, float16 safetensors, loaded as float32 as diffusers loads a
+checkpoint without `torch_dtype`); `training/` holds the seeded scripts that made them and their logs. Their tokenizers
+are built in memory (`builtin_parts`). Their default prompts are four of the scenes the training never drew, each
+asking for another colour, shape, place and background, and the judge (`shapes.Judge`) can say whether an image shows
+its prompt (the `prompt` quality metric).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline, StableDiffusionPipeline
+
+from . import shapes
+from .builtin_parts import BUILTIN_PREFIX, clip_tokenizer, named, t5_tokenizer
+
+WEIGHTS = Path(__file__).parent / "weights"
+# The T5 encoder was trained on prompts padded to this length, as FluxPipeline pads them (`max_sequence_length`).
+TINY_FLUX_SEQUENCE_LENGTH = 64
+# The workload's default prompts: held out from training, and differing in every attribute.
+PROMPTS: tuple[str, ...] = shapes.HELD_OUT_PROMPTS[:4]
+
+
+def tiny_sd() -> StableDiffusionPipeline:
+    """The trained tiny Stable Diffusion: a 3.2M-parameter UNet, a CLIP text encoder and a VAE (32x32 images,
+    4x8x8 latents), with SD 1.5's noise schedule and SDXL's scheduler (Euler). Trained by
+    `training/train_tiny_sd.py`."""
+    pipe = StableDiffusionPipeline.from_pretrained(
+        WEIGHTS / "tiny-sd", tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, dtype=torch.float32)
+    return named(BUILTIN_PREFIX + "tiny-sd", pipe)
+
+
+def tiny_flux() -> FluxPipeline:
+    """The trained tiny FLUX: double- and single-stream transformer blocks, CLIP and T5 text encoders, the tiny-sd
+    VAE, FLUX.1-dev's flow-matching scheduler; no guidance embedding (as FLUX.1-schnell). Trained by
+    `training/train_tiny_flux.py`."""
+    pipe = FluxPipeline.from_pretrained(
+        WEIGHTS / "tiny-flux", tokenizer=clip_tokenizer(), tokenizer_2=t5_tokenizer(TINY_FLUX_SEQUENCE_LENGTH),
+        dtype=torch.float32)
+    return named(BUILTIN_PREFIX + "tiny-flux", pipe)

@@ -1,0 +1,51 @@
+"""The trained built-ins draw what they are asked, as a real model does: from the shipped weights, with no download,
+and with a quality that falls when the steps do (issue 24). `bench/realism.py` measures the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autotune import pipelines, quality, shapes
+from autotune.builtin_trained import PROMPTS
+from autotune.workload import Workload
+
+TRAINED = ["builtin:tiny-sd", "builtin:tiny-flux"]
+
+
+def _render(pipe, model: str, steps: int) -> np.ndarray:
+    builtin = pipelines.find_builtin(model)
+    workload = Workload(height=builtin.size, width=builtin.size, prompts=list(PROMPTS), call=dict(builtin.call))
+    return quality.stack(quality.render(pipe, workload, {"num_inference_steps": steps}), len(PROMPTS))
+
+
+def test_the_default_prompts_are_held_out_and_ask_for_different_things():
+    scenes = [shapes.parse(prompt) for prompt in PROMPTS]
+    assert len(scenes) >= 4 and all(scene in shapes.HELD_OUT_SCENES for scene in scenes)
+    for attribute in ("colour", "shape", "position", "background"):
+        assert len({getattr(scene, attribute) for scene in scenes}) == len(scenes), attribute
+
+
+@pytest.mark.parametrize("model", TRAINED)
+def test_a_trained_builtin_loads_from_the_package_in_float32(model, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = pipelines.load(model)
+    assert pipe.config._name_or_path == model
+    denoiser = pipelines.denoiser(pipe)
+    assert denoiser.dtype == torch.float32 and pipe.vae.dtype == torch.float32
+    assert all(torch.isfinite(p).all() for p in denoiser.parameters())
+    info = pipelines.find_builtin(model)
+    assert info.prompts == PROMPTS and info.size == 32
+
+
+@pytest.mark.parametrize("model", TRAINED)
+def test_a_trained_builtin_draws_its_prompts_and_its_quality_falls_with_the_steps(model):
+    pipe = pipelines.load(model)
+    steps = pipelines.find_builtin(model).steps
+    default, few, two = (_render(pipe, model, n) for n in (steps, 8, 2))
+    # The judge reads the default configuration's images as their prompts, and not a 2-step blur.
+    assert quality.score(default, default, ("prompt",), list(PROMPTS))["prompt"] >= 0.75
+    assert quality.score(two, two, ("prompt",), list(PROMPTS))["prompt"] <= 0.25
+    # Fewer steps, further from the default's images (a random-weight model barely moves).
+    assert quality.score(two, default, ("psnr",))["psnr"] < quality.score(few, default, ("psnr",))["psnr"] < 30
