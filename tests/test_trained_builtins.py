@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from autotune import pipelines, quality, shapes
-from autotune.builtin_trained import PROMPTS
+from autotune.builtin_trained import PROMPTS, WEIGHTS
 from autotune.workload import Workload
 
-TRAINED = ["builtin:tiny-sd", "builtin:tiny-flux"]
+SHIPPED = (WEIGHTS / "tiny-flux" / "model_index.json").is_file()
+TRAINED = ["builtin:tiny-sd", pytest.param("builtin:tiny-flux", marks=pytest.mark.skipif(
+    not SHIPPED, reason="tiny-flux's trained weights are not shipped yet (issue 24)"))]
 
 
 def _render(pipe, model: str, steps: int) -> np.ndarray:
@@ -49,3 +51,12 @@ def test_a_trained_builtin_draws_its_prompts_and_its_quality_falls_with_the_step
     assert quality.score(two, two, ("prompt",), list(PROMPTS))["prompt"] <= 0.25
     # Fewer steps, further from the default's images (a random-weight model barely moves).
     assert quality.score(two, default, ("psnr",))["psnr"] < quality.score(few, default, ("psnr",))["psnr"] < 30
+
+
+def test_a_trained_builtin_whose_weights_are_missing_says_so_in_one_line(tmp_path, monkeypatch):
+    from autotune import builtin_trained
+    from autotune.exceptions import UnknownModel
+
+    monkeypatch.setattr(builtin_trained, "WEIGHTS", tmp_path)
+    with pytest.raises(UnknownModel, match="not shipped yet .* use builtin:tiny-flux-random"):
+        pipelines.load("builtin:tiny-flux")
