@@ -12,6 +12,8 @@ its prompt (the `prompt` quality metric).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -28,13 +30,32 @@ TINY_FLUX_SEQUENCE_LENGTH = 64
 PROMPTS: tuple[str, ...] = shapes.HELD_OUT_PROMPTS[:4]
 
 
+@contextlib.contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """diffusers' and transformers' loading bars off while a built-in loads, then as they were: a built-in loads
+    silently, as one made in code does (a worker's output goes to its log, which may sit on a full disk)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in enabled:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in enabled:
+            if was:
+                lib.enable_progress_bar()
+
+
 def tiny_sd() -> StableDiffusionPipeline:
     """The trained tiny Stable Diffusion: a 3.2M-parameter UNet, a CLIP text encoder and a VAE (32x32 images,
     4x8x8 latents), with SD 1.5's noise schedule and SDXL's scheduler (Euler). Trained by
     `training/train_tiny_sd.py`."""
-    pipe = StableDiffusionPipeline.from_pretrained(
-        WEIGHTS / "tiny-sd", tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, dtype=torch.float32)
+    with _without_progress_bars():
+        pipe = StableDiffusionPipeline.from_pretrained(
+            WEIGHTS / "tiny-sd", tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, dtype=torch.float32)
     return named(BUILTIN_PREFIX + "tiny-sd", pipe)
 
 
@@ -45,7 +66,8 @@ def tiny_flux() -> FluxPipeline:
     if not (WEIGHTS / "tiny-flux" / "model_index.json").is_file():
         raise UnknownModel("builtin:tiny-flux's trained weights are not shipped yet (issue 24: it is still being "
                            "trained); use builtin:tiny-flux-random, FLUX's architecture with random weights")
-    pipe = FluxPipeline.from_pretrained(
-        WEIGHTS / "tiny-flux", tokenizer=clip_tokenizer(), tokenizer_2=t5_tokenizer(TINY_FLUX_SEQUENCE_LENGTH),
-        dtype=torch.float32)
+    with _without_progress_bars():
+        pipe = FluxPipeline.from_pretrained(
+            WEIGHTS / "tiny-flux", tokenizer=clip_tokenizer(), tokenizer_2=t5_tokenizer(TINY_FLUX_SEQUENCE_LENGTH),
+            dtype=torch.float32)
     return named(BUILTIN_PREFIX + "tiny-flux", pipe)

@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import knobs, protocol, quality
-
-if TYPE_CHECKING:
-    from .worker_tasks import WorkerState
+from .hardware import Hardware
 
 
-def calibrate(state: WorkerState, task: protocol.TrialTask) -> tuple[float, tuple[tuple[float, float], ...]]:
+class Renderer(Protocol):
+    """What calibrating needs of a worker (`worker_tasks.WorkerState`): fresh pipelines, the hardware, references."""
+
+    hardware: Hardware
+
+    def fresh_pipeline(self, settings: dict[str, Any] | None = None) -> Any: ...
+
+    def reference(self, path: str) -> Any: ...
+
+
+def calibrate(state: Renderer, task: protocol.TrialTask) -> tuple[float, tuple[tuple[float, float], ...]]:
     """The largest value of `task.calibrate.knob` in its range that meets the floor, and each render's (value,
     score). When even the lowest value misses the floor, the lowest (the trial is then scored, and fails, as any)."""
     from .apply import apply_settings

@@ -115,17 +115,18 @@ def print_event(kind: str, data: dict, console: Console = CONSOLE) -> None:
 
 
 def trial_line(data: dict) -> str:
-    """A finished trial in one line: what differs from the default, then its images/s and peak, or why it failed.
+    """A finished trial in one line: what differs from the default, then its images/s and peak; or why it failed,
+    then what it tried.
 
     >>> trial_line({"number": 3, "changed": "precision=bf16, batch_size=8", "images_per_s": 12.34,
     ...             "peak_memory_bytes": 2_500_000_000, "failure": None, "feasible": True})
     'trial 3: precision=bf16, batch_size=8: 12.3 images/s, peak 2.3 GiB'
     """
-    head = f"trial {data['number']}: {data.get('changed') or 'defaults'}"
+    changed = data.get("changed") or "defaults"
     if data.get("failure"):
-        return f"{head}: {data['failure']}: {data['reason']}"
+        return f"trial {data['number']}: {data['failure']}: {data['reason']} ({changed})"
     figures = f"{data['images_per_s'] or 0:.3g} images/s, peak {format_size(data.get('peak_memory_bytes'))}"
-    return f"{head}: {figures}" + ("" if data.get("feasible", True) else " (infeasible)")
+    return f"trial {data['number']}: {changed}: {figures}" + ("" if data.get("feasible", True) else " (infeasible)")
 
 
 class SearchProgress:

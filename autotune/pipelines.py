@@ -343,10 +343,12 @@ def _save(pipe: DiffusionPipeline, folder: Path) -> None:
 
 
 BUILTINS: dict[str, Builtin] = {
+    # The trained ones load their few MB of weights even where only their shapes are asked for (`load_empty`):
+    # from_pretrained cannot run under the meta device, and their folders hold no tokenizer to read.
     "tiny-sd": Builtin(builtin_trained.tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 32, 50,
-                       prompts=builtin_trained.PROMPTS),
+                       make_empty=builtin_trained.tiny_sd, prompts=builtin_trained.PROMPTS),
     "tiny-flux": Builtin(builtin_trained.tiny_flux, "FluxPipeline", "FluxTransformer2DModel", 32, 28,
-                         prompts=builtin_trained.PROMPTS,
+                         make_empty=builtin_trained.tiny_flux, prompts=builtin_trained.PROMPTS,
                          call={"max_sequence_length": builtin_trained.TINY_FLUX_SEQUENCE_LENGTH}),
     "tiny-sd-random": Builtin(tiny_sd_random, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20),
     "sd15-arch": Builtin(sd15_arch, "StableDiffusionPipeline", "UNet2DConditionModel", 512, 50, saved=True),

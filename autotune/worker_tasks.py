@@ -263,8 +263,8 @@ def _trial(state: WorkerState, task: protocol.TrialTask) -> protocol.TrialResult
     copied = time.perf_counter()
     settings = apply_settings(pipe, wanted, state.hardware, fallback=False)
     # Where the trial's time went, the timed calls apart from the rest (`protocol.TrialResult.seconds`).
-    seconds = {"calibration": calibrated - started, "model": copied - calibrated, "knobs": time.perf_counter() - copied,
-               "warmup": 0.0, "timed": 0.0, "scoring": 0.0}
+    seconds = {**({"calibration": calibrated - started} if calibration else {}), "model": copied - calibrated,
+               "knobs": time.perf_counter() - copied, "warmup": 0.0, "timed": 0.0, "scoring": 0.0}
     own = task.workload.at(task.workload.height, task.workload.width)
     measured = _batches(state, pipe, own, task, seconds, first_size=True)
     # The other sizes the app renders, with the same knobs: each finds its own batch (the pruner judges the first).

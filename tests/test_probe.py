@@ -278,8 +278,8 @@ def test_autotune_probe_with_an_unknown_model_is_one_line():
     result = _autotune("probe", "--model", "builtin:nope")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "autotune: error: unknown built-in model 'builtin:nope'; known: builtin:tiny-sd-random, builtin:sd15-arch, "
-        "builtin:tiny-flux-random, builtin:flux-arch")
+        "autotune: error: unknown built-in model 'builtin:nope'; known: builtin:tiny-sd, builtin:tiny-flux, "
+        "builtin:tiny-sd-random, builtin:sd15-arch, builtin:tiny-flux-random, builtin:flux-arch")
     assert "Traceback" not in result.stderr
 
 

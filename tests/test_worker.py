@@ -130,7 +130,7 @@ def test_a_reused_worker_frees_the_previous_trials_memory_before_the_next_copy(m
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
     gpu = probe().hardware.model_copy(update={"device": "cuda"})
-    state = WorkerState(WorkerConfig(model=pipelines.tiny_sd, device="cuda"), gpu, conn=None)
+    state = WorkerState(WorkerConfig(model=pipelines.tiny_sd_random, device="cuda"), gpu, conn=None)
     previous = state.fresh_pipeline()
     previous.unet.cycle = previous  # kept alive by a reference cycle, as hooks and compiled modules can be
     gone = weakref.ref(previous)

@@ -236,7 +236,7 @@ def test_a_tiny_wan_search_tunes_its_frames_reports_frames_per_s_and_its_profile
     assert profile.workload.call == {"num_frames": 5, "max_sequence_length": 16}
     assert profile.workload.negative_prompt == "blurry" and profile.workload.guidance_scale == 4.0
     videos, frames = profile.metrics.images_per_s, profile.metrics.frames_per_s
-    assert frames is not None and frames.median == pytest.approx(5 * videos.median)
+    assert frames is not None and frames.median == pytest.approx(5 * videos.median, rel=0.01)  # each to 3 digits
     assert "psnr" in profile.metrics.quality
     assert quality.load_images(outcome.images_path)["reference"].shape == (1, 64, 64, 3)  # each clip's first frame
 
