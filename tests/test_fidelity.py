@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from autotune import knobs
@@ -18,7 +19,7 @@ from autotune.cli import app
 from autotune.exceptions import UnknownModel
 from autotune.measure import render
 from autotune.pipelines import tiny_sd_random
-from autotune.profile import IMAGE_SEED_STRIDE, Workload, load_profile
+from autotune.profile import IMAGE_SEED_STRIDE, Workload, load_profile, profile_from_dict
 from autotune.space import recipes, steps_range
 from autotune.trials import trial_timeout
 from autotune.tuner import run_search
@@ -61,9 +62,13 @@ def test_the_pipelines_own_guidance_is_used_unless_the_workload_sets_one():
 
 def test_call_kwargs_pass_no_guidance_unless_the_workload_set_it(make_profile):
     assert "guidance_scale" not in make_profile().call_kwargs()
-    shipped = load_profile(SHIPPED)  # written when 7.5 was every workload's guidance: it still means 7.5
-    assert shipped.workload.guidance_scale == 7.5 and shipped.call_kwargs()["guidance_scale"] == 7.5
-    assert shipped.workload.seeding == "shared"  # and one generator per call, as it was measured
+    # A profile written when 7.5 was every workload's guidance and one generator served a call: it still means both.
+    data = yaml.safe_load(load_profile(SHIPPED).to_yaml())
+    data["workload"]["guidance_scale"] = 7.5
+    del data["workload"]["seeding"]
+    old = profile_from_dict({**data, "schema": 1})
+    assert old.workload.guidance_scale == 7.5 and old.call_kwargs()["guidance_scale"] == 7.5
+    assert old.workload.seeding == "shared"
 
 
 def test_the_step_range_under_a_floor_keeps_the_workloads_own_steps():

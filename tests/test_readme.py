@@ -30,11 +30,11 @@ def test_the_first_snippet_renders_one_image_with_a_throughput_profile(tmp_path,
     untimed = shipped.settings.model_copy(update={"compile": "none", "steps": 2})  # the same call, without compiling
     shipped.model_copy(update={"settings": untimed}).save(tmp_path / "rtx3060.yaml")
     snippet = re.findall(r"```python\n(.+?)\n```", ROOT.joinpath("README.md").read_text(), re.S)[0]
-    pipe = pipelines.load("builtin:tiny-sd-random")
+    pipe = pipelines.load("builtin:tiny-sd")
     calls = []
     pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     monkeypatch.chdir(tmp_path)
     namespace = {"pipe": pipe}
     exec(snippet, namespace)
-    assert namespace["image"].size == (64, 64)
+    assert namespace["image"].size == (32, 32)  # the profile's workload size
     assert set(calls) == {2}  # one image, with classifier-free guidance's unconditional half
