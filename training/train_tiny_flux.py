@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from torch.nn import functional as F
-from train_tiny_sd import latent_pool, lr_factor
+from train_tiny_sd import latent_pool, lr_factor, save_without_tokenizers, update_ema
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from autotune import shapes
@@ -51,21 +49,12 @@ SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift
 def save_pipeline(out: Path, vae: AutoencoderKL, transformer: FluxTransformer2DModel, clip: CLIPTextModel,
                   t5: T5EncoderModel, dtype: torch.dtype) -> None:
     """The pipeline's components under `out` (safetensors in `dtype`), without tokenizer folders."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=copy.deepcopy(vae).to(dtype),
         text_encoder=copy.deepcopy(clip).to(dtype), tokenizer=clip_tokenizer(),
         text_encoder_2=copy.deepcopy(t5).to(dtype), tokenizer_2=t5_tokenizer(MAX_SEQUENCE_LENGTH),
         transformer=copy.deepcopy(transformer).to(dtype))
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for folder in ("tokenizer", "tokenizer_2"):
-        shutil.rmtree(tmp / folder)
-    index = json.loads((tmp / "model_index.json").read_text())
-    index.pop("_name_or_path", None)
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    save_without_tokenizers(pipe, out, ("tokenizer", "tokenizer_2"))
 
 
 def main() -> None:
@@ -151,10 +140,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, model in zip(emas, models, strict=True):
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+        decay = update_ema(emas, models, step, args.ema)
         loss_avg = 0.99 * loss_avg + 0.01 * loss.item()
         if step % 50 == 0:
             print(f"step {step} loss {loss_avg / (1 - 0.99**step):.4f} lr {optimizer.param_groups[0]['lr']:.2e} "

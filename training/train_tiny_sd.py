@@ -32,6 +32,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
+    DiffusionPipeline,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -119,24 +120,40 @@ def latent_pool(vae: AutoencoderKL, n: int, generator: torch.Generator) -> tuple
 def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text: CLIPTextModel,
                   dtype: torch.dtype) -> None:
     """The pipeline's components under `out` (safetensors in `dtype`), without a tokenizer folder."""
-    tmp = out.with_name(out.name + ".tmp")
     scheduler = EulerDiscreteScheduler(**SCHEDULER)
     # Euler ignores these, but DDIM and PNDM built with `from_config` read them (SDXL's config has them too): without
     # clip_sample false DDIM would clip the latents to [-1, 1].
     scheduler.register_to_config(clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True)
-    shutil.rmtree(tmp, ignore_errors=True)
     pipe = StableDiffusionPipeline(
         vae=copy.deepcopy(vae).to(dtype), unet=copy.deepcopy(unet).to(dtype),
         text_encoder=copy.deepcopy(text).to(dtype),
         tokenizer=clip_tokenizer(), scheduler=scheduler, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
+    save_without_tokenizers(pipe, out, ("tokenizer",))
+
+
+def save_without_tokenizers(pipe: DiffusionPipeline, out: Path, tokenizers: tuple[str, ...]) -> None:
+    """`pipe` saved to `out` (beside it first, then renamed over it), without the tokenizer folders (autotune builds
+    its tokenizers in memory) and without the `_name_or_path` of the temporary folder."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(tmp / "tokenizer")  # built in memory by `clip_tokenizer()`
+    for folder in tokenizers:
+        shutil.rmtree(tmp / folder)
     index = json.loads((tmp / "model_index.json").read_text())
     index.pop("_name_or_path", None)
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+@torch.no_grad()
+def update_ema(emas: tuple, models: tuple, step: int, ema: float) -> float:
+    """Move each EMA copy towards its model (decay warmed up over the first steps); the decay used."""
+    decay = min(ema, (1 + step) / (10 + step))
+    for copy_, model in zip(emas, models, strict=True):
+        torch._foreach_lerp_(list(copy_.parameters()), list(model.parameters()), 1 - decay)
+    return decay
 
 
 def train_unet(args: argparse.Namespace, vae: AutoencoderKL, minutes: float, generator: torch.Generator,
@@ -200,11 +217,7 @@ def train_unet(args: argparse.Namespace, vae: AutoencoderKL, minutes: float, gen
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, model in ((ema_unet, unet), (ema_text, text)):
-                ema_params, model_params = list(ema.parameters()), list(model.parameters())
-                torch._foreach_lerp_(ema_params, model_params, 1 - decay)
+        decay = update_ema((ema_unet, ema_text), (unet, text), step, args.ema)
         loss_avg = 0.99 * loss_avg + 0.01 * loss.item()
         if step % 50 == 0:
             print(f"unet step {step} loss {loss_avg / (1 - 0.99**step):.4f} lr {optimizer.param_groups[0]['lr']:.2e} "
