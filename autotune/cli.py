@@ -74,6 +74,9 @@ WorkersOption = Annotated[int, typer.Option(help="worker processes on this host:
                                                  "(search --workers 1 runs the trials in its own process)")]
 TopKOption = Annotated[int, typer.Option(help="how many of the study's best configurations to re-measure at the end")]
 RoundsOption = Annotated[int, typer.Option(help="rounds of the interleaved re-measurement")]
+AblationOption = Annotated[bool | None, typer.Option(
+    "--ablation/--no-ablation", help="re-measure the chosen configuration without each knob it changes, to say what "
+                                     "each is worth (default: on, unless AUTOTUNE_ABLATION=0)")]
 
 
 @app.command()
@@ -165,6 +168,7 @@ def search(
     workers: WorkersOption = 1,
     top_k: TopKOption = 3,
     rounds: RoundsOption = 3,
+    ablation: AblationOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Search the fastest configuration under a memory budget and write its profile."""
@@ -221,7 +225,7 @@ def search(
             study_name=study, out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
             workers=workers, top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,
             on_event=progress.event, revision=revision, variant=variant, local_files_only=local_files_only,
-            config=config, device=device,
+            config=config, device=device, ablation=ablation,
         )
     if as_json:
         print_json(outcome_document(outcome))
@@ -262,6 +266,7 @@ def export(
     out: OutOption = "{study}.yaml",
     top_k: TopKOption = 3,
     rounds: RoundsOption = 3,
+    ablation: AblationOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write the profile of a study that workers filled, re-measuring its top candidates on this host."""
@@ -270,7 +275,7 @@ def export(
     check_writable(out.replace("{study}", study))
     from .distributed import export_profile
 
-    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds,
+    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, ablation=ablation,
                              on_event=lambda kind, data: print_event(kind, data, stderr if as_json else console))
     if as_json:
         print_json(outcome_document(outcome))

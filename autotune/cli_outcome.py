@@ -1,18 +1,20 @@
 """What a search prints: its progress and a line per trial as it runs, then the table it ends with (as an export
-does): the chosen configuration(s) beside the default one, re-measured together; a video pipeline's rate in
-videos/s with frames/s beside it."""
+does): the chosen configuration(s) beside the default one, re-measured together, a video pipeline's rate in
+videos/s with frames/s beside it; then what each chosen knob is worth (the ablation)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .units import format_size
 
 if TYPE_CHECKING:
     from .outcome import SearchOutcome
+    from .profile import KnobEffect
 
 CONSOLE = Console()
 _VERBOSITY = {"level": 0}
@@ -74,6 +76,8 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
                       f"{ratio.high:.2f}x ({ratio.confidence:.0%} interval)[/bold]; a busy machine spreads them, "
                       "so re-measure it on a quiet one with `autotune verify`")
     console.print("settings: " + knobs.show_changed(outcome.best.settings))
+    if outcome.profile.metrics.ablation:
+        print_ablation(console, outcome.profile.metrics.ablation, metric if outcome.reference is not None else None)
     if outcome.time_split is not None:
         console.print(outcome.time_split.describe())
     console.print(f"study {outcome.study_name} in {outcome.storage}")
@@ -83,6 +87,23 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
                       f"apply_profile(pipe, \"{outcome.profile_path}#balanced\")")
     else:
         console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
+
+
+def print_ablation(console: Console, effects: list[KnobEffect], metric: str | None) -> None:
+    """What each chosen knob is worth: the chosen configuration's images/s over its own without that knob, measured
+    beside it, and what memory and quality it has without it."""
+    from . import knobs
+
+    table = Table(title="What each chosen knob is worth: the chosen configuration vs itself without it, measured in "
+                        "the same rounds")
+    for column in ("knob", "chosen", "put back to", "chosen vs without it", "peak without it",
+                   *([f"{metric} without it"] if metric else [])):
+        table.add_column(column, justify="left" if column in ("knob", "chosen", "put back to") else "right")
+    for effect in effects:
+        table.add_row(effect.knob, knobs.show(effect.value), knobs.show(effect.default), escape(effect.shown_speedup()),
+                      format_size(effect.peak_memory_bytes),
+                      *([f"{effect.quality[metric]:.4g}" if metric in effect.quality else "-"] if metric else []))
+    console.print(table)
 
 
 def outcome_document(outcome: SearchOutcome) -> dict:
@@ -101,7 +122,8 @@ def outcome_document(outcome: SearchOutcome) -> dict:
             "storage": outcome.storage, "trials": outcome.trials, "default": figures(outcome.baseline),
             "chosen": figures(outcome.best),
             "candidates": [{"label": c.label, **figures(c)} for c in outcome.candidates],
-            "vs_default": {**ratio.record(), "verdict": ratio.verdict} if ratio is not None else None}
+            "vs_default": {**ratio.record(), "verdict": ratio.verdict} if ratio is not None else None,
+            "ablation": [effect.model_dump(mode="json") for effect in outcome.profile.metrics.ablation]}
 
 
 def print_event(kind: str, data: dict, console: Console = CONSOLE) -> None:

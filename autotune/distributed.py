@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 
 from . import compile_cache
+from .ablation import wanted as ablation_wanted
 from .exceptions import AutotuneError, first_line
 from .hardware import Fingerprint, Hardware, probe
 from .outcome import SearchOutcome, finish_study
@@ -90,6 +91,7 @@ def export_profile(
     *,
     top_k: int = 3,
     rounds: int = 3,
+    ablation: bool | None = None,
     on_event: Events | None = None,
 ) -> SearchOutcome:
     """Write the profile of a study that workers filled, re-measuring its top candidates on this host.
@@ -107,7 +109,7 @@ def export_profile(
                                   "exporting from those"})
     out, log_path = output_paths(out, study_name)
     return finish_study(study, spec, fingerprint, _worker_config(spec, log_path, study.study_name), storage, out,
-                        top_k, rounds, emit)
+                        top_k, rounds, emit, ablation=ablation_wanted(ablation))
 
 
 def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Study, StudySpec, Fingerprint]:

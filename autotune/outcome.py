@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from . import __version__, knobs, pipelines
+from .ablation import measure_ablation
 from .candidates import Candidate, choose_picks, pareto_candidates, pareto_front, save_images, top_candidates
 from .comparison import Ratio
 from .exceptions import CannotWrite, NothingFits
@@ -21,6 +22,7 @@ from .hardware import Fingerprint
 from .host_load import BUSY_SHARE, others_share
 from .profile import (
     Goal,
+    KnobEffect,
     Metrics,
     ModelInfo,
     Profile,
@@ -81,7 +83,7 @@ class SearchOutcome:
 def finish_study(
     study: optuna.Study, spec: StudySpec, fingerprint: Fingerprint, config: WorkerConfig, storage_url: str,
     out: str | Path | None, top_k: int, rounds: int, emit: Events, scoring: Scoring | None = None,
-    deadline: float | None = None, others_cpu_share: float | None = None,
+    deadline: float | None = None, others_cpu_share: float | None = None, ablation: bool = False,
 ) -> SearchOutcome:
     """Re-measure the study's top candidates (its Pareto front) and the default configuration here, interleaved;
     write the profile (or profile set).
@@ -134,7 +136,7 @@ def finish_study(
                           + (f" and meet {floor}" if floor else "") + " when re-measured")
     trials = len(finished(study))
 
-    def profile_of(candidate: Candidate) -> Profile:
+    def profile_of(candidate: Candidate, effects: list[KnobEffect] | None = None) -> Profile:
         return Profile(
             hardware=fingerprint.hardware,
             software=fingerprint.software,
@@ -148,7 +150,7 @@ def finish_study(
             settings=candidate.settings,
             other_sizes=[SizeSettings(**{key: size[key] for key in SizeSettings.model_fields})
                          for size in candidate.trial_sizes if size.get("batch_size")],
-            metrics=metrics_of(candidate, baseline, others_cpu_share),
+            metrics=metrics_of(candidate, baseline, others_cpu_share, effects),
             provenance=Provenance(sampler=type(study.sampler).__name__, seed=spec.seed, trials=trials,
                                   study=study.study_name, storage=redact(storage_url), created=now(),
                                   autotune=__version__, trial=candidate.trial),
@@ -167,7 +169,14 @@ def finish_study(
         best = min(fitting, key=lambda c: c.latency.median)
     else:
         best = max(fitting, key=lambda c: c.images_per_s.median)
-    profile = profile_of(best)
+    effects = None
+    if ablation and best.measured and profile_set is None:
+        emit("phase", {"message": f"measuring what each chosen knob is worth: {knobs.show_changed(best.settings)}, "
+                                  "each put back to the default beside the chosen configuration, interleaved"})
+        effects = measure_ablation(best, baseline.settings, config, workload, rounds, spec.trial_timeout_s,
+                                   scoring=scoring, device_memory_bytes=fingerprint.hardware.memory_bytes,
+                                   deadline=deadline)
+    profile = profile_of(best, effects)
     outcome = SearchOutcome(profile, baseline, best, candidates, study.study_name, redact(storage_url), trials,
                             profile_set=profile_set, reference=scoring.reference if scoring else None,
                             storage_url=storage_url)
@@ -188,7 +197,7 @@ def write_outcome(outcome: SearchOutcome, out: str | Path, scoring: Scoring | No
 
 
 def metrics_of(candidate: Candidate, baseline: Candidate | None = None,
-               others_cpu_share: float | None = None) -> Metrics:
+               others_cpu_share: float | None = None, ablation: list[KnobEffect] | None = None) -> Metrics:
     """A re-measured candidate's numbers as a profile records them; what was not measured is None. A candidate the
     re-measurement never timed (the time limit came first) keeps its trial's figures, marked as such, with
     `others_cpu_share` the load they were measured under."""
@@ -205,7 +214,7 @@ def metrics_of(candidate: Candidate, baseline: Candidate | None = None,
                    quality={k: round(v, 4) for k, v in candidate.quality.items()},
                    quality_by_prompt=_rounded(candidate.quality_by_prompt),
                    warmup_s=round(candidate.warmup_s, 3),
-                   others_cpu_share=_share(candidate.others_cpu_share))
+                   others_cpu_share=_share(candidate.others_cpu_share), ablation=ablation or [])
 
 
 def _rounded(by_prompt: dict[str, list[float]]) -> dict[str, list[float]]:

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from . import __version__, knobs
+from .comparison import Ratio
 from .exceptions import ProfileError
 from .figures import SpeedRatio, Stat
 from .files import write_atomic
@@ -42,9 +43,10 @@ from .profile_yaml import (
 from .workload import IMAGE_SEED_STRIDE as IMAGE_SEED_STRIDE  # tests and bench read it from here
 from .workload import Workload
 
-# 1: to 2026-12-06. 2: other_sizes, model.config, metrics.quality_by_prompt, the `prompt` floor. A profile of an
-# older schema loads (and is written back as the current one); a newer one is refused in one line naming both.
-SCHEMA_VERSION = 2
+# 1: to 2026-12-06. 2: other_sizes, model.config, metrics.quality_by_prompt, the `prompt` floor. 3: metrics.ablation.
+# A profile of an older schema loads (and is written back as the current one); a newer one is refused in one line
+# naming both.
+SCHEMA_VERSION = 3
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -77,6 +79,29 @@ class Goal(_Strict):
     quality_floor: QualityFloor | None = None
 
 
+class KnobEffect(_Strict):
+    """One knob the chosen configuration changes, put back to the default configuration's value (with its options)
+    and re-measured beside the chosen configuration, interleaved: what keeping that knob is worth here. `note` says
+    why it was not measured (another chosen knob needs it; the time limit; it failed)."""
+
+    knob: str
+    value: Any  # the chosen configuration's
+    default: Any  # the default configuration's, which it was put back to
+    speedup: SpeedRatio | None = None  # the chosen configuration's images/s over its images/s without this knob
+    peak_memory_bytes: PositiveInt | None = None  # without this knob
+    quality: dict[str, float] = Field(default_factory=dict)  # without this knob, the worst prompt's
+    note: str | None = None
+
+    def shown_speedup(self) -> str:
+        """`1.84x (1.70-1.99x)`, `cannot tell (0.91-1.12x)`, or why it has no figure."""
+        return Ratio(**self.speedup.model_dump()).show() if self.speedup is not None else self.note or "not measured"
+
+    def describe(self) -> str:
+        """`precision=bf16: 1.84x (1.70-1.99x) over fp32`."""
+        return (f"{self.knob}={knobs.show(self.value)}: {self.shown_speedup()}"
+                + (f" over {knobs.show(self.default)}" if self.speedup is not None else ""))
+
+
 class Metrics(_Strict):
     """The re-measured numbers; a video pipeline's `images_per_s` counts videos, and `frames_per_s` their frames.
 
@@ -96,6 +121,7 @@ class Metrics(_Strict):
     warmup_s: float | None = Field(default=None, ge=0)
     measured_in: Literal["re-measurement", "trial"] = "re-measurement"
     others_cpu_share: float | None = Field(default=None, ge=0, le=1)
+    ablation: list[KnobEffect] = Field(default_factory=list)  # each changed knob's effect; [] when not measured
 
 
 class SizeSettings(_Strict):

@@ -175,9 +175,16 @@ def absolute_storage(url: str, folder: Path) -> str:
 
 def without_empty_fields(profile: dict) -> dict:
     """A dumped profile without the empty fields that most profiles have no use for: other sizes (one size, as most
-    profiles are, says nothing of others) and per-prompt scores (none without a quality floor)."""
-    if profile.get("metrics") and not profile["metrics"].get("quality_by_prompt"):
-        profile["metrics"].pop("quality_by_prompt", None)
+    profiles are, says nothing of others), per-prompt scores (none without a quality floor), an ablation not measured,
+    and its knobs' empty quality and missing notes."""
+    metrics = profile.get("metrics") or {}
+    for key in ("quality_by_prompt", "ablation"):
+        if key in metrics and not metrics[key]:
+            metrics.pop(key)
+    for effect in metrics.get("ablation", []):
+        for key in ("quality", "note", "speedup", "peak_memory_bytes"):
+            if key in effect and not effect[key]:
+                effect.pop(key)
     if not profile.get("other_sizes"):
         profile.pop("other_sizes", None)
     if not profile["workload"].get("other_sizes"):

@@ -86,6 +86,9 @@ def summary_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profi
         rows.append(("result (re-measured)", _metrics_text(profile)))
         rows.append(("settings", ", ".join(f"{k}={knobs.show(v)}" for k, v in profile.settings_dict().items()
                                              if k in knobs.KNOBS and v != knobs.get(k).default) or "defaults"))
+        if profile.metrics.ablation:
+            rows.append(("what each knob is worth (vs the chosen without it)",
+                         "; ".join(effect.describe() for effect in profile.metrics.ablation)))
     elif trials and feasible(best := ranked(study, trials)[0]):
         rate = best.user_attrs.get("images_per_s")
         measured = f"{rate:.3g} images/s, " if rate is not None else ""

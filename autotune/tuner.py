@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compile_cache, pipelines, protocol, quality
+from .ablation import wanted as ablation_wanted
 from .batching import doublings
 from .exceptions import InvalidInput, TrialFailed, UnknownModel
 from .files import check_writable
@@ -112,6 +113,7 @@ def run_search(
     workers: int = 1,
     quality_floor: str | quality.FloorSpec | None = None,
     reference_steps: int = DEFAULT_REFERENCE_STEPS,
+    ablation: bool | None = None,
     on_event: Events | None = None,
 ) -> SearchOutcome:
     """The engine behind `search` and `autotune search`; returns the profile with the baseline comparison.
@@ -135,6 +137,9 @@ def run_search(
     `guidance_scale` (None: the pipeline's own) and `call`, any other argument of the pipeline call
     (`{"num_frames": 33}`; text values such as `"256"` are typed from the call's signature). An argument the pipeline
     does not take is refused before any trial runs.
+
+    At the end the chosen configuration is re-measured beside itself without each knob it changes, to say what each
+    is worth (`ablation`; None: unless `AUTOTUNE_ABLATION=0`); the profile records it in `metrics.ablation`.
     """
     if objective not in OBJECTIVES:
         raise InvalidInput(f"objective {objective!r} is not supported; use one of {', '.join(OBJECTIVES)}")
@@ -252,7 +257,7 @@ def run_search(
         worker.close()
     outcome = finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit, scoring,
                            deadline=started + timeout_s - WRITE_RESERVE_S if timeout_s is not None else None,
-                           others_cpu_share=load)
+                           others_cpu_share=load, ablation=ablation_wanted(ablation))
     outcome.time_split = time_split(study, started_at, time.monotonic() - started,
                                     [outcome.baseline, *outcome.candidates])
     return outcome

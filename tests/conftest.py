@@ -18,6 +18,9 @@ from typing import Any
 # Before torch is imported: importing diffusers makes inductor fix its cache folder for the whole process.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "autotune-tests-torchinductor"))
 os.environ["AUTOTUNE_CACHE"] = tempfile.mkdtemp(prefix="autotune-tests-cache-")
+# A search's ablation re-measures the chosen configuration once per changed knob: minutes over the suite's ~70
+# searches. Only tests/test_ablation.py asks for it (ablation=True); the rest test other things.
+os.environ["AUTOTUNE_ABLATION"] = "0"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -84,7 +84,7 @@ def test_yaml_form_is_readable_and_ordered(full_profile):
     data = yaml.safe_load(text)
     assert list(data) == ["schema", "hardware", "software", "model", "workload", "goal", "settings", "metrics",
                           "provenance"]
-    assert data["schema"] == SCHEMA_VERSION == 2
+    assert data["schema"] == SCHEMA_VERSION == 3
     # Settings in application order, every knob present, so a reader sees the whole configuration.
     assert list(data["settings"]) == [knob.name for knob in knobs.in_order()]
     assert data["provenance"]["created"] == "2026-11-25T10:00:00Z"

@@ -160,7 +160,8 @@ def main() -> None:
            f"parameters: transformer {counts[0]:,}, clip {counts[1]:,}, t5 {counts[2]:,}, vae {counts[3]:,}\n"
            f"weights: {size / 1e6:.2f} MB of {args.dtype} safetensors\n"
            f"wall time: {(time.time() - start) / 60:.1f} min\n")
-    Path(args.log).write_text(log)
+    with open(args.log, "a" if args.resume else "w") as file:  # a resumed run adds to the log of the runs before
+        file.write(log)
     print(log, end="")
 
 
