@@ -34,7 +34,7 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
     """The re-measured table, the chosen settings, and where the study and the profile are."""
     from . import knobs
 
-    table = Table(title=f"Best of {outcome.trials} trials vs the default configuration, measured in the same run")
+    table = Table(title=f"The best of {outcome.trials} trials vs the default configuration, measured in the same run")
     metric = outcome.profile.goal.quality_floor.metric if outcome.profile.goal.quality_floor else "ssim"
     video = outcome.profile.workload.output == "video"
     columns = ["configuration", "videos/s" if video else "images/s", *(["frames/s"] if video else []), "spread",
@@ -43,7 +43,9 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
         columns.append(metric)
     for column in columns:
         table.add_column(column, justify="right" if column != "configuration" else "left")
-    rows = [("default", outcome.baseline), ("autotune", outcome.best)]
+    # The chosen one, then the other contenders re-measured with it (the top few), so a close second shows as such.
+    rows = [("default", outcome.baseline), ("autotune", outcome.best),
+            *((candidate.label, candidate) for candidate in outcome.candidates if candidate is not outcome.best)]
     if outcome.profile_set is not None:
         rows = [("default", outcome.baseline)] + [
             (name, next(c for c in outcome.candidates if c.trial == profile.provenance.trial))
@@ -87,6 +89,10 @@ def print_outcome(console: Console, outcome: SearchOutcome) -> None:
                       f"apply_profile(pipe, \"{outcome.profile_path}#balanced\")")
     else:
         console.print(f"profile written to [bold]{outcome.profile_path}[/bold]")
+    if outcome.profile_path is not None:
+        console.print(f"next: autotune verify {outcome.profile_path} (re-measure it here); autotune report "
+                      f"{outcome.profile_path} (the search in one HTML page); in the app, "
+                      f"apply_profile(pipe, \"{outcome.profile_path}\")", highlight=False)
 
 
 def print_ablation(console: Console, effects: list[KnobEffect], metric: str | None) -> None:

@@ -14,11 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 class Stat(BaseModel):
     """A repeated measurement: its median, coefficient of variation and sample count."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     median: float = Field(ge=0)
+    """The median of the runs."""
     cv: float = Field(ge=0)
+    """The coefficient of variation (standard deviation over mean) of the runs."""
     n: PositiveInt
+    """How many runs."""
 
     @model_validator(mode="before")
     @classmethod
@@ -34,14 +37,18 @@ class SpeedRatio(BaseModel):
     """images/s over the default configuration's, measured in the same interleaved rounds: the ratio of the medians
     and its bootstrap interval (`comparison.ratio_of_medians`). An interval that spans 1 is no claim of a speed-up."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     median: float = Field(gt=0)
+    """The ratio of the medians."""
     low: float = Field(ge=0)
+    """The interval's lower end."""
     high: float = Field(ge=0)
+    """The interval's upper end."""
     confidence: float = Field(gt=0, lt=1)
-    # Of all cores, used by other processes during the re-measurement; above host_load.BUSY_SHARE nothing is claimed.
+    """The interval's confidence (a percentile bootstrap)."""
     others_cpu_share: float | None = Field(default=None, ge=0, le=1)
+    """The share of all cores other processes used meanwhile; above a quarter nothing is claimed."""
 
     @model_validator(mode="before")
     @classmethod

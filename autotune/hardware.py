@@ -25,20 +25,29 @@ from .exceptions import InvalidInput
 class Hardware(BaseModel):
     """What a measurement depends on. `memory_bytes` is the GPU's total memory, or the RAM on a CPU."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     device: Literal["cpu", "cuda"]
+    """Where the pipeline runs."""
     gpu: str | None = None
+    """The GPU's name."""
     memory_bytes: int = Field(gt=0)
+    """The GPU's total memory, or the RAM on a CPU."""
     capability: str | None = Field(default=None, pattern=r"^\d+\.\d+$")
+    """The GPU's compute capability (8.9)."""
     driver: str | None = None
+    """The NVIDIA driver's version."""
     cuda: str | None = None
+    """The CUDA version torch was built with."""
     cpu: str
+    """The CPU's name."""
     cpu_cores: int = Field(gt=0)
+    """Logical CPU cores."""
     ram_bytes: int = Field(gt=0)
-    # The CPU's best vector instruction set for torch's kernels (amx, avx512-bf16, avx512, avx2, sve, neon, default):
-    # the CPU's "generation". bf16 can beat fp32 with avx512-bf16 and runs ~10x slower than it on avx2.
+    """The machine's RAM."""
     cpu_capability: str | None = None
+    """The CPU's best vector instruction set for torch's kernels (amx, avx512-bf16, avx512, avx2, sve, neon, default):
+    its generation. bf16 can beat fp32 with avx512-bf16 and runs ~10x slower than it on avx2."""
 
     @property
     def capability_tuple(self) -> tuple[int, int]:
@@ -75,13 +84,20 @@ class Hardware(BaseModel):
 
 
 class Software(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """The versions a measurement depends on."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     python: str
+    """Python's version."""
     torch: str
+    """torch's version."""
     diffusers: str
+    """diffusers' version."""
     transformers: str | None = None
+    """transformers' version."""
     xformers: str | None = None
+    """xformers' version, when installed."""
 
 
 class Fingerprint(BaseModel):

@@ -49,17 +49,27 @@ from .workload import Workload
 SCHEMA_VERSION = 3
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A field's docstring is its description in the JSON Schema (`autotune profiles schema`), for editors and tools.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class ModelInfo(_Strict):
+    """The model that was tuned, as it was loaded."""
+
     id: str = Field(min_length=1)
-    revision: str | None = None  # the commit a hub id resolved to when it was tuned; None for folders and built-ins
-    variant: str | None = None  # the weights variant it was loaded with (`fp16`)
-    config: str | None = None  # a single-file checkpoint's pipeline layout (folder or hub id), as it was loaded
+    """Hub id, folder, single-file checkpoint or `builtin:` name."""
+    revision: str | None = None
+    """The commit a hub id resolved to when it was tuned; None for folders and built-ins."""
+    variant: str | None = None
+    """The weights variant it was loaded with (`fp16`)."""
+    config: str | None = None
+    """A single-file checkpoint's pipeline layout (folder or hub id), as it was loaded."""
     pipeline: str
+    """The diffusers pipeline class."""
     denoiser: str
-    default_guidance_scale: float | None = None  # the pipeline call's own, used when the workload sets none
+    """The class of its UNet or transformer."""
+    default_guidance_scale: float | None = None
+    """The pipeline call's own guidance scale, used when the workload sets none."""
 
 
 class QualityFloor(_Strict):
@@ -68,15 +78,24 @@ class QualityFloor(_Strict):
     reference's own noise floor."""
 
     metric: Literal["psnr", "ssim", "lpips", "clip", "prompt"]
+    """What is scored: PSNR, SSIM, LPIPS or CLIP against the reference, or the share of prompts the judge reads."""
     min: float
+    """The worst prompt's score had to be at least this."""
     reference_steps: PositiveInt | None = None
+    """Steps of the reference rendering."""
     relative_percent: float | None = Field(default=None, le=0)
+    """The floor as it was given, a drop in percent from the reference's own noise floor (`ssim=-5%`)."""
 
 
 class Goal(_Strict):
+    """What the search was asked for."""
+
     objective: Literal["throughput", "latency", "pareto"] = "throughput"
+    """throughput (images/s), latency (s per image, batch 1) or pareto (images/s, memory and quality)."""
     memory_budget_bytes: PositiveInt | None = None
+    """The peak memory every trial had to stay under (the GPU's, or the process's RAM on a CPU)."""
     quality_floor: QualityFloor | None = None
+    """The quality every prompt had to keep; None: only exact knobs were searched."""
 
 
 class KnobEffect(_Strict):
@@ -85,12 +104,19 @@ class KnobEffect(_Strict):
     why it was not measured (another chosen knob needs it; the time limit; it failed)."""
 
     knob: str
-    value: Any  # the chosen configuration's
-    default: Any  # the default configuration's, which it was put back to
-    speedup: SpeedRatio | None = None  # the chosen configuration's images/s over its images/s without this knob
-    peak_memory_bytes: PositiveInt | None = None  # without this knob
-    quality: dict[str, float] = Field(default_factory=dict)  # without this knob, the worst prompt's
+    """The knob's name, as in `settings`."""
+    value: Any
+    """The chosen configuration's value."""
+    default: Any
+    """The default configuration's value, which it was put back to."""
+    speedup: SpeedRatio | None = None
+    """The chosen configuration's images/s over its images/s without this knob, with its interval."""
+    peak_memory_bytes: PositiveInt | None = None
+    """The peak memory without this knob."""
+    quality: dict[str, float] = Field(default_factory=dict)
+    """The worst prompt's scores without this knob (under a quality floor)."""
     note: str | None = None
+    """Why it was not measured."""
 
     def shown_speedup(self) -> str:
         """`1.84x (1.70-1.99x)`, `cannot tell (0.91-1.12x)`, or why it has no figure."""
@@ -112,16 +138,27 @@ class Metrics(_Strict):
     before the profile ships."""
 
     images_per_s: Stat | None = None
+    """Images (or videos) per second at the profile's batch."""
     frames_per_s: Stat | None = None
+    """A video pipeline's frames per second."""
     vs_default: SpeedRatio | None = None
+    """images/s over the default configuration's, measured in the same interleaved rounds."""
     latency_s: Stat | None = None
+    """Seconds per pipeline call."""
     peak_memory_bytes: PositiveInt | None = None
-    quality: dict[str, float] = Field(default_factory=dict)  # the worst prompt's (`prompt`: the share drawn right)
-    quality_by_prompt: dict[str, list[float]] = Field(default_factory=dict)  # in the workload's prompt order
+    """The peak memory of a call: the GPU's allocator peak, or the process's resident memory on a CPU."""
+    quality: dict[str, float] = Field(default_factory=dict)
+    """The worst prompt's scores against the reference (`prompt`: the share of prompts drawn right)."""
+    quality_by_prompt: dict[str, list[float]] = Field(default_factory=dict)
+    """Each prompt's scores, in the workload's prompt order."""
     warmup_s: float | None = Field(default=None, ge=0)
+    """Seconds of the first calls (compiles included) before the timed ones."""
     measured_in: Literal["re-measurement", "trial"] = "re-measurement"
+    """Where the figures come from: the final re-measurement, or the search's trial when time ran out first."""
     others_cpu_share: float | None = Field(default=None, ge=0, le=1)
-    ablation: list[KnobEffect] = Field(default_factory=list)  # each changed knob's effect; [] when not measured
+    """The share of all cores other processes used while it was measured."""
+    ablation: list[KnobEffect] = Field(default_factory=list)
+    """What each knob the configuration changes is worth, measured beside it; empty when not measured."""
 
 
 class SizeSettings(_Strict):
@@ -129,28 +166,43 @@ class SizeSettings(_Strict):
     budget, and what that batch measured in the trial (the re-measurement times the workload's own size only)."""
 
     height: PositiveInt
+    """Image height in pixels."""
     width: PositiveInt
+    """Image width in pixels."""
     batch_size: PositiveInt
+    """The batch its trial chose at this size."""
     images_per_s: float | None = Field(default=None, ge=0)
+    """What that batch measured in the trial."""
     peak_memory_bytes: PositiveInt | None = None
+    """Its peak memory in the trial."""
 
 
 class Provenance(_Strict):
+    """How the profile was found."""
+
     sampler: str
+    """Optuna's sampler class."""
     seed: int | None = None
+    """The sampler's seed."""
     trials: int = Field(ge=0)
+    """Finished trials in the study."""
     study: str | None = None
+    """The Optuna study's name."""
     storage: str | None = None
+    """The study's storage, relative to the profile's folder when it is a file beside it; passwords redacted."""
     created: datetime
+    """When the profile was written (UTC)."""
     autotune: str | None = None
-    trial: int | None = Field(default=None, ge=0)  # the study's trial this configuration came from
+    """The autotune version that wrote it."""
+    trial: int | None = Field(default=None, ge=0)
+    """The study's trial this configuration came from."""
 
 
 Settings = create_model(
     "Settings",
     __config__=ConfigDict(extra="forbid"),
     __doc__="One value per knob, in application order; a knob left out takes its neutral default.",
-    **{knob.name: (knob.annotation, knob.default) for knob in knobs.in_order()},
+    **{knob.name: (knob.annotation, Field(knob.default, description=knob.help)) for knob in knobs.in_order()},
 )
 
 
@@ -164,15 +216,25 @@ class Profile(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     schema_version: int = Field(default=SCHEMA_VERSION, alias="schema", ge=1, le=SCHEMA_VERSION)
+    """The profile format's version: a newer one than this autotune reads is refused, naming both."""
     hardware: Hardware
+    """The machine it was tuned on."""
     software: Software
+    """The library versions it was tuned with."""
     model: ModelInfo
+    """The model it was tuned for."""
     workload: Workload
+    """What was rendered: size, prompts, seed, guidance, further call arguments."""
     goal: Goal = Field(default_factory=Goal)
+    """What the search was asked for."""
     settings: Settings = Field(default_factory=Settings)
+    """One value per knob, in application order."""
     other_sizes: list[SizeSettings] = Field(default_factory=list)
+    """The batch chosen at each of the workload's other sizes."""
     metrics: Metrics | None = None
+    """What the configuration measured."""
     provenance: Provenance | None = None
+    """How it was found."""
     # The file it was read from (`set.yaml#pick` for a pick): what is shipped beside it is found from there.
     _source: str | None = PrivateAttr(default=None)
 
@@ -280,8 +342,11 @@ class ProfileSet(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     schema_version: int = Field(default=SCHEMA_VERSION, alias="schema", ge=1, le=SCHEMA_VERSION)
+    """The profile format's version."""
     picks: dict[str, int]
+    """Named picks (fastest, balanced, smallest): an index into `profiles`."""
     profiles: list[Profile] = Field(min_length=1)
+    """The Pareto-optimal profiles, fastest first."""
 
     @model_validator(mode="after")
     def _picks_point_at_profiles(self) -> ProfileSet:

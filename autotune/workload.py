@@ -51,19 +51,28 @@ class Workload(BaseModel):
     was recorded) is one generator for the whole batch.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     height: PositiveInt
+    """Image height in pixels."""
     width: PositiveInt
+    """Image width in pixels."""
     prompts: list[str] = Field(min_length=1)
+    """The prompts: each timed call renders the next; quality is scored on each."""
     seed: int = 0
+    """The first prompt's seed; the next prompts' follow it."""
     guidance_scale: float | None = Field(default=None, ge=0)
+    """The guidance scale of every call; None: the pipeline's own (not passed)."""
     negative_prompt: str | None = None
+    """The negative prompt of every call; None: none passed."""
     call: dict[str, CallValue] = Field(default_factory=dict)
+    """Any other argument of the pipeline call (`num_frames: 33`, `max_sequence_length: 256`)."""
     output: Literal["image", "video"] = "image"
+    """A video pipeline's batch argument is `num_videos_per_prompt` and each output is a clip."""
     seeding: Literal["shared", "per-image"] = "per-image"
-    # Further (height, width) the app renders with the same pipeline: a trial times each, with a batch of its own.
+    """per-image: each image of a call has its own generator; shared: one for the whole batch (older profiles)."""
     other_sizes: list[tuple[PositiveInt, PositiveInt]] = Field(default_factory=list)
+    """Further (height, width) the app renders with the same pipeline: a trial times each, with a batch of its own."""
 
     def sizes(self) -> list[tuple[int, int]]:
         """Every (height, width) the workload renders, its own first."""

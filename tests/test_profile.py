@@ -222,6 +222,20 @@ def test_profiles_schema_prints_a_json_schema():
     assert list(settings["properties"]) == [knob.name for knob in knobs.in_order()]
     assert settings["additionalProperties"] is False
     assert settings["properties"]["attention"]["enum"] == knobs.get("attention").choices()
+    assert settings["properties"]["attention"]["description"] == knobs.get("attention").help
+
+
+def test_every_field_of_the_profile_schema_says_what_it_holds():
+    schema = json.loads(CliRunner().invoke(app, ["profiles", "schema"]).output)
+    definitions = schema["$defs"]
+
+    def described(prop: dict) -> bool:  # a field of a model type may leave it to the model's own description
+        ref = prop.get("$ref") or next((p["$ref"] for p in prop.get("anyOf", []) if "$ref" in p), None)
+        return bool(prop.get("description")) or bool(ref and definitions[ref.split("/")[-1]].get("description"))
+
+    undescribed = [f"{name}.{field}" for name, model in [("Profile", schema), *definitions.items()]
+                   for field, prop in model.get("properties", {}).items() if not described(prop)]
+    assert undescribed == []
 
 
 def test_a_saved_profile_can_be_read_by_others(full_profile, tmp_path):
