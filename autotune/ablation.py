@@ -16,11 +16,11 @@ from typing import Any
 
 from . import knobs
 from .candidates import Candidate
-from .figures import SpeedRatio
-from .profile import KnobEffect, Workload
+from .figures import KnobEffect, SpeedRatio
 from .remeasure import remeasure
 from .scoring import Scoring
 from .worker import WorkerConfig
+from .workload import Workload
 
 # `AUTOTUNE_ABLATION=0` skips the ablation wherever a search or an export is not told either way (a test suite, a CI).
 ABLATION_ENV = "AUTOTUNE_ABLATION"

@@ -32,7 +32,7 @@ from .library import (
 from .memory_model import compiles
 from .profile import Profile, load_profile, split_pick
 
-ProfileLike = Profile | str | os.PathLike
+ProfileLike = Profile | str | os.PathLike[str]
 PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)  # apply_profile returns the pipeline's own type
 AUTO = "auto"  # the profile name that asks `select_profile` to choose
 

@@ -13,8 +13,8 @@ from rich.table import Table
 from .units import format_size
 
 if TYPE_CHECKING:
+    from .figures import KnobEffect
     from .outcome import SearchOutcome
-    from .profile import KnobEffect
 
 CONSOLE = Console()
 _VERBOSITY = {"level": 0}

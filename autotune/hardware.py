@@ -284,7 +284,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _gpu_info() -> dict:
+def _gpu_info() -> dict[str, Any]:
     """GPU facts from NVML, with torch's own view where NVML is missing (no driver library, a container)."""
     with nvml_session() as nvml:
         if nvml is not None:

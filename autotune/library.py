@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from diffusers import DiffusionPipeline
 
 from . import knobs, pipelines
+from .builtin_parts import BUILTIN_PREFIX
 from .exceptions import AutotuneWarning, NoProfileFits, ProfileError, UnreadableProfile
 from .hardware import Fingerprint, Hardware, available_memory_bytes, probe
-from .profile import Profile, load_profile, read_yaml
+from .profile import Profile, load_profile
+from .profile_yaml import read_yaml
 from .units import format_size
 
 ENV_VAR = "AUTOTUNE_PROFILE_PATH"
 SUFFIXES = (".yaml", ".yml", ".json")
-SearchPath = str | os.PathLike | Sequence[str | os.PathLike] | None
+SearchPath = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ class Considered:
     profile: Profile | None
     rejections: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    rank_key: tuple = ()
+    rank_key: tuple[Any, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -212,7 +215,7 @@ class Selection:
         return self.profile
 
 
-ProfileSource = Profile | str | os.PathLike
+ProfileSource = Profile | str | os.PathLike[str]
 
 
 def select_profile(
@@ -246,8 +249,8 @@ def select_profile(
     free = free_memory_bytes if free_memory_bytes is not None else available_memory_bytes(hardware.device)
     pipe = None if isinstance(pipe_or_model, str) else pipe_or_model
     if pipe is None:
+        pipeline, net = pipelines.classes(str(pipe_or_model))
         model: str | None = str(pipe_or_model)
-        pipeline, net = pipelines.classes(model)
     else:
         model = pipe.name_or_path  # what from_pretrained was given (hub id or folder); built-ins record theirs
         pipeline, net = type(pipe).__name__, type(pipelines.denoiser(pipe)).__name__
@@ -261,7 +264,8 @@ def select_profile(
     return Selection(chosen, ranking, rejected, pipeline, net, model, hardware, free)
 
 
-def _candidates(candidates: Iterable[ProfileSource] | None, search_path: SearchPath):
+def _candidates(candidates: Iterable[ProfileSource] | None,
+                search_path: SearchPath) -> Iterator[tuple[str, Profile | None, str | None]]:
     """(label, profile, error) for each candidate; a file hidden by one of the same name earlier is an error."""
     if candidates is None:
         for entry in list_profiles(search_path):
@@ -344,7 +348,7 @@ def _pipeline_mismatch(profile: Profile, pipeline: str, net: str, model: str | N
     mismatch = classes_mismatch(profile, pipeline, net, model or "this pipeline")
     if mismatch:
         return [mismatch]
-    builtin = pipelines.BUILTIN_PREFIX
+    builtin = BUILTIN_PREFIX
     # A built-in is a synthetic model: its profile says nothing about a real model of the same classes.
     if recorded.id != model and (recorded.id.startswith(builtin) or (model or "").startswith(builtin)):
         return [f"tuned on {recorded.id}; this is {model or 'a pipeline of unknown origin'}, and a built-in's "

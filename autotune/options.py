@@ -5,6 +5,8 @@ Nothing here imports torch, diffusers or Optuna, so `autotune search --objective
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 OBJECTIVES = ("throughput", "latency", "pareto")
 SAMPLERS = ("tpe", "gp", "random")
 # "percentile" stops growing the batch of a trial in the bottom quarter (`study.make_pruner`); "none" measures
@@ -20,7 +22,7 @@ DEFAULT_MODEL = "builtin:tiny-sd"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
-def is_single_file(model: object) -> bool:
+def is_single_file(model: object) -> TypeGuard[str]:
     """Whether `model` names one checkpoint file (a path or a hub file's URL) rather than a diffusers folder or id."""
     return isinstance(model, str) and model.lower().endswith(SINGLE_FILE_SUFFIXES)
 

@@ -18,28 +18,26 @@ from .ablation import measure_ablation
 from .candidates import Candidate, choose_picks, pareto_candidates, pareto_front, save_images, top_candidates
 from .comparison import Ratio
 from .exceptions import CannotWrite, NothingFits
+from .figures import KnobEffect, Metrics, SizeSettings, SpeedRatio
 from .hardware import Fingerprint
 from .host_load import BUSY_SHARE, others_share
 from .profile import (
     Goal,
-    KnobEffect,
-    Metrics,
     ModelInfo,
     Profile,
     ProfileSet,
     Provenance,
-    SizeSettings,
-    SpeedRatio,
-    Workload,
     now,
 )
 from .remeasure import remeasure
 from .scoring import Scoring, scoring_for
 from .space import REFERENCE_RECIPE
-from .study import Events, StudySpec, feasible, finished, redact
+from .storages import redact
+from .study import Events, StudySpec, feasible, finished
 from .time_split import TimeSplit
 from .units import format_size
 from .worker import Worker, WorkerConfig
+from .workload import Workload
 
 # A leader whose trial peaked above this share of the memory budget may not fit when re-measured: keep fallbacks.
 NEAR_BUDGET = 0.8

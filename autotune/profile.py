@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -25,9 +25,10 @@ from pydantic import (
 )
 
 from . import __version__, knobs
-from .comparison import Ratio
 from .exceptions import ProfileError
-from .figures import SpeedRatio, Stat
+from .figures import KnobEffect as KnobEffect
+from .figures import Metrics as Metrics
+from .figures import SizeSettings as SizeSettings
 from .files import write_atomic
 from .hardware import Hardware, Software
 from .profile_yaml import (
@@ -98,85 +99,6 @@ class Goal(_Strict):
     """The quality every prompt had to keep; None: only exact knobs were searched."""
 
 
-class KnobEffect(_Strict):
-    """One knob the chosen configuration changes, put back to the default configuration's value (with its options)
-    and re-measured beside the chosen configuration, interleaved: what keeping that knob is worth here. `note` says
-    why it was not measured (another chosen knob needs it; the time limit; it failed)."""
-
-    knob: str
-    """The knob's name, as in `settings`."""
-    value: Any
-    """The chosen configuration's value."""
-    default: Any
-    """The default configuration's value, which it was put back to."""
-    speedup: SpeedRatio | None = None
-    """The chosen configuration's images/s over its images/s without this knob, with its interval."""
-    peak_memory_bytes: PositiveInt | None = None
-    """The peak memory without this knob."""
-    quality: dict[str, float] = Field(default_factory=dict)
-    """The worst prompt's scores without this knob (under a quality floor)."""
-    note: str | None = None
-    """Why it was not measured."""
-
-    def shown_speedup(self) -> str:
-        """`1.84x (1.70-1.99x)`, `cannot tell (0.91-1.12x)`, or why it has no figure."""
-        return Ratio(**self.speedup.model_dump()).show() if self.speedup is not None else self.note or "not measured"
-
-    def describe(self) -> str:
-        """`precision=bf16: 1.84x (1.70-1.99x) over fp32`."""
-        return (f"{self.knob}={knobs.show(self.value)}: {self.shown_speedup()}"
-                + (f" over {knobs.show(self.default)}" if self.speedup is not None else ""))
-
-
-class Metrics(_Strict):
-    """The re-measured numbers; a video pipeline's `images_per_s` counts videos, and `frames_per_s` their frames.
-
-    `measured_in` says where they come from: the final interleaved re-measurement, or, when the time limit stopped
-    that before it timed this configuration, the search's own trial of it (then nothing is compared with the
-    default). `others_cpu_share` is the share of all cores other processes used meanwhile: above
-    `host_load.BUSY_SHARE` the figures were measured on a busy machine and should be re-measured on a quiet one
-    before the profile ships."""
-
-    images_per_s: Stat | None = None
-    """Images (or videos) per second at the profile's batch."""
-    frames_per_s: Stat | None = None
-    """A video pipeline's frames per second."""
-    vs_default: SpeedRatio | None = None
-    """images/s over the default configuration's, measured in the same interleaved rounds."""
-    latency_s: Stat | None = None
-    """Seconds per pipeline call."""
-    peak_memory_bytes: PositiveInt | None = None
-    """The peak memory of a call: the GPU's allocator peak, or the process's resident memory on a CPU."""
-    quality: dict[str, float] = Field(default_factory=dict)
-    """The worst prompt's scores against the reference (`prompt`: the share of prompts drawn right)."""
-    quality_by_prompt: dict[str, list[float]] = Field(default_factory=dict)
-    """Each prompt's scores, in the workload's prompt order."""
-    warmup_s: float | None = Field(default=None, ge=0)
-    """Seconds of the first calls (compiles included) before the timed ones."""
-    measured_in: Literal["re-measurement", "trial"] = "re-measurement"
-    """Where the figures come from: the final re-measurement, or the search's trial when time ran out first."""
-    others_cpu_share: float | None = Field(default=None, ge=0, le=1)
-    """The share of all cores other processes used while it was measured."""
-    ablation: list[KnobEffect] = Field(default_factory=list)
-    """What each knob the configuration changes is worth, measured beside it; empty when not measured."""
-
-
-class SizeSettings(_Strict):
-    """One of the workload's other sizes (`workload.other_sizes`): the batch its trial chose there, under the same
-    budget, and what that batch measured in the trial (the re-measurement times the workload's own size only)."""
-
-    height: PositiveInt
-    """Image height in pixels."""
-    width: PositiveInt
-    """Image width in pixels."""
-    batch_size: PositiveInt
-    """The batch its trial chose at this size."""
-    images_per_s: float | None = Field(default=None, ge=0)
-    """What that batch measured in the trial."""
-    peak_memory_bytes: PositiveInt | None = None
-    """Its peak memory in the trial."""
-
-
 class Provenance(_Strict):
     """How the profile was found."""
 
@@ -198,7 +120,7 @@ class Provenance(_Strict):
     """The study's trial this configuration came from."""
 
 
-Settings = create_model(
+Settings = create_model(  # type: ignore[call-overload]  # its fields come from the knob registry at import
     "Settings",
     __config__=ConfigDict(extra="forbid"),
     __doc__="One value per knob, in application order; a knob left out takes its neutral default.",
@@ -206,17 +128,39 @@ Settings = create_model(
 )
 
 
-class Profile(_Strict):
+class _Document(_Strict):
+    """What a profile file holds at its top level (a profile or a profile set): its schema version, and its YAML."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_version: int = Field(default=SCHEMA_VERSION, alias="schema", ge=1, le=SCHEMA_VERSION)
+    """The profile format's version: a newer one than this autotune reads is refused, naming both."""
+
+    @field_validator("schema_version")
+    @classmethod
+    def _current_schema(cls, version: int) -> int:
+        return SCHEMA_VERSION  # an older profile's fields are a subset of the current ones: it is written back as one
+
+    def to_data(self) -> dict[str, Any]:
+        """The YAML form as data (JSON types)."""
+        raise NotImplementedError
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_data())
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the YAML form atomically (a reader sees the old file or the new one, never half of one), under a
+        header saying how it was made and how to apply it, its study's file named relative to its folder."""
+        return write_atomic(path, file_text(self.to_data(), Path(path)))
+
+
+class Profile(_Document):
     """A reproducible tuning result. See the README for the YAML form.
 
     >>> profile = load_profile("profiles/tiny-sd-cpu.yaml")  # doctest: +SKIP
     >>> pipe(prompt, **profile.call_kwargs())  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    schema_version: int = Field(default=SCHEMA_VERSION, alias="schema", ge=1, le=SCHEMA_VERSION)
-    """The profile format's version: a newer one than this autotune reads is refused, naming both."""
     hardware: Hardware
     """The machine it was tuned on."""
     software: Software
@@ -286,7 +230,7 @@ class Profile(_Strict):
     def batch_size_at(self, height: int, width: int) -> int | None:
         """The batch the profile was tuned at for `height` x `width`; None for a size it was not tuned at."""
         if (height, width) == (self.workload.height, self.workload.width):
-            return self.settings.batch_size
+            return int(self.settings_dict()["batch_size"])
         return next((size.batch_size for size in self.other_sizes if (size.height, size.width) == (height, width)),
                     None)
 
@@ -312,37 +256,20 @@ class Profile(_Strict):
     def settings_dict(self) -> dict[str, Any]:
         return self.settings.model_dump()
 
-    @field_validator("schema_version")
-    @classmethod
-    def _current_schema(cls, version: int) -> int:
-        return SCHEMA_VERSION  # an older profile's fields are a subset of the current ones: it is written back as one
-
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, Any]:
         """The YAML form as data (JSON types), without the empty fields most profiles have no use for."""
         return without_empty_fields(self.model_dump(mode="json", by_alias=True))
-
-    def to_yaml(self) -> str:
-        return dump_yaml(self.to_data())
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the YAML form atomically (a reader sees the old file or the new one, never half of one), under a
-        header saying how it was made and how to apply it, its study's file named relative to its folder."""
-        return write_atomic(path, file_text(self.to_data(), Path(path)))
 
 
 PICKS = ("fastest", "balanced", "smallest")
 
 
-class ProfileSet(_Strict):
+class ProfileSet(_Document):
     """The Pareto-optimal profiles of one search, fastest first, with named picks (index into `profiles`).
 
     >>> profile = load_profile("sd15.yaml#balanced")  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    schema_version: int = Field(default=SCHEMA_VERSION, alias="schema", ge=1, le=SCHEMA_VERSION)
-    """The profile format's version."""
     picks: dict[str, int]
     """Named picks (fastest, balanced, smallest): an index into `profiles`."""
     profiles: list[Profile] = Field(min_length=1)
@@ -360,15 +287,10 @@ class ProfileSet(_Strict):
             raise ProfileError(f"no pick {name!r} in this profile set; picks: {', '.join(self.picks)}")
         return self.profiles[self.picks[name]]
 
-    _current_schema = Profile._current_schema
-
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", by_alias=True)
         data["profiles"] = [without_empty_fields(profile) for profile in data["profiles"]]
         return data
-
-    to_yaml = Profile.to_yaml
-    save = Profile.save
 
 
 def now() -> datetime:
@@ -379,7 +301,10 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
     return _validated(Profile, data, source, "a profile")
 
 
-def _validated(model: type[_Strict], data: Any, source: str, noun: str) -> Any:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validated(model: type[_Model], data: Any, source: str, noun: str) -> _Model:
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: {noun} is a mapping of fields, got {type(data).__name__}")
     check_schema(data, source, SCHEMA_VERSION, __version__)
@@ -389,7 +314,7 @@ def _validated(model: type[_Strict], data: Any, source: str, noun: str) -> Any:
         raise ProfileError(f"{source}: {describe_errors(error)}") from None
 
 
-def _recorded_seeding(data: dict) -> dict:
+def _recorded_seeding(data: dict[str, Any]) -> dict[str, Any]:
     """A profile written before the workload recorded its seeding was measured with one generator per call."""
     if isinstance(data.get("profiles"), list):
         return {**data, "profiles": [_recorded_seeding(item) if isinstance(item, dict) else item
@@ -400,7 +325,7 @@ def _recorded_seeding(data: dict) -> dict:
     return data
 
 
-def split_pick(path: str | os.PathLike, pick: str | None = None) -> tuple[Path, str | None]:
+def split_pick(path: str | os.PathLike[str], pick: str | None = None) -> tuple[Path, str | None]:
     """`sets/sd15.yaml#balanced` -> (Path("sets/sd15.yaml"), "balanced"); a plain path has only `pick` (if any)."""
     text = os.fspath(path)
     if "#" not in text or Path(text).exists():
@@ -411,7 +336,7 @@ def split_pick(path: str | os.PathLike, pick: str | None = None) -> tuple[Path, 
     return Path(text), named or pick
 
 
-def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
+def load_profile(path: str | os.PathLike[str], pick: str | None = None) -> Profile:
     """Read a profile file (YAML, or JSON, which is YAML too), naming the field of any bad value.
 
     A profile set (from a Pareto search) needs a pick: `load_profile("set.yaml#balanced")` or `pick="balanced"`.
@@ -433,7 +358,7 @@ def load_profile(path: str | os.PathLike, pick: str | None = None) -> Profile:
     return profile
 
 
-def load_profile_set(path: str | os.PathLike) -> ProfileSet:
+def load_profile_set(path: str | os.PathLike[str]) -> ProfileSet:
     path = Path(path)
     return profile_set_from_dict(with_absolute_storage(read_yaml(path), path.parent), str(path))
 
@@ -446,5 +371,5 @@ def profile_from_text(text: str, source: str = "profile") -> Profile:
     return profile_from_dict(parse_yaml(text, source), source)
 
 
-def json_schema() -> dict:
+def json_schema() -> dict[str, Any]:
     return Profile.model_json_schema(by_alias=True)

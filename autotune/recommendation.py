@@ -32,6 +32,8 @@ from .memory_model import FULL_SCORES, MemoryModel
 from .units import format_size
 
 if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
     from .hardware import Hardware
 
 # The memory savers, cheapest in speed first: (knob, value, what it does).
@@ -110,7 +112,7 @@ def recommend_settings(hardware: Hardware, domains: Mapping[str, Any], facts: Mo
     predicted = model.predict(settings, 1)
     notes = []
     for name, value, what in SAVERS if budget_bytes else ():
-        if predicted <= budget_bytes:
+        if budget_bytes is None or predicted <= budget_bytes:
             break
         if name == "attention" and settings.get("attention") not in FULL_SCORES:
             continue  # the attention already holds no scores: slicing would only slow it
@@ -169,10 +171,10 @@ def recommend(model: str | None = None, *, budget: str | int | None = None, devi
                               width or size, others_cpu_share=others)
 
 
-def _baseline_bytes(pipe) -> int:
+def _baseline_bytes(pipe: DiffusionPipeline) -> int:
     # What this process holds besides the pipeline's tensors: on a CPU, every peak counts it too.
     import psutil
 
     from .worker_tasks import tensor_bytes
 
-    return max(0, psutil.Process().memory_info().rss - tensor_bytes(pipe))
+    return max(0, int(psutil.Process().memory_info().rss) - tensor_bytes(pipe))

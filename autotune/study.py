@@ -16,7 +16,7 @@ import socket
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,7 +90,8 @@ class StudySpec:
     objective: str
     fixed: dict[str, Any]
     hardware: dict[str, Any]
-    space: dict[str, list | dict]  # knob name -> `Domain.to_dict()` (older studies: a list, or {low, high})
+    # Knob name -> `Domain.to_dict()` (older studies: a list, or {low, high}).
+    space: Mapping[str, list[Any] | dict[str, Any]]
     memory_budget_bytes: int
     n_trials: int
     max_batch: int

@@ -27,7 +27,7 @@ from .memory_model import FACTS_ATTR
 from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, PRUNERS, SAMPLERS
 from .outcome import SearchOutcome, finish_study, warn_if_busy
 from .pipelines import HubOptions
-from .profile import Profile, Workload
+from .profile import Profile
 from .recommendation import free_cores, recommend_settings
 from .scoring import scoring_for
 from .space import build_space, calibrated_part, steps_range, validate_pinned, warm_start
@@ -46,7 +46,7 @@ from .time_split import time_split
 from .trials import SearchInterrupted, run_trials
 from .units import parse_size
 from .worker import ModelSource, Worker, WorkerConfig
-from .workload import check_call, check_controlled, check_sizes
+from .workload import Workload, check_call, check_controlled, check_sizes
 
 __all__ = ["DEFAULT_PROMPTS", "SearchInterrupted", "SearchOutcome", "run_search", "search"]
 
@@ -161,7 +161,7 @@ def run_search(
     other_sizes: list[tuple[int, int]] = []
     if sizes is not None:
         several = quality_floor is None and objective != "pareto"
-        height, width, other_sizes = check_sizes(list(map(tuple, sizes)), height, width, several)
+        height, width, other_sizes = check_sizes([(h, w) for h, w in sizes], height, width, several)
     if out is not None:  # before the model loads: a read-only folder found after the search loses the profile
         check_writable(str(out).replace("{study}", "study"))
     floor = quality.parse_floor(quality_floor) if isinstance(quality_floor, str) else quality_floor
@@ -252,10 +252,10 @@ def run_search(
             launch_workers(workers, storage_url, study, spec, log_path, emit)
         else:
             run_trials(study, worker, spec, emit, scoring=scoring)
-        config = worker.config
+        worker_config = worker.config
     finally:
         worker.close()
-    outcome = finish_study(study, spec, fingerprint, config, storage_url, out, top_k, rounds, emit, scoring,
+    outcome = finish_study(study, spec, fingerprint, worker_config, storage_url, out, top_k, rounds, emit, scoring,
                            deadline=started + timeout_s - WRITE_RESERVE_S if timeout_s is not None else None,
                            others_cpu_share=load, ablation=ablation_wanted(ablation))
     outcome.time_split = time_split(study, started_at, time.monotonic() - started,

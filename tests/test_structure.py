@@ -88,3 +88,11 @@ def test_ruff_finds_nothing_in_the_checkout():
     linted = subprocess.run([ruff, "check", "--no-cache", *files], cwd=PACKAGE.parent, capture_output=True,
                             text=True)
     assert linted.returncode == 0, linted.stdout[-3000:]
+
+
+def test_the_public_api_passes_mypy_strict():
+    """The modules apps import from (pyproject's [tool.mypy] `files`) type-check under --strict."""
+    pytest.importorskip("mypy", reason="mypy is one of the test extras: pip install -e '.[test]'")
+    checked = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental"], cwd=PACKAGE.parent,
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout[-3000:]
