@@ -31,6 +31,7 @@ from .library import (
 )
 from .memory_model import compiles
 from .profile import Profile, load_profile, split_pick
+from .recommendation import Recommendation
 
 ProfileLike = Profile | str | os.PathLike[str]
 PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)  # apply_profile returns the pipeline's own type
@@ -74,7 +75,7 @@ def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
     return load_profile(find_profile(text, search_path), pick)
 
 
-def apply_profile(pipe: PipelineT, profile: ProfileLike, search_path: SearchPath = None,
+def apply_profile(pipe: PipelineT, profile: ProfileLike | Recommendation, search_path: SearchPath = None,
                   pick: str | None = None, size: tuple[int, int] | None = None) -> PipelineT:
     """Apply `profile`'s settings to a freshly loaded `pipe`, in the documented order, and return it.
 
@@ -89,12 +90,18 @@ def apply_profile(pipe: PipelineT, profile: ProfileLike, search_path: SearchPath
     its first call does not compile again (`compiled`).
     A knob value unavailable here falls back with a `FallbackWarning` (xformers missing -> SDPA; offload without an
     accelerator -> none). A profile measured on another GPU or library version warns; a profile made for another
-    pipeline or denoiser raises `IncompatibleProfile`. Call-time settings come from `profile.call_kwargs()`:
+    pipeline or denoiser raises `IncompatibleProfile`. `recommend()`'s result applies too: its settings, as chosen
+    for this machine (nothing was measured, so nothing is checked against a record). Call-time settings come from
+    `profile.call_kwargs()`:
 
     >>> pipe = apply_profile(pipelines.load("builtin:tiny-sd"), "tiny-sd-cpu")  # doctest: +SKIP
     >>> image = pipe("a lighthouse at dusk", **load_profile(...).call_kwargs()).images[0]  # doctest: +SKIP
     >>> pipe = apply_profile(pipe, "auto", search_path=Path(__file__).parent / "profiles")  # doctest: +SKIP
+    >>> pipe = apply_profile(pipe, recommend("builtin:tiny-sd", budget="6GB"))  # doctest: +SKIP
     """
+    if isinstance(profile, Recommendation):
+        apply_settings(pipe, profile.settings, probe().hardware)
+        return pipe
     resolved = resolve_profile(profile, search_path, pipe, pick, size)
     check_pipeline_fits(resolved, pipe)
     here = probe()

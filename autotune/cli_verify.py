@@ -30,15 +30,16 @@ def verify(
     workers: Annotated[int, typer.Option(help="worker processes measured, one after the other")] = 5,
     rounds: Annotated[int, typer.Option(help="rounds of 2 timed runs in each worker, after its warm-up")] = 2,
     search_path: SearchPathOption = None,
-    time_limit: Annotated[float | None, typer.Option("--time-limit", help="seconds after which no further worker "
-                                                     "starts (the first always runs)")] = None,
+    time_limit: Annotated[float | None, typer.Option("--timeout", "--time-limit", help="seconds after which no "
+                                                     "further worker starts (the first always runs); --time-limit is "
+                                                     "its older name")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-measure a profile here: images/s, peak memory and quality against its record; exit 1 when one fails."""
     if not 0 < tolerance < 1:
         raise InvalidInput(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
     check_at_least_one(("workers", workers), ("rounds", rounds))
-    check_positive(("time-limit", time_limit))
+    check_positive(("timeout", time_limit))
     from .verify import verify_profile
 
     with (progress if as_json else console).status("re-measuring the profile in worker processes") as status:

@@ -39,3 +39,18 @@ def test_a_search_quiets_optuna_only_while_it_runs():
     with optuna_warnings_only():
         assert optuna.logging.get_verbosity() == optuna.logging.WARNING
     assert optuna.logging.get_verbosity() == optuna.logging.INFO
+
+
+def test_a_recommendation_applies_as_a_profile_does(monkeypatch, fingerprint):
+    from autotune import apply_profile, knobs, pipelines, recommend
+    from autotune.recommendation import Recommendation
+
+    chosen = recommend("builtin:tiny-sd-random", budget="4GB")
+    assert isinstance(chosen, Recommendation)
+    pipe = pipelines.load("builtin:tiny-sd-random")
+    assert apply_profile(pipe, chosen) is pipe
+    assert {name: knobs.get(name).read(pipe) for name in ("precision", "channels_last")} == {
+        name: knobs.get(name).reads_as(chosen.settings[name], pipe) for name in ("precision", "channels_last")}
+    # A recommendation that changes something is applied as such (the CPU's own is mostly the pipeline as loaded).
+    forced = Recommendation({**chosen.settings, "channels_last": True}, {})
+    assert knobs.get("channels_last").read(apply_profile(pipelines.load("builtin:tiny-sd-random"), forced)) is True

@@ -231,6 +231,7 @@ def _autotune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     (["search", "--trial-timeout", "0"], "--trial-timeout must be more than 0 seconds, got 0"),
     (["worker", "--storage", "sqlite:///x.db", "--study", "x", "--timeout", "-1"],
      "--timeout must be more than 0 seconds, got -1"),
+    (["verify", "tiny-sd-cpu", "--time-limit", "0"], "--timeout must be more than 0 seconds, got 0"),
 ])
 def test_a_bare_size_or_a_negative_time_limit_is_one_line_and_status_2(args, line, tmp_path):
     result = _autotune(*args, cwd=tmp_path)
