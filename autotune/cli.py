@@ -321,8 +321,9 @@ def _write_search_report(outcome) -> None:
 def report(
     source: Annotated[str, typer.Argument(metavar="STUDY_OR_PROFILE",
                                           help="a profile YAML, a study's .db or .journal file, or a storage URL")],
-    output: Annotated[str | None, typer.Option("--output", "-o", help="the HTML file to write (default: next to "
-                                                                       "the profile or .db, as <stem>.html)")] = None,
+    output: Annotated[str | None, typer.Option("--out", "-o", "--output", help="the HTML file to write (default: "
+                                               "next to the profile or .db, as <stem>.html); --output is its older "
+                                               "name")] = None,
     study: Annotated[str | None, typer.Option(help="study name (needed when the storage holds several)")] = None,
     storage: Annotated[str | None, typer.Option(help="storage URL instead of the one the profile records")] = None,
 ) -> None:

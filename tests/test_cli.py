@@ -141,3 +141,23 @@ def test_a_flag_the_parser_refuses_is_one_line_and_status_2_too(args, message):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"autotune: error: {message}") and result.stderr.strip().count("\n") == 0
     assert result.stderr.strip().endswith(f"(see autotune {args[0]} --help)")
+
+
+def test_each_short_flag_means_one_long_flag_in_every_command():
+    import click
+    import typer
+
+    meanings: dict[str, set[str]] = {}
+
+    def walk(command: click.Command) -> None:
+        for param in command.params:
+            shorts = [o for o in param.opts if len(o) == 2]
+            longs = [o for o in param.opts if o.startswith("--")]
+            for short in shorts:
+                meanings.setdefault(short, set()).add(longs[0])
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(typer.main.get_command(cli.app))
+    assert {short: longs for short, longs in meanings.items() if len(longs) > 1} == {}
+    assert meanings["-o"] == {"--out"} and meanings["-m"] == {"--model"}
