@@ -16,8 +16,11 @@ the eight captions held out of training (the built-ins' default workload has fou
 4. int8 dynamic quantization (torchao) and fp16, against the default configuration's images;
 5. the share of prompts the judge reads as drawn: on the reference, the default configuration and 2-step images.
 
+With `--grid FOLDER`, each model's images (the default configuration's above the reference, a prompt per column)
+are saved there as `NAME.png`, four times their size, to look at.
+
     python bench/realism.py
-    python bench/realism.py --models builtin:tiny-sd --steps 4 8 20 50
+    python bench/realism.py --models builtin:tiny-sd --steps 4 8 20 50 --grid docs/images
 
 This is a benchmark, not a test: its figures depend on nothing but the weights and the libraries, yet it takes
 minutes; its load times depend on the machine.
@@ -29,6 +32,7 @@ import argparse
 import copy
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loads transformers
 
@@ -124,7 +128,17 @@ def cache_table(pipe, workload, hardware, steps, baseline) -> None:
     console.print(table)
 
 
-def model_report(model: str, steps_list: list[int], reference_steps: int, hardware) -> None:
+def save_grid(rows: list[np.ndarray], path: Path) -> None:
+    """Rows of images (prompts x H x W x 3 in [0, 1]) as one PNG, a prompt per column, four times their size."""
+    from PIL import Image
+
+    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    picture = Image.fromarray((grid * 255).round().astype(np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.resize((picture.width * 4, picture.height * 4), Image.NEAREST).save(path)
+
+
+def model_report(model: str, steps_list: list[int], reference_steps: int, hardware, grid: Path | None) -> None:
     console.rule(model)
     started = time.perf_counter()
     pipe = pipelines.load(model)
@@ -140,6 +154,9 @@ def model_report(model: str, steps_list: list[int], reference_steps: int, hardwa
     default_psnr = worst_psnr(default, reference)
     console.print(f"the default configuration ({builtin.steps} steps) against the reference: worst prompt "
                   f"{default_psnr:.1f} dB")
+    if grid is not None:
+        save_grid([default, reference], grid / f"{model.removeprefix('builtin:')}.png")
+        console.print(f"images (top: {builtin.steps} steps, bottom: the reference) saved to {grid}")
     scheduler_table(pipe, workload, hardware, steps_list, reference, default_psnr)
     if knobs.get("cache").unavailable("first-block", hardware, pipe) is None:
         cache_table(pipe, workload, hardware, builtin.steps, default)
@@ -163,13 +180,14 @@ def main() -> None:
                                                          "builtin:tiny-sd-random", "builtin:tiny-flux-random"])
     parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 12, 20, 30, 50])
     parser.add_argument("--reference-steps", type=int, default=200)
+    parser.add_argument("--grid", type=Path, help="a folder to save each model's images in")
     args = parser.parse_args()
     torch.manual_seed(0)
     diffusers.utils.logging.set_verbosity_error()  # the attention knob's "experimental" notice, once per configuration
     hardware = probe().hardware
     console.print(f"{hardware.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     for model in args.models:
-        model_report(model, sorted(args.steps), args.reference_steps, hardware)
+        model_report(model, sorted(args.steps), args.reference_steps, hardware, args.grid)
 
 
 if __name__ == "__main__":
