@@ -28,7 +28,7 @@ from pydantic import PositiveInt
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..pipelines import denoiser
-from .base import Knob, register
+from .base import Knob, register, value_of
 from .rules import Requires
 
 KERNELS = {
@@ -156,7 +156,7 @@ class Attention(Knob):
         if _family(net) == "other":
             return  # only "sdpa" is available here, and these processors already use it.
         if value == "sliced":
-            pipe.enable_attention_slicing(settings.get("attention_slice_size", "auto"))
+            pipe.enable_attention_slicing(value_of(settings, "attention_slice_size"))
         elif value == "xformers":
             pipe.enable_xformers_memory_efficient_attention()
         else:

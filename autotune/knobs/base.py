@@ -141,6 +141,12 @@ def get(name: str) -> Knob:
         raise UnknownKnob(f"unknown knob {name!r}; known: {', '.join(KNOBS)}") from None
 
 
+def value_of(settings: Mapping[str, Any], name: str) -> Any:
+    """The value `settings` gives the knob `name`, or that knob's default: a knob reads its options this way, so each
+    default is written once, by its own knob."""
+    return settings.get(name, get(name).default)
+
+
 def in_order() -> list[Knob]:
     """Every knob in application order (registration order breaks ties, so options follow their parent)."""
     return sorted(KNOBS.values(), key=lambda knob: knob.order)

@@ -25,7 +25,7 @@ from pydantic import Field, NonNegativeInt
 
 from ..pipelines import denoiser
 from . import deepcache
-from .base import Knob, register
+from .base import Knob, register, value_of
 from .domain import FloatRange, IntRange
 from .rules import Excludes
 
@@ -79,17 +79,17 @@ class Cache(Knob):
             net.disable_cache()
         deepcache.disable(pipe)
         if value == DEEPCACHE:
-            deepcache.enable(pipe, settings.get("cache_interval", 5), settings.get("cache_branch", 0))
+            deepcache.enable(pipe, value_of(settings, "cache_interval"), value_of(settings, "cache_branch"))
         elif value == "first-block":
             from diffusers import FirstBlockCacheConfig
 
-            net.enable_cache(FirstBlockCacheConfig(threshold=settings.get("cache_threshold", 0.05)))
+            net.enable_cache(FirstBlockCacheConfig(threshold=value_of(settings, "cache_threshold")))
         elif value == "taylorseer":
             from diffusers import TaylorSeerCacheConfig
 
             net.enable_cache(TaylorSeerCacheConfig(
-                cache_interval=settings.get("cache_interval", 5),
-                disable_cache_before_step=settings.get("cache_warmup_steps", 3)))
+                cache_interval=value_of(settings, "cache_interval"),
+                disable_cache_before_step=value_of(settings, "cache_warmup_steps")))
 
     def read(self, pipe):
         if deepcache.helper_of(pipe) is not None:

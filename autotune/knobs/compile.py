@@ -12,7 +12,7 @@ from typing import Literal
 
 from ..hardware import has_c_compiler
 from ..pipelines import denoiser
-from .base import Knob, register
+from .base import Knob, register, value_of
 
 MODES = ["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 _COMPILED = frozenset(MODES[1:])
@@ -49,8 +49,8 @@ class Compile(Knob):
         if value == "none":
             return
         net = denoiser(pipe)
-        fullgraph = bool(settings.get("compile_fullgraph", False))
-        scope = settings.get("compile_scope", "denoiser")
+        fullgraph = bool(value_of(settings, "compile_fullgraph"))
+        scope = value_of(settings, "compile_scope")
         kwargs = {"mode": None if value == "default" else value, "fullgraph": fullgraph}
         if scope == "regional":
             net.compile_repeated_blocks(**kwargs)
