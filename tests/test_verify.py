@@ -106,7 +106,7 @@ def test_a_gpu_profile_on_a_cpu_is_refused_before_anything_runs(tuned_profile, g
 @pytest.mark.parametrize(("args", "message"), [
     (["--tolerance", "1.5"], "--tolerance must be between 0 and 1 (0.10 is 10%)"),
     (["--workers", "0"], "--workers must be at least 1"),
-    (["--time-limit", "0"], "--time-limit must be more than 0 seconds"),
+    (["--time-limit", "0"], "--timeout must be more than 0 seconds"),  # its older name, checked as --timeout
 ])
 def test_bad_flags_are_refused_with_one_line_and_status_2(args, message, tmp_path, tuned_profile, monkeypatch,
                                                           capsys):
