@@ -141,7 +141,8 @@ def search(
     prompts: Annotated[str | None, typer.Option(help="a text file of prompts, one per line (blank lines skipped); "
                                                      "instead of --prompt")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="the negative prompt of every call")] = None,
-    guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's own)")] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance-scale", "--guidance", help="guidance scale (default: "
+                                                   "the pipeline's own); --guidance is its short name")] = None,
     call: Annotated[list[str] | None, typer.Option(
         help="KEY=VALUE: any other argument of the pipeline call, typed from its signature (num_frames=33, "
              "max_sequence_length=256, use_resolution_binning=false; repeatable)")] = None,
@@ -183,7 +184,7 @@ def search(
                         ("reference-steps", reference_steps))
     check_positive(("timeout", timeout), ("trial-timeout", trial_timeout))
     if guidance is not None and not guidance >= 0:
-        raise InvalidInput(f"--guidance must be 0 or more, got {guidance:g}")
+        raise InvalidInput(f"--guidance-scale must be 0 or more, got {guidance:g}")
     workload_prompts = read_prompts(prompt or [], prompts)
     sizes = [parse_size(text) for text in size] if size else None
     if sizes is not None:

@@ -294,7 +294,7 @@ def check_workload_arguments(info: protocol.Description, call: dict[str, Any], n
     """The call arguments typed from the pipeline's signature; a negative prompt or guidance the pipeline does not
     take is refused like an unknown call argument, in one line naming it and the pipeline."""
     for flag, key, value in (("--negative-prompt", "negative_prompt", negative_prompt),
-                             ("--guidance", "guidance_scale", guidance_scale)):
+                             ("--guidance-scale", "guidance_scale", guidance_scale)):
         if value is not None and info.call_parameters and key not in info.call_parameters:
             raise InvalidInput(f"{flag}: {info.pipeline} takes no {key}")
     return check_call(call, info.call_parameters, info.pipeline)

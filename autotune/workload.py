@@ -30,7 +30,7 @@ VIDEO_BATCH_ARGUMENT = "num_videos_per_prompt"
 # Call arguments autotune sets itself, each with what to use instead: a `--call` of one would be overridden or would
 # change what is measured behind the search's back.
 CONTROLLED: dict[str, str] = {
-    "prompt": "--prompt or --prompts", "negative_prompt": "--negative-prompt", "guidance_scale": "--guidance",
+    "prompt": "--prompt or --prompts", "negative_prompt": "--negative-prompt", "guidance_scale": "--guidance-scale",
     "height": "--height or --size", "width": "--width or --size", "num_inference_steps": "--steps (or the steps knob)",
     "num_images_per_prompt": "the batch_size knob (--pin batch_size=N)",
     VIDEO_BATCH_ARGUMENT: "the batch_size knob (--pin batch_size=N)", "generator": "--seed",

@@ -70,7 +70,7 @@ def test_string_annotations_are_typed_too():
     ({"return_dict": "yes"}, "--call return_dict: autotune sets return_dict itself"),
     ({"callback_on_step_end_tensor_inputs": "x"}, "--call callback_on_step_end_tensor_inputs: WanPipeline's "
                                                   "callback_on_step_end_tensor_inputs is not a number"),
-    ({"guidance_scale": "3"}, "--call guidance_scale: autotune sets guidance_scale itself; use --guidance"),
+    ({"guidance_scale": "3"}, "--call guidance_scale: autotune sets guidance_scale itself; use --guidance-scale"),
     ({"num_videos_per_prompt": "2"}, "--call num_videos_per_prompt: autotune sets num_videos_per_prompt itself; "
                                      "use the batch_size knob"),
 ])
@@ -101,7 +101,7 @@ def test_call_flags_parse_as_key_and_text():
     (["--prompts", "."], "--prompts .: cannot read the file (Is a directory)"),
     (["--prompts", "two.txt", "--prompt", "a cat"], "give --prompt or --prompts FILE, not both"),
     (["--prompt", "  "], "--prompt is blank; give the text of a prompt"),
-    (["--guidance", "-1"], "--guidance must be 0 or more, got -1"),
+    (["--guidance", "-1"], "--guidance-scale must be 0 or more, got -1"),  # its short name, checked as the long one
     (["--call", "height=32"], "--call height: autotune sets height itself; use --height or --size"),
     (["--call", "num_frames"], "--call takes KEY=VALUE (a pipeline call argument), got 'num_frames'"),
 ])
