@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Annotated
 
 # transformers announces optional image backends at import; that is noise on a command line.
@@ -38,23 +39,18 @@ from .cli_outcome import (  # noqa: E402
 from .cli_profiles import JsonOption, precompile, print_json, profiles_app  # noqa: E402
 from .cli_recommend import recommend  # noqa: E402
 from .cli_verify import verify  # noqa: E402
-from .exceptions import (  # noqa: E402
-    InvalidInput,
-)
+from .exceptions import InvalidInput, InvalidOption  # noqa: E402
 from .files import check_writable  # noqa: E402
-from .flags import check_at_least_one, check_choice, check_positive, parse_pins, read_prompts  # noqa: E402
+from .flags import check_at_least_one, check_positive, parse_pins, read_prompts  # noqa: E402
 from .options import (  # noqa: E402
     DEFAULT_MODEL,
-    DEFAULT_REFERENCE_STEPS,
-    OBJECTIVES,
-    PRUNERS,
     SAMPLERS,
     STORAGE_ENV,
-    is_single_file,
+    SearchOptions,
 )
-from .units import check_size, format_size  # noqa: E402
+from .units import format_size  # noqa: E402
 from .worker_server import start_early as start_worker_server  # noqa: E402
-from .workload import check_sizes, parse_call, parse_size  # noqa: E402
+from .workload import parse_call, parse_size  # noqa: E402
 
 app = typer.Typer(help="Find the fastest diffusers configuration for this machine, and apply it.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -65,6 +61,7 @@ app.command()(precompile)
 console = Console()
 stderr = Console(stderr=True)  # progress, when stdout holds the JSON alone
 
+SEARCH_DEFAULTS = SearchOptions()  # each flag of `autotune search` defaults to its option's default
 StorageOption = Annotated[str | None, typer.Option(
     envvar=STORAGE_ENV, help="the study's Optuna storage: postgresql://user:password@host/db, mysql+pymysql://..., "
                              "sqlite:///file.db, or a journal file's path")]
@@ -125,8 +122,9 @@ def search(
     budget: Annotated[str | None, typer.Option(help="memory budget: 6GB, 6GiB, 6000MB, 6.5G or 80%")] = None,
     objective: Annotated[str, typer.Option(
         help="throughput (images/s), latency (s/image, batch 1), or pareto (images/s, memory and quality: writes a "
-             "profile set with the picks fastest, balanced, smallest)")] = "throughput",
-    trials: Annotated[int, typer.Option(help="trials in the study (a resumed study counts its finished ones)")] = 30,
+             "profile set with the picks fastest, balanced, smallest)")] = SEARCH_DEFAULTS.objective,
+    trials: Annotated[int, typer.Option(help="trials in the study (a resumed study counts its finished ones)")
+                      ] = SEARCH_DEFAULTS.n_trials,
     timeout: Annotated[float | None, typer.Option(
         help="seconds the whole search may take: trials get the first three quarters (a trial still running then is "
              "stopped and queued again for a resume), the re-measurement of the best the rest, and stops there with "
@@ -150,66 +148,55 @@ def search(
     storage: Annotated[str | None, typer.Option(envvar=STORAGE_ENV, help="Optuna storage URL (default: SQLite "
                                                                        "next to --out)")] = None,
     study: Annotated[str | None, typer.Option(help="study name (default: model, hardware, size, objective)")] = None,
-    seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile")] = 0,
-    sampler: Annotated[str, typer.Option(help=", ".join(SAMPLERS))] = SAMPLERS[0],
+    seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile")] = SEARCH_DEFAULTS.seed,
+    sampler: Annotated[str, typer.Option(help=", ".join(SAMPLERS))] = SEARCH_DEFAULTS.sampler,
     pruner: Annotated[str, typer.Option(help="percentile: a trial in the study's bottom quarter at a batch size "
                                              "stops growing its batch; none: every trial tries every batch")
-                      ] = PRUNERS[0],
-    trial_timeout: Annotated[float, typer.Option(help="seconds before a trial is killed as hung")] = 600.0,
-    max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = 16,
+                      ] = SEARCH_DEFAULTS.pruner,
+    trial_timeout: Annotated[float, typer.Option(help="seconds before a trial is killed as hung")
+                             ] = SEARCH_DEFAULTS.trial_timeout_s,
+    max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = SEARCH_DEFAULTS.max_batch,
     pin: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE: keep a knob at a value (repeatable)")] = None,
     quality_floor: Annotated[str | None, typer.Option(
         help="ssim=0.90, psnr=30, ssim=-5% (of the reference's own noise), or prompt=0.9 (trained built-ins: the share "
              "of prompts the judge reads as drawn): the worst prompt must score this against the reference rendering; "
              "scheduler, steps, precision and VAE tiling then join the search")] = None,
-    reference_steps: Annotated[int, typer.Option(help="steps of the reference rendering")] = DEFAULT_REFERENCE_STEPS,
+    reference_steps: Annotated[int, typer.Option(help="steps of the reference rendering")
+                               ] = SEARCH_DEFAULTS.reference_steps,
     report: Annotated[bool, typer.Option("--report", help="write the HTML report next to the profile")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what the search would run, and an estimate of its "
                                                             "time, without loading any weight; then stop")] = False,
-    workers: WorkersOption = 1,
-    top_k: TopKOption = 3,
-    rounds: RoundsOption = 3,
+    workers: WorkersOption = SEARCH_DEFAULTS.workers,
+    top_k: TopKOption = SEARCH_DEFAULTS.top_k,
+    rounds: RoundsOption = SEARCH_DEFAULTS.rounds,
     ablation: AblationOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Search the fastest configuration under a memory budget and write its profile."""
-    from .quality import parse_floor  # numpy only: the floor is checked before torch is imported
-
-    check_choice("objective", objective, OBJECTIVES)
-    floor = parse_floor(quality_floor) if quality_floor is not None else None
-    check_choice("sampler", sampler, SAMPLERS)
-    check_choice("pruner", pruner, PRUNERS)
-    check_at_least_one(("trials", trials), ("height", height), ("width", width), ("steps", steps),
-                        ("max-batch", max_batch), ("workers", workers), ("top-k", top_k), ("rounds", rounds),
-                        ("reference-steps", reference_steps))
-    check_positive(("timeout", timeout), ("trial-timeout", trial_timeout))
-    if guidance is not None and not guidance >= 0:
-        raise InvalidInput(f"--guidance-scale must be 0 or more, got {guidance:g}")
-    workload_prompts = read_prompts(prompt or [], prompts)
-    sizes = [parse_size(text) for text in size] if size else None
-    if sizes is not None:
-        check_sizes(sizes, height, width, several_allowed=floor is None and objective != "pareto")
-    call_arguments = parse_call(call or [])
-    if budget is not None:
-        check_size(budget)  # the search reads a share (80%) of the device's memory once it has probed it
-    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InvalidInput(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
-    if config is not None and not is_single_file(model):
-        raise InvalidInput("--config describes a single-file checkpoint (.safetensors, .ckpt); "
-                           f"{model or DEFAULT_MODEL!r} is not one")
+    with flags_named(SEARCH_FLAGS):  # every check of SearchOptions, named as the flags are
+        options = SearchOptions(
+            budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height, width=width,
+            sizes=[parse_size(text) for text in size] if size else None, steps=steps,
+            prompts=read_prompts(prompt or [], prompts), negative_prompt=negative_prompt, guidance_scale=guidance,
+            call=parse_call(call or []), seed=seed, sampler=sampler, pruner=pruner, storage=storage,
+            study_name=study, out=out, device=device, revision=revision, variant=variant,
+            local_files_only=local_files_only, config=config, trial_timeout_s=trial_timeout, max_batch=max_batch,
+            top_k=top_k, rounds=rounds, workers=workers, quality_floor=quality_floor,
+            reference_steps=reference_steps, ablation=ablation)
+        options.check_model(model or DEFAULT_MODEL)
     if dry_run:
         from .dry_run import dry_run as describe
         from .pipelines import HubOptions
 
-        height, width = sizes[0] if sizes else (height, width)
+        height, width = options.sizes[0] if options.sizes else (height, width)
         told = describe(model or DEFAULT_MODEL, budget, height, width, steps, parse_pins(pin or []),
-                        floor is not None, reference_steps, device,
+                        options.floor is not None, reference_steps, device,
                         HubOptions(revision, variant, local_files_only, config))
         console.print("\n".join(told.lines()), highlight=False)
         return
     check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
     start_worker_server()  # its imports run beside this process's own from here on
-    pinned = parse_pins(pin or [])  # needs the knob registry, so torch: after every light check
+    options = replace(options, pinned=parse_pins(pin or []))  # the knob registry, so torch: after every light check
     from .tuner import run_search
 
     if not model:
@@ -219,15 +206,7 @@ def search(
                                                    "with autotune, no download)[/dim]")
     progress = SearchProgress(stderr if as_json else console, trials)
     with resume_line(), progress:
-        outcome = run_search(
-            model, budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height,
-            width=width, sizes=sizes, steps=steps, prompts=workload_prompts, negative_prompt=negative_prompt,
-            guidance_scale=guidance, call=call_arguments, seed=seed, sampler=sampler, pruner=pruner, storage=storage,
-            study_name=study, out=out, trial_timeout_s=trial_timeout, max_batch=max_batch, pinned=pinned,
-            workers=workers, top_k=top_k, rounds=rounds, quality_floor=floor, reference_steps=reference_steps,
-            on_event=progress.event, revision=revision, variant=variant, local_files_only=local_files_only,
-            config=config, device=device, ablation=ablation,
-        )
+        outcome = run_search(model, options, on_event=progress.event)
     if as_json:
         print_json(outcome_document(outcome))
     else:
@@ -282,6 +261,22 @@ def export(
         print_json(outcome_document(outcome))
     else:
         print_outcome(console, outcome)
+
+
+# SearchOptions' fields as `autotune search` names them, where the flag is not the field's name with dashes.
+SEARCH_FLAGS = {"n_trials": "--trials", "timeout_s": "--timeout", "trial_timeout_s": "--trial-timeout",
+                "study_name": "--study", "prompts": "--prompt", "pinned": "--pin"}
+
+
+@contextlib.contextmanager
+def flags_named(flags: dict[str, str]) -> Iterator[None]:
+    """An option refused by its Python name (`n_trials must be at least 1`) is refused by its flag here
+    (`--trials must be at least 1`)."""
+    try:
+        yield
+    except InvalidOption as error:
+        flag = flags.get(error.option, "--" + error.option.replace("_", "-"))
+        raise InvalidInput(f"{flag} {error.problem}") from None
 
 
 @contextlib.contextmanager

@@ -65,6 +65,15 @@ class InvalidInput(AutotuneError, ValueError):
     """A flag, argument or option value is wrong; the message names it and what it accepts."""
 
 
+class InvalidOption(InvalidInput):
+    """A search option's value is wrong (`options.SearchOptions`): `option` names it as Python does (`n_trials`),
+    `problem` says what is wrong; the command line says the same of its flag (`--trials`)."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option} {problem}")
+        self.option, self.problem = option, problem
+
+
 class Unavailable(AutotuneError, RuntimeError):
     """Something a request needs is not on this machine (a package, a local model); the message says what to use."""
 

@@ -69,6 +69,21 @@ class ModelFacts:
 _UNCAST = re.compile(r"pos_embed|patch_embed|norm|(^|\.)proj_in$|(^|\.)proj_out$")
 
 
+def tensor_bytes(pipe: DiffusionPipeline) -> int:
+    """Bytes of the parameters and buffers of a pipeline's modules, each tensor's storage counted once."""
+    import torch
+
+    seen: dict[int, int] = {}
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in [*component.parameters(), *component.buffers()]:
+                if tensor.is_meta:  # a model read without its weights holds none
+                    continue
+                storage = tensor.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
 def facts_of(pipe: DiffusionPipeline, baseline_bytes: int | None = None) -> ModelFacts:
     """The sizes and shapes of `pipe` that set its memory: per-component elements, attention layers, the VAE."""
     import inspect

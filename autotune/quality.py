@@ -22,7 +22,6 @@ import numpy as np
 
 from .exceptions import InvalidInput, Unavailable
 from .files import cache_dir, write_atomic
-from .options import DEFAULT_REFERENCE_STEPS as DEFAULT_REFERENCE_STEPS  # the search reads it from here
 
 # Fidelity to the reference (higher is better), alignment metrics that need a model the user has locally, and the
 # built-in scenes' judge (`prompt`: the share of prompts drawn as asked).

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import knobs
 from .host_load import BUSY_SHARE, others_share
-from .memory_facts import ModelFacts
+from .memory_facts import ModelFacts, tensor_bytes
 from .memory_model import FULL_SCORES, MemoryModel
 from .units import format_size
 
@@ -174,7 +174,5 @@ def recommend(model: str | None = None, *, budget: str | int | None = None, devi
 def _baseline_bytes(pipe: DiffusionPipeline) -> int:
     # What this process holds besides the pipeline's tensors: on a CPU, every peak counts it too.
     import psutil
-
-    from .worker_tasks import tensor_bytes
 
     return max(0, int(psutil.Process().memory_info().rss) - tensor_bytes(pipe))

@@ -12,24 +12,28 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import optuna
 
 from . import compile_cache, pipelines, protocol, quality
 from .ablation import wanted as ablation_wanted
 from .batching import doublings
 from .exceptions import InvalidInput, TrialFailed, UnknownModel
 from .files import check_writable
-from .hardware import choose_gpu, probe
+from .hardware import Fingerprint, choose_gpu, probe
 from .memory_facts import ModelFacts
 from .memory_model import FACTS_ATTR
-from .options import DEFAULT_REFERENCE_STEPS, OBJECTIVES, PRUNERS, SAMPLERS
+from .options import DEFAULT_MODEL, DEFAULT_REFERENCE_STEPS, SearchOptions
 from .outcome import SearchOutcome, finish_study, warn_if_busy
 from .pipelines import HubOptions
 from .profile import Profile
 from .recommendation import free_cores, recommend_settings
-from .scoring import scoring_for
+from .scoring import Scoring, scoring_for
 from .space import build_space, calibrated_part, steps_range, validate_pinned, warm_start
 from .storages import surface_storage_failures
 from .study import (
@@ -46,7 +50,7 @@ from .time_split import time_split
 from .trials import SearchInterrupted, run_trials
 from .units import parse_size
 from .worker import ModelSource, Worker, WorkerConfig
-from .workload import Workload, check_call, check_controlled, check_sizes
+from .workload import Workload, check_call, check_sizes
 
 __all__ = ["DEFAULT_PROMPTS", "SearchInterrupted", "SearchOutcome", "run_search", "search"]
 
@@ -57,28 +61,7 @@ DEFAULT_PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor 
 
 
 def search(
-    model: ModelSource = "builtin:tiny-sd",
-    *,
-    budget: str | int | None = None,
-    objective: str = "throughput",
-    n_trials: int = 30,
-    **options: Any,
-) -> Profile:
-    """Find the fastest configuration of `model` that fits `budget`, and return its profile.
-
-    `model` is a hub id, a folder, `builtin:tiny-sd`, or a picklable function that builds the pipeline (it runs in
-    the worker processes). Options are those of `run_search`.
-
-    >>> profile = search("builtin:tiny-sd", budget="4GB", n_trials=20, out="tiny.yaml")  # doctest: +SKIP
-    >>> pipe(prompt, **profile.call_kwargs())  # doctest: +SKIP
-    """
-    return run_search(model, budget=budget, objective=objective, n_trials=n_trials, **options).profile
-
-
-@surface_storage_failures
-@optuna_warnings_only()
-def run_search(
-    model: ModelSource = "builtin:tiny-sd",
+    model: ModelSource = DEFAULT_MODEL,
     *,
     budget: str | int | None = None,
     objective: str = "throughput",
@@ -86,20 +69,20 @@ def run_search(
     timeout_s: float | None = None,
     height: int | None = None,
     width: int | None = None,
-    sizes: list[tuple[int, int]] | None = None,
+    sizes: Sequence[tuple[int, int]] | None = None,
     steps: int | None = None,
-    prompts: list[str] | None = None,
+    prompts: Sequence[str] | None = None,
     negative_prompt: str | None = None,
     guidance_scale: float | None = None,
-    call: dict[str, Any] | None = None,
+    call: Mapping[str, Any] | None = None,
     seed: int = 0,
     sampler: str = "tpe",
     pruner: str = "percentile",
     storage: str | None = None,
     study_name: str | None = None,
-    out: str | Path | None = None,  # "{study}" in it becomes the study name; None writes no file
+    out: str | Path | None = None,
     previous: Profile | None = None,
-    pinned: dict[str, Any] | None = None,
+    pinned: Mapping[str, Any] | None = None,
     warm_start_recipes: bool = True,
     device: str | None = None,
     revision: str | None = None,
@@ -114,9 +97,29 @@ def run_search(
     quality_floor: str | quality.FloorSpec | None = None,
     reference_steps: int = DEFAULT_REFERENCE_STEPS,
     ablation: bool | None = None,
-    on_event: Events | None = None,
-) -> SearchOutcome:
-    """The engine behind `search` and `autotune search`; returns the profile with the baseline comparison.
+) -> Profile:
+    """Find the fastest configuration of `model` that fits `budget`, and return its profile.
+
+    `model` is a hub id, a folder, `builtin:tiny-sd`, or a picklable function that builds the pipeline (it runs in
+    the worker processes). The options are `SearchOptions`' fields (`run_search` says what they do); for the study,
+    the comparison with the default and the ablation too, use `run_search`.
+
+    >>> profile = search("builtin:tiny-sd", budget="4GB", n_trials=20, out="tiny.yaml")  # doctest: +SKIP
+    >>> pipe(prompt, **profile.call_kwargs())  # doctest: +SKIP
+    """
+    given = {name: value for name, value in locals().items() if name != "model"}
+    options = SearchOptions(**{**given, "call": call or {}, "pinned": pinned or {}})
+    return run_search(model, options).profile
+
+
+@surface_storage_failures
+@optuna_warnings_only()
+def run_search(model: ModelSource = DEFAULT_MODEL, options: SearchOptions | None = None,
+               on_event: Events | None = None, **fields: Any) -> SearchOutcome:
+    """The engine behind `search` and `autotune search`: the profile with its comparison to the default
+    configuration, the study and the ablation (`SearchOutcome`). `options` (or, instead, its fields as keywords:
+    `run_search(model, budget="6GB", n_trials=20)`) says what to search; `on_event(kind, data)` hears each phase and
+    trial.
 
     `workers` > 1 runs the trials in that many `autotune worker` processes on this host (one per visible GPU), which
     share the study with any worker started elsewhere; then the winner is re-measured here.
@@ -141,126 +144,159 @@ def run_search(
     At the end the chosen configuration is re-measured beside itself without each knob it changes, to say what each
     is worth (`ablation`; None: unless `AUTOTUNE_ABLATION=0`); the profile records it in `metrics.ablation`.
     """
-    if objective not in OBJECTIVES:
-        raise InvalidInput(f"objective {objective!r} is not supported; use one of {', '.join(OBJECTIVES)}")
-    if sampler not in SAMPLERS:
-        raise InvalidInput(f"sampler {sampler!r} is not supported; use one of {', '.join(SAMPLERS)}")
-    if pruner not in PRUNERS:
-        raise InvalidInput(f"pruner {pruner!r} is not supported; use one of {', '.join(PRUNERS)}")
-    if n_trials < 1:
-        raise InvalidInput("the number of trials must be at least 1")
-    if reference_steps < 1:
-        raise InvalidInput("the reference steps must be at least 1")
-    if timeout_s is not None and timeout_s <= 0 or trial_timeout_s <= 0:
-        raise InvalidInput("a time limit must be more than 0 seconds")
-    if guidance_scale is not None and not guidance_scale >= 0:
-        raise InvalidInput(f"the guidance scale must be 0 or more, got {guidance_scale:g}")
-    if prompts is not None and (not prompts or not all(isinstance(p, str) and p.strip() for p in prompts)):
-        raise InvalidInput("the prompts must be a non-empty list of non-blank texts")
-    check_controlled(call or {})
-    other_sizes: list[tuple[int, int]] = []
-    if sizes is not None:
-        several = quality_floor is None and objective != "pareto"
-        height, width, other_sizes = check_sizes([(h, w) for h, w in sizes], height, width, several)
-    if out is not None:  # before the model loads: a read-only folder found after the search loses the profile
-        check_writable(str(out).replace("{study}", "study"))
-    floor = quality.parse_floor(quality_floor) if isinstance(quality_floor, str) else quality_floor
-    if workers > 1 and not isinstance(model, str):
-        raise InvalidInput("several workers need a model they can load by name (hub id, folder or builtin:*), "
-                           "not a Python function")
-    emit = on_event or (lambda kind, data: None)
-    started, started_at = time.monotonic(), datetime.now()
-    if config is not None and not pipelines.is_single_file(model):
-        raise InvalidInput(f"a config describes a single-file checkpoint (.safetensors, .ckpt); {model!r} is not "
-                           "one")
+    if options is not None and fields:
+        raise TypeError("run_search takes the options or their fields as keywords, not both")
+    options = options if options is not None else SearchOptions(**fields)
+    options.check_model(model)
+    if options.out is not None:  # before the model loads: a read-only folder found after the search loses the profile
+        check_writable(str(options.out).replace("{study}", "study"))
     if pipelines.is_single_file(model):
         pipelines.check_single_file(model)
-    hub = HubOptions(revision, variant, local_files_only, config)
-    fingerprint = probe(choose_gpu(device) if device else None)
-    hardware = fingerprint.hardware
-    budget_bytes = parse_size(budget, hardware.memory_bytes) if budget is not None else hardware.memory_bytes
-    model_id = model if isinstance(model, str) else f"{model.__module__}:{model.__qualname__}"
-    pinned = validate_pinned(pinned or {})
-
+    emit = on_event or (lambda kind, data: None)
+    started, started_at = time.monotonic(), datetime.now()
+    fingerprint = probe(choose_gpu(options.device) if options.device else None)
+    budget_bytes = (parse_size(options.budget, fingerprint.hardware.memory_bytes) if options.budget is not None
+                    else fingerprint.hardware.memory_bytes)
+    hub = HubOptions(options.revision, options.variant, options.local_files_only, options.config)
     # Until the study's log is known, what the worker prints loading the model (the libraries' progress bars and
     # warnings) goes to a log of its own: a model that cannot load is then one line on the terminal.
     loading_log = Path(tempfile.gettempdir()) / f"autotune-{os.getpid()}-loading.log"
-    worker = Worker(WorkerConfig(model=model, device=hardware.device, memory_budget_bytes=budget_bytes, hub=hub,
-                                 log_path=str(loading_log)))
+    worker = Worker(WorkerConfig(model=model, device=fingerprint.hardware.device, memory_budget_bytes=budget_bytes,
+                                 hub=hub, log_path=str(loading_log)))
     try:
-        emit("phase", {"message": f"loading {model_id} in a worker"})
-        try:
-            info = worker.request(protocol.Describe(), timeout_s=trial_timeout_s)
-        except TrialFailed as failure:
-            raise UnknownModel(f"cannot load {model_id}: {failure.reason} (the loading's output: {loading_log})"
-                               ) from None
-        workload = Workload(
-            height=height or info.default_size, width=width or info.default_size, other_sizes=other_sizes,
-            prompts=prompts or list(info.default_prompts) or DEFAULT_PROMPTS,
-            seed=seed, guidance_scale=guidance_scale, negative_prompt=negative_prompt, output=info.output,
-            call=check_workload_arguments(info, {**info.default_call, **(call or {})}, negative_prompt,
-                                          guidance_scale),
-        )
-        quality.check_judgeable(floor, workload.prompts)
-        steps = steps or info.default_steps
-        scored = floor is not None or objective == "pareto"
-        # Quality-changing knobs join when quality is measured: under a floor, or as a Pareto objective.
-        space = build_space(info.domains, steps_range(steps, reference_steps) if scored else None,
-                            batch_sizes=doublings(max_batch) if objective == "pareto" else None)
-        space = {name: domain for name, domain in space.items() if name not in pinned}
-        calibrated = calibrated_part(space, floor is not None)
-        fixed = {**({} if "steps" in space else {"steps": steps}), **pinned}
-        spec = StudySpec(
-            model=model_id, loadable=isinstance(model, str), pipeline=info.pipeline, denoiser=info.denoiser,
-            workload=workload.model_dump(mode="json"), objective=objective, fixed=fixed,
-            hardware=hardware.model_dump(), space=space, memory_budget_bytes=budget_bytes, n_trials=n_trials,
-            max_batch=max_batch, trial_timeout_s=trial_timeout_s, sampler=sampler, seed=seed,
-            deadline=trials_deadline(started, timeout_s), steps=steps,
-            quality_floor=str(floor) if floor else None, reference_steps=reference_steps if scored else None,
-            pruner=pruner, hub=hub.given(),
-            # The snapshot the worker loaded (from the hub's cache, once it has loaded it): what the profile records.
-            commit=pipelines.resolved_commit(model, hub) if isinstance(model, str) else None,
-            calibrated=calibrated or None,
-        )
-        name = study_name or default_study_name(model_id, fingerprint, workload, objective, floor, budget_bytes)
-        out, log_path = output_paths(out, name)
-        storage_url = storage or default_storage(out, name)
-        emit("phase", {"message": f"worker output goes to {log_path}"})
-        move_log(loading_log, log_path)
-        worker.redirect_output(log_path, str(compile_cache.study_folder(name)))
-        scoring = scoring_for(spec, worker, fingerprint, emit)
-        study = open_study(name, storage_url, spec)
-        if info.memory:  # for the memory model of every worker of the study, on any host
-            study.set_user_attr(FACTS_ATTR, info.memory)
-        load = warn_if_busy(emit)
-        if not finished(study):
-            recommended = recommend_settings(
-                hardware, info.domains, ModelFacts.from_dict(info.memory) if info.memory else None, budget_bytes,
-                workload.height, workload.width, guidance_scale, fixed=pinned,
-                others_cpu_share=load) if warm_start_recipes else None
-            # On a busy CPU every seed runs with the free cores' threads, as the recommendation does.
-            free = free_cores(hardware.cpu_cores, load) if hardware.device == "cpu" else hardware.cpu_cores
-            threads = {"cpu_threads": free} if free < hardware.cpu_cores else {}
-            warm_start(study, space, hardware.device, previous, fixed, warm_start_recipes,
-                       reference={"scheduler": "default", "steps": reference_steps} if scored else None,
-                       defaults={"steps": steps, "batch_size": 1, **threads},
-                       recommended=recommended.changed() if recommended else None)
-        if workers > 1:
+        info = describe_model(worker, model, options, loading_log, emit)
+        spec = make_spec(model, options, info, fingerprint, budget_bytes, hub, started)
+        opened = open_study_for(spec, options, info, fingerprint, worker, loading_log, emit)
+        if not finished(opened.study):
+            seed_study(opened.study, spec, options, info, fingerprint, opened.others_cpu_share)
+        if options.workers > 1:
             from .distributed import launch_workers
 
             worker.close()  # the workers load their own
-            launch_workers(workers, storage_url, study, spec, log_path, emit)
+            launch_workers(options.workers, opened.storage_url, opened.study, spec, opened.log_path, emit)
         else:
-            run_trials(study, worker, spec, emit, scoring=scoring)
+            run_trials(opened.study, worker, spec, emit, scoring=opened.scoring)
         worker_config = worker.config
     finally:
         worker.close()
-    outcome = finish_study(study, spec, fingerprint, worker_config, storage_url, out, top_k, rounds, emit, scoring,
-                           deadline=started + timeout_s - WRITE_RESERVE_S if timeout_s is not None else None,
-                           others_cpu_share=load, ablation=ablation_wanted(ablation))
-    outcome.time_split = time_split(study, started_at, time.monotonic() - started,
+    outcome = finish_study(opened.study, spec, fingerprint, worker_config, opened.storage_url, opened.out,
+                           options.top_k, options.rounds, emit, opened.scoring,
+                           deadline=started + options.timeout_s - WRITE_RESERVE_S if options.timeout_s else None,
+                           others_cpu_share=opened.others_cpu_share, ablation=ablation_wanted(options.ablation))
+    outcome.time_split = time_split(opened.study, started_at, time.monotonic() - started,
                                     [outcome.baseline, *outcome.candidates])
     return outcome
+
+
+def describe_model(worker: Worker, model: ModelSource, options: SearchOptions, loading_log: Path,
+                   emit: Events) -> protocol.Description:
+    """What the worker finds loading the model: its classes, knob domains, defaults and memory facts."""
+    model_id = model_name(model)
+    emit("phase", {"message": f"loading {model_id} in a worker"})
+    try:
+        described: protocol.Description = worker.request(protocol.Describe(), timeout_s=options.trial_timeout_s)
+        return described
+    except TrialFailed as failure:
+        raise UnknownModel(f"cannot load {model_id}: {failure.reason} (the loading's output: {loading_log})"
+                           ) from None
+
+
+def make_workload(options: SearchOptions, info: protocol.Description) -> Workload:
+    """What the app will render: the options' size, prompts and call, the pipeline's own where they give none."""
+    height, width, other_sizes = options.height, options.width, list[tuple[int, int]]()
+    if options.sizes is not None:
+        height, width, other_sizes = check_sizes([(h, w) for h, w in options.sizes], options.height, options.width,
+                                                 options.several_sizes_allowed)
+    workload = Workload(
+        height=height or info.default_size, width=width or info.default_size, other_sizes=other_sizes,
+        prompts=list(options.prompts or info.default_prompts or DEFAULT_PROMPTS), seed=options.seed,
+        guidance_scale=options.guidance_scale, negative_prompt=options.negative_prompt, output=info.output,
+        call=check_workload_arguments(info, {**info.default_call, **options.call}, options.negative_prompt,
+                                      options.guidance_scale),
+    )
+    quality.check_judgeable(options.floor, workload.prompts)
+    return workload
+
+
+def make_spec(model: ModelSource, options: SearchOptions, info: protocol.Description, fingerprint: Fingerprint,
+              budget_bytes: int, hub: HubOptions, started: float) -> StudySpec:
+    """The study's specification: the workload, the space of knobs available here, what is fixed, the goal."""
+    workload = make_workload(options, info)
+    floor = options.floor
+    steps = options.steps or info.default_steps
+    scored = floor is not None or options.objective == "pareto"
+    pinned = validate_pinned(dict(options.pinned))
+    # Quality-changing knobs join when quality is measured: under a floor, or as a Pareto objective.
+    space = build_space(info.domains, steps_range(steps, options.reference_steps) if scored else None,
+                        batch_sizes=doublings(options.max_batch) if options.objective == "pareto" else None)
+    space = {name: domain for name, domain in space.items() if name not in pinned}
+    return StudySpec(
+        model=model_name(model), loadable=isinstance(model, str), pipeline=info.pipeline, denoiser=info.denoiser,
+        workload=workload.model_dump(mode="json"), objective=options.objective,
+        fixed={**({} if "steps" in space else {"steps": steps}), **pinned},
+        hardware=fingerprint.hardware.model_dump(), space=space, memory_budget_bytes=budget_bytes,
+        n_trials=options.n_trials, max_batch=options.max_batch, trial_timeout_s=options.trial_timeout_s,
+        sampler=options.sampler, seed=options.seed, deadline=trials_deadline(started, options.timeout_s),
+        steps=steps, quality_floor=str(floor) if floor else None,
+        reference_steps=options.reference_steps if scored else None, pruner=options.pruner, hub=hub.given(),
+        # The snapshot the worker loaded (from the hub's cache, once it has loaded it): what the profile records.
+        commit=pipelines.resolved_commit(model, hub) if isinstance(model, str) else None,
+        calibrated=calibrated_part(space, floor is not None) or None,
+    )
+
+
+@dataclass
+class OpenedStudy:
+    """A search's study, new or resumed, and what goes with it."""
+
+    study: optuna.Study
+    storage_url: str
+    out: str | None  # the profile's path, "{study}" filled in
+    log_path: str  # where the workers' output goes
+    scoring: Scoring | None  # the reference the trials are scored against, under a floor or a Pareto objective
+    others_cpu_share: float  # of the CPU, used by other processes as the study opened
+
+
+def open_study_for(spec: StudySpec, options: SearchOptions, info: protocol.Description, fingerprint: Fingerprint,
+                   worker: Worker, loading_log: Path, emit: Events) -> OpenedStudy:
+    """Open (or resume) the study, render its reference when quality is scored, and move the worker's output to the
+    study's log."""
+    name = options.study_name or default_study_name(spec.model, fingerprint, Workload(**spec.workload),
+                                                    spec.objective, options.floor, spec.memory_budget_bytes)
+    out, log_path = output_paths(options.out, name)
+    storage_url = options.storage or default_storage(out, name)
+    emit("phase", {"message": f"worker output goes to {log_path}"})
+    move_log(loading_log, log_path)
+    worker.redirect_output(log_path, str(compile_cache.study_folder(name)))
+    scoring = scoring_for(spec, worker, fingerprint, emit)
+    study = open_study(name, storage_url, spec)
+    if info.memory:  # for the memory model of every worker of the study, on any host
+        study.set_user_attr(FACTS_ATTR, info.memory)
+    return OpenedStudy(study, storage_url, out, log_path, scoring, warn_if_busy(emit))
+
+
+def seed_study(study: optuna.Study, spec: StudySpec, options: SearchOptions, info: protocol.Description,
+               fingerprint: Fingerprint, load: float) -> None:
+    """A new study's first trials: the default configuration, the recommendation, the guides' recipes, a previous
+    profile's settings, the reference (under a floor)."""
+    hardware, workload = fingerprint.hardware, Workload(**spec.workload)
+    pinned = dict(options.pinned)
+    recommended = recommend_settings(
+        hardware, info.domains, ModelFacts.from_dict(info.memory) if info.memory else None,
+        spec.memory_budget_bytes, workload.height, workload.width, options.guidance_scale, fixed=pinned,
+        others_cpu_share=load) if options.warm_start_recipes else None
+    # On a busy CPU every seed runs with the free cores' threads, as the recommendation does.
+    free = free_cores(hardware.cpu_cores, load) if hardware.device == "cpu" else hardware.cpu_cores
+    threads = {"cpu_threads": free} if free < hardware.cpu_cores else {}
+    warm_start(study, spec.space, hardware.device, options.previous, spec.fixed, options.warm_start_recipes,
+               reference={"scheduler": "default", "steps": options.reference_steps} if spec.reference_steps else None,
+               defaults={"steps": spec.steps, "batch_size": 1, **threads},
+               recommended=recommended.changed() if recommended else None)
+
+
+def model_name(model: ModelSource) -> str:
+    """A model as the study and the profile name it: its id, or a builder function's module:name."""
+    return model if isinstance(model, str) else f"{model.__module__}:{model.__qualname__}"
 
 
 def move_log(source: Path, log_path: str) -> None:

@@ -25,6 +25,7 @@ from diffusers import DiffusionPipeline  # noqa: E402
 from . import compile_cache, protocol, quality  # noqa: E402
 from .calibration import calibrate  # noqa: E402
 from .exceptions import first_line  # noqa: E402
+from .memory_facts import tensor_bytes  # noqa: E402
 from .protocol import WorkerConfig  # noqa: E402
 from .worker_server import cuda_fork_problem, exit_with_parent  # noqa: E402
 
@@ -209,21 +210,6 @@ def release_memory(device: str) -> None:
     gc.collect()
     if device.startswith("cuda") and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-
-
-def tensor_bytes(pipe: DiffusionPipeline) -> int:
-    """Bytes of the parameters and buffers of a pipeline's modules, each tensor's storage counted once."""
-    import torch
-
-    seen: dict[int, int] = {}
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            for tensor in [*component.parameters(), *component.buffers()]:
-                if tensor.is_meta:  # a model read without its weights holds none
-                    continue
-                storage = tensor.untyped_storage()
-                seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
 
 
 def _describe(state: WorkerState, task: protocol.Describe) -> protocol.Description:

@@ -54,3 +54,39 @@ def test_a_recommendation_applies_as_a_profile_does(monkeypatch, fingerprint):
     # A recommendation that changes something is applied as such (the CPU's own is mostly the pipeline as loaded).
     forced = Recommendation({**chosen.settings, "channels_last": True}, {})
     assert knobs.get("channels_last").read(apply_profile(pipelines.load("builtin:tiny-sd-random"), forced)) is True
+
+
+def test_search_takes_exactly_the_search_options_with_their_defaults():
+    import dataclasses
+    import inspect
+
+    from autotune.options import SearchOptions
+    from autotune.tuner import search
+
+    parameters = inspect.signature(search).parameters
+    fields = {f.name: f for f in dataclasses.fields(SearchOptions)}
+    assert list(parameters)[1:] == list(fields)  # the same options, in the same order, beside the model
+    defaults = SearchOptions()
+    for name, parameter in list(parameters.items())[1:]:
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert parameter.default == getattr(defaults, name) or parameter.default is None, name
+
+
+def test_the_options_are_checked_when_made_and_named_as_the_caller_names_them(tmp_path):
+    import pytest
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+    from autotune.exceptions import InvalidOption
+    from autotune.options import SearchOptions
+    from autotune.tuner import run_search
+
+    with pytest.raises(InvalidOption, match=r"^trial_timeout_s must be more than 0 seconds, got 0$"):
+        SearchOptions(trial_timeout_s=0)
+    with pytest.raises(InvalidOption, match=r"^n_trials must be at least 1, got 0$"):
+        run_search("builtin:tiny-sd-random", n_trials=0)
+    with pytest.raises(TypeError, match="not both"):
+        run_search("builtin:tiny-sd-random", SearchOptions(), n_trials=2)
+    result = CliRunner().invoke(app, ["search", "--trial-timeout", "0", "--out", str(tmp_path / "p.yaml")])
+    assert str(result.exception) == "--trial-timeout must be more than 0 seconds, got 0"  # `autotune` exits 2 on it
+    assert list(tmp_path.iterdir()) == []
