@@ -73,7 +73,7 @@ class SearchOptions:
     prompts: Sequence[str] | None = None
     negative_prompt: str | None = None
     guidance_scale: float | None = None
-    call: Mapping[str, Any] = field(default_factory=dict)
+    call: Mapping[str, Any] | None = field(default_factory=dict)
     seed: int = 0
     sampler: str = SAMPLERS[0]
     pruner: str = PRUNERS[0]
@@ -81,7 +81,7 @@ class SearchOptions:
     study_name: str | None = None
     out: str | Path | None = None  # "{study}" in it becomes the study name; None writes no file
     previous: Profile | None = None  # a profile whose settings seed the study
-    pinned: Mapping[str, Any] = field(default_factory=dict)
+    pinned: Mapping[str, Any] | None = field(default_factory=dict)
     warm_start_recipes: bool = True
     # Where and how the model loads.
     device: str | None = None  # cpu, cuda or cuda:N
@@ -99,6 +99,8 @@ class SearchOptions:
     ablation: bool | None = None  # None: unless AUTOTUNE_ABLATION=0
 
     def __post_init__(self) -> None:
+        for option in ("call", "pinned"):  # None, as callers of the keyword form pass it, is none
+            object.__setattr__(self, option, dict(getattr(self, option) or {}))
         for option, allowed in (("objective", OBJECTIVES), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
             if getattr(self, option) not in allowed:
                 raise InvalidOption(option, f"must be one of {', '.join(allowed)}, got {getattr(self, option)!r}")

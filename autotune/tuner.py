@@ -211,7 +211,7 @@ def make_workload(options: SearchOptions, info: protocol.Description) -> Workloa
         height=height or info.default_size, width=width or info.default_size, other_sizes=other_sizes,
         prompts=list(options.prompts or info.default_prompts or DEFAULT_PROMPTS), seed=options.seed,
         guidance_scale=options.guidance_scale, negative_prompt=options.negative_prompt, output=info.output,
-        call=check_workload_arguments(info, {**info.default_call, **options.call}, options.negative_prompt,
+        call=check_workload_arguments(info, {**info.default_call, **(options.call or {})}, options.negative_prompt,
                                       options.guidance_scale),
     )
     quality.check_judgeable(options.floor, workload.prompts)
@@ -225,7 +225,7 @@ def make_spec(model: ModelSource, options: SearchOptions, info: protocol.Descrip
     floor = options.floor
     steps = options.steps or info.default_steps
     scored = floor is not None or options.objective == "pareto"
-    pinned = validate_pinned(dict(options.pinned))
+    pinned = validate_pinned(dict(options.pinned or {}))
     # Quality-changing knobs join when quality is measured: under a floor, or as a Pareto objective.
     space = build_space(info.domains, steps_range(steps, options.reference_steps) if scored else None,
                         batch_sizes=doublings(options.max_batch) if options.objective == "pareto" else None)
@@ -280,7 +280,7 @@ def seed_study(study: optuna.Study, spec: StudySpec, options: SearchOptions, inf
     """A new study's first trials: the default configuration, the recommendation, the guides' recipes, a previous
     profile's settings, the reference (under a floor)."""
     hardware, workload = fingerprint.hardware, Workload(**spec.workload)
-    pinned = dict(options.pinned)
+    pinned = dict(options.pinned or {})
     recommended = recommend_settings(
         hardware, info.domains, ModelFacts.from_dict(info.memory) if info.memory else None,
         spec.memory_budget_bytes, workload.height, workload.width, options.guidance_scale, fixed=pinned,
