@@ -280,7 +280,7 @@ def seed_study(study: optuna.Study, spec: StudySpec, options: SearchOptions, inf
     """A new study's first trials: the default configuration, the recommendation, the guides' recipes, a previous
     profile's settings, the reference (under a floor)."""
     hardware, workload = fingerprint.hardware, Workload(**spec.workload)
-    pinned = dict(options.pinned or {})
+    pinned = {name: spec.fixed[name] for name in options.pinned or {}}  # typed, as the spec holds them
     recommended = recommend_settings(
         hardware, info.domains, ModelFacts.from_dict(info.memory) if info.memory else None,
         spec.memory_budget_bytes, workload.height, workload.width, options.guidance_scale, fixed=pinned,
