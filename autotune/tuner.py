@@ -289,7 +289,7 @@ def seed_study(study: optuna.Study, spec: StudySpec, options: SearchOptions, inf
     free = free_cores(hardware.cpu_cores, load) if hardware.device == "cpu" else hardware.cpu_cores
     threads = {"cpu_threads": free} if free < hardware.cpu_cores else {}
     warm_start(study, spec.space, hardware.device, options.previous, spec.fixed, options.warm_start_recipes,
-               reference={"scheduler": "default", "steps": options.reference_steps} if spec.reference_steps else None,
+               reference={"scheduler": "default", "steps": spec.reference_steps} if spec.reference_steps else None,
                defaults={"steps": spec.steps, "batch_size": 1, **threads},
                recommended=recommended.changed() if recommended else None)
 
