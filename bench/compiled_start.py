@@ -32,8 +32,9 @@ for _ in range(2):
     started = time.perf_counter()
     pipe(prompt, **profile.call_kwargs())
     times.append(time.perf_counter() - started)
-hits = torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"]
-print(json.dumps({"first_s": times[0], "second_s": times[1], "fx_graph_cache_hits": hits}))
+inductor = torch._dynamo.utils.counters["inductor"]
+print(json.dumps({"first_s": times[0], "second_s": times[1], "fx_graph_cache_hits": inductor["fxgraph_cache_hit"],
+                  "fx_graph_cache_bypasses": inductor["fxgraph_cache_bypass"]}))
 """
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     for label, runs in results.items():
         for run in runs:
             print(f"{label:18s} first call {run['first_s']:7.2f} s, second {run['second_s']:6.3f} s, "
-                  f"FX graph cache hits {run['fx_graph_cache_hits']}")
+                  f"FX graph cache hits {run['fx_graph_cache_hits']}, bypasses {run['fx_graph_cache_bypasses']}")
     without = statistics.median(r["first_s"] for r in results["without artifacts"])
     shipped_s = statistics.median(r["first_s"] for r in results["with artifacts"])
     print(f"median first call: {without:.2f} s without, {shipped_s:.2f} s with the shipped artifacts: "
