@@ -10,6 +10,11 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from autotune.profile import Profile, load_profile
+    from autotune.profile.library import select_profile
+    from autotune.search.outcome import SearchOutcome
+    from autotune.search.run import run_search, search
+
     from .apply import apply_profile, load_pipeline
     from .exceptions import (
         AutotuneError,
@@ -22,11 +27,7 @@ if TYPE_CHECKING:
         ProfileMismatchWarning,
     )
     from .hardware import probe
-    from .library import select_profile
-    from .outcome import SearchOutcome
-    from .profile import Profile, load_profile
     from .recommendation import recommend
-    from .tuner import run_search, search
 
 __version__ = "0.1.0"
 
@@ -47,10 +48,10 @@ _EXPORTS = {
     "Profile": "profile",
     "load_profile": "profile",
     "recommend": "recommendation",
-    "search": "tuner",
-    "run_search": "tuner",
-    "SearchOutcome": "outcome",
-    "select_profile": "library",
+    "search": "search.run",
+    "run_search": "search.run",
+    "SearchOutcome": "search.outcome",
+    "select_profile": "profile.library",
 }
 __all__ = [
     "AutotuneError",

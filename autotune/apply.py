@@ -17,10 +17,9 @@ from typing import Any, TypeVar
 
 from diffusers import DiffusionPipeline
 
-from . import compiled, knobs, pipelines
-from .exceptions import FallbackWarning, IncompatibleProfile, KnobConflict, ProfileError, ProfileMismatchWarning
-from .hardware import Fingerprint, Hardware, probe
-from .library import (
+from autotune.measure.memory_model import compiles
+from autotune.profile import Profile, compiled, load_profile, split_pick
+from autotune.profile.library import (
     SUFFIXES,
     SearchPath,
     check_name,
@@ -29,8 +28,10 @@ from .library import (
     select_profile,
     shipped_profiles_dir,
 )
-from .memory_model import compiles
-from .profile import Profile, load_profile, split_pick
+
+from . import knobs, pipelines
+from .exceptions import FallbackWarning, IncompatibleProfile, KnobConflict, ProfileError, ProfileMismatchWarning
+from .hardware import Fingerprint, Hardware, probe
 from .recommendation import Recommendation
 
 ProfileLike = Profile | str | os.PathLike[str]

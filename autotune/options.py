@@ -6,18 +6,18 @@ Nothing here imports torch, diffusers or Optuna, so `autotune search --objective
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .exceptions import InvalidInput, InvalidOption
-from .quality import FloorSpec, parse_floor
 from .units import check_size
 from .workload import check_controlled, check_sizes
 
 if TYPE_CHECKING:
-    from .profile import Profile
+    from autotune.profile import Profile
 
 OBJECTIVES = ("throughput", "latency", "pareto")
 SAMPLERS = ("tpe", "gp", "random")
@@ -46,6 +46,48 @@ EXIT_CHECK_FAILED = 1  # verify, profiles validate or profiles select found what
 EXIT_ERROR = 2  # a bad flag, value, file, profile or model, or a storage or disk that failed: one line says which
 EXIT_NOTHING_FITS = 3  # no configuration (or shipped profile) meets the budget and floor here
 EXIT_BUG = 70  # anything else is a bug in autotune: its traceback is printed for the report (EX_SOFTWARE)
+
+
+# Fidelity to the reference (higher is better), alignment metrics that need a model the user has locally, and the
+# built-in scenes' judge (`prompt`: the share of prompts drawn as asked).
+METRICS = ("psnr", "ssim", "lpips", "clip", "prompt")
+
+
+@dataclass(frozen=True)
+class FloorSpec:
+    """`--quality-floor` as given: `ssim=0.90` (absolute) or `ssim=-5%` (relative to the reference's noise floor)."""
+
+    metric: str
+    value: float
+    relative: bool = False
+
+    def resolve(self, noise_floor: dict[str, float]) -> float:
+        """The absolute minimum score: a relative floor is taken off the reference-vs-reference score."""
+        if not self.relative:
+            return self.value
+        return noise_floor[self.metric] * (1 + self.value / 100)
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:+g}%" if self.relative else f"{self.metric}={self.value:g}"
+
+
+def parse_floor(text: str) -> FloorSpec:
+    """`ssim=0.9`, `psnr=30`, `ssim=-5%` -> FloorSpec; a clear error for anything else."""
+    match = re.fullmatch(r"\s*([a-z]+)\s*=\s*([-+]?[0-9]*\.?[0-9]+)\s*(%?)\s*", text or "")
+    if not match:
+        raise InvalidInput(f"--quality-floor {text!r}: expected METRIC=VALUE such as ssim=0.90, psnr=30 or ssim=-5%")
+    metric, value, percent = match.group(1), float(match.group(2)), bool(match.group(3))
+    if metric not in METRICS:
+        raise InvalidInput(f"--quality-floor {text!r}: unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    if percent and not -100 < value <= 0:
+        raise InvalidInput(f"--quality-floor {text!r}: a relative floor is a drop from the reference, "
+                           "between -100% and 0%")
+    if metric == "ssim" and not percent and not -1 <= value <= 1:
+        raise InvalidInput(f"--quality-floor {text!r}: SSIM lies between -1 and 1")
+    if metric == "prompt" and not percent and not 0 <= value <= 1:
+        raise InvalidInput(f"--quality-floor {text!r}: the prompt score is a share of prompts, between 0 and 1")
+    return FloorSpec(metric, value, percent)
+
 
 
 @dataclass(frozen=True)

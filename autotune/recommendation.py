@@ -25,10 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from autotune.measure.host_load import BUSY_SHARE, others_share
+from autotune.measure.memory_facts import ModelFacts, tensor_bytes
+from autotune.measure.memory_model import FULL_SCORES, MemoryModel
+
 from . import knobs
-from .host_load import BUSY_SHARE, others_share
-from .memory_facts import ModelFacts, tensor_bytes
-from .memory_model import FULL_SCORES, MemoryModel
 from .units import format_size
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def recommend_settings(hardware: Hardware, domains: Mapping[str, Any], facts: Mo
                        fixed: Mapping[str, Any] | None = None, others_cpu_share: float = 0.0) -> Recommendation:
     """The recommendation for `hardware` over `domains` (knob name -> `Domain` or its dict), with the memory model
     of `facts` at `height` x `width` (no memory step without them). `fixed` values are kept as given;
-    `others_cpu_share` is the share of the CPU other processes use now (`host_load.others_share`)."""
+    `others_cpu_share` is the share of the CPU other processes use now (`measure.host_load.others_share`)."""
     fixed = dict(fixed or {})
     available = {name: knobs.domain_from_dict(d) if isinstance(d, (dict, list)) else d for name, d in domains.items()}
     settings: dict[str, Any] = {**knobs.defaults(), **fixed}
@@ -161,8 +162,9 @@ def recommend(model: str | None = None, *, budget: str | int | None = None, devi
     if model is None:
         return recommend_settings(hardware, knobs.domains(hardware), None, budget_bytes, height or 512, width or 512,
                                   others_cpu_share=others)
+    from autotune.measure.memory_facts import facts_of
+
     from . import pipelines
-    from .memory_facts import facts_of
 
     pipe = pipelines.load_empty(model)  # the sizes the memory model needs, no weight loaded
     size = pipelines.default_call_size(pipe, model)

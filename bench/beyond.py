@@ -27,20 +27,23 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loads transformers
 
+from autotune.measure import timing
 from autotune.quiet import quiet_library_noise  # noqa: E402
 
 quiet_library_noise()  # torchao's import messages, before diffusers imports it
 
 from rich.console import Console  # noqa: E402
 
-from autotune import knobs, pipelines, protocol, quality  # noqa: E402
+from autotune import knobs, pipelines  # noqa: E402
 from autotune.apply import apply_settings  # noqa: E402
-from autotune.candidates import Candidate  # noqa: E402
+from autotune.compare.candidates import Candidate  # noqa: E402
+from autotune.compare.remeasure import remeasure  # noqa: E402
+from autotune.compare.scoring import Scoring  # noqa: E402
 from autotune.hardware import Hardware, probe  # noqa: E402
-from autotune.remeasure import remeasure  # noqa: E402
-from autotune.scoring import Scoring  # noqa: E402
-from autotune.tuner import run_search  # noqa: E402
-from autotune.worker import Worker, WorkerConfig  # noqa: E402
+from autotune.measure import quality  # noqa: E402
+from autotune.search.run import run_search  # noqa: E402
+from autotune.worker import protocol  # noqa: E402
+from autotune.worker.process import Worker, WorkerConfig  # noqa: E402
 
 PARA = "ParaAttention (FLUX.1-dev, L20)"
 TORCHAO = "diffusers-torchao (FLUX.1-dev, H100)"
@@ -96,8 +99,8 @@ def rescore(model: str, settings: dict, workload, reference, hw: Hardware) -> di
     pipe = pipelines.load(model, knobs.load_kwargs(settings).get("dtype"))
     apply_settings(pipe, settings, hw, fallback=False)
     pipe.set_progress_bar_config(disable=True)
-    images = quality.render(pipe, workload, knobs.call_kwargs(settings))
-    return quality.score(quality.stack(images, len(workload.prompts)), reference)
+    images = timing.render(pipe, workload, knobs.call_kwargs(settings))
+    return quality.score(timing.stack(images, len(workload.prompts)), reference)
 
 
 def main() -> None:

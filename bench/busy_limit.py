@@ -33,11 +33,11 @@ import optuna  # noqa: E402
 from load import start_burners, stop_burners  # noqa: E402
 
 from autotune import knobs  # noqa: E402
-from autotune.candidates import Candidate  # noqa: E402
+from autotune.compare.candidates import Candidate  # noqa: E402
+from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.profile import load_profile  # noqa: E402
-from autotune.remeasure import remeasure  # noqa: E402
-from autotune.worker import WorkerConfig  # noqa: E402
+from autotune.worker.process import WorkerConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ images (as a search under a floor with `--reference-steps` equal to the workload
 prompts drawn once with the cache at a threshold, scored (worst prompt) against the reference; the share of the
 transformer blocks' work it skipped is counted by hooks on each block's attention.
 
-Calibration (`autotune.calibration.largest_meeting`) finds the largest threshold that meets the floor in at most 6
-renders. TPE, per seed, maximises the skipped share with the floor as a constraint (`constraints_func`), and is
+Calibration (`autotune.worker.calibration.largest_meeting`) finds the largest threshold that meets the floor in at
+most 6 renders. TPE, per seed, maximises the skipped share with the floor as a constraint (`constraints_func`), and is
 counted until it has rendered a threshold that meets the floor and skips at least as much as the calibrated one,
 up to `--renders` renders.
 
@@ -25,6 +25,7 @@ import statistics
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loads transformers
 
+from autotune import options
 from autotune.quiet import quiet_library_noise  # noqa: E402
 
 quiet_library_noise()
@@ -33,10 +34,11 @@ import optuna  # noqa: E402
 from realism import block_calls, configured, render  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from autotune import knobs, pipelines, quality  # noqa: E402
-from autotune.builtin_trained import PROMPTS  # noqa: E402
-from autotune.calibration import largest_meeting  # noqa: E402
+from autotune import knobs, pipelines  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
+from autotune.measure import quality  # noqa: E402
+from autotune.pipelines.trained import PROMPTS  # noqa: E402
+from autotune.worker.calibration import largest_meeting  # noqa: E402
 from autotune.workload import Workload  # noqa: E402
 
 LOW, HIGH = 0.02, 0.3  # the cache_threshold knob's range
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=30, help="TPE's limit per seed")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    floor = quality.parse_floor(args.floor)
+    floor = options.parse_floor(args.floor)
     renders = Renders(args.model, floor.metric)
     console.print(f"{args.model}, {renders.steps} steps, {len(PROMPTS)} prompts, floor {floor} (worst prompt), "
                   f"threshold range {LOW}-{HIGH} (log)")

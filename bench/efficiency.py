@@ -43,16 +43,17 @@ quiet_library_noise()
 
 from rich.console import Console  # noqa: E402
 
-from autotune import knobs, protocol  # noqa: E402
-from autotune.candidates import Candidate, settings_key, top_candidates  # noqa: E402
+from autotune import knobs  # noqa: E402
+from autotune.compare.candidates import Candidate, settings_key, top_candidates  # noqa: E402
+from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.exceptions import NothingFits  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.recommendation import recommend  # noqa: E402
-from autotune.remeasure import remeasure  # noqa: E402
-from autotune.space import build_space  # noqa: E402
-from autotune.study import feasible, finished  # noqa: E402
-from autotune.tuner import run_search  # noqa: E402
-from autotune.worker import Worker, WorkerConfig  # noqa: E402
+from autotune.search.run import run_search  # noqa: E402
+from autotune.search.space import build_space  # noqa: E402
+from autotune.search.study import feasible, finished  # noqa: E402
+from autotune.worker import protocol  # noqa: E402
+from autotune.worker.process import Worker, WorkerConfig  # noqa: E402
 
 # name: run_search options. Random and TPE as a plain Optuna search runs them: every batch of every trial measured,
 # the best trial taken as it is; autotune as `autotune search` does, its top 3 re-measured interleaved at the end.

@@ -22,17 +22,21 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loa
 
 from rich.console import Console  # noqa: E402
 
-from autotune import knobs, pipelines, quality  # noqa: E402
+from autotune import knobs, options, pipelines  # noqa: E402
 from autotune.apply import apply_profile  # noqa: E402
-from autotune.tuner import run_search  # noqa: E402
+from autotune.measure import (
+    quality,  # noqa: E402
+    timing,
+)
+from autotune.search.run import run_search  # noqa: E402
 
 
 def rescore(profile, reference) -> dict[str, list[float]]:
     """The profile's configuration rendered here, in this process, scored against the reference: each prompt's."""
     pipe = apply_profile(pipelines.load(profile.model.id), profile)
     pipe.set_progress_bar_config(disable=True)
-    images = quality.render(pipe, profile.workload, knobs.call_kwargs(profile.settings_dict()))
-    return quality.score_by_prompt(quality.stack(images, len(profile.workload.prompts)), reference)
+    images = timing.render(pipe, profile.workload, knobs.call_kwargs(profile.settings_dict()))
+    return quality.score_by_prompt(timing.stack(images, len(profile.workload.prompts)), reference)
 
 
 def main() -> None:
@@ -51,7 +55,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="autotune-bench-") as folder:
         console.print(f"search under {args.floor}, {args.trials} trials ...")
-        floor = quality.parse_floor(args.floor)
+        floor = options.parse_floor(args.floor)
         outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, quality_floor=floor,
                              reference_steps=args.reference_steps, rounds=args.rounds, out=Path(folder, "floor.yaml"),
                              trial_timeout_s=args.trial_timeout)

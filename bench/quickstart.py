@@ -30,13 +30,13 @@ quiet_library_noise()
 from rich.console import Console  # noqa: E402
 
 from autotune import knobs  # noqa: E402
-from autotune.candidates import Candidate  # noqa: E402
-from autotune.flags import parse_pins  # noqa: E402
+from autotune.cli.flags import parse_pins  # noqa: E402
+from autotune.compare.candidates import Candidate  # noqa: E402
+from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.profile import load_profile  # noqa: E402
-from autotune.remeasure import remeasure  # noqa: E402
-from autotune.tuner import run_search  # noqa: E402
-from autotune.worker import WorkerConfig  # noqa: E402
+from autotune.search.run import run_search  # noqa: E402
+from autotune.worker.process import WorkerConfig  # noqa: E402
 
 # The README's main quickstart command, after its install step.
 QUICKSTART = ["autotune", "search", "--budget", "4GB", "--timeout", "200"]

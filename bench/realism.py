@@ -3,7 +3,7 @@ quantization and fp16, and the prompt judge, from one run.
 
 For each model (by default the trained `builtin:tiny-sd` and `builtin:tiny-flux`, then the random-weight
 `builtin:tiny-sd-random` and `builtin:tiny-flux-random` for contrast), with the built-in's own size, rendered the way
-a search renders (`autotune.quality.render`: one generator per
+a search renders (`autotune.measure.quality.render`: one generator per
 image, the workload's seeds), every configuration applied by autotune's own knobs to a fresh copy. The prompts are
 the eight captions held out of training (the built-ins' default workload has four of them):
 
@@ -36,6 +36,7 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before diffusers loads transformers
 
+from autotune.measure import timing
 from autotune.quiet import quiet_library_noise  # noqa: E402
 
 quiet_library_noise()
@@ -46,11 +47,12 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from autotune import knobs, pipelines, quality  # noqa: E402
+from autotune import knobs, pipelines  # noqa: E402
 from autotune.apply import apply_settings  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
+from autotune.measure import quality  # noqa: E402
 from autotune.pipelines import denoiser, find_builtin  # noqa: E402
-from autotune.shapes import HELD_OUT_PROMPTS  # noqa: E402
+from autotune.pipelines.shapes import HELD_OUT_PROMPTS  # noqa: E402
 from autotune.workload import Workload  # noqa: E402
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
@@ -59,8 +61,8 @@ console = Console(width=140)
 
 def render(pipe, workload: Workload, steps: int) -> np.ndarray:
     """Each prompt's image (prompts x H x W x 3 in [0, 1]), as a search renders them."""
-    images = quality.render(pipe, workload, {"num_inference_steps": steps})
-    return quality.stack(images, len(workload.prompts))
+    images = timing.render(pipe, workload, {"num_inference_steps": steps})
+    return timing.stack(images, len(workload.prompts))
 
 
 def configured(pipe, settings: dict, hardware) -> object:

@@ -21,13 +21,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from autotune import knobs  # noqa: E402
-from autotune.candidates import Candidate  # noqa: E402
+from autotune.compare.candidates import Candidate  # noqa: E402
+from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
-from autotune.remeasure import remeasure  # noqa: E402
-from autotune.space import documentation_recipes  # noqa: E402
-from autotune.tuner import run_search  # noqa: E402
+from autotune.search.run import run_search  # noqa: E402
+from autotune.search.space import documentation_recipes  # noqa: E402
 from autotune.units import format_size, parse_size  # noqa: E402
-from autotune.worker import WorkerConfig  # noqa: E402
+from autotune.worker.process import WorkerConfig  # noqa: E402
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def tuned_profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
 
     Tests give copies of it other hardware fingerprints (`profile.model_copy(update={"hardware": ...})`).
     """
-    from autotune.tuner import run_search
+    from autotune.search.run import run_search
 
     folder = tmp_path_factory.mktemp("tuned")
     outcome = run_search("builtin:tiny-sd-random", budget="4GB", n_trials=1, steps=2, max_batch=1, top_k=1, rounds=1,

@@ -28,9 +28,9 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from autotune.builtin_parts import clip_tokenizer as tiny_tokenizer
-from autotune.builtin_parts import t5_tokenizer
 from autotune.pipelines import tiny_sd_random
+from autotune.pipelines.builtins import clip_tokenizer as tiny_tokenizer
+from autotune.pipelines.builtins import t5_tokenizer
 
 SIZE = 64  # image side: 8x8 latents under every builder's VAE
 

@@ -12,7 +12,7 @@ def loaded_modules(conn) -> None:
 
 
 def cuda_fork_problem(conn, device: str) -> None:
-    from autotune.worker_server import cuda_fork_problem
+    from autotune.worker.server import cuda_fork_problem
 
     conn.send(cuda_fork_problem(device))
     conn.close()

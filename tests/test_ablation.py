@@ -7,10 +7,10 @@ import yaml
 from typer.testing import CliRunner
 
 from autotune import knobs
-from autotune.ablation import ablations, wanted
 from autotune.cli import app
+from autotune.compare.ablation import ablations, wanted
 from autotune.profile import load_profile
-from autotune.tuner import run_search
+from autotune.search.run import run_search
 
 
 def test_each_changed_knob_goes_back_alone_with_its_options():

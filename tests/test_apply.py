@@ -22,7 +22,7 @@ from autotune.exceptions import (
     UnknownModel,
 )
 from autotune.hardware import probe
-from autotune.library import select_profile
+from autotune.profile.library import select_profile
 
 HARDWARE = probe().hardware
 UNAVAILABLE = [(knob.name, value) for knob in knobs.in_order() if not knob.call_time
@@ -217,7 +217,7 @@ def test_a_pipeline_an_app_placed_on_a_second_gpu_stays_there(gpu_hardware, tiny
     # and the offload hooks are asked to put them.
     import torch
 
-    from autotune.knobs.placement import target_device
+    from autotune.knobs.offload import target_device
 
     moved = []
     monkeypatch.setattr(type(tiny_pipe), "device", property(lambda pipe: torch.device("cuda", 1)))

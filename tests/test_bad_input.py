@@ -23,17 +23,18 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import autotune
-from autotune import files, library, study
-from autotune.candidates import Candidate
+from autotune import files
 from autotune.cli import app
+from autotune.compare.candidates import Candidate
 from autotune.exceptions import AutotuneError, AutotuneWarning, CannotWrite, ProfileError, TrialFailed
-from autotune.outcome import SearchOutcome, write_outcome
-from autotune.profile import load_profile
+from autotune.profile import library, load_profile
+from autotune.search import study
+from autotune.search.outcome import SearchOutcome, write_outcome
 
 
 def test_autotune_search_stays_the_function_after_the_tuner_is_imported():
     first = autotune.search
-    importlib.import_module("autotune.tuner")
+    importlib.import_module("autotune.search.run")
     assert inspect.isfunction(first) and autotune.search is first
     # No submodule may share a public name: importing it would replace the name on the package.
     package = Path(autotune.__file__).parent
@@ -272,8 +273,8 @@ def test_a_worker_exits_when_its_driver_is_killed(tmp_path):
     driver = textwrap.dedent("""
         import threading, time, psutil
         import faulty_pipelines
-        from autotune import protocol
-        from autotune.worker import Worker, WorkerConfig
+        from autotune.worker import protocol
+        from autotune.worker.process import Worker, WorkerConfig
 
         worker = Worker(WorkerConfig(model=faulty_pipelines.never_loads, device="cpu"))
         threading.Thread(target=worker.request, args=(protocol.Describe(), 3600), daemon=True).start()
@@ -329,7 +330,7 @@ def test_a_search_joining_a_running_study_samples_with_its_own_seed(tmp_path):
 RACE = '''
 import sys, time
 import optuna
-from autotune.study import open_storage
+from autotune.search.study import open_storage
 while time.time() < float(sys.argv[2]):
     pass
 optuna.create_study(study_name="race", storage=open_storage(f"sqlite:///{sys.argv[1]}"), load_if_exists=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autotune import pipelines
-from autotune.builtin_flux import built_in_bf16, tiny_flux_random
+from autotune.pipelines.flux import built_in_bf16, tiny_flux_random
 
 
 def _render(pipe) -> np.ndarray:
@@ -79,7 +79,7 @@ def _no_weights(pipe) -> bool:
 
 @pytest.mark.parametrize("model", ["builtin:tiny-sd-random", "folder"])
 def test_a_model_read_without_its_weights_has_the_loaded_ones_sizes(model, tiny_folder):
-    from autotune.memory_facts import facts_of
+    from autotune.measure.memory_facts import facts_of
 
     name = str(tiny_folder) if model == "folder" else model
     empty = pipelines.load_empty(name)
@@ -112,7 +112,7 @@ def test_a_dry_run_says_what_a_search_would_run_without_loading_a_weight(tmp_pat
     from typer.testing import CliRunner
 
     from autotune.cli import app
-    from autotune.dry_run import dry_run
+    from autotune.search.dry_run import dry_run
 
     held = psutil.Process().memory_info().rss
     told = dry_run("builtin:sd15-arch", budget="6GB")

@@ -6,9 +6,9 @@ import optuna
 import pytest
 
 from autotune import knobs
-from autotune.calibration import largest_meeting
-from autotune.space import CALIBRATED, calibrated_part, calibration_for
-from autotune.tuner import run_search
+from autotune.search.run import run_search
+from autotune.search.space import CALIBRATED, calibrated_part, calibration_for
+from autotune.worker.calibration import largest_meeting
 
 
 def test_bisection_finds_the_largest_value_that_meets_it_or_the_ends():

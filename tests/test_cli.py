@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from autotune import cli, library
+from autotune import cli
 from autotune.exceptions import InvalidInput
 from autotune.options import EXIT_BUG, EXIT_NOTHING_FITS, OBJECTIVES, PRUNERS, SAMPLERS
+from autotune.profile import library
 
 
 def _autotune(*args: str) -> subprocess.CompletedProcess:

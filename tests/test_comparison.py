@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autotune.candidates import Candidate
-from autotune.comparison import Ratio, ratio_of_medians
-from autotune.outcome import SearchOutcome, metrics_of
+from autotune.compare.candidates import Candidate
+from autotune.measure.comparison import Ratio, ratio_of_medians
+from autotune.search.outcome import SearchOutcome, metrics_of
 
 
 def test_a_clear_speed_up_is_claimed_with_an_interval_above_one():
@@ -72,9 +72,9 @@ def test_a_ratio_record_round_trips():
 
 @pytest.mark.slow
 def test_the_re_measurement_adds_rounds_only_while_the_comparison_is_undecided():
+    from autotune.compare.remeasure import remeasure
     from autotune.profile import Workload
-    from autotune.remeasure import remeasure
-    from autotune.worker import WorkerConfig
+    from autotune.worker.process import WorkerConfig
 
     workload = Workload(height=64, width=64, prompts=["a cat"])
     asked = []
@@ -97,9 +97,9 @@ def test_the_re_measurement_adds_rounds_only_while_the_comparison_is_undecided()
 def test_the_re_measurement_stops_at_its_deadline_with_what_it_has():
     import time
 
+    from autotune.compare.remeasure import TIME_UP, remeasure
     from autotune.profile import Workload
-    from autotune.remeasure import TIME_UP, remeasure
-    from autotune.worker import WorkerConfig
+    from autotune.worker.process import WorkerConfig
 
     workload = Workload(height=64, width=64, prompts=["a cat"])
     candidates = [Candidate("default", {"steps": 2}), Candidate("same", {"steps": 2})]
@@ -115,7 +115,7 @@ def test_the_re_measurement_stops_at_its_deadline_with_what_it_has():
 
 
 def test_a_configuration_never_re_measured_keeps_its_trials_figures_marked_as_such():
-    from autotune.figures import Stat
+    from autotune.measure.figures import Stat
 
     leader = Candidate("trial 3", {"batch_size": 4}, trial_peak_bytes=2**30, trial=3,
                        trial_images_per_s=Stat(median=12.5, cv=0.04, n=3), trial_quality={"psnr": 31.0})
@@ -140,8 +140,8 @@ def _burn_every_core() -> list[int]:
 
 
 def _quiet_ratio(settings: dict, baseline: dict, workload) -> Ratio:
-    from autotune.remeasure import remeasure
-    from autotune.worker import WorkerConfig
+    from autotune.compare.remeasure import remeasure
+    from autotune.worker.process import WorkerConfig
 
     again = [Candidate("claimed", settings), Candidate("default", baseline)]
     remeasure(again, WorkerConfig("builtin:tiny-sd-random"), workload, rounds=3, timeout_s=300)
@@ -150,9 +150,9 @@ def _quiet_ratio(settings: dict, baseline: dict, workload) -> Ratio:
 
 @pytest.mark.slow
 def test_a_search_on_a_busy_machine_claims_only_what_a_quiet_re_measurement_holds(tmp_path):
-    from autotune.remeasure import remeasure
-    from autotune.tuner import run_search
-    from autotune.worker import WorkerConfig
+    from autotune.compare.remeasure import remeasure
+    from autotune.search.run import run_search
+    from autotune.worker.process import WorkerConfig
 
     burners = _burn_every_core()
     try:

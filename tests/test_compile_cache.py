@@ -13,14 +13,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autotune import compile_cache
 from autotune.profile import SizeSettings, load_profile
+from autotune.worker import compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time
-from autotune import compile_cache
+from autotune.worker import compile_cache
 slot = compile_cache.claim(sys.argv[1])
 print(slot.name, flush=True)
 time.sleep(float(sys.argv[2]))

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from autotune import measure
+from autotune.measure import timing as measure
 
 GB = 10**9
 

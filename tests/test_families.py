@@ -19,7 +19,7 @@ from autotune.apply import apply_profile
 from autotune.cli import app
 from autotune.hardware import probe
 from autotune.profile import load_profile
-from autotune.tuner import run_search
+from autotune.search.run import run_search
 from tests import families
 
 FAMILIES = {
@@ -73,7 +73,7 @@ CHANGES_THE_IMAGE = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CHANGES_THE_IMAGE)
 def test_a_profile_that_changes_the_image_round_trips_applies_and_verifies(case, tmp_path):
-    from autotune.verify import verify_profile
+    from autotune.compare.verify import verify_profile
 
     if knobs.get("quantization").unavailable("int8-weight-only", probe().hardware) and "quantization" in case:
         pytest.skip(knobs.get("quantization").unavailable("int8-weight-only", probe().hardware))

@@ -17,12 +17,12 @@ from autotune import knobs
 from autotune.apply import apply_profile
 from autotune.cli import app
 from autotune.exceptions import UnknownModel
-from autotune.measure import render
+from autotune.measure.timing import render_one
 from autotune.pipelines import tiny_sd_random
 from autotune.profile import IMAGE_SEED_STRIDE, Workload, load_profile, profile_from_dict
-from autotune.space import recipes, steps_range
-from autotune.trials import trial_timeout
-from autotune.tuner import run_search
+from autotune.search.run import run_search
+from autotune.search.space import recipes, steps_range
+from autotune.search.trials import trial_timeout
 from tests import families
 
 SHIPPED = "profiles/tiny-sd-cpu.yaml"
@@ -35,7 +35,7 @@ FLOAT_NOISE = 1e-3
 def test_image_k_is_the_same_at_batch_1_and_batch_4(build):
     pipe = build()
     workload = Workload(height=64, width=64, prompts=["a red cube", "a lighthouse"])
-    batch = render(pipe, workload, {"num_inference_steps": 3, "num_images_per_prompt": 4}, 1, cuda=False)
+    batch = render_one(pipe, workload, {"num_inference_steps": 3, "num_images_per_prompt": 4}, 1, cuda=False)
     seed = workload.seed + 1  # the second prompt's
     for k in range(4):
         alone = pipe("a lighthouse", height=64, width=64, num_inference_steps=3, output_type="np",
@@ -52,10 +52,10 @@ def test_the_pipelines_own_guidance_is_used_unless_the_workload_sets_one():
         return pipe("a red cube", height=64, width=64, output_type="np", generator=generator, **steps,
                     **guidance).images[0]
 
-    own = render(pipe, Workload(height=64, width=64, prompts=["a red cube"]), steps, 0, cuda=False)[0]
+    own = render_one(pipe, Workload(height=64, width=64, prompts=["a red cube"]), steps, 0, cuda=False)[0]
     assert np.abs(own - direct()).max() < FLOAT_NOISE  # SD3's own 7.0
     assert np.abs(own - direct(guidance_scale=7.5)).max() > 10 * FLOAT_NOISE
-    explicit = render(pipe, Workload(height=64, width=64, prompts=["a red cube"], guidance_scale=7.5), steps, 0,
+    explicit = render_one(pipe, Workload(height=64, width=64, prompts=["a red cube"], guidance_scale=7.5), steps, 0,
                       cuda=False)[0]
     assert np.abs(explicit - direct(guidance_scale=7.5)).max() < FLOAT_NOISE
 
@@ -84,7 +84,7 @@ def test_an_img2img_pipeline_is_refused_up_front(tmp_path):
 
 
 def test_the_reference_trial_gets_time_for_its_steps():
-    from autotune.study import StudySpec
+    from autotune.search.study import StudySpec
 
     spec = StudySpec(model="m", loadable=True, pipeline="P", denoiser="D", workload={}, objective="throughput",
                      fixed={}, hardware={}, space={}, memory_budget_bytes=1, n_trials=1, max_batch=1,
@@ -130,16 +130,16 @@ def test_the_shipped_profiles_call_kwargs_render_the_images_it_measured():
     for index, prompt in enumerate(profile.workload.prompts):
         seed = profile.workload.prompt_seed(index)
         shipped = pipe(prompt, output_type="np", **profile.call_kwargs(seed=seed, batch=True)).images
-        scored = render(pipe, profile.workload, {**kwargs, "num_images_per_prompt": 1}, index, cuda=False)[0]
+        scored = render_one(pipe, profile.workload, {**kwargs, "num_images_per_prompt": 1}, index, cuda=False)[0]
         assert np.abs(shipped[0] - scored).max() < FLOAT_NOISE
 
 
 def test_when_every_trial_errored_nothing_fits_says_why_not_memory():
     import optuna
 
-    from autotune.outcome import nothing_fits_message
-    from autotune.space import REFERENCE_RECIPE
-    from autotune.trials import record_failure
+    from autotune.search.outcome import nothing_fits_message
+    from autotune.search.space import REFERENCE_RECIPE
+    from autotune.search.trials import record_failure
 
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({}, user_attrs={"recipe": REFERENCE_RECIPE})
@@ -156,7 +156,7 @@ def test_when_every_trial_errored_nothing_fits_says_why_not_memory():
 
 def test_a_searched_lcm_profile_renders_at_its_batch_the_images_the_search_scored(tmp_path):
     """LCM draws noise at every step: with a generator per image, the profile's batch changes no image."""
-    from autotune.quality import load_images
+    from autotune.measure.quality import load_images
 
     outcome = run_search(families.tiny_lcm, budget="8GB", n_trials=1, out=tmp_path / "lcm.yaml",
                          storage=f"sqlite:///{tmp_path}/s.db", steps=2, reference_steps=4, max_batch=4, top_k=1,

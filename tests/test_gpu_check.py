@@ -193,7 +193,8 @@ def test_markdown_gives_each_list_of_rows_its_own_table():
 
 
 def test_a_worker_started_as_for_cuda_is_spawned_and_its_failure_comes_back_in_one_line():
-    # No CUDA here: the spawned worker imports autotune.worker as a real one does, then fails at its CUDA tensor.
+    # No CUDA here: the spawned worker imports autotune.worker.process as a real one does, then fails at its CUDA
+    # tensor.
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device: the probe would pass")
     result = worker_start.probe_worker("cuda", timeout_s=120)

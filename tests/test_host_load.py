@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from autotune.host_load import OthersCpu, others_share
+from autotune.measure.host_load import OthersCpu, others_share
 
 SPIN = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile time.time() < end: pass\n"
 

@@ -13,7 +13,7 @@ from autotune import knobs
 from autotune.apply import apply_settings
 from autotune.exceptions import KnobConflict
 from autotune.hardware import probe
-from autotune.knobs.stages import resolve_stages
+from autotune.knobs._stages import resolve_stages
 
 HARDWARE = probe().hardware
 

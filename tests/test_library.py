@@ -21,11 +21,11 @@ from autotune import hardware, knobs, pipelines
 from autotune.apply import apply_profile, load_pipeline, resolve_profile
 from autotune.cli import app
 from autotune.exceptions import NoProfileFits, ProfileError
-from autotune.figures import Stat
 from autotune.hardware import Hardware
-from autotune.library import ENV_VAR, find_profile, list_profiles, select_profile, shipped_profiles_dir
+from autotune.measure.figures import Stat
 from autotune.profile import Goal, Profile, load_profile
-from autotune.profile_yaml import file_text
+from autotune.profile.library import ENV_VAR, find_profile, list_profiles, select_profile, shipped_profiles_dir
+from autotune.profile.yaml_form import file_text
 
 GiB = 1024**3
 
@@ -390,7 +390,7 @@ def test_profiles_select_prints_the_ranking_and_each_rejection(gpu_profiles, tmp
 def test_the_shipped_profiles_are_found_in_a_checkout_that_is_not_installed(monkeypatch):
     # A GPU machine without a package index runs the checkout from PYTHONPATH: there `autotune.profiles` (mapped to
     # the checkout's profiles/ by the installed package's metadata) does not exist as a module.
-    from autotune import library
+    from autotune.profile import library
 
     def not_installed(name):
         raise ModuleNotFoundError(f"No module named {name!r}")

@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from autotune import knobs
-from autotune.memory_facts import ModelFacts, facts_of
-from autotune.memory_model import REFUSE_MARGIN, MemoryModel, Observation
+from autotune.measure.memory_facts import ModelFacts, facts_of
+from autotune.measure.memory_model import REFUSE_MARGIN, MemoryModel, Observation
 from autotune.recommendation import recommend_settings
-from autotune.report_tables import prediction_errors
-from autotune.tuner import run_search
+from autotune.report.tables import prediction_errors
+from autotune.search.run import run_search
 
 
 @pytest.fixture

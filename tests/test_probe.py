@@ -18,7 +18,7 @@ from autotune import knobs, pipelines
 from autotune.cli import app
 from autotune.exceptions import InvalidInput
 from autotune.hardware import Hardware, probe
-from autotune.measure import PeakMemory, Repeats, measure, summarize
+from autotune.measure.timing import PeakMemory, Repeats, measure, summarize
 from autotune.profile import Workload
 
 

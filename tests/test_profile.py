@@ -13,7 +13,7 @@ from autotune import knobs
 from autotune.apply import resolve_profile, shipped_profile_path
 from autotune.cli import app
 from autotune.exceptions import ProfileError
-from autotune.figures import SpeedRatio, Stat
+from autotune.measure.figures import SpeedRatio, Stat
 from autotune.profile import (
     SCHEMA_VERSION,
     Goal,

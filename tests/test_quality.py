@@ -6,13 +6,14 @@ import numpy as np
 import optuna
 import pytest
 
-from autotune import knobs, quality, shapes
+from autotune import knobs, options
 from autotune.apply import apply_profile
-from autotune.candidates import Candidate, choose_picks, pareto_front
+from autotune.compare.candidates import Candidate, choose_picks, pareto_front
 from autotune.exceptions import AutotuneError, ProfileError
-from autotune.pipelines import tiny_sd_random
+from autotune.measure import quality, timing
+from autotune.pipelines import shapes, tiny_sd_random
 from autotune.profile import load_profile, load_profile_set
-from autotune.tuner import run_search
+from autotune.search.run import run_search
 
 # Cheap and still meaningful: a 6-step reference, 3-step workload, batches of 1 and 2, one re-measure round.
 SMALL = dict(height=64, width=64, steps=3, reference_steps=6, max_batch=2, rounds=1, top_k=2,
@@ -24,7 +25,7 @@ SMALL = dict(height=64, width=64, steps=3, reference_steps=6, max_batch=2, round
     (" psnr = 35.5 ", "psnr", 35.5, False),
 ])
 def test_floor_syntax(text, metric, value, relative):
-    assert quality.parse_floor(text) == quality.FloorSpec(metric, value, relative)
+    assert options.parse_floor(text) == options.FloorSpec(metric, value, relative)
 
 
 @pytest.mark.parametrize("text, complaint", [
@@ -33,12 +34,12 @@ def test_floor_syntax(text, metric, value, relative):
 ])
 def test_bad_floors_name_the_problem(text, complaint):
     with pytest.raises(AutotuneError, match=complaint):
-        quality.parse_floor(text)
+        options.parse_floor(text)
 
 
 def test_a_relative_floor_is_taken_off_the_reference_noise_floor():
-    assert quality.parse_floor("ssim=-5%").resolve({"ssim": 0.98}) == pytest.approx(0.931)
-    assert quality.parse_floor("psnr=30").resolve({"psnr": 100.0}) == 30.0
+    assert options.parse_floor("ssim=-5%").resolve({"ssim": 0.98}) == pytest.approx(0.931)
+    assert options.parse_floor("psnr=30").resolve({"psnr": 100.0}) == 30.0
 
 
 def test_scores_rank_closeness_to_the_reference_and_nan_is_the_worst():
@@ -82,8 +83,8 @@ def test_the_prompt_judge_reads_the_scenes_it_was_asked_for():
     with pytest.raises(AutotuneError, match="reads only the built-in scenes"):
         quality.score(drawn[:1], drawn[:1], ("prompt",), ["a photo of a cat"])
     with pytest.raises(AutotuneError, match="not 'a photo of a cat'"):
-        quality.check_judgeable(quality.parse_floor("prompt=0.9"), [prompts[0], "a photo of a cat"])
-    quality.check_judgeable(quality.parse_floor("psnr=30"), ["a photo of a cat"])  # other metrics read any prompt
+        quality.check_judgeable(options.parse_floor("prompt=0.9"), [prompts[0], "a photo of a cat"])
+    quality.check_judgeable(options.parse_floor("psnr=30"), ["a photo of a cat"])  # other metrics read any prompt
 
 
 def test_models_that_are_not_here_are_refused_not_downloaded(monkeypatch):
@@ -112,8 +113,8 @@ def rescore(profile, reference):
     """Render the profile's configuration here, in this process, and score it: independent of the search's workers."""
     pipe = apply_profile(tiny_sd_random(), profile)
     pipe.set_progress_bar_config(disable=True)
-    images = quality.render(pipe, profile.workload, knobs.call_kwargs(profile.settings_dict()))
-    return quality.score(quality.stack(images, len(profile.workload.prompts)), reference)
+    images = timing.render(pipe, profile.workload, knobs.call_kwargs(profile.settings_dict()))
+    return quality.score(timing.stack(images, len(profile.workload.prompts)), reference)
 
 
 @pytest.mark.slow
@@ -188,7 +189,7 @@ def test_the_front_drops_dominated_configurations_and_picks_name_the_extremes():
 
 @pytest.mark.slow
 def test_a_study_under_a_floor_is_joined_by_a_worker_and_exported_with_its_floor(tmp_path):
-    from autotune.distributed import export_profile, run_worker
+    from autotune.search.distributed import export_profile, run_worker
 
     storage, name = f"sqlite:///{tmp_path / 'shared.db'}", "shared"
     run_search("builtin:tiny-sd-random", budget="8GB", n_trials=2, out=None, storage=storage, study_name=name,

@@ -20,9 +20,9 @@ from autotune import pipelines
 from autotune.apply import apply_settings
 from autotune.cli import app
 from autotune.hardware import probe
-from autotune.quality import PSNR_CAP, images_path, save_images
+from autotune.measure.quality import PSNR_CAP, images_path, save_images
 from autotune.report import REFERENCE, ReportError, psnr, report_source, write_report
-from autotune.tuner import run_search
+from autotune.search.run import run_search
 
 pytestmark = pytest.mark.slow
 

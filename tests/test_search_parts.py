@@ -10,17 +10,17 @@ import optuna
 import pytest
 
 from autotune import knobs
-from autotune.batching import BatchPolicy, doublings
-from autotune.candidates import Candidate
+from autotune.compare.candidates import Candidate
 from autotune.exceptions import InvalidInput
-from autotune.figures import Stat
 from autotune.hardware import probe
-from autotune.outcome import SearchOutcome, metrics_of
-from autotune.protocol import BatchResult
-from autotune.space import build_space, restrict, sample, suggest, validate_pinned
-from autotune.study import StudySpec, feasible, make_pruner
-from autotune.trials import run_one
-from autotune.worker import Worker, WorkerConfig
+from autotune.measure.figures import Stat
+from autotune.search.outcome import SearchOutcome, metrics_of
+from autotune.search.space import build_space, restrict, sample, suggest, validate_pinned
+from autotune.search.study import StudySpec, feasible, make_pruner
+from autotune.search.trials import run_one
+from autotune.worker.batching import BatchPolicy, doublings
+from autotune.worker.process import Worker, WorkerConfig
+from autotune.worker.protocol import BatchResult
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -30,13 +30,14 @@ def _modules_after(statement: str) -> set[str]:
 
 
 def test_verify_and_the_remeasurement_do_not_import_optuna():
-    loaded = _modules_after("import autotune.verify, autotune.remeasure, autotune.candidates, autotune.space")
-    assert "autotune.remeasure" in loaded and "optuna" not in loaded
+    loaded = _modules_after("import autotune.compare.verify, autotune.compare.remeasure, "
+                            "autotune.compare.candidates, autotune.search.space")
+    assert "autotune.compare.remeasure" in loaded and "optuna" not in loaded
 
 
 def test_distributed_does_not_import_the_search_back():
-    loaded = _modules_after("import autotune.distributed")
-    assert "autotune.trials" in loaded and "autotune.tuner" not in loaded
+    loaded = _modules_after("import autotune.search.distributed")
+    assert "autotune.search.trials" in loaded and "autotune.search.run" not in loaded
 
 
 def _study() -> optuna.Study:
@@ -103,7 +104,7 @@ def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():
 
 
 def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_compile_is_searched():
-    from autotune.space import warm_start
+    from autotune.search.space import warm_start
 
     space = {"precision": ["fp32", "fp16"], "channels_last": [False, True], "compile": ["none", "default"]}
     study = optuna.create_study(direction="maximize")
@@ -120,7 +121,7 @@ def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_
 
 
 def test_on_cuda_the_compiled_recommendation_compiles_the_repeated_blocks_in_default_mode():
-    from autotune.space import warm_start
+    from autotune.search.space import warm_start
 
     # The guides' whole-UNet max-autotune would spend a short search's minutes autotuning on its second trial.
     space = {"precision": ["fp16", "bf16"], "channels_last": [False, True], "compile": ["none", "default",
@@ -208,7 +209,7 @@ def test_the_batch_policy_doubles_while_it_pays_and_the_memory_guess_fits():
 
 
 def test_the_studys_pruner_stops_a_trial_in_the_bottom_quarter_at_its_batch_and_the_trial_still_completes():
-    from autotune.trials import pruned
+    from autotune.search.trials import pruned
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner())
     for rate in (8.0, 9.0, 10.0, 11.0, 12.0):  # the study's trials so far, each reported at batch 1
@@ -227,7 +228,7 @@ def test_the_studys_pruner_stops_a_trial_in_the_bottom_quarter_at_its_batch_and_
 
 
 def test_with_pruner_none_every_trial_grows_its_batch_as_a_plain_optuna_search_would():
-    from autotune.trials import pruned
+    from autotune.search.trials import pruned
 
     assert isinstance(make_pruner(None), optuna.pruners.PercentilePruner)  # a study recorded before the choice
     study = optuna.create_study(direction="maximize", pruner=make_pruner("none"))
@@ -257,7 +258,7 @@ def test_a_peak_memory_that_was_never_measured_is_recorded_as_none():
 
 def test_a_pinned_batch_is_the_only_size_a_trial_times(fingerprint):
     # --pin batch_size=4 must ship batch 4: the doubling policy would keep batch 1 wherever 2 did not pay.
-    from autotune.trials import batch_policy
+    from autotune.search.trials import batch_policy
 
     spec = StudySpec(model="tests:none", loadable=False, pipeline="StableDiffusionPipeline",
                      denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
@@ -270,7 +271,7 @@ def test_a_pinned_batch_is_the_only_size_a_trial_times(fingerprint):
 
 
 def test_only_trials_within_half_the_best_speed_are_re_measured_unless_fallbacks_are_needed():
-    from autotune.candidates import top_candidates
+    from autotune.compare.candidates import top_candidates
 
     def ran(value: float, precision: str) -> optuna.trial.FrozenTrial:
         return optuna.trial.create_trial(value=value, user_attrs={
@@ -289,7 +290,7 @@ def test_only_trials_within_half_the_best_speed_are_re_measured_unless_fallbacks
 def test_the_budget_is_part_of_a_studys_identity(fingerprint, tmp_path):
     from autotune.exceptions import AutotuneError
     from autotune.profile import Workload
-    from autotune.study import default_study_name, open_study
+    from autotune.search.study import default_study_name, open_study
 
     def spec(budget: int, hub: dict | None = None) -> StudySpec:
         return StudySpec(model="builtin:tiny-sd-random", loadable=True, pipeline="StableDiffusionPipeline",

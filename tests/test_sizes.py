@@ -12,14 +12,15 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autotune import pipelines, protocol
+from autotune import pipelines
 from autotune.apply import apply_profile
 from autotune.exceptions import ProfileError
-from autotune.figures import Stat
-from autotune.library import select_profile
-from autotune.measure import summarize
+from autotune.measure.figures import Stat
+from autotune.measure.timing import summarize
 from autotune.profile import Profile, load_profile
-from autotune.trials import record_result
+from autotune.profile.library import select_profile
+from autotune.search.trials import record_result
+from autotune.worker import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 1024**3

@@ -1,5 +1,6 @@
-"""The package's shape, as the contributors' guide promises it: small modules, one direction of imports, no
-private name reached into from another module, and nothing the linter finds."""
+"""The package's shape, as the contributors' guide promises it: a few folders by part, small modules and functions,
+one direction of imports between the parts, no private name reached into from another module, and nothing the linter
+finds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "autotune"
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 60  # a function's body, its signature and docstring aside
+MAX_TOP_LEVEL_ENTRIES = 21
+# Folders a part may never import, by the folder (or "" for the package's top level) the importing module sits in.
+# The deployment path (the top level, knobs/, pipelines/, profile/, measure/) is what an app loads to apply a
+# profile: it never loads the search, the trial worker or the re-measurement.
+PARTS = ("cli", "compare", "knobs", "measure", "pipelines", "profile", "report", "search", "worker")
+NEVER = {
+    "": {"cli", "compare", "report", "search", "worker"},
+    "knobs": {"cli", "compare", "report", "search", "worker"},
+    "pipelines": {"cli", "compare", "report", "search", "worker"},
+    "profile": {"cli", "compare", "report", "search", "worker"},
+    "measure": {"cli", "compare", "report", "search", "worker"},
+    "worker": {"cli", "compare", "report", "search"},
+    "compare": {"cli", "report", "search"},
+    "search": {"cli", "report"},
+    "report": {"cli"},
+}
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
@@ -48,6 +66,60 @@ def imports(path: Path) -> list[tuple[str, list[str]]]:
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
 def test_no_module_is_over_the_line_limit(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+def part_of(module: str) -> str:
+    """The folder `module` (dotted) belongs to: "" for the package's top-level modules."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in PARTS) else ""
+
+
+def public_names(part: str) -> set[str] | None:
+    """What a folder's `__init__` offers outside it (its `__all__`: modules or names), or None where it names none."""
+    tree = ast.parse((PACKAGE / part / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return None
+
+
+def test_the_package_has_a_few_folders_not_a_crowd():
+    entries = [p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"]
+    assert len(entries) <= MAX_TOP_LEVEL_ENTRIES, sorted(entries)
+    assert all((PACKAGE / part / "__init__.py").exists() for part in PARTS)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_a_part_imports_only_the_parts_below_it(path):
+    if path == PACKAGE / "__init__.py":
+        pytest.skip("the package's front door loads each public name from its part on first use")
+    here = part_of(module_name(path))
+    reached = {part_of(target) for target, _ in imports(path)} - {here}
+    assert not reached & NEVER.get(here, set()), f"{module_name(path)} imports {sorted(reached & NEVER[here])}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_outside_a_folder_only_what_its_init_offers_is_imported(path):
+    here = part_of(module_name(path))
+    for target, names in imports(path):
+        part = part_of(target)
+        offered = public_names(part) if part and part != here else None
+        if offered is None:
+            continue
+        rest = target.split(".")[2:]
+        wanted = [rest[0]] if rest else names
+        assert set(wanted) <= offered, f"{module_name(path)} imports {target} {names}: {part}/ offers {offered}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_no_function_is_over_the_line_limit(path):
+    long = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body[1:] if ast.get_docstring(node) and len(node.body) > 1 else node.body
+            if node.end_lineno - body[0].lineno + 1 > MAX_FUNCTION_LINES:
+                long.append(node.name)
+    assert not long, f"{module_name(path)}: {long} over {MAX_FUNCTION_LINES} lines"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))

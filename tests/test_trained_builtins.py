@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from autotune import pipelines, quality, shapes
-from autotune.builtin_trained import PROMPTS
+from autotune import pipelines
+from autotune.measure import quality, timing
+from autotune.pipelines import shapes
+from autotune.pipelines.trained import PROMPTS
 from autotune.workload import Workload
 
 TRAINED = ["builtin:tiny-sd", "builtin:tiny-flux"]
@@ -22,7 +24,7 @@ JUDGED = ["builtin:tiny-sd", pytest.param("builtin:tiny-flux", marks=pytest.mark
 def _render(pipe, model: str, steps: int) -> np.ndarray:
     builtin = pipelines.find_builtin(model)
     workload = Workload(height=builtin.size, width=builtin.size, prompts=list(PROMPTS), call=dict(builtin.call))
-    return quality.stack(quality.render(pipe, workload, {"num_inference_steps": steps}), len(PROMPTS))
+    return timing.stack(timing.render(pipe, workload, {"num_inference_steps": steps}), len(PROMPTS))
 
 
 def test_the_default_prompts_are_held_out_and_ask_for_different_things():
@@ -63,8 +65,8 @@ def test_a_trained_builtins_images_move_away_from_the_defaults_as_the_steps_fall
 
 
 def test_a_trained_builtin_whose_weights_are_missing_says_so_in_one_line(tmp_path, monkeypatch):
-    from autotune import builtin_trained
     from autotune.exceptions import UnknownModel
+    from autotune.pipelines import trained as builtin_trained
 
     monkeypatch.setattr(builtin_trained, "WEIGHTS", tmp_path)
     with pytest.raises(UnknownModel, match="not shipped yet .* use builtin:tiny-flux-random"):

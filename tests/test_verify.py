@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from autotune.compare.verify import verify_profile
 from autotune.exceptions import IncompatibleProfile
-from autotune.figures import Stat
+from autotune.measure.figures import Stat
 from autotune.profile import Goal, QualityFloor
-from autotune.verify import verify_profile
 
 pytestmark = pytest.mark.slow
 

@@ -7,14 +7,15 @@ import pytest
 import torch
 from faulty_pipelines import COUNT_FILE_ENV, PID_FILE_ENV, counting_tiny_sd, spawning_tiny_sd
 
-from autotune import knobs, pipelines, protocol
-from autotune.batching import BatchPolicy, doublings
+from autotune import knobs, pipelines
 from autotune.exceptions import TrialFailed
 from autotune.hardware import probe
-from autotune.measure import Repeats
+from autotune.measure.timing import Repeats
 from autotune.profile import Workload
-from autotune.worker import Worker, WorkerConfig
-from autotune.worker_tasks import tensor_bytes
+from autotune.worker import protocol
+from autotune.worker.batching import BatchPolicy, doublings
+from autotune.worker.process import Worker, WorkerConfig
+from autotune.worker.tasks import tensor_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +125,7 @@ def test_a_reused_worker_frees_the_previous_trials_memory_before_the_next_copy(m
     # must be collected and given back first, or a small configuration after a big one carries the big one's memory.
     import weakref
 
-    from autotune.worker_tasks import WorkerState
+    from autotune.worker.tasks import WorkerState
 
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
@@ -141,8 +142,8 @@ def test_a_reused_worker_frees_the_previous_trials_memory_before_the_next_copy(m
 
 
 def test_candidates_take_turns_on_a_gpu_that_cannot_hold_them_all():
-    from autotune.candidates import Candidate
-    from autotune.remeasure import takes_turns
+    from autotune.compare.candidates import Candidate
+    from autotune.compare.remeasure import takes_turns
 
     gpu, cpu = WorkerConfig("builtin:sd15-arch", device="cuda"), WorkerConfig("builtin:sd15-arch")
     small = [Candidate(name, {}, trial_peak_bytes=4 * 10**9) for name in "abc"]
@@ -164,7 +165,7 @@ def test_a_parked_configuration_is_timed_again_after_coming_back():
 
 
 def test_out_of_memory_is_recognised_when_another_error_wraps_it():
-    from autotune.worker_tasks import is_oom
+    from autotune.worker.tasks import is_oom
 
     def wrapped(inner: BaseException) -> BaseException:
         try:
@@ -187,7 +188,7 @@ def test_an_fp16_trial_loads_the_model_in_fp16_and_never_casts_an_fp32_copy(tiny
     # load_pipeline does, instead of copying the fp32 model and casting the copy.
     from diffusers import DiffusionPipeline
 
-    from autotune.worker_tasks import WorkerState
+    from autotune.worker.tasks import WorkerState
 
     cast = []
     real_to = DiffusionPipeline.to

@@ -12,8 +12,10 @@ import process_probes
 import pytest
 import torch
 
-from autotune import protocol, worker_server, worker_tasks
-from autotune.worker import WorkerConfig
+from autotune.worker import protocol
+from autotune.worker import server as worker_server
+from autotune.worker import tasks as worker_tasks
+from autotune.worker.process import WorkerConfig
 
 pytestmark = pytest.mark.slow
 

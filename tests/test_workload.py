@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from diffusers import FluxPipeline, LatentConsistencyModelPipeline, PixArtSigmaPipeline, WanPipeline
 
-from autotune import quality
 from autotune.exceptions import InvalidInput
-from autotune.measure import render
+from autotune.measure import quality
+from autotune.measure.timing import render_one
 from autotune.pipelines import tiny_sd_random
 from autotune.profile import Profile, load_profile, profile_from_text
 from autotune.workload import Workload, call_parameters, check_call, output_kind, parse_call
@@ -125,7 +125,7 @@ def test_an_unknown_call_argument_is_refused_before_any_trial_runs(tmp_path):
 
 
 def test_prompts_come_from_a_file_one_per_line(tmp_path):
-    from autotune.flags import read_prompts
+    from autotune.cli.flags import read_prompts
 
     path = tmp_path / "prompts.txt"
     path.write_text("a red cube\n\n  a lighthouse at dusk  \r\n")
@@ -174,7 +174,8 @@ def test_the_negative_prompt_guidance_and_call_arguments_change_the_image():
     steps = {"num_inference_steps": 2}
 
     def image(**workload) -> np.ndarray:
-        return render(pipe, Workload(height=64, width=64, prompts=["a red cube"], **workload), steps, 0, cuda=False)[0]
+        workload = Workload(height=64, width=64, prompts=["a red cube"], **workload)
+        return render_one(pipe, workload, steps, 0, cuda=False)[0]
 
     plain = image()
     for changed in (image(negative_prompt="blurry, dark"), image(guidance_scale=1.5),
@@ -193,9 +194,9 @@ def test_a_video_is_rendered_with_its_frames_and_scored_on_every_frame():
     pipe = families.tiny_wan()
     workload = Workload(height=64, width=64, prompts=["a cat"], output="video",
                         call={"num_frames": 5, "max_sequence_length": 16})
-    clips = render(pipe, workload, {"num_inference_steps": 2, "num_images_per_prompt": 2}, 0, cuda=False)
+    clips = render_one(pipe, workload, {"num_inference_steps": 2, "num_images_per_prompt": 2}, 0, cuda=False)
     assert clips.shape == (2, 5, 64, 64, 3)
-    nine = render(pipe, workload.model_copy(update={"call": {"num_frames": 9, "max_sequence_length": 16}}),
+    nine = render_one(pipe, workload.model_copy(update={"call": {"num_frames": 9, "max_sequence_length": 16}}),
                   {"num_inference_steps": 2}, 0, cuda=False)
     assert nine.shape == (1, 9, 64, 64, 3)
     reference = clips[:1]
@@ -221,10 +222,10 @@ def test_a_tiny_wan_search_tunes_its_frames_reports_frames_per_s_and_its_profile
     from rich.console import Console
 
     from autotune.apply import apply_profile
-    from autotune.cli_outcome import print_outcome
-    from autotune.report_tables import summary_table
-    from autotune.study import open_storage
-    from autotune.tuner import run_search
+    from autotune.cli.outcome import print_outcome
+    from autotune.report.tables import summary_table
+    from autotune.search.run import run_search
+    from autotune.search.study import open_storage
 
     outcome = run_search(families.tiny_wan, budget="8GB", n_trials=2, out=tmp_path / "wan.yaml",
                          storage=f"sqlite:///{tmp_path}/s.db", steps=2, height=64, width=64, max_batch=1, top_k=1,
@@ -243,7 +244,7 @@ def test_a_tiny_wan_search_tunes_its_frames_reports_frames_per_s_and_its_profile
     pipe = apply_profile(families.tiny_wan(), profile)
     clips = pipe(profile.workload.prompts[0], output_type="np", **profile.call_kwargs(seed=0, batch=True)).frames
     assert clips.shape == (1, 5, 64, 64, 3)
-    direct = render(pipe, profile.workload, {"num_inference_steps": profile.settings.steps}, 0, cuda=False)
+    direct = render_one(pipe, profile.workload, {"num_inference_steps": profile.settings.steps}, 0, cuda=False)
     assert np.abs(clips - direct).max() < FLOAT_NOISE
 
     console = Console(record=True, width=200)

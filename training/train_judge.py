@@ -1,6 +1,7 @@
-"""Train the `autotune.shapes.Judge` on scenes rendered by `autotune.shapes.render` and save its weights.
+"""Train the `autotune.pipelines.shapes.Judge` on scenes rendered by `autotune.pipelines.shapes.render` and save its
+weights.
 
-    python training/train_judge.py --out autotune/weights/judge.safetensors --minutes 4
+    python training/train_judge.py --out autotune/pipelines/weights/judge.safetensors --minutes 4
 
 Seeded. Images are made on the fly; a few are blurred or noised so the judge also reads a diffusion model's slightly
 soft output. Prints the judge's accuracy per attribute on fresh scenes and on the held-out prompts' scenes.
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from autotune import shapes
+from autotune.pipelines import shapes
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -38,7 +39,7 @@ def accuracy(judge: shapes.Judge, scenes: list[shapes.Scene], generator: torch.G
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="autotune/weights/judge.safetensors")
+    parser.add_argument("--out", default="autotune/pipelines/weights/judge.safetensors")
     parser.add_argument("--minutes", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)

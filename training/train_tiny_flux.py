@@ -1,6 +1,8 @@
-"""Train a tiny FLUX (transformer, CLIP and T5 text encoders) on the coloured-shape scenes of `autotune.shapes`.
+"""Train a tiny FLUX (transformer, CLIP and T5 text encoders) on the coloured-shape scenes of
+`autotune.pipelines.shapes`.
 
-    python training/train_tiny_flux.py --vae autotune/weights/tiny-sd/vae --out autotune/weights/tiny-flux --minutes 45
+    python training/train_tiny_flux.py --vae autotune/pipelines/weights/tiny-sd/vae \
+        --out autotune/pipelines/weights/tiny-flux --minutes 45
 
 FLUX's architecture (double- and single-stream blocks, 2x2-packed latents, rotary position ids, a pooled CLIP vector
 and a T5 sequence) trained with rectified flow, as FLUX and SD3 are: the transformer predicts the velocity
@@ -30,8 +32,8 @@ from torch.nn import functional as F
 from train_tiny_sd import latent_pool, lr_factor, save_without_tokenizers, update_ema
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from autotune import shapes
-from autotune.builtin_parts import clip_tokenizer, t5_tokenizer
+from autotune.pipelines import shapes
+from autotune.pipelines.builtins import clip_tokenizer, t5_tokenizer
 
 MAX_SEQUENCE_LENGTH = 64
 TRANSFORMER = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=16,
@@ -59,8 +61,8 @@ def save_pipeline(out: Path, vae: AutoencoderKL, transformer: FluxTransformer2DM
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vae", default="autotune/weights/tiny-sd/vae")
-    parser.add_argument("--out", default="autotune/weights/tiny-flux")
+    parser.add_argument("--vae", default="autotune/pipelines/weights/tiny-sd/vae")
+    parser.add_argument("--out", default="autotune/pipelines/weights/tiny-flux")
     parser.add_argument("--minutes", type=float, default=45.0, help="wall time for everything")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)

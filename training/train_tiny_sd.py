@@ -1,6 +1,7 @@
-"""Train a tiny Stable Diffusion (VAE, UNet, CLIP text encoder) on the coloured-shape scenes of `autotune.shapes`.
+"""Train a tiny Stable Diffusion (VAE, UNet, CLIP text encoder) on the coloured-shape scenes of
+`autotune.pipelines.shapes`.
 
-    python training/train_tiny_sd.py --out autotune/weights/tiny-sd --minutes 60
+    python training/train_tiny_sd.py --out autotune/pipelines/weights/tiny-sd --minutes 60
 
 Seeded; budgeted by wall time (`--minutes` for everything, `--vae-minutes` of it for the VAE), so a busy machine
 trains fewer steps rather than longer. Stages:
@@ -40,8 +41,8 @@ from diffusers import (
 from torch.nn import functional as F
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from autotune import shapes
-from autotune.builtin_parts import clip_tokenizer
+from autotune.pipelines import shapes
+from autotune.pipelines.builtins import clip_tokenizer
 
 VAE = dict(in_channels=3, out_channels=3, block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4,
            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -239,7 +240,7 @@ def train_unet(args: argparse.Namespace, vae: AutoencoderKL, minutes: float, gen
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="autotune/weights/tiny-sd")
+    parser.add_argument("--out", default="autotune/pipelines/weights/tiny-sd")
     parser.add_argument("--minutes", type=float, default=60.0, help="wall time for everything")
     parser.add_argument("--vae-minutes", type=float, default=None, help="of --minutes, for the VAE (default 18%%)")
     parser.add_argument("--reuse-vae", action="store_true", help="load --out/vae instead of training one")

@@ -1,9 +1,10 @@
 """Every knob: each module of this folder, then those other packages declare as `autotune.knobs` entry points.
 
-A knob module registers its knobs with `@register` when imported; every module here that is not part of the
-contract itself is imported, in name order, so a new knob is one new file. An entry point names a module (imported
-the same way) or a `Knob` subclass (registered here). Importing this package loads each once and checks that every
-rule names a known knob.
+A knob module, named after its knob, registers it (and its options) with `@register` when imported; every module
+here whose name does not start with `_` (the contract: `_base`, `_domain`, `_rules`, `_stages`, and helpers) is
+imported, in name order, so a new knob is one new file. An entry point names a module (imported the same way) or a
+`Knob` subclass (registered here). Importing this package loads each once and checks that every rule names a known
+knob.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from .base import (
+from ._base import (
     AS_LOADED,
     KNOBS,
     STAGE_ORDER,
@@ -31,16 +32,15 @@ from .base import (
     violations,
     with_requirements,
 )
-from .domain import Categorical, Domain, FloatRange, IntRange, domain_from_dict
-from .rules import Excludes, Requires, Rule
+from ._domain import Categorical, Domain, FloatRange, IntRange, domain_from_dict
+from ._rules import Excludes, Requires, Rule
 
 ENTRY_POINT_GROUP = "autotune.knobs"
-_CONTRACT = {"base", "domain", "rules", "stages"}  # the modules that define knobs, not knobs
 
 
 def _load_own_modules() -> None:
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-        if module not in _CONTRACT:
+        if not module.startswith("_"):  # the contract (_base, _domain, _rules, _stages) and its helpers
             importlib.import_module(f"{__name__}.{module}")
 
 

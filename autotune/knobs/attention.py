@@ -27,9 +27,10 @@ from diffusers.models.attention_processor import (
 from pydantic import PositiveInt
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..pipelines import denoiser
-from .base import Knob, register, value_of
-from .rules import Requires
+from autotune.pipelines import denoiser
+
+from ._base import Knob, register, value_of
+from ._rules import Requires
 
 KERNELS = {
     "sdpa-flash": SDPBackend.FLASH_ATTENTION,

@@ -23,11 +23,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field, NonNegativeInt
 
-from ..pipelines import denoiser
-from . import deepcache
-from .base import Knob, register, value_of
-from .domain import FloatRange, IntRange
-from .rules import Excludes
+from autotune.pipelines import denoiser
+
+from . import _deepcache as deepcache
+from ._base import Knob, register, value_of
+from ._domain import FloatRange, IntRange
+from ._rules import Excludes
 
 _CONFIGS = {"first-block": "FirstBlockCacheConfig", "taylorseer": "TaylorSeerCacheConfig"}
 DEEPCACHE = "deepcache"

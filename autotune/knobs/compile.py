@@ -10,9 +10,10 @@ import importlib.util
 import inspect
 from typing import Literal
 
-from ..hardware import has_c_compiler
-from ..pipelines import denoiser
-from .base import Knob, register, value_of
+from autotune.hardware import has_c_compiler
+from autotune.pipelines import denoiser
+
+from ._base import Knob, register, value_of
 
 MODES = ["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 _COMPILED = frozenset(MODES[1:])

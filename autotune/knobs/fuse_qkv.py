@@ -8,9 +8,10 @@ is why it comes after the attention knob and needs SDPA there.
 
 from __future__ import annotations
 
-from ..pipelines import denoiser
-from .base import Knob, register
-from .rules import Requires
+from autotune.pipelines import denoiser
+
+from ._base import Knob, register
+from ._rules import Requires
 
 
 def _fusable(pipe) -> list:

@@ -12,8 +12,9 @@ from typing import Literal
 
 import torch
 
-from ..pipelines import denoiser
-from .base import Knob, register
+from autotune.pipelines import denoiser
+
+from ._base import Knob, register
 
 STORAGE_DTYPES = {"fp8-e4m3": torch.float8_e4m3fn, "fp8-e5m2": torch.float8_e5m2}
 

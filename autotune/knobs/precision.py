@@ -15,8 +15,9 @@ from typing import Literal
 
 import torch
 
-from ..pipelines import denoiser
-from .base import Knob, register
+from autotune.pipelines import denoiser
+
+from ._base import Knob, register
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # torch's own default for cuDNN's TF32 (on), read at import so that no value of this knob turns it off.

@@ -19,9 +19,10 @@ from typing import Literal
 
 import torch
 
-from ..pipelines import denoiser
-from .base import Knob, register
-from .rules import Excludes
+from autotune.pipelines import denoiser
+
+from ._base import Knob, register
+from ._rules import Excludes
 
 # value -> (torchao config class, weight tensor subclass torchao leaves on each Linear, activations quantized)
 KINDS = {

@@ -1,6 +1,6 @@
-"""scheduler: swap the sampler with `from_config`, from an allowlist; steps: `num_inference_steps`.
+"""scheduler: swap the sampler with `from_config`, from an allowlist.
 
-Both change the image, so a tuner searches them only with a quality floor. Heun and KDPM2 call the denoiser about
+It changes the image, so a tuner searches it only with a quality floor. Heun and KDPM2 call the denoiser about
 twice per step: compare schedulers by measured time, never by step count.
 """
 
@@ -10,9 +10,8 @@ import importlib.util
 from typing import Literal
 
 import diffusers
-from pydantic import PositiveInt
 
-from .base import AS_LOADED, Knob, register
+from ._base import AS_LOADED, Knob, register
 
 # name -> (diffusers class, config overrides). The one place the allowlist lives.
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -90,24 +89,3 @@ class Scheduler(Knob):
             ):
                 return name
         return type(scheduler).__name__
-
-
-@register
-class Steps(Knob):
-    name = "steps"
-    help = "num_inference_steps (null: the pipeline's own default)"
-    annotation = PositiveInt | None
-    default = None
-    stage = "call"
-    after = ("compile",)
-    exact = False
-    call_time = True
-
-    def choices(self):
-        return [None, 10, 15, 20, 25, 30, 40, 50]
-
-    def call_kwargs(self, value):
-        return {} if value is None else {"num_inference_steps": value}
-
-    def read(self, pipe):
-        return None

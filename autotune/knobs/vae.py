@@ -6,7 +6,7 @@ changes the pixels at tile seams, so it is searched only with a quality floor.
 
 from __future__ import annotations
 
-from .base import Knob, register
+from ._base import Knob, register
 
 
 class _VaeFlag(Knob):

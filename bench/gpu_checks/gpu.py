@@ -19,7 +19,7 @@ from diffusers import DiffusionPipeline
 
 from autotune import pipelines
 from autotune.hardware import Hardware, probe
-from autotune.measure import image_problem
+from autotune.measure.timing import image_problem
 
 from .core import DIT, SD15, Options
 

@@ -1,5 +1,5 @@
-"""Check 3a: memory truth. For a few configurations, the peak autotune records (the allocator's reserved peak plus
-the CUDA context, `autotune.measure`) against an independent witness: a thread that reads NVML's device-used memory
+"""Check 3a: memory truth. For a few configurations, the peak autotune records (the allocator's reserved peak plus the
+CUDA context, `autotune.measure.timing`) against an independent witness: a thread that reads NVML's device-used memory
 every ~5 ms during the measured call; its peak less a baseline read before this process touched CUDA is what this
 process took. Then each offload mode's peak against no offload, which it must undercut.
 
@@ -48,7 +48,7 @@ def _measured_peak(pipe, settings: dict[str, Any], hw, baseline: int | None = No
 
     from autotune import knobs
     from autotune.apply import apply_settings
-    from autotune.measure import Repeats, measure
+    from autotune.measure.timing import Repeats, measure
     from autotune.profile import Workload
 
     from .gpu import PROMPT, SIZE, gib

@@ -1,7 +1,7 @@
 """Before any heavy work: can a trial worker, started the way searches start them, initialise CUDA?
 
-The parent starts one process in `autotune.worker_server.worker_context(device)` (spawn for CUDA). Its target,
-`probe_target`, does the import a real worker does (`autotune.worker`, which pulls diffusers and torchao, whose
+The parent starts one process in `autotune.worker.server.worker_context(device)` (spawn for CUDA). Its target,
+`probe_target`, does the import a real worker does (`autotune.worker.process`, which pulls diffusers and torchao, whose
 imports touch CUDA), asks `cuda_fork_problem`, then allocates one tensor on the device. A worker forked from a
 process that had initialised CUDA fails right there ("Cannot re-initialize CUDA in forked subprocess"), so every
 trial of every search would fail: this says so in one line before the checks spend minutes.
@@ -22,8 +22,8 @@ TIMEOUT_S = 60.0  # spawn + import + CUDA context take ~12 s on an H100 host; pa
 def probe_target(answers, device: str) -> None:
     """The started worker's side: one line back, `pass <what it saw>` or `fail <the error's last line>`."""
     try:
-        import autotune.worker  # noqa: F401  (what a trial worker imports first: diffusers, torchao, the knobs)
-        from autotune.worker_server import cuda_fork_problem
+        import autotune.worker.process  # noqa: F401  (what a trial worker imports first: diffusers, torchao, the knobs)
+        from autotune.worker.server import cuda_fork_problem
 
         problem = cuda_fork_problem(device)
         if problem:
@@ -40,7 +40,7 @@ def probe_target(answers, device: str) -> None:
 
 def probe_worker(device: str = "cuda", timeout_s: float = TIMEOUT_S) -> Result:
     """Start one worker for `device` as a search would and report what it could do (never raises)."""
-    from autotune.worker_server import worker_context
+    from autotune.worker.server import worker_context
 
     started = time.monotonic()
     context = worker_context(device)
