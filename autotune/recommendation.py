@@ -75,14 +75,14 @@ class Recommendation:
         return shown + self.notes
 
 
-def recommend_settings(hardware: Hardware, domains: Mapping[str, Any], facts: ModelFacts | None,
+def recommend_settings(hardware: Hardware, domains: Mapping[str, knobs.Domain], facts: ModelFacts | None,
                        budget_bytes: int | None, height: int, width: int, guidance_scale: float | None = None,
                        fixed: Mapping[str, Any] | None = None, others_cpu_share: float = 0.0) -> Recommendation:
-    """The recommendation for `hardware` over `domains` (knob name -> `Domain` or its dict), with the memory model
+    """The recommendation for `hardware` over `domains` (knob name -> its `Domain`), with the memory model
     of `facts` at `height` x `width` (no memory step without them). `fixed` values are kept as given;
     `others_cpu_share` is the share of the CPU other processes use now (`measure.host_load.others_share`)."""
     fixed = dict(fixed or {})
-    available = {name: knobs.domain_from_dict(d) if isinstance(d, (dict, list)) else d for name, d in domains.items()}
+    available = dict(domains)
     settings: dict[str, Any] = {**knobs.defaults(), **fixed}
     reasons: dict[str, str] = {}
 

@@ -41,6 +41,7 @@ from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.compare.scoring import Scoring  # noqa: E402
 from autotune.hardware import Hardware, probe  # noqa: E402
 from autotune.measure import quality  # noqa: E402
+from autotune.options import SearchOptions  # noqa: E402
 from autotune.search.run import run_search  # noqa: E402
 from autotune.worker import protocol  # noqa: E402
 from autotune.worker.process import Worker, WorkerConfig  # noqa: E402
@@ -123,9 +124,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="autotune-beyond-") as folder:
         console.print(f"autotune: searching {args.model} under {args.floor}, {args.trials} trials ...")
-        outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, height=args.size, width=args.size,
-                             steps=args.steps, reference_steps=args.steps, quality_floor=args.floor,
-                             rounds=1, top_k=1, out=Path(folder, "beyond.yaml"), trial_timeout_s=args.trial_timeout)
+        options = SearchOptions(budget=args.budget, n_trials=args.trials, height=args.size, width=args.size,
+                                steps=args.steps, reference_steps=args.steps, quality_floor=args.floor, rounds=1,
+                                top_k=1, out=Path(folder, "beyond.yaml"), trial_timeout_s=args.trial_timeout)
+        outcome = run_search(args.model, options)
         search_s = time.perf_counter() - started
         workload, floor = outcome.profile.workload, outcome.profile.goal.quality_floor
         base = {**knobs.defaults(), "steps": args.steps}

@@ -34,6 +34,7 @@ from load import start_burners, stop_burners  # noqa: E402
 
 from autotune import knobs  # noqa: E402
 from autotune.compare.candidates import Candidate  # noqa: E402
+from autotune.compare.records import TrialRecord  # noqa: E402
 from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.profile import load_profile  # noqa: E402
@@ -58,7 +59,7 @@ def first_threads(out: Path, count: int = 3) -> list:
     storage = f"sqlite:///{out.with_suffix('.db')}"
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     trials = sorted(study.trials, key=lambda trial: trial.number)[:count]
-    return [(trial.user_attrs.get("settings") or trial.params).get("cpu_threads") for trial in trials]
+    return [TrialRecord.of(trial).ran_with.get("cpu_threads") for trial in trials]
 
 
 def main() -> None:

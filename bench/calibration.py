@@ -80,13 +80,14 @@ def tpe_renders(renders: Renders, minimum: float, target_skip: float, seed: int,
                 limit: int) -> tuple[int | None, float]:
     """Renders until TPE has drawn a threshold that meets the floor and skips at least `target_skip`; None if not
     within `limit`. Also the best feasible threshold it found."""
+    violations: dict[int, float] = {}  # trial number -> how far under the floor (> 0) its threshold rendered
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
-        seed=seed, constraints_func=lambda trial: [trial.user_attrs["violation"]]))
+        seed=seed, constraints_func=lambda trial: [violations[trial.number]]))
     for number in range(1, limit + 1):
         trial = study.ask()
         threshold = trial.suggest_float("cache_threshold", LOW, HIGH, log=True)
         score, skipped = renders(threshold)
-        trial.set_user_attr("violation", minimum - score)
+        violations[trial.number] = minimum - score
         study.tell(trial, skipped)
         if score >= minimum and skipped >= target_skip - 1e-9:
             return number, threshold

@@ -45,13 +45,15 @@ from rich.console import Console  # noqa: E402
 
 from autotune import knobs  # noqa: E402
 from autotune.compare.candidates import Candidate, settings_key, top_candidates  # noqa: E402
+from autotune.compare.records import TrialRecord, feasible  # noqa: E402
 from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.exceptions import NothingFits  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
+from autotune.options import SearchOptions  # noqa: E402
 from autotune.recommendation import recommend  # noqa: E402
 from autotune.search.run import run_search  # noqa: E402
 from autotune.search.space import build_space  # noqa: E402
-from autotune.search.study import feasible, finished  # noqa: E402
+from autotune.search.study import finished  # noqa: E402
 from autotune.worker import protocol  # noqa: E402
 from autotune.worker.process import Worker, WorkerConfig  # noqa: E402
 
@@ -105,13 +107,13 @@ def oracle(args, pins: dict, grid: list[dict], device: str, folder: Path, consol
     for number, combo in enumerate(grid, 1):
         key = key_of(combo, args.free)
         try:
-            outcome = run_search(args.model, budget=args.budget, n_trials=1, steps=args.steps,
-                                 max_batch=args.max_batch, pinned={**pins, **combo}, warm_start_recipes=False,
-                                 top_k=1, rounds=1, out=None, storage=f"sqlite:///{folder}/oracle-{number}.db")
+            outcome = run_search(args.model, SearchOptions(
+                budget=args.budget, n_trials=1, steps=args.steps, max_batch=args.max_batch, pinned={**pins, **combo},
+                warm_start_recipes=False, top_k=1, rounds=1, out=None, storage=f"sqlite:///{folder}/oracle-{number}.db"))
         except NothingFits:  # it failed or did not fit: no value, and the searches get none for it either
             chosen[key] = None
             continue
-        seconds += finished_trials(outcome)[0].user_attrs.get("seconds", {}).get("trial", 0.0)
+        seconds += TrialRecord.of(finished_trials(outcome)[0]).trial_seconds
         chosen[key] = outcome.best.settings if outcome.best.measured else None
         workload = outcome.profile.workload
     runs = [(key, settings) for key, settings in chosen.items() if settings]
@@ -166,7 +168,7 @@ def trajectory(trials: list, started_at: float, oracle_values: dict, free: list[
     best_value, incumbent, points = None, None, []
     for trial in trials:
         if feasible(trial) and trial.value is not None and (best_value is None or trial.value > best_value):
-            best_value, incumbent = trial.value, key_of(trial.user_attrs["settings"], free)
+            best_value, incumbent = trial.value, key_of(TrialRecord.of(trial).settings, free)
         done = trial.datetime_complete.timestamp() - started_at
         points.append((done, oracle_values.get(incumbent) or 0.0))
     return points
@@ -199,7 +201,8 @@ def memory_errors(trials: list) -> list[float]:
     """|predicted - measured| / measured peak of each trial that has both."""
     errors = []
     for trial in trials:
-        predicted, measured = trial.user_attrs.get("predicted_peak_bytes"), trial.user_attrs.get("peak_memory_bytes")
+        record = TrialRecord.of(trial)
+        predicted, measured = record.predicted_peak_bytes, record.peak_memory_bytes
         if predicted and measured:
             errors.append(abs(predicted - measured) / measured)
     return errors
@@ -245,9 +248,9 @@ def main() -> None:
         for seed, (name, options) in itertools.product(range(args.seeds), STRATEGIES.items()):
             console.print(f"  {name}, seed {seed}: {args.trials} trials ...")
             started = time.time()
-            outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, steps=args.steps,
-                                 max_batch=args.max_batch, pinned=pins, seed=seed, rounds=args.rounds,
-                                 out=None, storage=f"sqlite:///{folder}/{name}-{seed}.db", **options)
+            outcome = run_search(args.model, SearchOptions(
+                budget=args.budget, n_trials=args.trials, steps=args.steps, max_batch=args.max_batch, pinned=pins,
+                seed=seed, rounds=args.rounds, out=None, storage=f"sqlite:///{folder}/{name}-{seed}.db", **options))
             search_s = time.time() - started
             trials = finished_trials(outcome)
             split = outcome.time_split

@@ -38,6 +38,7 @@ from autotune.cli.flags import parse_pins  # noqa: E402
 from autotune.compare.candidates import Candidate  # noqa: E402
 from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
+from autotune.options import SearchOptions  # noqa: E402
 from autotune.search.run import run_search  # noqa: E402
 from autotune.worker.process import WorkerConfig  # noqa: E402
 
@@ -69,8 +70,9 @@ def search(args, folder: Path, name: str, burners: int) -> tuple:
     pids = start_burners(burners)
     started = time.perf_counter()
     try:
-        outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, seed=args.seed,
-                             out=folder / f"{name}.yaml", study_name=name, pinned=parse_pins(args.pin))
+        outcome = run_search(args.model, SearchOptions(budget=args.budget, n_trials=args.trials, seed=args.seed,
+                                                       out=folder / f"{name}.yaml", study_name=name,
+                                                       pinned=parse_pins(args.pin)))
     finally:
         stop_burners(pids)
     return outcome, time.perf_counter() - started

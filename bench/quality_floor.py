@@ -28,6 +28,7 @@ from autotune.measure import (
     quality,  # noqa: E402
     timing,
 )
+from autotune.options import SearchOptions  # noqa: E402
 from autotune.search.run import run_search  # noqa: E402
 
 
@@ -56,9 +57,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="autotune-bench-") as folder:
         console.print(f"search under {args.floor}, {args.trials} trials ...")
         floor = options.parse_floor(args.floor)
-        outcome = run_search(args.model, budget=args.budget, n_trials=args.trials, quality_floor=floor,
-                             reference_steps=args.reference_steps, rounds=args.rounds, out=Path(folder, "floor.yaml"),
-                             trial_timeout_s=args.trial_timeout)
+        outcome = run_search(args.model, SearchOptions(
+            budget=args.budget, n_trials=args.trials, quality_floor=floor, reference_steps=args.reference_steps,
+            rounds=args.rounds, out=Path(folder, "floor.yaml"), trial_timeout_s=args.trial_timeout))
         best, base = outcome.best, outcome.baseline
         by_prompt = rescore(outcome.profile, outcome.reference)
         again = quality.aggregate(by_prompt)
@@ -78,9 +79,10 @@ def main() -> None:
         if args.strict == "none":
             return
         console.print(f"search under {args.strict}, {args.strict_trials} trials ...")
-        strict = run_search(args.model, budget=args.budget, n_trials=args.strict_trials, quality_floor=args.strict,
-                            reference_steps=args.reference_steps, rounds=1, out=Path(folder, "strict.yaml"),
-                            trial_timeout_s=args.trial_timeout)
+        strict = run_search(args.model, SearchOptions(
+            budget=args.budget, n_trials=args.strict_trials, quality_floor=args.strict,
+            reference_steps=args.reference_steps, rounds=1, out=Path(folder, "strict.yaml"),
+            trial_timeout_s=args.trial_timeout))
         settings = strict.profile.settings_dict()
         kept = settings["scheduler"] == "default" and settings["steps"] == args.reference_steps
         console.print(f"under {args.strict}: scheduler={settings['scheduler']}, steps={settings['steps']} "

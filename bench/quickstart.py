@@ -34,6 +34,7 @@ from autotune.cli.flags import parse_pins  # noqa: E402
 from autotune.compare.candidates import Candidate  # noqa: E402
 from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
+from autotune.options import SearchOptions  # noqa: E402
 from autotune.profile import load_profile  # noqa: E402
 from autotune.search.run import run_search  # noqa: E402
 from autotune.worker.process import WorkerConfig  # noqa: E402
@@ -62,8 +63,9 @@ def main() -> None:
         split = next((line for line in printed.splitlines() if line.startswith("time:")), "-")
         console.print(f"reference: a {args.trials}-trial search ...")
         started = time.perf_counter()
-        reference = run_search("builtin:tiny-sd", budget="4GB", n_trials=args.trials, out=work / "reference.yaml",
-                               study_name="reference", pinned=parse_pins(args.pin))
+        reference = run_search("builtin:tiny-sd", SearchOptions(
+            budget="4GB", n_trials=args.trials, out=work / "reference.yaml", study_name="reference",
+            pinned=parse_pins(args.pin)))
         reference_s = time.perf_counter() - started
         quick = load_profile(work / "quick.yaml")
         console.print(f"re-measuring both choices and the default, interleaved, {args.rounds} rounds ...")

@@ -24,6 +24,7 @@ from autotune import knobs  # noqa: E402
 from autotune.compare.candidates import Candidate  # noqa: E402
 from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
+from autotune.options import SearchOptions  # noqa: E402
 from autotune.search.run import run_search  # noqa: E402
 from autotune.search.space import documentation_recipes  # noqa: E402
 from autotune.units import format_size, parse_size  # noqa: E402
@@ -46,10 +47,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="autotune-bench-") as folder:
         common = dict(budget=budget, n_trials=args.trials, steps=args.steps, seed=args.seed, top_k=1, rounds=1)
         console.print(f"autotune (TPE + recipes), {args.trials} trials ...")
-        tuned = run_search(args.model, sampler="tpe", out=Path(folder, "tpe.yaml"), **common)
+        tuned = run_search(args.model, SearchOptions(sampler="tpe", out=Path(folder, "tpe.yaml"), **common))
         console.print(f"random search, {args.trials} trials ...")
-        randomized = run_search(args.model, sampler="random", warm_start_recipes=False,
-                                out=Path(folder, "random.yaml"), **common)
+        randomized = run_search(args.model, SearchOptions(sampler="random", warm_start_recipes=False,
+                                                          out=Path(folder, "random.yaml"), **common))
 
     defaults = {knob.name: knob.default for knob in knobs.in_order()} | {"steps": args.steps}
     contenders = [Candidate("default (fp32, batch 1)", defaults)]

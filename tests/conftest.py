@@ -8,8 +8,11 @@ slows two threads ~100x on a 2-core machine).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,11 +39,15 @@ from diffusers.models.attention_processor import (  # noqa: E402
     SlicedAttnProcessor,
 )
 from torch.nn.attention import SDPBackend  # noqa: E402
+from typer.testing import CliRunner, Result  # noqa: E402
 
 from autotune import knobs, pipelines  # noqa: E402
 from autotune.hardware import Fingerprint, Hardware, probe  # noqa: E402
 from autotune.knobs.attention import KernelRestrictedSDPA  # noqa: E402
+from autotune.options import SearchOptions  # noqa: E402
 from autotune.profile import ModelInfo, Profile, Workload  # noqa: E402
+from autotune.search.outcome import SearchOutcome  # noqa: E402
+from autotune.search.spec import StudySpec  # noqa: E402
 
 PROMPT = "a lighthouse at dusk"
 SIZE_PX = 64
@@ -85,18 +92,69 @@ def make_profile(fingerprint: Fingerprint) -> Callable[..., Profile]:
     return make
 
 
+def study_spec(hardware: Hardware, **fields: Any) -> StudySpec:
+    """A study's spec as a search records it, for the tiny random pipeline on `hardware`, with `fields` changed."""
+    spec = {"model": "builtin:tiny-sd-random", "loadable": True, "pipeline": "StableDiffusionPipeline",
+            "denoiser": "UNet2DConditionModel", "workload": Workload(height=64, width=64, prompts=["a cube"]),
+            "objective": "throughput", "fixed": {"steps": 2}, "hardware": hardware, "space": {},
+            "memory_budget_bytes": 2**30, "n_trials": 1, "max_batch": 1, "trial_timeout_s": 5, "sampler": "random",
+            "seed": 0}
+    return StudySpec(**{**spec, **fields})
+
+
+@pytest.fixture
+def make_spec(fingerprint: Fingerprint) -> Callable[..., StudySpec]:
+    """`make_spec(objective="latency", ...)`: a study's spec for the tiny random pipeline on this machine."""
+    return lambda **fields: study_spec(fingerprint.hardware, **fields)
+
+
+# A search as fast as a real one gets: the tiny random pipeline, one trial of two steps at batch 1, no compile, the
+# best re-measured once beside the default.
+TINY_SEARCH = SearchOptions(budget="4GB", n_trials=1, steps=2, max_batch=1, top_k=1, rounds=1, height=SIZE_PX,
+                            width=SIZE_PX, pinned={"compile": "none"})
+
+
+def tiny_search_in(folder: Path, model: Any = "builtin:tiny-sd-random", **changes: Any) -> SearchOutcome:
+    """`TINY_SEARCH` with `changes`, its profile written to `folder`/tiny.yaml (unless `out` is changed)."""
+    from autotune.search.run import run_search
+
+    return run_search(model, dataclasses.replace(TINY_SEARCH, **{"out": folder / "tiny.yaml", **changes}))
+
+
+@pytest.fixture
+def tiny_search(tmp_path: Path) -> Callable[..., SearchOutcome]:
+    """`tiny_search(n_trials=2, budget="1MiB", ...)`: a search of `TINY_SEARCH` with those options changed."""
+    return lambda model="builtin:tiny-sd-random", **changes: tiny_search_in(tmp_path, model, **changes)
+
+
+def autotune_cli(*args: Any, **env: str) -> Result:
+    """`autotune ARGS` run in this process by typer's runner, on a terminal wide enough that no line wraps."""
+    from autotune.cli import app
+
+    return CliRunner().invoke(app, [str(arg) for arg in args], env={"COLUMNS": "300", **env})
+
+
+def autotune_process(*args: Any, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`autotune ARGS` as a user runs it: the installed console script, in a process of its own."""
+    script = Path(sys.executable).with_name("autotune")
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.fixture
+def cli() -> Callable[..., Result]:
+    """`cli("search", "--trials", 1)`: the `autotune` command in this process; its `Result`."""
+    return autotune_cli
+
+
 @pytest.fixture(scope="session")
 def tuned_profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
     """A profile written by the tuner on this machine: one small trial of the tiny pipeline, re-measured once.
 
     Tests give copies of it other hardware fingerprints (`profile.model_copy(update={"hardware": ...})`).
     """
-    from autotune.search.run import run_search
-
     folder = tmp_path_factory.mktemp("tuned")
-    outcome = run_search("builtin:tiny-sd-random", budget="4GB", n_trials=1, steps=2, max_batch=1, top_k=1, rounds=1,
-                         pinned={"compile": "none"}, height=SIZE_PX, width=SIZE_PX, out=folder / "tuned.yaml")
-    return outcome.profile
+    return tiny_search_in(folder, out=folder / "tuned.yaml").profile
 
 
 @pytest.fixture(scope="session")

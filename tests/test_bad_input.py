@@ -20,11 +20,10 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from typer.testing import CliRunner, Result
+from conftest import autotune_cli, autotune_process
 
 import autotune
 from autotune import files
-from autotune.cli import app
 from autotune.compare.candidates import Candidate
 from autotune.exceptions import AutotuneError, AutotuneWarning, CannotWrite, ProfileError, TrialFailed
 from autotune.profile import library, load_profile
@@ -89,10 +88,6 @@ def folder_with_a_bad_file(tmp_path) -> Path:
     return folder
 
 
-def _cli(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
-
-
 def test_a_non_utf8_profile_is_skipped_with_a_warning_and_the_rest_still_works(folder_with_a_bad_file, tiny_pipe):
     folder = folder_with_a_bad_file
     with pytest.warns(AutotuneWarning, match=r"skipping .*latin1\.yaml: not UTF-8 text"):
@@ -102,9 +97,9 @@ def test_a_non_utf8_profile_is_skipped_with_a_warning_and_the_rest_still_works(f
         selection = library.select_profile(tiny_pipe, search_path=folder)
     assert any("latin1.yaml: not UTF-8" in "; ".join(item.rejections) for item in selection.rejected)
     for args in (["list"], ["show", "good"], ["select"]):
-        result = _cli("profiles", *args, "--search-path", str(folder))
+        result = autotune_cli("profiles", *args, "--search-path", str(folder))
         assert result.exit_code in (0, 1) and not isinstance(result.exception, UnicodeDecodeError), result.output
-    result = _cli("profiles", "validate", str(folder / "latin1.yaml"), str(folder / "good.yaml"))
+    result = autotune_cli("profiles", "validate", str(folder / "latin1.yaml"), str(folder / "good.yaml"))
     assert result.exit_code == 1
     assert f"invalid {folder / 'latin1.yaml'}: not UTF-8 text" in result.output
     assert f"ok {folder / 'good.yaml'}" in result.output
@@ -118,7 +113,7 @@ def test_a_link_out_of_a_profile_folder_is_never_followed(tmp_path):
     (folder / "leak.yaml").symlink_to(secret)
     with pytest.raises(ProfileError, match="leads outside"):
         library.find_profile("leak", folder)
-    result = _cli("profiles", "show", "leak", "--search-path", str(folder))
+    result = autotune_cli("profiles", "show", "leak", "--search-path", str(folder))
     assert isinstance(result.exception, ProfileError) and "tiny-sd" not in result.output
     (entry,) = [entry for entry in library.list_profiles(folder) if entry.name == "leak"]
     assert entry.profile is None and "leads outside" in entry.error
@@ -219,12 +214,6 @@ def test_ctrl_c_in_a_search_prints_the_resume_line_and_no_traceback(tmp_path):
     assert "Traceback" not in stdout + stderr and "failed with" not in stderr
 
 
-def _autotune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).with_name("autotune")
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={**os.environ, "COLUMNS": "200"})
-
-
 @pytest.mark.parametrize(("args", "line"), [
     (["search", "--budget", "6"], "size '6' has no unit; add one (6GB, 6GiB, 6000MB) or write a share as 80%"),
     (["search", "--budget", "0.5"], "size '0.5' has no unit; add one (6GB, 6GiB, 6000MB) or write a share as 80%"),
@@ -235,7 +224,7 @@ def _autotune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     (["verify", "tiny-sd-cpu", "--time-limit", "0"], "--timeout must be more than 0 seconds, got 0"),
 ])
 def test_a_bare_size_or_a_negative_time_limit_is_one_line_and_status_2(args, line, tmp_path):
-    result = _autotune(*args, cwd=tmp_path)
+    result = autotune_process(*args, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip() == f"autotune: error: {line}", result.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -244,7 +233,7 @@ def test_report_refuses_an_empty_file_and_leaves_it_empty(tmp_path):
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     for source in (str(empty), f"sqlite:///{empty}"):
-        result = _autotune("report", source, cwd=tmp_path)
+        result = autotune_process("report", source, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().endswith("the file is empty; give a profile YAML, a study's .db or .journal "
                                               "file, or a storage URL")

@@ -20,8 +20,8 @@ def test_bisection_finds_the_largest_value_that_meets_it_or_the_ends():
 
 
 def test_only_a_floor_takes_the_threshold_out_of_the_sampled_space():
-    space = {"cache": knobs.Categorical(("none", "first-block")).to_dict(),
-             "cache_threshold": knobs.FloatRange(0.02, 0.3, log=True).to_dict()}
+    space = {"cache": knobs.Categorical(("none", "first-block")),
+             "cache_threshold": knobs.FloatRange(0.02, 0.3, log=True)}
     assert calibrated_part(dict(space), floor=False) == {}
     kept = dict(space)
     calibrated = calibrated_part(kept, floor=True)

@@ -10,17 +10,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import autotune_process
 
 from autotune import cli
 from autotune.exceptions import InvalidInput
 from autotune.options import EXIT_BUG, EXIT_NOTHING_FITS, OBJECTIVES, PRUNERS, SAMPLERS
 from autotune.profile import library
-
-
-def _autotune(*args: str) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).with_name("autotune")
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "200"})
 
 
 def _modules_loaded_by(*args: str) -> tuple[int, set[str]]:
@@ -47,7 +42,7 @@ def _modules_loaded_by(*args: str) -> tuple[int, set[str]]:
     (["--pruner", "median"], f"--pruner must be one of {', '.join(PRUNERS)}, got 'median'"),
 ])
 def test_a_bad_search_flag_is_one_line_and_status_2(args, message):
-    result = _autotune("search", *args)
+    result = autotune_process("search", *args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"autotune: error: {message}"
 
@@ -80,7 +75,7 @@ def test_a_bug_is_not_hidden_behind_a_friendly_line(monkeypatch, capsys):
 
 
 def test_version_completion_and_the_exit_status_of_nothing_fits():
-    version = _autotune("--version")
+    version = autotune_process("--version")
     assert version.returncode == 0 and version.stdout.startswith("autotune 0.1.0 (torch ")
     # The shell named, as typer's own tests name it: detecting it reads the parent processes, which vary under CI.
     script = Path(sys.executable).with_name("autotune")
@@ -88,7 +83,7 @@ def test_version_completion_and_the_exit_status_of_nothing_fits():
                                 timeout=300, env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert completion.returncode == 0 and "complete" in completion.stdout and "autotune" in completion.stdout
     # No shipped profile is for tiny-flux: "auto" finds none, and says so with its own status.
-    nothing = _autotune("precompile", "auto", "--model", "builtin:tiny-flux-random")
+    nothing = autotune_process("precompile", "auto", "--model", "builtin:tiny-flux-random")
     assert nothing.returncode == EXIT_NOTHING_FITS == 3, nothing.stderr
     assert nothing.stderr.startswith("autotune: error: ") and nothing.stderr.strip().count("\n") == 0
 
@@ -138,7 +133,7 @@ def test_every_error_autotune_raises_on_purpose_is_also_the_builtin_it_means():
     (["verify"], "Missing argument 'profile'."),
 ])
 def test_a_flag_the_parser_refuses_is_one_line_and_status_2_too(args, message):
-    result = _autotune(*args)
+    result = autotune_process(*args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"autotune: error: {message}") and result.stderr.strip().count("\n") == 0
     assert result.stderr.strip().endswith(f"(see autotune {args[0]} --help)")

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import autotune_cli
 
-from autotune.cli import app
 from autotune.options import EXIT_CHECK_FAILED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,7 +15,7 @@ EAGER = ROOT / "examples" / "tiny_app" / "profiles" / "tiny-sd-cpu-eager.yaml"
 
 
 def _json(*args: str, code: int = 0) -> object:
-    result = CliRunner().invoke(app, list(args))
+    result = autotune_cli(*args)
     assert result.exit_code == code, result.output
     return json.loads(result.stdout)
 
@@ -43,7 +42,7 @@ def test_recommend_json_gives_settings_and_reasons():
 
 
 def test_verify_json_gives_each_check_and_exits_as_the_table_does():
-    result = CliRunner().invoke(app, ["verify", str(EAGER), "--json", "--workers", "1", "--rounds", "1"])
+    result = autotune_cli("verify", EAGER, "--json", "--workers", "1", "--rounds", "1")
     told = json.loads(result.stdout)  # the progress lines went to stderr
     assert [check["metric"] for check in told["checks"]][:2] == ["images/s", "peak memory"]
     assert {check["status"] for check in told["checks"]} <= {"pass", "fail", "skip"}
@@ -53,9 +52,9 @@ def test_verify_json_gives_each_check_and_exits_as_the_table_does():
 @pytest.mark.slow
 def test_search_json_holds_the_profile_the_comparison_and_every_candidate(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["search", "--json", "--model", "builtin:tiny-sd-random", "--trials", "1",
-                                      "--steps", "2", "--max-batch", "1", "--top-k", "1", "--rounds", "1",
-                                      "--pin", "compile=none", "--out", "s.yaml"])
+    result = autotune_cli("search", "--json", "--model", "builtin:tiny-sd-random", "--trials", "1", "--steps", "2",
+                          "--max-batch", "1", "--top-k", "1", "--rounds", "1", "--pin", "compile=none",
+                          "--out", "s.yaml")
     assert result.exit_code == 0, result.output
     told = json.loads(result.stdout)
     assert told["profile"].endswith("s.yaml") and told["trials"] == 1 and told["default"]["images_per_s"]["n"] >= 1

@@ -19,14 +19,16 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from conftest import study_spec
 from fake_hardware import SIMULATED_CPU
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from autotune import knobs
 from autotune.hardware import probe
-from autotune.profile import load_profile
+from autotune.profile import Workload, load_profile
 from autotune.search.run import run_search
-from autotune.search.study import StorageError, StudySpec, open_storage, surplus, wait_for_slot
+from autotune.search.study import StorageError, open_storage, surplus, wait_for_slot
 
 POSTGRES_URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(
@@ -165,12 +167,10 @@ def _study_for_this_machine(url: str, name: str, pruner: str | None = None) -> N
     """A study as `autotune search` records it, for the tiny pipeline on this machine (no trial run)."""
     fingerprint = probe()
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
-    StudySpec(model="builtin:tiny-sd-random", loadable=True, pipeline="StableDiffusionPipeline",
-              denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a red cube"]},
-              objective="throughput", fixed={"steps": 2, "compile": "none"},
-              hardware=fingerprint.hardware.model_dump(), space={"attention": ["sdpa", "vanilla"]},
-              memory_budget_bytes=4 * 10**9, n_trials=2, max_batch=2, trial_timeout_s=60, sampler="tpe",
-              seed=0, pruner=pruner).record(study)
+    study_spec(fingerprint.hardware, workload=Workload(height=64, width=64, prompts=["a red cube"]),
+               fixed={"steps": 2, "compile": "none"}, space={"attention": knobs.Categorical(("sdpa", "vanilla"))},
+               memory_budget_bytes=4 * 10**9, n_trials=2, max_batch=2, trial_timeout_s=60, sampler="tpe",
+               pruner=pruner).record(study)
 
 
 @pytest.mark.parametrize(("recorded", "pruner"), [("none", optuna.pruners.NopPruner),

@@ -72,8 +72,8 @@ def test_call_kwargs_pass_no_guidance_unless_the_workload_set_it(make_profile):
 
 
 def test_the_step_range_under_a_floor_keeps_the_workloads_own_steps():
-    space = {"steps": steps_range(4, 50).to_dict()}
-    assert 4 in knobs.domain_from_dict(space["steps"])
+    space = {"steps": steps_range(4, 50)}
+    assert 4 in space["steps"]
     assert all(params["steps"] == 4 for params in recipes(space, "cpu", {"steps": 4}))
 
 
@@ -83,12 +83,8 @@ def test_an_img2img_pipeline_is_refused_up_front(tmp_path):
                    steps=2, max_batch=1, pinned={"compile": "none"})
 
 
-def test_the_reference_trial_gets_time_for_its_steps():
-    from autotune.search.study import StudySpec
-
-    spec = StudySpec(model="m", loadable=True, pipeline="P", denoiser="D", workload={}, objective="throughput",
-                     fixed={}, hardware={}, space={}, memory_budget_bytes=1, n_trials=1, max_batch=1,
-                     trial_timeout_s=100.0, sampler="tpe", seed=0, steps=4, reference_steps=50)
+def test_the_reference_trial_gets_time_for_its_steps(make_spec):
+    spec = make_spec(fixed={}, trial_timeout_s=100.0, steps=4, reference_steps=50)
     assert trial_timeout(spec, {"steps": 50}) == pytest.approx(100.0 * 50 / 4)
     assert trial_timeout(spec, {"steps": 4}) == trial_timeout(spec, {"steps": 2}) == 100.0
 

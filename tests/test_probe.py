@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import psutil
 import pytest
 import torch
+from conftest import autotune_process
 from typer.testing import CliRunner
 
 from autotune import knobs, pipelines
@@ -229,15 +228,8 @@ def test_hardware_capability_as_numbers(gpu_hardware):
     assert probe(device="cpu").hardware.capability_tuple == (0, 0)
 
 
-def _autotune(*args: str) -> subprocess.CompletedProcess:
-    """The installed console script, as a user runs it."""
-    script = Path(sys.executable).with_name("autotune")
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, env=env)
-
-
 def test_autotune_probe_json_lists_every_knob_value_with_its_availability():
-    result = _autotune("probe", "--json")
+    result = autotune_process("probe", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
 
@@ -275,7 +267,7 @@ def test_autotune_probe_checks_the_knobs_against_a_model():
 
 
 def test_autotune_probe_with_an_unknown_model_is_one_line():
-    result = _autotune("probe", "--model", "builtin:nope")
+    result = autotune_process("probe", "--model", "builtin:nope")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "autotune: error: unknown built-in model 'builtin:nope'; known: builtin:tiny-sd, builtin:tiny-flux, "

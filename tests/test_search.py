@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import TINY_SEARCH
 from faulty_pipelines import faulty_tiny_sd, nan_tiny_sd
 
 from autotune import knobs, pipelines
@@ -21,8 +23,8 @@ from autotune.search.run import run_search
 
 pytestmark = pytest.mark.slow
 
-# Small and fast: two steps, batches of 1 and 2, one re-measure round of the best trial.
-FAST = dict(steps=2, max_batch=2, top_k=1, rounds=1, height=64, width=64, pinned={"compile": "none"})
+# conftest's tiny search, with batches of 1 and 2.
+FAST = dict(max_batch=2)
 
 
 def params(**changes):
@@ -49,14 +51,14 @@ class by_params:  # noqa: N801 (reads as the lookup it is)
         return trial
 
 
-def test_faults_in_trials_are_recorded_and_the_search_completes(tmp_path):
+def test_faults_in_trials_are_recorded_and_the_search_completes(tmp_path, tiny_search):
     storage, name = f"sqlite:///{tmp_path / 'faults.db'}", "faults"
     oom, killed, hung, fine = (params(attention="vanilla"), params(attention="sliced", attention_slice_size="auto"),
                                params(attention="sdpa-math"), params(attention="sdpa"))
     enqueue(storage, name, oom, killed, hung, fine)
 
-    outcome = run_search(faulty_tiny_sd, budget="8GB", n_trials=4, storage=storage, study_name=name,
-                         out=tmp_path / "faults.yaml", trial_timeout_s=60, **FAST)
+    outcome = tiny_search(faulty_tiny_sd, budget="8GB", n_trials=4, storage=storage, study_name=name,
+                          out=tmp_path / "faults.yaml", trial_timeout_s=60, **FAST)
 
     trials = by_params(storage, name)
     assert [trials[p].user_attrs.get("failure") for p in (oom, killed, hung, fine)] == [
@@ -70,13 +72,13 @@ def test_faults_in_trials_are_recorded_and_the_search_completes(tmp_path):
     assert load_profile(tmp_path / "faults.yaml").settings.attention == "sdpa"
 
 
-def test_the_time_limit_stops_a_running_trial_and_queues_it_again_for_the_resume(tmp_path):
+def test_the_time_limit_stops_a_running_trial_and_queues_it_again_for_the_resume(tmp_path, tiny_search):
     storage, name = f"sqlite:///{tmp_path / 'limit.db'}", "limit"
     fine, hung = params(attention="sdpa"), params(attention="sdpa-math")
     enqueue(storage, name, fine, hung)
     started = time.monotonic()
-    outcome = run_search(faulty_tiny_sd, budget="8GB", n_trials=4, storage=storage, study_name=name, timeout_s=25,
-                         trial_timeout_s=600, warm_start_recipes=False, **FAST)
+    outcome = tiny_search(faulty_tiny_sd, budget="8GB", n_trials=4, storage=storage, study_name=name, timeout_s=25,
+                          trial_timeout_s=600, warm_start_recipes=False, **FAST)
     assert time.monotonic() - started < 120, "the hung trial ran past the time limit"
     trials = optuna.load_study(study_name=name, storage=storage).trials
     states = [(t.state, t.params.get("attention")) for t in trials]
@@ -91,13 +93,13 @@ def test_the_time_limit_stops_a_running_trial_and_queues_it_again_for_the_resume
     assert outcome.time_split.stopped_s > 10 and "a trial the time limit stopped" in outcome.time_split.describe()
 
 
-def test_the_time_limit_holds_for_the_whole_search_and_the_profile_is_written(tmp_path):
+def test_the_time_limit_holds_for_the_whole_search_and_the_profile_is_written(tmp_path, tiny_search):
     # Rounds without end: the re-measurement can only stop at its share of the limit, with what it has.
     out, events = tmp_path / "limited.yaml", []
     started = time.monotonic()
-    outcome = run_search("builtin:tiny-sd-random", budget="8GB", n_trials=2, timeout_s=45, out=out,
-                         warm_start_recipes=False, on_event=lambda kind, data: events.append(data.get("message", "")),
-                         **{**FAST, "rounds": 10_000})
+    outcome = run_search("builtin:tiny-sd-random", dataclasses.replace(
+        TINY_SEARCH, budget="8GB", n_trials=2, timeout_s=45, out=out, warm_start_recipes=False, rounds=10_000, **FAST),
+        on_event=lambda kind, data: events.append(data.get("message", "")))
     assert time.monotonic() - started < 45
     assert any(message.startswith("warning: the time limit stopped the re-measurement") for message in events)
     profile = load_profile(out)
@@ -106,13 +108,13 @@ def test_the_time_limit_holds_for_the_whole_search_and_the_profile_is_written(tm
     assert outcome.best.measured
 
 
-def test_nan_images_make_a_trial_infeasible_and_it_is_never_chosen(tmp_path):
+def test_nan_images_make_a_trial_infeasible_and_it_is_never_chosen(tmp_path, tiny_search):
     storage, name = f"sqlite:///{tmp_path / 'nan.db'}", "nan"
     poisoned, clean = params(channels_last=True), params()
     enqueue(storage, name, poisoned, clean)
 
-    outcome = run_search(nan_tiny_sd, budget="8GB", n_trials=2, storage=storage, study_name=name, out=None,
-                         top_k=2, **{k: v for k, v in FAST.items() if k != "top_k"})
+    outcome = tiny_search(nan_tiny_sd, budget="8GB", n_trials=2, storage=storage, study_name=name, out=None, top_k=2,
+                          **FAST)
 
     trial = by_params(storage, name)[poisoned]
     assert trial.user_attrs["failure"] == "image" and "NaN" in trial.user_attrs["reason"]
@@ -121,15 +123,15 @@ def test_nan_images_make_a_trial_infeasible_and_it_is_never_chosen(tmp_path):
     assert all(not c.settings["channels_last"] for c in outcome.candidates)
 
 
-def test_a_budget_nothing_fits_says_so_and_writes_no_profile(tmp_path):
+def test_a_budget_nothing_fits_says_so_and_writes_no_profile(tmp_path, tiny_search):
     out = tmp_path / "tiny.yaml"
     with pytest.raises(NothingFits, match="nothing fits in 1.0 MiB.*needed"):
-        run_search("builtin:tiny-sd-random", budget="1MiB", n_trials=2, out=out, **FAST)
+        tiny_search(budget="1MiB", n_trials=2, out=out, **FAST)
     assert not out.exists()
 
 
-def test_trials_are_held_to_the_budget_and_record_it(tmp_path):
-    outcome = run_search("builtin:tiny-sd-random", budget="4GB", n_trials=2, out=tmp_path / "p.yaml", **FAST)
+def test_trials_are_held_to_the_budget_and_record_it(tmp_path, tiny_search):
+    outcome = tiny_search(n_trials=2, **FAST)
     profile = outcome.profile
     assert profile.goal.memory_budget_bytes == 4 * 10**9
     assert 0 < profile.metrics.peak_memory_bytes <= 4 * 10**9
@@ -137,13 +139,13 @@ def test_trials_are_held_to_the_budget_and_record_it(tmp_path):
     assert profile.provenance.sampler == "TPESampler" and profile.provenance.seed == 0
     assert profile.provenance.trials == 2
     assert outcome.baseline.settings["batch_size"] == 1 and outcome.baseline.images_per_s.median > 0
-    assert (tmp_path / "p.db").exists()  # the study sits next to the profile
+    assert (tmp_path / "tiny.db").exists()  # the study sits next to the profile
 
 
-def test_a_search_records_where_each_trial_spent_its_time_and_splits_its_own(tmp_path):
+def test_a_search_records_where_each_trial_spent_its_time_and_splits_its_own(tiny_search):
     import optuna
 
-    outcome = run_search("builtin:tiny-sd-random", budget="4GB", n_trials=2, out=tmp_path / "p.yaml", **FAST)
+    outcome = tiny_search(n_trials=2, **FAST)
     study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url)
     ran = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(ran) == 2
@@ -223,10 +225,10 @@ def test_bad_search_flags_give_one_line_and_exit_2(tmp_path, flags, message):
     assert "Traceback" not in result.stderr
 
 
-def test_the_profile_written_by_a_search_applies_to_a_fresh_pipeline(tmp_path):
+def test_the_profile_written_by_a_search_applies_to_a_fresh_pipeline(tmp_path, tiny_search):
     from autotune import load_pipeline
 
-    run_search("builtin:tiny-sd-random", budget="4GB", n_trials=1, out=tmp_path / "p.yaml", **FAST)
+    tiny_search(out=tmp_path / "p.yaml", **FAST)
     profile = load_profile(tmp_path / "p.yaml")
     pipe = load_pipeline(None, profile)
     images = pipe("a red cube", output_type="np", **profile.call_kwargs(batch=True)).images

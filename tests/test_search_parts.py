@@ -3,6 +3,7 @@ policy, honest numbers when the default configuration fails, and which modules i
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -11,12 +12,14 @@ import pytest
 
 from autotune import knobs
 from autotune.compare.candidates import Candidate
+from autotune.compare.records import feasible
 from autotune.exceptions import InvalidInput
 from autotune.hardware import probe
 from autotune.measure.figures import Stat
 from autotune.search.outcome import SearchOutcome, metrics_of
 from autotune.search.space import build_space, restrict, sample, suggest, validate_pinned
-from autotune.search.study import StudySpec, feasible, make_pruner
+from autotune.search.spec import StudySpec
+from autotune.search.study import make_pruner
 from autotune.search.trials import run_one
 from autotune.worker.batching import BatchPolicy, doublings
 from autotune.worker.process import Worker, WorkerConfig
@@ -44,13 +47,18 @@ def _study() -> optuna.Study:
     return optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
 
 
-def test_each_domain_becomes_its_optuna_distribution_and_older_study_forms_still_read():
+def typed(space: dict) -> dict[str, knobs.Domain]:
+    """A space written as data (a list: categorical; {low, high}: integer) as the search holds it."""
+    return {name: knobs.domain_from_dict(data) for name, data in space.items()}
+
+
+def test_each_domain_becomes_its_optuna_distribution():
     space = {
-        "attention": knobs.Categorical(("sdpa", "sliced")).to_dict(),
-        "attention_slice_size": ["auto", 2],  # an older study's list
-        "steps": {"low": 2, "high": 8},  # an older study's integer range
-        "cpu_threads": knobs.IntRange(1, 8, log=True).to_dict(),
-        "guidance": knobs.FloatRange(0.5, 8.0, log=True).to_dict(),
+        "attention": knobs.Categorical(("sdpa", "sliced")),
+        "attention_slice_size": knobs.Categorical(("auto", 2)),
+        "steps": knobs.IntRange(2, 8),
+        "cpu_threads": knobs.IntRange(1, 8, log=True),
+        "guidance": knobs.FloatRange(0.5, 8.0, log=True),
     }
     study = _study()
     study.enqueue_trial({"attention": "sliced"})
@@ -64,7 +72,7 @@ def test_each_domain_becomes_its_optuna_distribution_and_older_study_forms_still
     assert distributions["cpu_threads"] == optuna.distributions.IntDistribution(1, 8, log=True)
     assert settings["compile"] == "none" and 2 <= settings["steps"] <= 8
     float_trial = study.ask()
-    value = sample(float_trial, "guidance", knobs.domain_from_dict(space["guidance"]))
+    value = sample(float_trial, "guidance", space["guidance"])
     assert float_trial.distributions["guidance"] == optuna.distributions.FloatDistribution(0.5, 8.0, log=True)
     assert 0.5 <= value <= 8.0
 
@@ -73,32 +81,32 @@ def test_an_option_is_asked_only_under_its_parent():
     study = _study()
     study.enqueue_trial({"attention": "sdpa"})
     trial = study.ask()
-    space = {"attention": ["sdpa", "sliced"], "attention_slice_size": ["auto", 2]}
+    space = typed({"attention": ["sdpa", "sliced"], "attention_slice_size": ["auto", 2]})
     settings = suggest(trial, space, fixed={})
     assert "attention_slice_size" not in trial.params
     assert settings["attention_slice_size"] == knobs.get("attention_slice_size").default
 
 
 def test_the_space_keeps_what_has_a_choice_and_leaves_image_changing_knobs_to_a_floor():
-    domains = {name: domain.to_dict() for name, domain in knobs.domains(probe().hardware).items()}
+    domains = knobs.domains(probe().hardware)
     plain = build_space(domains)
     scored = build_space(domains, steps=knobs.IntRange(5, 50))
     assert "precision" in plain and "scheduler" not in plain and "steps" not in plain
-    assert "scheduler" in scored and scored["steps"] == {"type": "int", "low": 5, "high": 50, "log": False}
-    assert all(len(knobs.domain_from_dict(data)) > 1 for data in plain.values())
+    assert "scheduler" in scored and scored["steps"] == knobs.IntRange(5, 50)
+    assert all(len(domain) > 1 for domain in plain.values())
 
 
 def test_a_lossy_value_of_an_exact_knob_is_searched_only_when_quality_is_measured():
     # SageAttention's int8 attention, as a GPU with sageattention installed would offer it on a FLUX transformer.
-    domains = {"attention": knobs.Categorical(("sdpa", "flash", "sage")).to_dict()}
-    assert knobs.domain_from_dict(build_space(domains)["attention"]).values == ("sdpa", "flash")
+    domains = {"attention": knobs.Categorical(("sdpa", "flash", "sage"))}
+    assert build_space(domains)["attention"].values == ("sdpa", "flash")
     scored = build_space(domains, steps=knobs.IntRange(5, 50))
-    assert knobs.domain_from_dict(scored["attention"]).values == ("sdpa", "flash", "sage")
-    assert build_space({"attention": knobs.Categorical(("sdpa", "sage")).to_dict()}) == {}
+    assert scored["attention"].values == ("sdpa", "flash", "sage")
+    assert build_space({"attention": knobs.Categorical(("sdpa", "sage"))}) == {}
 
 
 def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():
-    space = {"precision": ["fp32", "bf16"], "attention": ["sdpa", "sliced"]}
+    space = typed({"precision": ["fp32", "bf16"], "attention": ["sdpa", "sliced"]})
     assert restrict({"precision": "fp16", "attention": "sdpa"}, space) is None
     assert restrict({"attention": "sliced"}, space) == {"precision": "fp32", "attention": "sliced"}
 
@@ -106,7 +114,7 @@ def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():
 def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_compile_is_searched():
     from autotune.search.space import warm_start
 
-    space = {"precision": ["fp32", "fp16"], "channels_last": [False, True], "compile": ["none", "default"]}
+    space = typed({"precision": ["fp32", "fp16"], "channels_last": [False, True], "compile": ["none", "default"]})
     study = optuna.create_study(direction="maximize")
     warm_start(study, space, "cpu", None, {}, recommended={})
     queued = [t.system_attrs["fixed_params"] for t in study.trials]  # enqueue_trial's params, not yet run
@@ -114,7 +122,7 @@ def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_
                           {"precision": "fp32", "channels_last": True, "compile": "default"}]
     assert {"precision": "fp16", "channels_last": True, "compile": "default"} in queued[2:]  # the guides' recipe
     uncompiled = optuna.create_study(direction="maximize")
-    warm_start(uncompiled, {"precision": ["fp32", "fp16"], "channels_last": [False, True]}, "cpu", None, {},
+    warm_start(uncompiled, typed({"precision": ["fp32", "fp16"], "channels_last": [False, True]}), "cpu", None, {},
                recommended={})
     assert [t.system_attrs["fixed_params"] for t in uncompiled.trials][:2] == [
         {"precision": "fp32", "channels_last": False}, {"precision": "fp16", "channels_last": False}]
@@ -124,15 +132,15 @@ def test_on_cuda_the_compiled_recommendation_compiles_the_repeated_blocks_in_def
     from autotune.search.space import warm_start
 
     # The guides' whole-UNet max-autotune would spend a short search's minutes autotuning on its second trial.
-    space = {"precision": ["fp16", "bf16"], "channels_last": [False, True], "compile": ["none", "default",
-             "max-autotune-no-cudagraphs"], "compile_scope": ["denoiser", "regional"]}
+    space = typed({"precision": ["fp16", "bf16"], "channels_last": [False, True], "compile": [
+        "none", "default", "max-autotune-no-cudagraphs"], "compile_scope": ["denoiser", "regional"]})
     study = optuna.create_study(direction="maximize")
     warm_start(study, space, "cuda", None, {}, recommended={"precision": "bf16"})
     queued = [t.system_attrs["fixed_params"] for t in study.trials]
     assert queued[1] == {"precision": "bf16", "channels_last": True, "compile": "default", "compile_scope": "regional"}
     assert {"precision": "fp16", "channels_last": True, "compile": "max-autotune-no-cudagraphs",
             "compile_scope": "denoiser"} in queued[2:]  # the guides' own recipe, later
-    whole_only = {**space, "compile_scope": ["denoiser"]}  # a model without repeated blocks
+    whole_only = {**space, "compile_scope": knobs.Categorical(("denoiser",))}  # a model without repeated blocks
     study = optuna.create_study(direction="maximize")
     warm_start(study, whole_only, "cuda", None, {}, recommended={"precision": "bf16"})
     assert [t.system_attrs["fixed_params"] for t in study.trials][1]["compile"] == "default"
@@ -164,12 +172,10 @@ def test_pins_that_break_a_rule_are_refused_naming_both_knobs(offload_excludes_c
 
 
 def test_a_suggestion_that_breaks_a_rule_is_recorded_infeasible_and_never_sent_to_a_worker(
-        offload_excludes_compile, fingerprint):
-    spec = StudySpec(model="tests:none", loadable=False, pipeline="StableDiffusionPipeline",
-                     denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
-                     objective="throughput", fixed={"steps": 2}, hardware=fingerprint.hardware.model_dump(),
-                     space={"offload": ["none", "sequential"], "compile": ["none", "default", "max-autotune"]},
-                     memory_budget_bytes=2**30, n_trials=1, max_batch=1, trial_timeout_s=5, sampler="random", seed=0)
+        offload_excludes_compile, make_spec):
+    spec = make_spec(model="tests:none", loadable=False,
+                     space={"offload": knobs.Categorical(("none", "sequential")),
+                            "compile": knobs.Categorical(("none", "default", "max-autotune"))})
     study = _study()
     study.enqueue_trial({"offload": "sequential", "compile": "default"})
     # A worker for a model that cannot load: sending it the trial would record an error, not the rule.
@@ -186,7 +192,7 @@ def test_a_suggestion_that_breaks_a_rule_is_recorded_infeasible_and_never_sent_t
 def test_a_knob_left_one_legal_value_takes_it_without_being_sampled():
     # fuse_qkv needs attention=sdpa: once attention is vanilla, only fuse_qkv=false is legal, so it is not asked.
     study = _study()
-    space = {"attention": ["sdpa", "vanilla"], "fuse_qkv": [False, True]}
+    space = typed({"attention": ["sdpa", "vanilla"], "fuse_qkv": [False, True]})
     study.enqueue_trial({"attention": "vanilla", "fuse_qkv": True})
     study.enqueue_trial({"attention": "sdpa", "fuse_qkv": True})
     first, second = study.ask(), study.ask()
@@ -256,17 +262,14 @@ def test_a_peak_memory_that_was_never_measured_is_recorded_as_none():
                                 peak_memory_bytes=2048)).peak_memory_bytes == 2048
 
 
-def test_a_pinned_batch_is_the_only_size_a_trial_times(fingerprint):
+def test_a_pinned_batch_is_the_only_size_a_trial_times(make_spec):
     # --pin batch_size=4 must ship batch 4: the doubling policy would keep batch 1 wherever 2 did not pay.
     from autotune.search.trials import batch_policy
 
-    spec = StudySpec(model="tests:none", loadable=False, pipeline="StableDiffusionPipeline",
-                     denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
-                     objective="throughput", fixed={"steps": 2, "batch_size": 4},
-                     hardware=fingerprint.hardware.model_dump(), space={"precision": ["fp32", "bf16"]},
-                     memory_budget_bytes=2**30, n_trials=1, max_batch=16, trial_timeout_s=5, sampler="random", seed=0)
+    spec = make_spec(fixed={"steps": 2, "batch_size": 4}, space={"precision": knobs.Categorical(("fp32", "bf16"))},
+                     max_batch=16)
     assert batch_policy(spec, {**knobs.defaults(), "steps": 2, "batch_size": 4}).sizes == (4,)
-    unpinned = StudySpec(**{**spec.__dict__, "fixed": {"steps": 2}})
+    unpinned = dataclasses.replace(spec, fixed={"steps": 2})
     assert batch_policy(unpinned, {**knobs.defaults(), "steps": 2}).sizes == (1, 2, 4, 8, 16)
 
 
@@ -287,17 +290,13 @@ def test_only_trials_within_half_the_best_speed_are_re_measured_unless_fallbacks
         "fp32", "bf16"]
 
 
-def test_the_budget_is_part_of_a_studys_identity(fingerprint, tmp_path):
+def test_the_budget_is_part_of_a_studys_identity(fingerprint, make_spec, tmp_path):
     from autotune.exceptions import AutotuneError
     from autotune.profile import Workload
     from autotune.search.study import default_study_name, open_study
 
     def spec(budget: int, hub: dict | None = None) -> StudySpec:
-        return StudySpec(model="builtin:tiny-sd-random", loadable=True, pipeline="StableDiffusionPipeline",
-                         denoiser="UNet2DConditionModel", workload={"height": 64, "width": 64, "prompts": ["a cube"]},
-                         objective="throughput", fixed={"steps": 2}, hardware=fingerprint.hardware.model_dump(),
-                         space={}, memory_budget_bytes=budget, n_trials=1, max_batch=1, trial_timeout_s=5,
-                         sampler="random", seed=0, hub=hub)
+        return make_spec(memory_budget_bytes=budget, hub=hub)
 
     storage = f"sqlite:///{tmp_path / 's.db'}"
     open_study("s", storage, spec(4 * 2**30))
@@ -314,3 +313,48 @@ def test_the_budget_is_part_of_a_studys_identity(fingerprint, tmp_path):
     names = {default_study_name("builtin:tiny-sd-random", fingerprint, workload, "throughput", None, budget)
              for budget in (4 * 2**30, 8 * 2**30)}
     assert len(names) == 2 and all(name.endswith("gib") for name in names)
+
+
+# ---- the two storage boundaries ----
+
+
+def test_a_study_recorded_by_the_last_release_reads_typed_and_resumes(fingerprint, make_spec, tmp_path):
+    from autotune.measure.memory_facts import ModelFacts
+    from autotune.options import FloorSpec
+    from autotune.search.study import open_study
+
+    spec = make_spec(space={"attention": knobs.Categorical(("sdpa", "vanilla")), "steps": knobs.IntRange(5, 50)},
+                     quality_floor=FloorSpec("psnr", 30.0), reference_steps=50,
+                     calibrated={"cache_threshold": knobs.FloatRange(0.02, 0.3, log=True)},
+                     memory_facts=ModelFacts(components={}, denoiser="unet"))
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="old", storage=storage)
+    # Older attrs: the space's older forms (a list, {low, high}), a workload without a field added since, the floor
+    # as text, the memory facts in an attr of their own (which the spec now holds).
+    workload = {key: value for key, value in spec.workload.model_dump(mode="json").items() if key != "other_sizes"}
+    attrs = {**spec.as_recorded(), "space": {"attention": ["sdpa", "vanilla"], "steps": {"low": 5, "high": 50}},
+             "workload": workload}
+    for key, value in attrs.items():
+        old.set_user_attr(key, value)
+
+    read = StudySpec.read(optuna.load_study(study_name="old", storage=storage))
+    assert read.space == spec.space and read.workload == spec.workload and read.quality_floor == spec.quality_floor
+    assert read.calibrated == spec.calibrated and read.memory_facts == spec.memory_facts
+    assert read.hardware == fingerprint.hardware
+    open_study("old", storage, spec)  # the same search resumes it
+
+
+def test_a_trial_record_refuses_a_field_it_does_not_have_and_reads_back_what_was_written():
+    from autotune.compare.records import TrialRecord
+
+    study = optuna.create_study()
+    trial = study.ask({"precision": optuna.distributions.CategoricalDistribution(["fp32", "bf16"])})
+    TrialRecord.write(trial, settings={"precision": "bf16"}, batch_size=4, images_per_s=2.5, peak_memory_bytes=10)
+    with pytest.raises(TypeError, match="peak_memory"):
+        TrialRecord.write(trial, peak_memory=10)
+    with pytest.raises(TypeError, match="number"):
+        TrialRecord.write(trial, number=3)
+    study.tell(trial, 2.5)
+    record = TrialRecord.of(study.trials[0])
+    assert record.measured and record.ran_with == {"precision": "bf16", "batch_size": 4}
+    assert record.failure_line is None and record.quality == {} and record.number == 0

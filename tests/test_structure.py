@@ -5,6 +5,7 @@ finds."""
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,20 @@ def test_no_function_is_over_the_line_limit(path):
             if node.end_lineno - body[0].lineno + 1 > MAX_FUNCTION_LINES:
                 long.append(node.name)
     assert not long, f"{module_name(path)}: {long} over {MAX_FUNCTION_LINES} lines"
+
+
+# The two storage boundaries: a trial's results and a study's spec are read (and rebuilt) in one module each.
+RECORD_READERS = {PACKAGE / "compare" / "records.py", PACKAGE / "search" / "spec.py"}
+BENCH = sorted((PACKAGE.parent / "bench").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES + BENCH, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_only_the_records_read_what_a_study_stores(path):
+    if path in RECORD_READERS:
+        return
+    text = path.read_text()
+    assert not re.search(r"user_attrs\s*(\[|\.get\b)", text), "read a trial with TrialRecord.of, a study with StudySpec"
+    assert "Workload(**" not in text, "a study's workload comes typed from StudySpec.read"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))

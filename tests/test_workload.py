@@ -4,13 +4,9 @@ by `call_kwargs()`; a video pipeline (Wan 2.1) is tuned with its frames and repo
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import autotune_process
 from diffusers import FluxPipeline, LatentConsistencyModelPipeline, PixArtSigmaPipeline, WanPipeline
 
 from autotune.exceptions import InvalidInput
@@ -23,12 +19,6 @@ from tests import families
 
 # Batched and single convolutions sum in another order: float noise, far below any visible change.
 FLOAT_NOISE = 1e-3
-
-
-def _autotune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).with_name("autotune")
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={**os.environ, "COLUMNS": "200"})
 
 
 # ---- typing call arguments from the signature ----
@@ -109,14 +99,14 @@ def test_a_bad_workload_flag_is_one_line_and_status_2(tmp_path, args, message):
     (tmp_path / "blank.txt").write_text("\n   \n\n")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "two.txt").write_text("a dog\na cat\n")
-    result = _autotune("search", *args, "--out", str(tmp_path / "p.yaml"), cwd=tmp_path)
+    result = autotune_process("search", *args, "--out", str(tmp_path / "p.yaml"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"autotune: error: {message}"
 
 
 @pytest.mark.slow
 def test_an_unknown_call_argument_is_refused_before_any_trial_runs(tmp_path):
-    result = _autotune("search", "--model", "builtin:tiny-sd-random", "--call", "num_frames=9", "--out",
+    result = autotune_process("search", "--model", "builtin:tiny-sd-random", "--call", "num_frames=9", "--out",
                        str(tmp_path / "p.yaml"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "autotune: error: --call num_frames: StableDiffusionPipeline takes no argument " \

@@ -40,7 +40,7 @@ from autotune.worker.server import start_early as start_worker_server  # noqa: E
 from autotune.workload import parse_call, parse_size  # noqa: E402
 
 from .exit_codes import run, show_tracebacks, versions  # noqa: E402
-from .flags import check_at_least_one, check_positive, parse_pins, read_prompts  # noqa: E402
+from .flags import parse_pins, read_prompts  # noqa: E402
 from .outcome import (  # noqa: E402
     SearchProgress,
     outcome_document,
@@ -225,17 +225,17 @@ def worker(
     )] = None,
     log: Annotated[str, typer.Option(help="where the trial processes write what torch prints ({study}: study "
                                           "name)")] = "{study}.log",
-    workers: WorkersOption = 1,
+    workers: WorkersOption = SEARCH_DEFAULTS.workers,
 ) -> None:
     """Join a study and run its trials until it has its trial count or its time limit: one per host or per GPU."""
     storage, study = _study_flags(storage, study)
-    check_at_least_one(("workers", workers))
-    check_positive(("timeout", timeout))
+    with flags_named(SEARCH_FLAGS):  # the checks `autotune search` makes of the same options
+        options = SearchOptions(timeout_s=timeout, workers=workers)
     from autotune.search.distributed import run_worker
 
     with resume_line():
-        completed = run_worker(storage, study, timeout_s=timeout, log_path=log.replace("{study}", study),
-                               workers=workers, on_event=print_event)
+        completed = run_worker(storage, study, timeout_s=options.timeout_s, log_path=log.replace("{study}", study),
+                               workers=options.workers, on_event=print_event)
     if workers == 1:
         console.print(f"this worker completed {completed} trials of study {study}")
 
@@ -245,18 +245,20 @@ def export(
     storage: StorageOption = None,
     study: StudyOption = None,
     out: OutOption = "{study}.yaml",
-    top_k: TopKOption = 3,
-    rounds: RoundsOption = 3,
-    ablation: AblationOption = None,
+    top_k: TopKOption = SEARCH_DEFAULTS.top_k,
+    rounds: RoundsOption = SEARCH_DEFAULTS.rounds,
+    ablation: AblationOption = SEARCH_DEFAULTS.ablation,
     as_json: JsonOption = False,
 ) -> None:
     """Write the profile of a study that workers filled, re-measuring its top candidates on this host."""
     storage, study = _study_flags(storage, study)
-    check_at_least_one(("top-k", top_k), ("rounds", rounds))
+    with flags_named(SEARCH_FLAGS):  # the checks `autotune search` makes of the same options
+        options = SearchOptions(top_k=top_k, rounds=rounds, ablation=ablation)
     check_writable(out.replace("{study}", study))
     from autotune.search.distributed import export_profile
 
-    outcome = export_profile(storage, study, out, top_k=top_k, rounds=rounds, ablation=ablation,
+    outcome = export_profile(storage, study, out, top_k=options.top_k, rounds=options.rounds,
+                             ablation=options.ablation,
                              on_event=lambda kind, data: print_event(kind, data, stderr if as_json else console))
     if as_json:
         print_json(outcome_document(outcome))

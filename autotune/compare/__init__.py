@@ -8,6 +8,7 @@ Outside this folder, import these modules:
 __all__ = [
     "ablation",  # which chosen knobs mattered, measured one by one
     "candidates",  # the configurations worth re-measuring, and the Pareto front among them
+    "records",  # what a trial records in the study, written and read in one place
     "remeasure",  # timing the candidates in interleaved rounds
     "scoring",  # the reference images a search scores against, and its floor
     "verify",  # `autotune verify`: a profile re-measured here

@@ -1,6 +1,6 @@
 """The configurations of the final re-measurement: the study's top trials or its Pareto front, and the picks.
 
-Optuna-free: trials are read through their attributes (`user_attrs`, `values`, `number`), and `verify` and `bench`
+Optuna-free: trials are read through their records (`records.TrialRecord`) and values, and `verify` and `bench`
 make candidates of their own.
 """
 
@@ -16,6 +16,8 @@ from autotune.measure import quality
 from autotune.measure.comparison import Ratio, ratio_of_medians
 from autotune.measure.figures import Stat
 from autotune.measure.timing import summarize
+
+from .records import TrialRecord
 
 
 @dataclass
@@ -97,23 +99,15 @@ def settings_key(settings: dict) -> str:
 def distinct_candidates(trials: list) -> list[Candidate]:
     """The trials as candidates, in order, each configuration (settings and batch) once."""
     chosen: dict[str, Candidate] = {}
-    for trial in trials:
-        settings = {**trial.user_attrs["settings"], "batch_size": trial.user_attrs["batch_size"]}
+    for record in map(TrialRecord.of, trials):
+        settings = {**(record.settings or {}), "batch_size": record.batch_size}
         key = settings_key(settings)
-        chosen.setdefault(key, Candidate(f"trial {trial.number}", settings, trial.user_attrs["peak_memory_bytes"],
-                                         trial=trial.number, trial_images_per_s=_trial_rate(trial),
-                                         trial_quality=dict(trial.user_attrs.get("quality") or {}),
-                                         trial_quality_by_prompt=dict(trial.user_attrs.get("quality_by_prompt") or {}),
-                                         trial_sizes=list(trial.user_attrs.get("sizes") or [])))
+        chosen.setdefault(key, Candidate(f"trial {record.number}", settings, record.peak_memory_bytes,
+                                         trial=record.number, trial_images_per_s=record.rate,
+                                         trial_quality=dict(record.quality),
+                                         trial_quality_by_prompt=dict(record.quality_by_prompt),
+                                         trial_sizes=list(record.sizes)))
     return list(chosen.values())
-
-
-def _trial_rate(trial) -> Stat | None:
-    """The images/s a trial measured at the batch size it chose (its batches' records keep the spread too)."""
-    for batch in trial.user_attrs.get("batches") or []:
-        if batch.get("batch_size") == trial.user_attrs["batch_size"] and batch.get("images_per_s"):
-            return Stat(**batch["images_per_s"])
-    return None
 
 
 # A trial at less than this share of the best trial's speed cannot overtake it in the re-measurement: trials of one

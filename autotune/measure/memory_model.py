@@ -40,8 +40,6 @@ ONE_BYTE_WEIGHT = 1
 FULL_SCORES = frozenset({"vanilla", "sdpa-math"})
 # A configuration predicted to need more than this many times the budget is not run (once the model is calibrated).
 REFUSE_MARGIN = 1.5
-# The study's user attr that holds the pipeline's `ModelFacts` (from the worker's `Describe`).
-FACTS_ATTR = "memory_facts"
 # Measured trials the calibration needs before a prediction may refuse a configuration.
 MIN_CALIBRATION_TRIALS = 2
 

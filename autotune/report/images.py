@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 
 from autotune.measure.quality import PSNR_CAP, score
+from autotune.search.spec import recorded_spec
 
 from .html import note
 
@@ -33,7 +34,8 @@ def image_grid(study: optuna.Study, images: dict[str, np.ndarray] | None) -> str
         return note(f"The saved images have no {REFERENCE!r} rendering to compare with: "
                     f"{', '.join(images)}.")
     reference = images[REFERENCE]
-    prompts = study.user_attrs.get("workload", {}).get("prompts", [])
+    spec = recorded_spec(study)
+    prompts = spec.workload.prompts if spec else []
     head = "<th></th>" + "".join(
         f"<th>{html.escape(prompts[i] if i < len(prompts) else f'prompt {i + 1}')}</th>"
         for i in range(len(reference)))

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from autotune.compare.records import TrialRecord
 from autotune.profile import Profile
 
 from .html import note
@@ -37,7 +38,7 @@ def tradeoff_plot(study: optuna.Study, trials: list[FrozenTrial], names: list[st
     """The Pareto front of a multi-objective study, else each measured trial's images/s against its peak memory."""
     from optuna.visualization import plot_pareto_front
 
-    failed = Counter(t.user_attrs.get("failure", "no measurement") for t in trials if not measured(t))
+    failed = Counter(TrialRecord.of(t).failure or "no measurement" for t in trials if not measured(t))
     caption = note("Not plotted, failed: " + ", ".join(f"{kind} x{n}" for kind, n in failed.items())) if failed else ""
     if multi(study):
         def make():
@@ -65,12 +66,13 @@ def _speed_memory_scatter(study: optuna.Study, trials: list[FrozenTrial], profil
         if not members:
             continue
         marker = {"size": 10, **style}
-        if metric and label == "feasible" and any(metric in t.user_attrs.get("quality", {}) for t in members):
-            marker |= {"color": [t.user_attrs.get("quality", {}).get(metric, math.nan) for t in members],
+        records = [TrialRecord.of(t) for t in members]
+        if metric and label == "feasible" and any(metric in r.quality for r in records):
+            marker |= {"color": [r.quality.get(metric, math.nan) for r in records],
                        "colorscale": "Viridis", "colorbar": {"title": {"text": metric}}, "showscale": True}
         figure.add_trace(go.Scatter(
-            x=[t.user_attrs["peak_memory_bytes"] / 2**30 for t in members],
-            y=[t.user_attrs["images_per_s"] for t in members],
+            x=[r.peak_memory_bytes / 2**30 for r in records],
+            y=[r.images_per_s for r in records],
             mode="markers", name=label, marker=marker,
             text=[f"trial {t.number}<br>{html.escape(changed_settings(study, t))}<br>{html.escape(verdict(t))}"
                   for t in members],

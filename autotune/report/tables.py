@@ -10,13 +10,16 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autotune import knobs
+from autotune.compare.records import TrialRecord
 from autotune.hardware import Hardware
 from autotune.measure.figures import KnobEffect
 from autotune.profile import Profile
+from autotune.search.spec import recorded_spec
 from autotune.units import format_size
+from autotune.workload import Workload
 
 from .html import note
-from .trials import changed_settings, feasible, multi, quality_text, ranked, trial_settings, verdict
+from .trials import changed_settings, feasible, multi, quality_text, ranked, verdict
 
 TOP_CONFIGURATIONS = 10
 
@@ -28,14 +31,14 @@ def top_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile |
     chosen = profile.settings_dict() if profile is not None else None
     rows = []
     for rank, trial in enumerate(ranked(study, trials)[:TOP_CONFIGURATIONS], 1):
-        attrs = trial.user_attrs
-        settings = trial_settings(trial)
+        record = TrialRecord.of(trial)
+        settings = record.ran_with
         is_chosen = chosen is not None and all(chosen.get(k) == v for k, v in settings.items() if k in chosen)
-        rate = attrs.get("images_per_s")
+        rate = record.images_per_s
         cells = [
             str(rank), f"{trial.number}" + (" (chosen)" if is_chosen else ""), changed_settings(study, trial),
             str(settings.get("batch_size", "-")), f"{rate:.3g}" if rate is not None else "-",
-            format_size(attrs.get("peak_memory_bytes")), predicted_text(attrs), quality_text(attrs.get("quality")),
+            format_size(record.peak_memory_bytes), predicted_text(record), quality_text(record.quality),
             verdict(trial),
         ]
         css = ' class="infeasible"' if not feasible(trial) else ' class="chosen"' if is_chosen else ""
@@ -55,9 +58,9 @@ def top_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile |
             f'<table class="top"><thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody></table>")
 
 
-def predicted_text(attrs: dict) -> str:
+def predicted_text(record: TrialRecord) -> str:
     """The memory model's prediction for a trial, with its error against the measured peak when there is one."""
-    predicted, measured = attrs.get("predicted_peak_bytes"), attrs.get("peak_memory_bytes")
+    predicted, measured = record.predicted_peak_bytes, record.peak_memory_bytes
     if predicted is None:
         return "-"
     if not measured:
@@ -67,20 +70,19 @@ def predicted_text(attrs: dict) -> str:
 
 def prediction_errors(trials: list[FrozenTrial]) -> list[float]:
     """|predicted - measured| / measured for each trial that has both."""
-    pairs = [(t.user_attrs.get("predicted_peak_bytes"), t.user_attrs.get("peak_memory_bytes")) for t in trials]
+    pairs = [(r.predicted_peak_bytes, r.peak_memory_bytes) for r in map(TrialRecord.of, trials)]
     return [abs(p - m) / m for p, m in pairs if p is not None and m]
 
 
 def summary_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile | None) -> str:
     """What was searched and what came of it: from the profile when there is one, else from the study's attrs."""
-    attrs = study.user_attrs
-    workload = profile.workload.model_dump() if profile is not None else attrs.get("workload", {})
-    fixed = attrs.get("fixed", {})
+    spec = recorded_spec(study)
+    workload = profile.workload if profile is not None else spec.workload if spec else None
     states = Counter(t.state.name.lower() for t in study.trials)
     rows = [
-        ("model", profile.model.id if profile is not None else attrs.get("model", "-")),
-        ("hardware", _hardware_text(profile.hardware if profile is not None else attrs.get("hardware"))),
-        ("workload", _workload_text(workload, fixed)),
+        ("model", profile.model.id if profile is not None else spec.model if spec else "-"),
+        ("hardware", _hardware_text(profile.hardware if profile is not None else spec.hardware if spec else None)),
+        ("workload", _workload_text(workload, spec.fixed if spec else {})),
         ("goal", _goal_text(study, profile)),
         ("study", f"{study.study_name}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))),
     ]
@@ -92,10 +94,10 @@ def summary_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profi
             rows.append(("what each knob is worth (vs the chosen without it)",
                          "; ".join(_effect_text(effect) for effect in profile.metrics.ablation)))
     elif trials and feasible(best := ranked(study, trials)[0]):
-        rate = best.user_attrs.get("images_per_s")
-        measured = f"{rate:.3g} images/s, " if rate is not None else ""
+        record = TrialRecord.of(best)
+        measured = f"{record.images_per_s:.3g} images/s, " if record.images_per_s is not None else ""
         rows.append(("fastest on the Pareto front" if multi(study) else "best trial",
-                     f"trial {best.number}: {measured}{format_size(best.user_attrs.get('peak_memory_bytes'))} peak, "
+                     f"trial {best.number}: {measured}{format_size(record.peak_memory_bytes)} peak, "
                      + changed_settings(study, best)))
     if profile is not None and profile.provenance is not None:
         provenance = profile.provenance
@@ -111,34 +113,29 @@ def _effect_text(effect: KnobEffect) -> str:
             + (f" over {knobs.show(effect.default)}" if effect.speedup is not None else ""))
 
 
-def _hardware_text(hardware: Hardware | dict | None) -> str:
-    if isinstance(hardware, dict):
-        try:
-            hardware = Hardware.model_validate(hardware)
-        except ValueError:
-            return str(hardware)
+def _hardware_text(hardware: Hardware | None) -> str:
     if hardware is None:
         return "-"
     return f"{hardware.describe()}, {format_size(hardware.memory_bytes)}"
 
 
-def _workload_text(workload: dict, fixed: dict) -> str:
-    if not workload:
+def _workload_text(workload: Workload | None, fixed: dict) -> str:
+    if workload is None:
         return "-"
-    parts = [f"{workload.get('height')}x{workload.get('width')}", f"{len(workload.get('prompts', []))} prompts",
-             f"seed {workload.get('seed')}"]
-    if workload.get("guidance_scale") is not None:
-        parts.append(f"guidance {workload['guidance_scale']:g}")
-    if workload.get("negative_prompt") is not None:
-        parts.append(f"negative prompt {workload['negative_prompt']!r}")
-    parts += [f"{name}={knobs.show(value)}" for name, value in (workload.get("call") or {}).items()]
+    parts = [f"{workload.height}x{workload.width}", f"{len(workload.prompts)} prompts", f"seed {workload.seed}"]
+    if workload.guidance_scale is not None:
+        parts.append(f"guidance {workload.guidance_scale:g}")
+    if workload.negative_prompt is not None:
+        parts.append(f"negative prompt {workload.negative_prompt!r}")
+    parts += [f"{name}={knobs.show(value)}" for name, value in workload.call.items()]
     parts += [f"{name}={knobs.show(value)}" for name, value in fixed.items()]
     return ", ".join(parts)
 
 
 def _goal_text(study: optuna.Study, profile: Profile | None) -> str:
     if profile is None:
-        return study.user_attrs.get("objective", "-")
+        spec = recorded_spec(study)
+        return spec.objective if spec else "-"
     goal = profile.goal
     text = f"{goal.objective}, memory budget {format_size(goal.memory_budget_bytes)}"
     if goal.quality_floor is not None:

@@ -9,7 +9,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autotune import knobs
+from autotune.compare.records import TrialRecord, feasible
 from autotune.profile import Profile
+from autotune.search.spec import recorded_spec
 from autotune.units import format_size
 
 
@@ -18,14 +20,9 @@ def multi(study: optuna.Study) -> bool:
     return len(study.directions) > 1
 
 
-def feasible(trial: FrozenTrial) -> bool:
-    # Optuna's convention, which the search follows: a constraint value <= 0 is met.
-    return all(value <= 0 for value in trial.constraints.values())
-
-
 def measured(trial: FrozenTrial) -> bool:
     """True when the trial recorded a speed and a peak memory (a failed trial did not)."""
-    return "images_per_s" in trial.user_attrs and "peak_memory_bytes" in trial.user_attrs
+    return TrialRecord.of(trial).measured
 
 
 def objective_names(study: optuna.Study, profile: Profile | None) -> list[str]:
@@ -33,7 +30,8 @@ def objective_names(study: optuna.Study, profile: Profile | None) -> list[str]:
     if study.metric_names:  # what the search named them, when it did
         return list(study.metric_names)
     if not multi(study):
-        return ["s/image" if study.user_attrs.get("objective") == "latency" else "images/s"]
+        spec = recorded_spec(study)
+        return ["s/image" if spec and spec.objective == "latency" else "images/s"]
     return ["images/s", "peak memory (GiB)", quality_metric(study, profile) or "quality"][: len(study.directions)]
 
 
@@ -41,7 +39,7 @@ def quality_metric(study: optuna.Study, profile: Profile | None) -> str | None:
     """The quality metric the search scored (the floor's, else the first one a trial recorded), or None."""
     if profile is not None and profile.goal.quality_floor is not None:
         return profile.goal.quality_floor.metric
-    recorded = next((t.user_attrs["quality"] for t in study.trials if t.user_attrs.get("quality")), {})
+    recorded = next((r.quality for r in map(TrialRecord.of, study.trials) if r.quality), {})
     return next(iter(recorded), None)
 
 
@@ -59,7 +57,7 @@ def ranked(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
         front = {t.number for t in study.best_trials}
 
         def score(t: FrozenTrial) -> tuple:
-            return (t.number not in front, -t.user_attrs.get("images_per_s", 0.0))
+            return (t.number not in front, -(TrialRecord.of(t).images_per_s or 0.0))
     else:
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
 
@@ -70,15 +68,13 @@ def ranked(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 def trial_settings(trial: FrozenTrial) -> dict[str, Any]:
     """The knob settings a trial ran with."""
-    settings = dict(trial.user_attrs.get("settings") or trial.params)
-    if "batch_size" in trial.user_attrs:  # the batch the trial chose, not the one it started from
-        settings["batch_size"] = trial.user_attrs["batch_size"]
-    return settings
+    return TrialRecord.of(trial).ran_with  # at the batch the trial chose, not the one it started from
 
 
 def changed_settings(study: optuna.Study, trial: FrozenTrial) -> str:
     """The knobs a trial set away from their defaults; the study's fixed ones are in the summary."""
-    fixed = study.user_attrs.get("fixed", {})
+    spec = recorded_spec(study)
+    fixed = spec.fixed if spec else {}
     return knobs.show_changed({name: value for name, value in trial_settings(trial).items()
                                if name in knobs.KNOBS and name not in fixed and name != "batch_size"})
 
@@ -87,8 +83,8 @@ def verdict(trial: FrozenTrial) -> str:
     """The trial's verdict: "feasible", or why not (its failure, the memory overshoot, the quality floor missed)."""
     if feasible(trial):
         return "feasible"
-    if trial.user_attrs.get("failure"):
-        return f"{trial.user_attrs['failure']}: {trial.user_attrs.get('reason', '')}".rstrip(": ")
+    if failure := TrialRecord.of(trial).failure_line:
+        return failure
     reasons = []
     for name, value in trial.constraints.items():
         if value <= 0:

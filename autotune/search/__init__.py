@@ -9,5 +9,6 @@ __all__ = [
     "dry_run",  # `autotune search --dry-run`: what a search would do, without loading weights
     "outcome",  # what a finished search returns and writes
     "run",  # `run_search` and `search`
+    "spec",  # what a study records for its workers (`StudySpec`), typed
     "study",  # the shared study: its specification, name, storage and sampler
 ]

@@ -20,18 +20,16 @@ import optuna
 from autotune.compare.ablation import wanted as ablation_wanted
 from autotune.exceptions import AutotuneError, first_line
 from autotune.hardware import Fingerprint, Hardware, probe
+from autotune.options import SearchOptions
 from autotune.pipelines import HubOptions
 from autotune.worker import compile_cache
 from autotune.worker.process import Worker, WorkerConfig
 
 from .outcome import SearchOutcome, finish_study
+from .spec import Events, StudySpec, WrongHardware, check_machine
 from .storages import surface_storage_failures
 from .study import (
     STORAGE_ENV,
-    Events,
-    StudySpec,
-    WrongHardware,
-    check_machine,
     counts,
     load,
     make_pruner,
@@ -90,9 +88,9 @@ def export_profile(
     study_name: str,
     out: str | Path | None = "{study}.yaml",
     *,
-    top_k: int = 3,
-    rounds: int = 3,
-    ablation: bool | None = None,
+    top_k: int = SearchOptions.top_k,
+    rounds: int = SearchOptions.rounds,
+    ablation: bool | None = SearchOptions.ablation,
     on_event: Events | None = None,
 ) -> SearchOutcome:
     """Write the profile of a study that workers filled, re-measuring its top candidates on this host.
@@ -117,8 +115,8 @@ def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Stu
     """The study, what it records, and this machine's fingerprint, once checked against the study's hardware."""
     study = load(storage, study_name)
     spec = StudySpec.read(study)
-    fingerprint = _probe_like(spec.machine)
-    check_machine(spec.machine, fingerprint.hardware, study_name)
+    fingerprint = _probe_like(spec.hardware)
+    check_machine(spec.hardware, fingerprint.hardware, study_name)
     if not spec.loadable:
         raise AutotuneError(f"study {study_name!r} tunes a Python function ({spec.model}); only the search that "
                             "started it can load it, so it takes no workers")
@@ -128,7 +126,7 @@ def join(storage: str, study_name: str, seeded: bool = True) -> tuple[optuna.Stu
 
 
 def _worker_config(spec: StudySpec, log_path: str, study_name: str) -> WorkerConfig:
-    return WorkerConfig(model=spec.model, device=spec.machine.device, memory_budget_bytes=spec.memory_budget_bytes,
+    return WorkerConfig(model=spec.model, device=spec.hardware.device, memory_budget_bytes=spec.memory_budget_bytes,
                         hub=HubOptions(**(spec.hub or {})),
                         log_path=log_path, compile_cache=str(compile_cache.study_folder(study_name)))
 
@@ -153,8 +151,8 @@ def launch_workers(
     On CUDA each worker gets one visible GPU; on CPU the workers share the cores (and disturb each other's timings).
     The storage URL reaches them in the environment, never on a command line that `ps` shows.
     """
-    gpus = _visible_gpus() if spec.machine.device == "cuda" else []
-    if spec.machine.device == "cuda" and n > len(gpus):
+    gpus = _visible_gpus() if spec.hardware.device == "cuda" else []
+    if spec.hardware.device == "cuda" and n > len(gpus):
         raise ValueError(f"{n} workers need {n} GPUs, one each; {len(gpus)} are visible")
     if not gpus:
         emit("phase", {"message": f"{n} CPU workers share this machine's {os.cpu_count()} cores: their timings "

@@ -36,7 +36,7 @@ class DryRun:
     budget_bytes: int
     availability: list[dict[str, Any]]
     recommendation: Recommendation
-    space: dict[str, dict]
+    space: dict[str, knobs.Domain]
     image_flops: float | None  # one image's text encoding and denoising, guidance included; None: not countable
     device_flops_per_s: float | None  # this device's matmul rate, measured
 
@@ -44,7 +44,7 @@ class DryRun:
     def configurations(self) -> int | None:
         """How many configurations the space holds at most (options count under every parent value); None when a
         knob takes a continuous range."""
-        domains = [knobs.domain_from_dict(data) for data in self.space.values()]
+        domains = list(self.space.values())
         if any(isinstance(domain, knobs.FloatRange) for domain in domains):
             return None
         return math.prod(len(domain) for domain in domains)
@@ -96,7 +96,7 @@ def dry_run(model: str, budget: str | int | None = None, height: int | None = No
     size = pipelines.default_call_size(pipe, model)
     height, width = height or size, width or size
     steps = steps or pipelines.default_steps(pipe, model)
-    domains = {name: domain.to_dict() for name, domain in knobs.domains(hardware, pipe).items()}
+    domains = knobs.domains(hardware, pipe)
     pinned = pinned or {}
     space = build_space(domains, steps_range(steps or reference_steps, reference_steps) if quality_floor else None)
     # A pinned knob is not searched, nor an option its pinned value leaves inactive (compile's, with compile=none).

@@ -24,6 +24,7 @@ from autotune.compare.candidates import (
     save_images,
     top_candidates,
 )
+from autotune.compare.records import TrialRecord, feasible
 from autotune.compare.remeasure import remeasure
 from autotune.compare.scoring import Scoring
 from autotune.exceptions import CannotWrite, NothingFits
@@ -44,8 +45,9 @@ from autotune.worker.process import Worker, WorkerConfig
 from autotune.workload import Workload
 
 from .space import REFERENCE_RECIPE
+from .spec import Events, StudySpec, scoring_for
 from .storages import redact
-from .study import Events, StudySpec, feasible, finished, scoring_for
+from .study import finished
 from .time_split import TimeSplit
 
 # A leader whose trial peaked above this share of the memory budget may not fit when re-measured: keep fallbacks.
@@ -107,7 +109,7 @@ def finish_study(
                                      "batch_size": 1})
     emit("phase", {"message": f"re-measuring the top {len(candidates)} and the default configuration, interleaved"})
     warn_if_busy(emit)
-    workload = Workload(**spec.workload)
+    workload = spec.workload
     fitting = remeasure_contenders(baseline, candidates, config, workload, rounds, spec, scoring,
                                    fingerprint.hardware.memory_bytes, deadline, emit)
     profile_of = profile_maker(study, spec, fingerprint, workload, scoring, baseline, storage_url, others_cpu_share)
@@ -136,7 +138,7 @@ def contenders(study: optuna.Study, spec: StudySpec, top_k: int, scoring: Scorin
     if spec.objective == "pareto":
         return pareto_candidates([t for t in study.best_trials if feasible(t)], limit=max(top_k, 8))
     leader = max(ran, key=lambda t: -t.value if spec.objective == "latency" else t.value)
-    near_budget = (leader.user_attrs.get("peak_memory_bytes") or 0) > NEAR_BUDGET * spec.memory_budget_bytes
+    near_budget = (TrialRecord.of(leader).peak_memory_bytes or 0) > NEAR_BUDGET * spec.memory_budget_bytes
     return top_candidates(ran, top_k, spec.objective, fallbacks=scoring is not None or near_budget)
 
 
@@ -274,26 +276,23 @@ def warn_if_busy(emit: Events) -> float:
 def nothing_fits_message(study: optuna.Study, budget_bytes: int, scoring: Scoring | None = None) -> str:
     """Why no trial is feasible, and what to change: the best quality reached, the smallest memory needed, or, when
     no trial ran to the end, why they failed (which says nothing about memory)."""
-    done = finished(study)
-    reference = next((t for t in done if t.user_attrs.get("recipe") == REFERENCE_RECIPE), None)
-    reference_failed = (f"; the reference configuration itself (trial {reference.number}) failed: "
-                        f"{reference.user_attrs.get('reason')}"
+    done = [TrialRecord.of(t) for t in finished(study)]
+    reference = next((t for t in done if t.recipe == REFERENCE_RECIPE), None)
+    reference_failed = (f"; the reference configuration itself (trial {reference.number}) failed: {reference.reason}"
                         if reference is not None and reference.constraints.get("failure", 0) > 0 else "")
     if scoring is not None and scoring.minimum is not None:
-        scored = [t.user_attrs["quality"][scoring.metric] for t in done
-                  if t.user_attrs.get("quality") and t.constraints.get("memory", 1) <= 0]
+        scored = [t.quality[scoring.metric] for t in done
+                  if scoring.metric in t.quality and t.constraints.get("memory", 1) <= 0]
         if scored:
             return (f"nothing meets the quality floor {scoring.metric} >= {scoring.minimum:.4g} within "
                     f"{format_size(budget_bytes)}: the best {scoring.metric} measured was {max(scored):.4g}"
                     f"{reference_failed}; lower --quality-floor (no profile written)")
     ran = [t for t in done if t.constraints.get("failure", 0) <= 0]
-    peaks = [t.user_attrs["peak_memory_bytes"] for t in ran if t.user_attrs.get("peak_memory_bytes")
-             and t.constraints.get("memory", 0) > 0]
+    peaks = [t.peak_memory_bytes for t in ran if t.peak_memory_bytes and t.constraints.get("memory", 0) > 0]
     if peaks:
         return (f"nothing fits in {format_size(budget_bytes)}: the smallest configuration measured needed "
                 f"{format_size(min(peaks))}{reference_failed}; raise --budget (no profile written)")
-    reasons = Counter(f"{t.user_attrs.get('failure')}: {t.user_attrs.get('reason')}" for t in done
-                      if t.user_attrs.get("failure"))
+    reasons = Counter(f"{t.failure}: {t.reason}" for t in done if t.failure)
     if not reasons:
         return f"no configuration could be used: none of {len(done)} trials ran to the end (no profile written)"
     reason, count = reasons.most_common(1)[0]

@@ -28,7 +28,6 @@ from autotune.files import check_writable
 from autotune.hardware import Fingerprint, choose_gpu, probe
 from autotune.measure import quality
 from autotune.measure.memory_facts import ModelFacts
-from autotune.measure.memory_model import FACTS_ATTR
 from autotune.options import DEFAULT_MODEL, DEFAULT_REFERENCE_STEPS, SearchOptions
 from autotune.pipelines import HubOptions
 from autotune.profile import Profile
@@ -41,17 +40,15 @@ from autotune.workload import Workload, check_call, check_sizes
 
 from .outcome import SearchOutcome, finish_study, warn_if_busy
 from .space import build_space, calibrated_part, steps_range, validate_pinned, warm_start
+from .spec import Events, StudySpec, scoring_for
 from .storages import surface_storage_failures
 from .study import (
-    Events,
-    StudySpec,
     default_storage,
     default_study_name,
     finished,
     open_study,
     optuna_warnings_only,
     output_paths,
-    scoring_for,
 )
 from .time_split import time_split
 from .trials import SearchInterrupted, run_trials
@@ -236,16 +233,18 @@ def make_spec(model: ModelSource, options: SearchOptions, info: protocol.Descrip
     space = {name: domain for name, domain in space.items() if name not in pinned}
     return StudySpec(
         model=model_name(model), loadable=isinstance(model, str), pipeline=info.pipeline, denoiser=info.denoiser,
-        workload=workload.model_dump(mode="json"), objective=options.objective,
+        workload=workload, objective=options.objective,
         fixed={**({} if "steps" in space else {"steps": steps}), **pinned},
-        hardware=fingerprint.hardware.model_dump(), space=space, memory_budget_bytes=budget_bytes,
+        hardware=fingerprint.hardware, space=space, memory_budget_bytes=budget_bytes,
         n_trials=options.n_trials, max_batch=options.max_batch, trial_timeout_s=options.trial_timeout_s,
         sampler=options.sampler, seed=options.seed, deadline=trials_deadline(started, options.timeout_s),
-        steps=steps, quality_floor=str(floor) if floor else None,
+        steps=steps, quality_floor=floor,
         reference_steps=options.reference_steps if scored else None, pruner=options.pruner, hub=hub.given(),
         # The snapshot the worker loaded (from the hub's cache, once it has loaded it): what the profile records.
         commit=pipelines.resolved_commit(model, hub) if isinstance(model, str) else None,
         calibrated=calibrated_part(space, floor is not None) or None,
+        # For the memory model of every worker of the study, on any host.
+        memory_facts=ModelFacts.from_dict(info.memory) if info.memory else None,
     )
 
 
@@ -265,8 +264,8 @@ def open_study_for(spec: StudySpec, options: SearchOptions, info: protocol.Descr
                    worker: Worker, loading_log: Path, emit: Events) -> OpenedStudy:
     """Open (or resume) the study, render its reference when quality is scored, and move the worker's output to the
     study's log."""
-    name = options.study_name or default_study_name(spec.model, fingerprint, Workload(**spec.workload),
-                                                    spec.objective, options.floor, spec.memory_budget_bytes)
+    name = options.study_name or default_study_name(spec.model, fingerprint, spec.workload, spec.objective,
+                                                    spec.quality_floor, spec.memory_budget_bytes)
     out, log_path = output_paths(options.out, name)
     storage_url = options.storage or default_storage(out, name)
     emit("phase", {"message": f"worker output goes to {log_path}"})
@@ -274,8 +273,6 @@ def open_study_for(spec: StudySpec, options: SearchOptions, info: protocol.Descr
     worker.redirect_output(log_path, str(compile_cache.study_folder(name)))
     scoring = scoring_for(spec, worker, fingerprint, emit)
     study = open_study(name, storage_url, spec)
-    if info.memory:  # for the memory model of every worker of the study, on any host
-        study.set_user_attr(FACTS_ATTR, info.memory)
     return OpenedStudy(study, storage_url, out, log_path, scoring, warn_if_busy(emit))
 
 
@@ -283,12 +280,11 @@ def seed_study(study: optuna.Study, spec: StudySpec, options: SearchOptions, inf
                fingerprint: Fingerprint, load: float) -> None:
     """A new study's first trials: the default configuration, the recommendation, the guides' recipes, a previous
     profile's settings, the reference (under a floor)."""
-    hardware, workload = fingerprint.hardware, Workload(**spec.workload)
+    hardware, workload = fingerprint.hardware, spec.workload
     pinned = {name: spec.fixed[name] for name in options.pinned or {}}  # typed, as the spec holds them
     recommended = recommend_settings(
-        hardware, info.domains, ModelFacts.from_dict(info.memory) if info.memory else None,
-        spec.memory_budget_bytes, workload.height, workload.width, options.guidance_scale, fixed=pinned,
-        others_cpu_share=load) if options.warm_start_recipes else None
+        hardware, info.domains, spec.memory_facts, spec.memory_budget_bytes, workload.height, workload.width,
+        options.guidance_scale, fixed=pinned, others_cpu_share=load) if options.warm_start_recipes else None
     # On a busy CPU every seed runs with the free cores' threads, as the recommendation does.
     free = free_cores(hardware.cpu_cores, load) if hardware.device == "cpu" else hardware.cpu_cores
     threads = {"cpu_threads": free} if free < hardware.cpu_cores else {}

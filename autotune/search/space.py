@@ -1,10 +1,9 @@
 """The search space as data: which knobs are searched, their domains, and how a trial samples them.
 
-The space maps a knob's name to its domain as `Domain.to_dict()` gives it (JSON, recorded in the study); studies made
-by older versions recorded a list of values or `{low, high}`, which `knobs.domain_from_dict` still reads, so they
-resume. Sampling is define-by-run: an option (slice size, compile's options) is asked only when its parent activates
-it. A configuration that breaks a rule between knobs is never run (the trial loop records it as infeasible). Nothing
-here imports Optuna: a trial or a study is passed in.
+The space maps a knob's name to its `Domain` (the study records it as JSON, `spec.StudySpec`). Sampling is
+define-by-run: an option (slice size, compile's options) is asked only when its parent activates it. A configuration
+that breaks a rule between knobs is never run (the trial loop records it as infeasible). Nothing here imports Optuna: a
+trial or a study is passed in.
 """
 
 from __future__ import annotations
@@ -28,11 +27,7 @@ REFERENCE_RECIPE = "reference"
 # The user attr `recipe` of the trial that runs `recommend`'s configuration: the baseline the search must beat.
 RECOMMENDED_RECIPE = "recommended"
 
-# A searched knob's domain, as `Domain.to_dict()` (or an older study's list / {low, high}).
-DomainData = list | dict
-
-
-def searched_knobs(domains: Mapping[str, DomainData], with_quality: bool = False) -> list[knobs.Knob]:
+def searched_knobs(domains: Mapping[str, knobs.Domain], with_quality: bool = False) -> list[knobs.Knob]:
     """Knobs that change only speed and memory, plus those the image check guards, each with a choice to make here.
 
     Scheduler and VAE tiling change the image: they join only when a quality floor measures what they cost.
@@ -45,9 +40,8 @@ def searched_knobs(domains: Mapping[str, DomainData], with_quality: bool = False
     ]
 
 
-def searched_domain(knob: knobs.Knob, data: DomainData, with_quality: bool = False) -> knobs.Domain:
+def searched_domain(knob: knobs.Knob, domain: knobs.Domain, with_quality: bool = False) -> knobs.Domain:
     """The knob's domain as searched: without a quality measurement, its lossy values are left out."""
-    domain = knobs.domain_from_dict(data)
     if with_quality or not knob.lossy or not isinstance(domain, knobs.Categorical):
         return domain
     return knobs.Categorical(tuple(value for value in domain.values if value not in knob.lossy))
@@ -60,20 +54,20 @@ def steps_range(workload_steps: int, reference_steps: int) -> knobs.IntRange:
     return knobs.IntRange(max(1, low), max(workload_steps, reference_steps))
 
 
-def build_space(domains: Mapping[str, DomainData], steps: knobs.IntRange | None = None,
-                batch_sizes: tuple[int, ...] | None = None) -> dict[str, dict]:
+def build_space(domains: Mapping[str, knobs.Domain], steps: knobs.IntRange | None = None,
+                batch_sizes: tuple[int, ...] | None = None) -> dict[str, knobs.Domain]:
     """Knob name -> the domain to search (what the worker found available here); `steps` only with a quality floor.
 
     `steps` and `batch_size` are the call-time knobs the space makes itself rather than take their registered
     domain: the steps range depends on the reference's step count, and `batch_sizes` makes the batch a searched
     value (a Pareto search trades it for memory) instead of the largest batch that pays, found within each trial.
     """
-    space = {knob.name: searched_domain(knob, domains[knob.name], with_quality=steps is not None).to_dict()
+    space = {knob.name: searched_domain(knob, domains[knob.name], with_quality=steps is not None)
              for knob in searched_knobs(domains, with_quality=steps is not None)}
     if steps is not None:
-        space["steps"] = steps.to_dict()
+        space["steps"] = steps
     if batch_sizes:
-        space["batch_size"] = knobs.Categorical(tuple(batch_sizes)).to_dict()
+        space["batch_size"] = knobs.Categorical(tuple(batch_sizes))
     return space
 
 
@@ -82,32 +76,31 @@ def build_space(domains: Mapping[str, DomainData], steps: knobs.IntRange | None 
 CALIBRATED = ("cache_threshold",)
 
 
-def calibrated_part(space: dict[str, dict], floor: bool) -> dict[str, dict]:
+def calibrated_part(space: dict[str, knobs.Domain], floor: bool) -> dict[str, knobs.Domain]:
     """Take out of `space` (and return) the knobs a trial calibrates: those of `CALIBRATED` in it, under a floor."""
     return {name: space.pop(name) for name in CALIBRATED if floor and name in space}
 
 
-def calibration_for(calibrated: Mapping[str, DomainData] | None, settings: Mapping[str, Any], metric: str,
+def calibration_for(calibrated: Mapping[str, knobs.Domain] | None, settings: Mapping[str, Any], metric: str,
                     minimum: float | None) -> protocol.Calibrate | None:
     """What a trial with `settings` calibrates before it is timed, if anything (a cache that uses a threshold)."""
-    for name, data in (calibrated or {}).items():
-        domain = knobs.domain_from_dict(data)
+    for name, domain in (calibrated or {}).items():
         if minimum is not None and knobs.get(name).active(settings) and isinstance(domain, knobs.FloatRange):
             return protocol.Calibrate(name, domain.low, domain.high, metric, minimum)
     return None
 
 
-def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, DomainData], fixed: Mapping[str, Any]) -> dict[str, Any]:
+def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, knobs.Domain],
+            fixed: Mapping[str, Any]) -> dict[str, Any]:
     """Every knob's value for this trial: the defaults, the fixed values, and what the trial samples from `space`.
 
     Knobs are sampled in application order; a knob that the values so far leave one legal value (`fuse_qkv` once
     attention is not SDPA) takes it without being asked, so the sampler never spends a trial on a broken rule there.
     """
     settings: dict[str, Any] = {**knobs.defaults(), **fixed}
-    for name, data in space.items():
+    for name, domain in space.items():
         if not knobs.get(name).active(settings):
             continue
-        domain = knobs.domain_from_dict(data)
         legal = _legal_values(domain, name, settings)
         settings[name] = legal[0] if len(legal) == 1 else sample(trial, name, domain)
     return settings
@@ -150,7 +143,7 @@ def compile_step(device: str) -> dict[str, Any]:
     return {"channels_last": True, "compile": "max-autotune-no-cudagraphs" if device == "cuda" else "default"}
 
 
-def compiled_recommendation(recommended: Mapping[str, Any], space: Mapping[str, DomainData],
+def compiled_recommendation(recommended: Mapping[str, Any], space: Mapping[str, knobs.Domain],
                             device: str) -> dict[str, Any] | None:
     """The recommendation with the guides' compile step, where compile is searched. On CUDA in torch.compile's
     default mode on the repeated blocks where the model has them: the guides' whole-UNet max-autotune benchmarks
@@ -161,7 +154,7 @@ def compiled_recommendation(recommended: Mapping[str, Any], space: Mapping[str, 
     step = compile_step(device)
     if device == "cuda":
         step["compile"] = "default"
-        if "compile_scope" in space and "regional" in knobs.domain_from_dict(space["compile_scope"]):
+        if "compile_scope" in space and "regional" in space["compile_scope"]:
             step["compile_scope"] = "regional"
     return {**recommended, **step}
 
@@ -178,13 +171,13 @@ def documentation_recipes(device: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def recipes(space: Mapping[str, DomainData], device: str, defaults: Mapping[str, Any] | None = None) -> list[dict]:
+def recipes(space: Mapping[str, knobs.Domain], device: str, defaults: Mapping[str, Any] | None = None) -> list[dict]:
     """The documentation recipes as trial params, restricted to the knobs and values searched here."""
     restricted = (restrict(recipe, space, defaults) for recipe in documentation_recipes(device).values())
     return [params for params in restricted if params is not None]
 
 
-def restrict(recipe: Mapping[str, Any], space: Mapping[str, DomainData],
+def restrict(recipe: Mapping[str, Any], space: Mapping[str, knobs.Domain],
              defaults: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The recipe as full trial params over `space`, or None when one of its values is not searched here.
 
@@ -192,11 +185,10 @@ def restrict(recipe: Mapping[str, Any], space: Mapping[str, DomainData],
     else the first value of its domain. Knobs of the recipe that are not searched are left out.
     """
     params: dict[str, Any] = {}
-    for name, data in space.items():
+    for name, domain in space.items():
         knob = knobs.get(name)
         if not knob.active({**knobs.defaults(), **params}):
             continue
-        domain = knobs.domain_from_dict(data)
         value = recipe.get(name, (defaults or {}).get(name, knob.default))
         if value not in domain:
             if name in recipe:
@@ -206,7 +198,7 @@ def restrict(recipe: Mapping[str, Any], space: Mapping[str, DomainData],
     return params
 
 
-def warm_start(study: optuna.Study, space: Mapping[str, DomainData], device: str, previous: Profile | None,
+def warm_start(study: optuna.Study, space: Mapping[str, knobs.Domain], device: str, previous: Profile | None,
                fixed: Mapping[str, Any], with_recipes: bool = True, reference: Mapping[str, Any] | None = None,
                defaults: Mapping[str, Any] | None = None, recommended: Mapping[str, Any] | None = None) -> None:
     """Enqueue, in this order: under a quality floor the reference's own scheduler and steps (so the search always

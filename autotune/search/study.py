@@ -1,5 +1,5 @@
-"""The shared study: its name, storage and sampler, opening and resuming it, what it records for the workers that
-join it, and when a trial may start.
+"""The shared study: its name, storage and sampler, opening and resuming it (what it records is `spec`'s), and
+when a trial may start.
 
 Optuna is the distributed engine: every worker, on any host, asks the same study in one storage for its next trial.
 An RDB storage (SQLite on one host, PostgreSQL or MySQL for many) runs Optuna's heartbeat: a trial whose worker died
@@ -16,23 +16,21 @@ import socket
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
-from autotune import options
-from autotune.compare.scoring import Scoring, prepare_reference
-from autotune.exceptions import AutotuneError, CannotWrite
-from autotune.hardware import Fingerprint, Hardware
+from autotune.compare.records import TrialRecord
+from autotune.exceptions import CannotWrite
+from autotune.hardware import Fingerprint
 from autotune.profile import Workload
-from autotune.worker.process import Worker
 from autotune.worker.server import pid_alive
 
+from .spec import Events, StudySpec
 from .storages import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StorageError, open_storage, redact
 
 if TYPE_CHECKING:
@@ -40,12 +38,6 @@ if TYPE_CHECKING:
 
 # Where `autotune worker` also reads its storage URL: workers started here get it there, not on a command line (`ps`).
 STORAGE_ENV = "AUTOTUNE_STORAGE"
-
-Events = Callable[[str, dict[str, Any]], None]
-
-
-class WrongHardware(AutotuneError, RuntimeError):
-    """This machine is not the hardware the study measures: its timings would poison the study."""
 
 
 @contextlib.contextmanager
@@ -72,74 +64,6 @@ def load(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None
     except KeyError:
         raise StorageError(f"no study {name!r} in {redact(url)}; start it with autotune search --storage URL "
                            f"--study {name} (and the model, budget and trials)") from None
-
-
-# ---- what a study records ----
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    """Everything a joining worker or an exporter needs, recorded in the study's user attrs, one attr per field.
-
-    `model` is a hub id, a folder or `builtin:*`, or `module:function` for a Python function; only the first three
-    can be loaded by a worker (`loadable`). `deadline` (seconds since the epoch) is the study's time limit, set by
-    the search that started it last.
-    """
-
-    model: str
-    loadable: bool
-    pipeline: str
-    denoiser: str
-    workload: dict[str, Any]
-    objective: str
-    fixed: dict[str, Any]
-    hardware: dict[str, Any]
-    # Knob name -> `Domain.to_dict()` (older studies: a list, or {low, high}).
-    space: Mapping[str, list[Any] | dict[str, Any]]
-    memory_budget_bytes: int
-    n_trials: int
-    max_batch: int
-    trial_timeout_s: float
-    sampler: str
-    seed: int
-    deadline: float | None = None
-    steps: int | None = None  # the workload's steps (the default configuration's), searched or not
-    quality_floor: str | None = None  # as given: psnr=35, ssim=-5%
-    reference_steps: int | None = None  # set when trials are scored against a reference rendering
-    pruner: str | None = None  # `options.PRUNERS`; None: recorded before the choice, when every study pruned
-    hub: dict[str, Any] | None = None  # `pipelines.HubOptions.given()`: revision, variant, offline, config
-    commit: str | None = None  # the commit a hub model resolved to when the search loaded it
-    # Knob name -> domain of the values a trial calibrates by rendering instead of sampling (under a floor).
-    calibrated: dict[str, dict] | None = None
-
-    # A resumed search must match these; the others follow the latest search's options.
-    IDENTITY = ("model", "workload", "objective", "fixed", "quality_floor", "reference_steps", "memory_budget_bytes",
-                "hub")
-
-    @property
-    def machine(self) -> Hardware:
-        return Hardware(**self.hardware)
-
-    def record(self, study: optuna.Study) -> None:
-        for key, value in asdict(self).items():
-            study.set_user_attr(key, value)
-
-    @classmethod
-    def read(cls, study: optuna.Study) -> StudySpec:
-        recorded = study.user_attrs
-        missing = [f.name for f in fields(cls) if f.name not in recorded and f.default is not None]
-        if missing:
-            raise StorageError(f"study {study.study_name!r} does not record {', '.join(missing)}: it was made by an "
-                               "older autotune; resume it once with autotune search")
-        return cls(**{f.name: recorded[f.name] for f in fields(cls) if f.name in recorded})
-
-
-def check_machine(recorded: Hardware, here: Hardware, study_name: str) -> None:
-    """Refuse a machine that is not the study's hardware model (GPU model; CPU model and core count)."""
-    if not recorded.same_model(here):
-        raise WrongHardware(f"this machine ({here.describe()}) is not the hardware of study {study_name!r} "
-                            f"({recorded.describe()}): its timings would poison the study; run it on a "
-                            f"{recorded.describe()}, or start another study")
 
 
 # ---- naming, opening and resuming a study ----
@@ -227,33 +151,14 @@ def open_study(name: str, storage: str, spec: StudySpec) -> optuna.Study:
     if spec.objective == "pareto" and study.metric_names is None:
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots label axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["images/s", "peak memory (GiB)", (spec.quality_floor or "ssim").split("=")[0]])
-    recorded = study.user_attrs
-    for key in StudySpec.IDENTITY if recorded else ():
-        if _identity(key, recorded.get(key)) != _identity(key, getattr(spec, key)):
-            what = {"memory_budget_bytes": "memory budget", "fixed": "set of pinned values",
-                    "hub": "revision, variant or config of the model"}.get(key, key)
-            raise AutotuneError(f"study {name!r} in {redact(storage)} was made for another {what}; "
-                                "give a new --study name or the same options as before")
-    if "hardware" in recorded:
-        check_machine(Hardware(**recorded["hardware"]), spec.machine, name)
+            floor = spec.quality_floor
+            study.set_metric_names(["images/s", "peak memory (GiB)", floor.metric if floor else "ssim"])
+    spec.check_resumes(study.user_attrs, name, redact(storage))
     _reclaim_interrupted(study)  # before the seed: a dead search's trial is no other process running
     if (seed := seed_for(study, spec.seed)) != spec.seed:
         study.sampler = make_sampler(spec.sampler, seed)
     spec.record(study)
     return study
-
-
-# Workload fields added after studies were first recorded, with the value a study recorded before them meant.
-_LATER_WORKLOAD_FIELDS = {"negative_prompt": None, "call": {}, "output": "image", "other_sizes": []}
-
-
-def _identity(key: str, value: Any) -> Any:
-    if key == "workload" and isinstance(value, dict):
-        return {**_LATER_WORKLOAD_FIELDS, **value}
-    if key == "hub":  # the files loaded; not whether they came from the cache alone (recorded before: the default)
-        return {name: given for name, given in (value or {}).items() if name in ("revision", "variant", "config")}
-    return value
 
 
 def seed_for(study: optuna.Study, seed: int) -> int:
@@ -283,7 +188,7 @@ def reclaim_abandoned(study: optuna.Study) -> None:
     that never beat, so a search waiting for the study's last slots would wait for them forever. A trial that
     recorded its worker has beaten: the heartbeat fails it and Optuna's retry callback queues it again."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "worker" not in trial.user_attrs and abandoned(trial):
+        if TrialRecord.of(trial).worker is None and abandoned(trial):
             _queue_again(study, trial)
 
 
@@ -298,7 +203,7 @@ def _queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
     """A running trial whose worker was a process of this host that is gone, or that never recorded its worker and
     started more than the grace period ago (a live worker records itself as its trial starts)."""
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    host, _, pid = (TrialRecord.of(trial).worker or "").rpartition(":")
     if host:
         return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
     started = trial.datetime_start  # Optuna's clock: local time, naive
@@ -308,11 +213,6 @@ def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The study's complete trials (feasible or not), over all workers."""
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
-def feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    """Every constraint of the trial is met (<= 0): it ran, fit the budget, rendered images, met the floor."""
-    return all(value <= 0 for value in trial.constraints.values())
 
 
 # ---- when a trial may start ----
@@ -371,14 +271,3 @@ def surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     mine = next((order(t) for t in trials if t.number == trial.number), None)
     return mine is not None and sum(1 for t in trials if order(t) < mine) >= n_trials
 
-
-def scoring_for(spec: StudySpec, worker: Worker, fingerprint: Fingerprint, emit: Events) -> Scoring | None:
-    """The study's reference and floor on this host (each host renders or caches its own), or None without one."""
-    if not spec.reference_steps:
-        return None
-    floor = options.parse_floor(spec.quality_floor) if spec.quality_floor else None
-    scoring = prepare_reference(worker, spec.model, Workload(**spec.workload), spec.reference_steps, fingerprint,
-                                floor, spec.trial_timeout_s, emit)
-    if floor is not None:
-        emit("phase", {"message": f"quality floor {floor}: {floor.metric} >= {scoring.minimum:.4g}"})
-    return scoring

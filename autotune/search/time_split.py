@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.compare.candidates import Candidate
+from autotune.compare.records import TrialRecord
 from autotune.measure.memory_model import compiles
 
 from .study import finished
@@ -51,15 +52,16 @@ def time_split(study: optuna.Study, since: datetime, search_s: float, candidates
     timed = compiled = 0.0
     ran = 0
     for trial in finished(study):
-        seconds = trial.user_attrs.get("seconds")
-        if trial.datetime_start is None or trial.datetime_start < since or not seconds:
+        record = TrialRecord.of(trial)
+        if trial.datetime_start is None or trial.datetime_start < since or not record.seconds:
             continue
         ran += 1
-        timed += seconds.get("timed", 0.0)
-        if compiles(trial.user_attrs.get("settings") or trial.params):
-            compiled += seconds.get("warmup", 0.0)
-    stopped = sum(t.user_attrs["seconds"]["trial"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                  if t.user_attrs.get("stopped") and t.datetime_start is not None and t.datetime_start >= since)
+        timed += record.seconds.get("timed", 0.0)
+        if compiles(record.settings or record.params):
+            compiled += record.seconds.get("warmup", 0.0)
+    stopped = sum(record.trial_seconds for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if (record := TrialRecord.of(t)).stopped and t.datetime_start is not None
+                  and t.datetime_start >= since)
     for candidate in {id(c): c for c in candidates}.values():
         timed += sum(candidate.latency_s)
         if compiles(candidate.settings):

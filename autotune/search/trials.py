@@ -18,21 +18,21 @@ from typing import Any
 import optuna
 
 from autotune import knobs
+from autotune.compare.records import TrialRecord, feasible
 from autotune.compare.scoring import Scoring
 from autotune.exceptions import AutotuneError, TrialFailed
 from autotune.hardware import probe
 from autotune.measure import quality
-from autotune.measure.memory_facts import ModelFacts
-from autotune.measure.memory_model import FACTS_ATTR, REFUSE_MARGIN, MemoryModel, Observation, compiles
+from autotune.measure.memory_model import REFUSE_MARGIN, MemoryModel, Observation, compiles
 from autotune.measure.timing import Repeats
-from autotune.profile import Workload
 from autotune.units import format_size
 from autotune.worker import protocol
 from autotune.worker.batching import BatchPolicy, doublings
 from autotune.worker.process import Worker
 
 from .space import calibration_for, suggest
-from .study import GRACE_PERIOD_S, Events, StudySpec, feasible, finished, scoring_for, surplus, wait_for_slot
+from .spec import Events, StudySpec, scoring_for
+from .study import GRACE_PERIOD_S, finished, surplus, wait_for_slot
 
 
 class DeadlineReached(Exception):
@@ -85,7 +85,7 @@ def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Event
         asked[:] = [trial]
         if surplus(study, trial, spec.n_trials):
             raise optuna.TrialPruned("another worker took the study's last trial at the same moment")
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        TrialRecord.write(trial, worker=f"{socket.gethostname()}:{os.getpid()}")
         return run_one(trial, study, worker, spec, scoring, deadline)
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -119,10 +119,9 @@ def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stud
     try:
         value = _run_one(trial, study, worker, spec, scoring, spent, deadline)
     except DeadlineReached:  # its time is the search's too: `search.time_split` reports it apart
-        trial.set_user_attr("seconds", {"trial": round(time.perf_counter() - started, 4)})
-        trial.set_user_attr("stopped", "time limit")
+        TrialRecord.write(trial, seconds={"trial": round(time.perf_counter() - started, 4)}, stopped="time limit")
         raise
-    trial.set_user_attr("seconds", {**spent, "trial": round(time.perf_counter() - started, 4)})
+    TrialRecord.write(trial, seconds={**spent, "trial": round(time.perf_counter() - started, 4)})
     return value
 
 
@@ -140,7 +139,7 @@ def _run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stu
         if model.refuses(settings, smallest, spec.memory_budget_bytes):
             return record_predicted_oom(trial, spec, model.predict(settings, smallest), smallest, scoring)
     task = protocol.TrialTask(
-        settings=settings, workload=Workload(**spec.workload),
+        settings=settings, workload=spec.workload,
         call_kwargs=knobs.call_kwargs({**settings, "batch_size": 1}),
         policy=policy, repeats=screen_repeats(settings), score=scoring.task() if scoring else None,
         calibrate=calibration_for(spec.calibrated, settings, scoring.metric, scoring.minimum) if scoring else None)
@@ -163,28 +162,27 @@ def _run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stu
             worker.kill()
     if model is not None:
         # Beside the measurement, at the batch it was measured at: the report shows the model's error.
-        batch = trial.user_attrs.get("batch_size") or policy.sizes[0]
-        trial.set_user_attr("predicted_peak_bytes", model.predict(settings, batch))
+        batch = TrialRecord.of(trial).batch_size or policy.sizes[0]
+        TrialRecord.write(trial, predicted_peak_bytes=model.predict(settings, batch))
     return value
 
 
 def memory_model(study: optuna.Study, spec: StudySpec) -> MemoryModel | None:
     """The study's memory model, calibrated on its measured trials so far; None when the study records no facts
     about its pipeline (made by an older autotune)."""
-    facts = study.user_attrs.get(FACTS_ATTR)
-    if not facts:
+    if spec.memory_facts is None:
         return None
-    workload = Workload(**spec.workload)
-    model = MemoryModel(ModelFacts.from_dict(facts), workload.height, workload.width, workload.guidance_scale)
+    workload = spec.workload
+    model = MemoryModel(spec.memory_facts, workload.height, workload.width, workload.guidance_scale)
     return model.calibrated([o for o in map(observation, finished(study)) if o is not None])
 
 
 def observation(trial: optuna.trial.FrozenTrial) -> Observation | None:
     """A trial's measured (batch, peak) points, with the settings it ran; None when it measured none."""
-    settings = trial.user_attrs.get("settings")
-    points = tuple((b["batch_size"], b["peak_memory_bytes"]) for b in trial.user_attrs.get("batches", [])
+    record = TrialRecord.of(trial)
+    points = tuple((b["batch_size"], b["peak_memory_bytes"]) for b in record.batches
                    if b.get("peak_memory_bytes") is not None and not b.get("oom"))
-    return Observation(settings, points) if settings and points else None
+    return Observation(record.settings, points) if record.settings and points else None
 
 
 def record_predicted_oom(trial: optuna.Trial, spec: StudySpec, predicted: int, batch: int,
@@ -195,7 +193,7 @@ def record_predicted_oom(trial: optuna.Trial, spec: StudySpec, predicted: int, b
     value = record_failure(trial, spec.objective, "predicted-oom",
                            f"predicted {format_size(predicted)} at batch {batch}, over {REFUSE_MARGIN:g}x the "
                            f"budget {format_size(budget)}: not run", scoring, (predicted - budget) / 2**30)
-    trial.set_user_attr("predicted_peak_bytes", predicted)
+    TrialRecord.write(trial, predicted_peak_bytes=predicted)
     return value
 
 
@@ -239,7 +237,7 @@ def pruned(trial: optuna.Trial, measured: protocol.BatchResult) -> bool:
     trial.report(measured.images_per_s.median, step=measured.batch_size)
     if not trial.should_prune():
         return False
-    trial.set_user_attr("pruned_at_batch", measured.batch_size)
+    TrialRecord.write(trial, pruned_at_batch=measured.batch_size)
     return True
 
 
@@ -259,27 +257,22 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
     others = [(size, *choose_batch([b for b in size.batches if b.oom is None], budget_bytes, objective))
               for size in answer.other_sizes]
     if others:  # each other size at its own best batch; the objective weighs every size alike (geometric mean)
-        trial.set_user_attr("sizes", [size_record(size, best) for size, best, _ in others])
+        TrialRecord.write(trial, sizes=[size_record(size, best) for size, best, _ in others])
         fitting = fitting and all(fits for _, _, fits in others)
-    trial.set_user_attr("batch_size", chosen.batch_size)
-    trial.set_user_attr("images_per_s", chosen.images_per_s_median)
-    trial.set_user_attr("seconds_per_image", chosen.seconds_per_image)
-    trial.set_user_attr("peak_memory_bytes", chosen.peak_memory_bytes)
-    trial.set_user_attr("warmup_s", round(chosen.warmup_s, 3) if chosen.warmup_s is not None else None)
-    trial.set_user_attr("settings", answer.settings)
+    TrialRecord.write(trial, batch_size=chosen.batch_size, images_per_s=chosen.images_per_s_median,
+                      seconds_per_image=chosen.seconds_per_image, peak_memory_bytes=chosen.peak_memory_bytes,
+                      warmup_s=round(chosen.warmup_s, 3) if chosen.warmup_s is not None else None,
+                      settings=answer.settings, batches=[b.record() for b in answer.batches])
     if answer.calibration:
-        trial.set_user_attr("calibration", [list(pair) for pair in answer.calibration])
-    trial.set_user_attr("batches", [b.record() for b in answer.batches])
+        TrialRecord.write(trial, calibration=[list(pair) for pair in answer.calibration])
     if problem:
-        trial.set_user_attr("failure", "image")
-        trial.set_user_attr("reason", problem)
+        TrialRecord.write(trial, failure="image", reason=problem)
     scores = answer.quality
     if scoring is not None:
-        trial.set_user_attr("quality", scores or {})
-        trial.set_user_attr("quality_by_prompt", answer.quality_by_prompt or {})
+        TrialRecord.write(trial, quality=scores or {}, quality_by_prompt=answer.quality_by_prompt or {})
         if scores and not scoring.meets(scores) and not problem:
-            trial.set_user_attr("failure", "quality")
-            trial.set_user_attr("reason", f"{scoring.metric} {scores[scoring.metric]:.4g} < {scoring.minimum:.4g}")
+            TrialRecord.write(trial, failure="quality",
+                              reason=f"{scoring.metric} {scores[scoring.metric]:.4g} < {scoring.minimum:.4g}")
     # Constraints are <= 0 when met; in GiB, so the sampler sees sizes it can compare. Unmeasured memory violates.
     peaks = [chosen.peak_memory_bytes, *(best.peak_memory_bytes if best else None for _, best, _ in others)]
     peak = None if None in peaks else max(peaks)
@@ -326,8 +319,7 @@ def record_failure(trial: optuna.Trial, objective: str, kind: str, reason: str,
                    scoring: Scoring | None = None, memory_violation: float | None = None) -> float | list[float]:
     """Record a trial that did not run to the end (`kind`: oom, error, timeout, crash, rules, predicted-oom) as
     infeasible."""
-    trial.set_user_attr("failure", kind)
-    trial.set_user_attr("reason", reason)
+    TrialRecord.write(trial, failure=kind, reason=reason)
     if memory_violation is None:
         memory_violation = 1.0 if kind == "oom" else 0.0
     trial.set_constraint("memory", memory_violation)
@@ -349,15 +341,16 @@ def trial_event(study: optuna.Study, number: int, n_trials: int, started: float,
                 deadline: float | None) -> dict[str, Any]:
     """A finished trial as a progress event: its numbers, the best so far, and an estimate of the time left."""
     trial = study.trials[number]
+    record = TrialRecord.of(trial)
     done = len(finished(study))
-    best = max((t.user_attrs.get("images_per_s", 0.0) for t in finished(study) if feasible(t)), default=None)
+    best = max((TrialRecord.of(t).images_per_s or 0.0 for t in finished(study) if feasible(t)), default=None)
     elapsed = time.monotonic() - started
     left = elapsed / max(1, done) * max(0, n_trials - done)
     if deadline is not None:
         left = min(left, max(0.0, deadline - time.time()))
-    settings = {**(trial.user_attrs.get("settings") or trial.params), "batch_size": trial.user_attrs.get("batch_size")}
+    settings = {**(record.settings or record.params), "batch_size": record.batch_size}
     return {"number": number, "done": done, "total": n_trials, "best_images_per_s": best,
-            "images_per_s": trial.user_attrs.get("images_per_s"), "failure": trial.user_attrs.get("failure"),
-            "reason": trial.user_attrs.get("reason"), "feasible": feasible(trial), "seconds_left": left,
+            "images_per_s": record.images_per_s, "failure": record.failure, "reason": record.reason,
+            "feasible": record.feasible, "seconds_left": left,
             "changed": knobs.show_changed({k: v for k, v in settings.items() if v is not None and k in knobs.KNOBS}),
-            "peak_memory_bytes": trial.user_attrs.get("peak_memory_bytes")}
+            "peak_memory_bytes": record.peak_memory_bytes}

@@ -147,7 +147,7 @@ class Description:
     default_size: int
     default_steps: int
     scheduler: str
-    domains: dict[str, Any]  # knob name -> its domain here, as `Domain.to_dict()`
+    domains: dict[str, Any]  # knob name -> its `knobs.Domain` here (frozen dataclasses: the pipe pickles them)
     hardware: dict[str, Any]
     # Each argument of the pipeline's call -> the scalar kinds it takes (`workload.call_parameters`).
     call_parameters: dict[str, tuple[str, ...]] = field(default_factory=dict)

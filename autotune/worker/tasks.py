@@ -229,7 +229,7 @@ def _describe(state: WorkerState, task: protocol.Describe) -> protocol.Descripti
         default_steps=pipelines.default_steps(pipe, state.config.model),
         default_prompts=builtin.prompts if builtin else (), default_call=dict(builtin.call) if builtin else {},
         scheduler=type(pipe.scheduler).__name__,
-        domains={name: domain.to_dict() for name, domain in knobs.domains(state.hardware, pipe).items()},
+        domains=knobs.domains(state.hardware, pipe),
         hardware=state.hardware.model_dump(),
         call_parameters=workload.call_parameters(type(pipe)),
         output=workload.output_kind(type(pipe)),

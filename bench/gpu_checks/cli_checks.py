@@ -61,19 +61,21 @@ def gpu_slug(name: str | None) -> str:
 def _trials(folder: Path) -> list[dict[str, Any]]:
     import optuna
 
+    from autotune.compare.records import TrialRecord
+
     storages = sorted(folder.glob("*.db"))
     if not storages:
         return []
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{storages[0]}")
     rows = []
     for trial in study.trials:
-        attrs = trial.user_attrs
-        peak = attrs.get("peak_memory_bytes")
-        rows.append({"trial": trial.number, "state": trial.state.name, "failure": attrs.get("failure"),
-                     "reason": (attrs.get("reason") or "")[:120] or None,
-                     "settings": {k: v for k, v in trial.params.items()},
+        record = TrialRecord.of(trial)
+        peak = record.peak_memory_bytes
+        rows.append({"trial": trial.number, "state": trial.state.name, "failure": record.failure,
+                     "reason": (record.reason or "")[:120] or None,
+                     "settings": dict(trial.params),
                      "peak_gib": None if peak is None else round(peak / 2**30, 3),
-                     "images_per_s": attrs.get("images_per_s")})
+                     "images_per_s": record.images_per_s})
     return rows
 
 
