@@ -2,15 +2,16 @@
 quantization and fp16, and the prompt judge, from one run.
 
 For each model (by default the trained `builtin:tiny-sd` and `builtin:tiny-flux`, then the random-weight
-`builtin:tiny-sd-random` and `builtin:tiny-flux-random` for contrast), with the built-in's own size, rendered the way
-a search renders (`autotune.measure.quality.render`: one generator per
-image, the workload's seeds), every configuration applied by autotune's own knobs to a fresh copy. The prompts are
-the eight captions held out of training (the built-ins' default workload has four of them):
+`builtin:tiny-sd-random` and `builtin:tiny-flux-random` for contrast), with the built-in's own size, rendered the way a
+search renders (`autotune.measure.timing.render`: one generator per image, the workload's seeds), every configuration
+applied by autotune's own knobs to a fresh copy. The prompts are the eight captions held out of training (the built-ins'
+default workload has four of them):
 
 1. the load time of the built-in;
 2. the worst prompt's PSNR against a converged reference (the pipeline's own scheduler at `--reference-steps`) for
    each scheduler the scheduler knob offers on the pipeline, at each of `--steps`; whether it rises with steps
-   (within 1 dB), and the fewest steps at which each reaches the default configuration's PSNR;
+   (within 1 dB; not judged for a stochastic sampler, which converges to other images than the deterministic
+   reference), and the fewest steps at which each reaches the default configuration's PSNR;
 3. on a DiT, First Block Cache at several thresholds: the share of the blocks' work skipped (counted by hooks on
    each block's attention) and the worst prompt's PSNR against the default configuration's images;
 4. int8 dynamic quantization (torchao) and fp16, against the default configuration's images;
@@ -105,8 +106,12 @@ def scheduler_table(pipe, workload, hardware, steps_list, reference, default_psn
         fresh = configured(pipe, {"scheduler": value}, hardware)
         values = [worst_psnr(render(fresh, workload, steps), reference) for steps in steps_list]
         rises = all(later >= earlier - 1.0 for earlier, later in zip(values, values[1:], strict=False))
+        # An ancestral or SDE sampler adds fresh noise at each step: it converges to other images than the
+        # deterministic reference, so its distance to that reference says nothing of its convergence.
+        stochastic = any(word in type(fresh.scheduler).__name__ for word in ("Ancestral", "SDE"))
         reach = next((steps for steps, value_ in zip(steps_list, values, strict=True) if value_ >= default_psnr), None)
-        table.add_row(value, *(f"{v:.1f}" for v in values), "yes" if rises else "NO",
+        table.add_row(value, *(f"{v:.1f}" for v in values),
+                      "stochastic: not judged" if stochastic else "yes" if rises else "NO",
                       str(reach) if reach is not None else f"> {steps_list[-1]}")
     console.print(table)
 
