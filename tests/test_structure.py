@@ -90,6 +90,15 @@ def test_the_package_has_a_few_folders_not_a_crowd():
     assert all((PACKAGE / part / "__init__.py").exists() for part in PARTS)
 
 
+def test_every_folder_of_the_package_is_installed():
+    """pyproject lists the packages explicitly (the shipped profiles live outside the package): a new folder must be
+    listed there, or `pip install` leaves it out."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11's")
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {module_name(init) for init in PACKAGE.rglob("__init__.py")}
+    assert folders <= listed, sorted(folders - listed)
+
+
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
 def test_a_part_imports_only_the_parts_below_it(path):
     if path == PACKAGE / "__init__.py":
