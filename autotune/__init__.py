@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from autotune.profile import Profile, load_profile
     from autotune.profile.library import select_profile
-    from autotune.search.outcome import SearchOutcome
-    from autotune.search.run import run_search, search
+    from autotune.tuner.outcome import SearchOutcome
+    from autotune.tuner.run import run_search, search
 
     from .apply import apply_profile, load_pipeline
     from .exceptions import (
@@ -48,9 +48,9 @@ _EXPORTS = {
     "Profile": "profile",
     "load_profile": "profile",
     "recommend": "recommendation",
-    "search": "search.run",
-    "run_search": "search.run",
-    "SearchOutcome": "search.outcome",
+    "search": "tuner.run",
+    "run_search": "tuner.run",
+    "SearchOutcome": "tuner.outcome",
     "select_profile": "profile.library",
 }
 __all__ = [

@@ -42,7 +42,7 @@ from autotune.compare.scoring import Scoring  # noqa: E402
 from autotune.hardware import Hardware, probe  # noqa: E402
 from autotune.measure import quality  # noqa: E402
 from autotune.options import SearchOptions  # noqa: E402
-from autotune.search.run import run_search  # noqa: E402
+from autotune.tuner.run import run_search  # noqa: E402
 from autotune.worker import protocol  # noqa: E402
 from autotune.worker.process import Worker, WorkerConfig  # noqa: E402
 

@@ -51,9 +51,9 @@ from autotune.exceptions import NothingFits  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.options import SearchOptions  # noqa: E402
 from autotune.recommendation import recommend  # noqa: E402
-from autotune.search.run import run_search  # noqa: E402
-from autotune.search.space import build_space  # noqa: E402
-from autotune.search.study import finished  # noqa: E402
+from autotune.tuner.run import run_search  # noqa: E402
+from autotune.tuner.space import build_space  # noqa: E402
+from autotune.tuner.study import finished  # noqa: E402
 from autotune.worker import protocol  # noqa: E402
 from autotune.worker.process import Worker, WorkerConfig  # noqa: E402
 

@@ -39,7 +39,7 @@ from autotune.compare.candidates import Candidate  # noqa: E402
 from autotune.compare.remeasure import remeasure  # noqa: E402
 from autotune.hardware import probe  # noqa: E402
 from autotune.options import SearchOptions  # noqa: E402
-from autotune.search.run import run_search  # noqa: E402
+from autotune.tuner.run import run_search  # noqa: E402
 from autotune.worker.process import WorkerConfig  # noqa: E402
 
 _SPAWN_BURNERS = """

@@ -29,7 +29,7 @@ from autotune.measure import (
     timing,
 )
 from autotune.options import SearchOptions  # noqa: E402
-from autotune.search.run import run_search  # noqa: E402
+from autotune.tuner.run import run_search  # noqa: E402
 
 
 def rescore(profile, reference) -> dict[str, list[float]]:

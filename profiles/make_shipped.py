@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 WORK = HERE.parent / "build" / "shipped-profiles"
 
-# Name -> device it is made on, and the arguments of `autotune.search.run.run_search`.
+# Name -> device it is made on, and the arguments of `autotune.tuner.run.run_search`.
 SHIPPED: dict[str, tuple[str, dict]] = {
     "tiny-sd-cpu": ("cpu", dict(
         model="builtin:tiny-sd",
@@ -37,7 +37,7 @@ SHIPPED: dict[str, tuple[str, dict]] = {
 
 def make(name: str) -> Path:
     from autotune.hardware import probe
-    from autotune.search.run import run_search
+    from autotune.tuner.run import run_search
 
     device, options = SHIPPED[name]
     if probe(device).hardware.device != device:

@@ -46,8 +46,8 @@ from autotune.hardware import Fingerprint, Hardware, probe  # noqa: E402
 from autotune.knobs.attention import KernelRestrictedSDPA  # noqa: E402
 from autotune.options import SearchOptions  # noqa: E402
 from autotune.profile import ModelInfo, Profile, Workload  # noqa: E402
-from autotune.search.outcome import SearchOutcome  # noqa: E402
-from autotune.search.spec import StudySpec  # noqa: E402
+from autotune.tuner.outcome import SearchOutcome  # noqa: E402
+from autotune.tuner.spec import StudySpec  # noqa: E402
 
 PROMPT = "a lighthouse at dusk"
 SIZE_PX = 64
@@ -116,7 +116,7 @@ TINY_SEARCH = SearchOptions(budget="4GB", n_trials=1, steps=2, max_batch=1, top_
 
 def tiny_search_in(folder: Path, model: Any = "builtin:tiny-sd-random", **changes: Any) -> SearchOutcome:
     """`TINY_SEARCH` with `changes`, its profile written to `folder`/tiny.yaml (unless `out` is changed)."""
-    from autotune.search.run import run_search
+    from autotune.tuner.run import run_search
 
     return run_search(model, dataclasses.replace(TINY_SEARCH, **{"out": folder / "tiny.yaml", **changes}))
 

@@ -10,7 +10,7 @@ from autotune import knobs
 from autotune.cli import app
 from autotune.compare.ablation import ablations, wanted
 from autotune.profile import load_profile
-from autotune.search.run import run_search
+from autotune.tuner.run import run_search
 
 
 def test_each_changed_knob_goes_back_alone_with_its_options():

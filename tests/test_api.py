@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 import autotune
-from autotune.search.study import optuna_warnings_only
+from autotune.tuner.study import optuna_warnings_only
 
 
 def test_every_exported_name_resolves_and_the_warnings_can_be_filtered():
@@ -29,7 +29,7 @@ def test_the_package_says_it_is_typed():
 
 def test_importing_the_search_leaves_optunas_logging_alone():
     code = ("import optuna; optuna.logging.set_verbosity(optuna.logging.DEBUG); "
-            "import autotune.search.run, autotune.search.distributed, autotune.search.trials; "
+            "import autotune.tuner.run, autotune.tuner.distributed, autotune.tuner.trials; "
             "assert optuna.logging.get_verbosity() == optuna.logging.DEBUG")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
@@ -61,7 +61,7 @@ def test_search_takes_exactly_the_search_options_with_their_defaults():
     import inspect
 
     from autotune.options import SearchOptions
-    from autotune.search.run import search
+    from autotune.tuner.run import search
 
     parameters = inspect.signature(search).parameters
     fields = {f.name: f for f in dataclasses.fields(SearchOptions)}
@@ -79,7 +79,7 @@ def test_the_options_are_checked_when_made_and_named_as_the_caller_names_them(tm
     from autotune.cli import app
     from autotune.exceptions import InvalidOption
     from autotune.options import SearchOptions
-    from autotune.search.run import run_search
+    from autotune.tuner.run import run_search
 
     with pytest.raises(InvalidOption, match=r"^trial_timeout_s must be more than 0 seconds, got 0$"):
         SearchOptions(trial_timeout_s=0)

@@ -27,13 +27,13 @@ from autotune import files
 from autotune.compare.candidates import Candidate
 from autotune.exceptions import AutotuneError, AutotuneWarning, CannotWrite, ProfileError, TrialFailed
 from autotune.profile import library, load_profile
-from autotune.search import study
-from autotune.search.outcome import SearchOutcome, write_outcome
+from autotune.tuner import study
+from autotune.tuner.outcome import SearchOutcome, write_outcome
 
 
 def test_autotune_search_stays_the_function_after_the_tuner_is_imported():
     first = autotune.search
-    importlib.import_module("autotune.search.run")
+    importlib.import_module("autotune.tuner.run")
     assert inspect.isfunction(first) and autotune.search is first
     # No submodule may share a public name: importing it would replace the name on the package.
     package = Path(autotune.__file__).parent
@@ -319,7 +319,7 @@ def test_a_search_joining_a_running_study_samples_with_its_own_seed(tmp_path):
 RACE = '''
 import sys, time
 import optuna
-from autotune.search.study import open_storage
+from autotune.tuner.study import open_storage
 while time.time() < float(sys.argv[2]):
     pass
 optuna.create_study(study_name="race", storage=open_storage(f"sqlite:///{sys.argv[1]}"), load_if_exists=True)

@@ -112,7 +112,7 @@ def test_a_dry_run_says_what_a_search_would_run_without_loading_a_weight(tmp_pat
     from typer.testing import CliRunner
 
     from autotune.cli import app
-    from autotune.search.dry_run import dry_run
+    from autotune.tuner.dry_run import dry_run
 
     held = psutil.Process().memory_info().rss
     told = dry_run("builtin:sd15-arch", budget="6GB")

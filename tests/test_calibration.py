@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from autotune import knobs
-from autotune.search.run import run_search
-from autotune.search.space import CALIBRATED, calibrated_part, calibration_for
+from autotune.tuner.run import run_search
+from autotune.tuner.space import CALIBRATED, calibrated_part, calibration_for
 from autotune.worker.calibration import largest_meeting
 
 

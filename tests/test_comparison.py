@@ -8,7 +8,7 @@ import pytest
 
 from autotune.compare.candidates import Candidate
 from autotune.measure.comparison import Ratio, ratio_of_medians
-from autotune.search.outcome import SearchOutcome, metrics_of
+from autotune.tuner.outcome import SearchOutcome, metrics_of
 
 
 def test_a_clear_speed_up_is_claimed_with_an_interval_above_one():
@@ -151,7 +151,7 @@ def _quiet_ratio(settings: dict, baseline: dict, workload) -> Ratio:
 @pytest.mark.slow
 def test_a_search_on_a_busy_machine_claims_only_what_a_quiet_re_measurement_holds(tmp_path):
     from autotune.compare.remeasure import remeasure
-    from autotune.search.run import run_search
+    from autotune.tuner.run import run_search
     from autotune.worker.process import WorkerConfig
 
     burners = _burn_every_core()

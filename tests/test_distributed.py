@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from autotune import knobs
 from autotune.hardware import probe
 from autotune.profile import Workload, load_profile
-from autotune.search.run import run_search
-from autotune.search.study import StorageError, open_storage, surplus, wait_for_slot
+from autotune.tuner.run import run_search
+from autotune.tuner.study import StorageError, open_storage, surplus, wait_for_slot
 
 POSTGRES_URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(
@@ -176,7 +176,7 @@ def _study_for_this_machine(url: str, name: str, pruner: str | None = None) -> N
 @pytest.mark.parametrize(("recorded", "pruner"), [("none", optuna.pruners.NopPruner),
                                                   (None, optuna.pruners.PercentilePruner)])
 def test_a_joining_worker_prunes_as_the_search_that_started_the_study_chose(tmp_path, recorded, pruner):
-    from autotune.search.distributed import join
+    from autotune.tuner.distributed import join
 
     url, name = f"sqlite:///{tmp_path / 'study.db'}", "pruner"
     _study_for_this_machine(url, name, recorded)
@@ -251,7 +251,7 @@ def test_a_worker_waits_for_others_running_trials_only_where_a_heartbeat_tells_t
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_waiting_worker_takes_the_last_slot_back_from_a_trial_that_never_beat(tmp_path, monkeypatch):
     # A search that met a lost server between asking for its trial and recording its worker: no heartbeat fails it.
-    monkeypatch.setattr("autotune.search.study.GRACE_PERIOD_S", 0.5)
+    monkeypatch.setattr("autotune.tuner.study.GRACE_PERIOD_S", 0.5)
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'rdb.db'}"))
     study.tell(study.ask(), 1.0)
     cut = study.ask()

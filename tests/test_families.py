@@ -19,7 +19,7 @@ from autotune.apply import apply_profile
 from autotune.cli import app
 from autotune.hardware import probe
 from autotune.profile import load_profile
-from autotune.search.run import run_search
+from autotune.tuner.run import run_search
 from tests import families
 
 FAMILIES = {

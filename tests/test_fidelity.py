@@ -20,9 +20,9 @@ from autotune.exceptions import UnknownModel
 from autotune.measure.timing import render_one
 from autotune.pipelines import tiny_sd_random
 from autotune.profile import IMAGE_SEED_STRIDE, Workload, load_profile, profile_from_dict
-from autotune.search.run import run_search
-from autotune.search.space import recipes, steps_range
-from autotune.search.trials import trial_timeout
+from autotune.tuner.run import run_search
+from autotune.tuner.space import recipes, steps_range
+from autotune.tuner.trials import trial_timeout
 from tests import families
 
 SHIPPED = "profiles/tiny-sd-cpu.yaml"
@@ -133,9 +133,9 @@ def test_the_shipped_profiles_call_kwargs_render_the_images_it_measured():
 def test_when_every_trial_errored_nothing_fits_says_why_not_memory():
     import optuna
 
-    from autotune.search.outcome import nothing_fits_message
-    from autotune.search.space import REFERENCE_RECIPE
-    from autotune.search.trials import record_failure
+    from autotune.tuner.outcome import nothing_fits_message
+    from autotune.tuner.space import REFERENCE_RECIPE
+    from autotune.tuner.trials import record_failure
 
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({}, user_attrs={"recipe": REFERENCE_RECIPE})

@@ -396,5 +396,5 @@ def test_the_shipped_profiles_are_found_in_a_checkout_that_is_not_installed(monk
         raise ModuleNotFoundError(f"No module named {name!r}")
 
     monkeypatch.setattr(library.resources, "files", not_installed)
-    assert shipped_profiles_dir() == Path(library.__file__).resolve().parents[1] / "profiles"
+    assert shipped_profiles_dir() == Path(library.__file__).resolve().parents[2] / "profiles"
     assert "tiny-sd-cpu" in {entry.name for entry in list_profiles()}

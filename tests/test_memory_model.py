@@ -18,7 +18,7 @@ from autotune.measure.memory_facts import ModelFacts, facts_of
 from autotune.measure.memory_model import REFUSE_MARGIN, MemoryModel, Observation
 from autotune.recommendation import recommend_settings
 from autotune.report.tables import prediction_errors
-from autotune.search.run import run_search
+from autotune.tuner.run import run_search
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from autotune.exceptions import AutotuneError, ProfileError
 from autotune.measure import quality, timing
 from autotune.pipelines import shapes, tiny_sd_random
 from autotune.profile import load_profile, load_profile_set
-from autotune.search.run import run_search
+from autotune.tuner.run import run_search
 
 # Cheap and still meaningful: a 6-step reference, 3-step workload, batches of 1 and 2, one re-measure round.
 SMALL = dict(height=64, width=64, steps=3, reference_steps=6, max_batch=2, rounds=1, top_k=2,
@@ -189,7 +189,7 @@ def test_the_front_drops_dominated_configurations_and_picks_name_the_extremes():
 
 @pytest.mark.slow
 def test_a_study_under_a_floor_is_joined_by_a_worker_and_exported_with_its_floor(tmp_path):
-    from autotune.search.distributed import export_profile, run_worker
+    from autotune.tuner.distributed import export_profile, run_worker
 
     storage, name = f"sqlite:///{tmp_path / 'shared.db'}", "shared"
     run_search("builtin:tiny-sd-random", budget="8GB", n_trials=2, out=None, storage=storage, study_name=name,

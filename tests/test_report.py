@@ -22,7 +22,7 @@ from autotune.cli import app
 from autotune.hardware import probe
 from autotune.measure.quality import PSNR_CAP, images_path, save_images
 from autotune.report import REFERENCE, ReportError, psnr, report_source, write_report
-from autotune.search.run import run_search
+from autotune.tuner.run import run_search
 
 pytestmark = pytest.mark.slow
 

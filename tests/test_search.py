@@ -19,7 +19,7 @@ from faulty_pipelines import faulty_tiny_sd, nan_tiny_sd
 from autotune import knobs, pipelines
 from autotune.exceptions import NothingFits
 from autotune.profile import load_profile
-from autotune.search.run import run_search
+from autotune.tuner.run import run_search
 
 pytestmark = pytest.mark.slow
 

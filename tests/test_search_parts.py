@@ -16,11 +16,11 @@ from autotune.compare.records import feasible
 from autotune.exceptions import InvalidInput
 from autotune.hardware import probe
 from autotune.measure.figures import Stat
-from autotune.search.outcome import SearchOutcome, metrics_of
-from autotune.search.space import build_space, restrict, sample, suggest, validate_pinned
-from autotune.search.spec import StudySpec
-from autotune.search.study import make_pruner
-from autotune.search.trials import run_one
+from autotune.tuner.outcome import SearchOutcome, metrics_of
+from autotune.tuner.space import build_space, restrict, sample, suggest, validate_pinned
+from autotune.tuner.spec import StudySpec
+from autotune.tuner.study import make_pruner
+from autotune.tuner.trials import run_one
 from autotune.worker.batching import BatchPolicy, doublings
 from autotune.worker.process import Worker, WorkerConfig
 from autotune.worker.protocol import BatchResult
@@ -34,13 +34,13 @@ def _modules_after(statement: str) -> set[str]:
 
 def test_verify_and_the_remeasurement_do_not_import_optuna():
     loaded = _modules_after("import autotune.compare.verify, autotune.compare.remeasure, "
-                            "autotune.compare.candidates, autotune.search.space")
+                            "autotune.compare.candidates, autotune.tuner.space")
     assert "autotune.compare.remeasure" in loaded and "optuna" not in loaded
 
 
 def test_distributed_does_not_import_the_search_back():
-    loaded = _modules_after("import autotune.search.distributed")
-    assert "autotune.search.trials" in loaded and "autotune.search.run" not in loaded
+    loaded = _modules_after("import autotune.tuner.distributed")
+    assert "autotune.tuner.trials" in loaded and "autotune.tuner.run" not in loaded
 
 
 def _study() -> optuna.Study:
@@ -112,7 +112,7 @@ def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():
 
 
 def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_compile_is_searched():
-    from autotune.search.space import warm_start
+    from autotune.tuner.space import warm_start
 
     space = typed({"precision": ["fp32", "fp16"], "channels_last": [False, True], "compile": ["none", "default"]})
     study = optuna.create_study(direction="maximize")
@@ -129,7 +129,7 @@ def test_the_recommendation_runs_first_then_compiled_at_its_own_precision_where_
 
 
 def test_on_cuda_the_compiled_recommendation_compiles_the_repeated_blocks_in_default_mode():
-    from autotune.search.space import warm_start
+    from autotune.tuner.space import warm_start
 
     # The guides' whole-UNet max-autotune would spend a short search's minutes autotuning on its second trial.
     space = typed({"precision": ["fp16", "bf16"], "channels_last": [False, True], "compile": [
@@ -215,7 +215,7 @@ def test_the_batch_policy_doubles_while_it_pays_and_the_memory_guess_fits():
 
 
 def test_the_studys_pruner_stops_a_trial_in_the_bottom_quarter_at_its_batch_and_the_trial_still_completes():
-    from autotune.search.trials import pruned
+    from autotune.tuner.trials import pruned
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner())
     for rate in (8.0, 9.0, 10.0, 11.0, 12.0):  # the study's trials so far, each reported at batch 1
@@ -234,7 +234,7 @@ def test_the_studys_pruner_stops_a_trial_in_the_bottom_quarter_at_its_batch_and_
 
 
 def test_with_pruner_none_every_trial_grows_its_batch_as_a_plain_optuna_search_would():
-    from autotune.search.trials import pruned
+    from autotune.tuner.trials import pruned
 
     assert isinstance(make_pruner(None), optuna.pruners.PercentilePruner)  # a study recorded before the choice
     study = optuna.create_study(direction="maximize", pruner=make_pruner("none"))
@@ -264,7 +264,7 @@ def test_a_peak_memory_that_was_never_measured_is_recorded_as_none():
 
 def test_a_pinned_batch_is_the_only_size_a_trial_times(make_spec):
     # --pin batch_size=4 must ship batch 4: the doubling policy would keep batch 1 wherever 2 did not pay.
-    from autotune.search.trials import batch_policy
+    from autotune.tuner.trials import batch_policy
 
     spec = make_spec(fixed={"steps": 2, "batch_size": 4}, space={"precision": knobs.Categorical(("fp32", "bf16"))},
                      max_batch=16)
@@ -293,7 +293,7 @@ def test_only_trials_within_half_the_best_speed_are_re_measured_unless_fallbacks
 def test_the_budget_is_part_of_a_studys_identity(fingerprint, make_spec, tmp_path):
     from autotune.exceptions import AutotuneError
     from autotune.profile import Workload
-    from autotune.search.study import default_study_name, open_study
+    from autotune.tuner.study import default_study_name, open_study
 
     def spec(budget: int, hub: dict | None = None) -> StudySpec:
         return make_spec(memory_budget_bytes=budget, hub=hub)
@@ -321,7 +321,7 @@ def test_the_budget_is_part_of_a_studys_identity(fingerprint, make_spec, tmp_pat
 def test_a_study_recorded_by_the_last_release_reads_typed_and_resumes(fingerprint, make_spec, tmp_path):
     from autotune.measure.memory_facts import ModelFacts
     from autotune.options import FloorSpec
-    from autotune.search.study import open_study
+    from autotune.tuner.study import open_study
 
     spec = make_spec(space={"attention": knobs.Categorical(("sdpa", "vanilla")), "steps": knobs.IntRange(5, 50)},
                      quality_floor=FloorSpec("psnr", 30.0), reference_steps=50,

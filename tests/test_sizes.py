@@ -19,7 +19,7 @@ from autotune.measure.figures import Stat
 from autotune.measure.timing import summarize
 from autotune.profile import Profile, load_profile
 from autotune.profile.library import select_profile
-from autotune.search.trials import record_result
+from autotune.tuner.trials import record_result
 from autotune.worker import protocol
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -214,8 +214,8 @@ def test_a_tiny_wan_search_tunes_its_frames_reports_frames_per_s_and_its_profile
     from autotune.apply import apply_profile
     from autotune.cli.outcome import print_outcome
     from autotune.report.tables import summary_table
-    from autotune.search.run import run_search
-    from autotune.search.study import open_storage
+    from autotune.tuner.run import run_search
+    from autotune.tuner.study import open_storage
 
     outcome = run_search(families.tiny_wan, budget="8GB", n_trials=2, out=tmp_path / "wan.yaml",
                          storage=f"sqlite:///{tmp_path}/s.db", steps=2, height=64, width=64, max_batch=1, top_k=1,

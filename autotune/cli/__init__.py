@@ -187,7 +187,7 @@ def search(
         options.check_model(model or DEFAULT_MODEL)
     if dry_run:
         from autotune.pipelines import HubOptions
-        from autotune.search.dry_run import dry_run as describe
+        from autotune.tuner.dry_run import dry_run as describe
 
         height, width = options.sizes[0] if options.sizes else (height, width)
         told = describe(model or DEFAULT_MODEL, budget, height, width, steps, parse_pins(pin or []),
@@ -198,7 +198,7 @@ def search(
     check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
     start_worker_server()  # its imports run beside this process's own from here on
     options = replace(options, pinned=parse_pins(pin or []))  # the knob registry, so torch: after every light check
-    from autotune.search.run import run_search
+    from autotune.tuner.run import run_search
 
     if not model:
         model = DEFAULT_MODEL
@@ -231,7 +231,7 @@ def worker(
     storage, study = _study_flags(storage, study)
     with flags_named(SEARCH_FLAGS):  # the checks `autotune search` makes of the same options
         options = SearchOptions(timeout_s=timeout, workers=workers)
-    from autotune.search.distributed import run_worker
+    from autotune.tuner.distributed import run_worker
 
     with resume_line():
         completed = run_worker(storage, study, timeout_s=options.timeout_s, log_path=log.replace("{study}", study),
@@ -255,7 +255,7 @@ def export(
     with flags_named(SEARCH_FLAGS):  # the checks `autotune search` makes of the same options
         options = SearchOptions(top_k=top_k, rounds=rounds, ablation=ablation)
     check_writable(out.replace("{study}", study))
-    from autotune.search.distributed import export_profile
+    from autotune.tuner.distributed import export_profile
 
     outcome = export_profile(storage, study, out, top_k=options.top_k, rounds=options.rounds,
                              ablation=options.ablation,
@@ -305,7 +305,7 @@ def _write_search_report(outcome) -> None:
 
     from autotune.measure.quality import load_images
     from autotune.report import write_report
-    from autotune.search.study import open_storage
+    from autotune.tuner.study import open_storage
 
     if outcome.profile_path is None:
         return

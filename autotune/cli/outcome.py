@@ -14,7 +14,7 @@ from autotune.units import format_size
 
 if TYPE_CHECKING:
     from autotune.measure.figures import KnobEffect
-    from autotune.search.outcome import SearchOutcome
+    from autotune.tuner.outcome import SearchOutcome
 
 CONSOLE = Console()
 _VERBOSITY = {"level": 0}

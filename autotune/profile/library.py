@@ -62,7 +62,7 @@ def shipped_profiles_dir() -> Path:
     try:
         return Path(str(resources.files("autotune.profiles")))
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / "profiles"
+        return Path(__file__).resolve().parents[2] / "profiles"
 
 
 def profile_folders(search_path: SearchPath = None) -> list[Folder]:

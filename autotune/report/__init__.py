@@ -5,7 +5,7 @@ the top configurations, and the reference images beside the chosen configuration
 seen. plotly.js and the images are inlined: the page opens without a network.
 
 This module assembles the page; its parts live beside it: `report.sources` (finding the study), `report.plots`,
-`report.tables`, `report.images`, `report.trials` (how trials are read) and `report.html` (the frame).
+`report.tables`, `report.images`, `report.trials` (how trials are read) and `report.page` (the frame).
 
 >>> found = report_source("tiny.yaml")  # doctest: +SKIP
 >>> write_report(found.study, Path("tiny.html"), found.profile, found.images)  # doctest: +SKIP
@@ -24,8 +24,8 @@ from optuna.trial import TrialState
 from autotune.exceptions import Unavailable
 from autotune.profile import Profile, write_atomic
 
-from .html import CSS, ERROR_RECORDER, PAGE, section
 from .images import REFERENCE, image_grid, psnr
+from .page import CSS, ERROR_RECORDER, PAGE, section
 from .plots import history_plot, importances_plot, tradeoff_plot
 from .sources import ReportError, ReportSource, report_source
 from .tables import TOP_CONFIGURATIONS, summary_table, top_table

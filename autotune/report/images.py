@@ -12,9 +12,9 @@ import numpy as np
 import optuna
 
 from autotune.measure.quality import PSNR_CAP, score
-from autotune.search.spec import recorded_spec
+from autotune.tuner.spec import recorded_spec
 
-from .html import note
+from .page import note
 
 REFERENCE = "reference"  # the images key of the reference rendering
 # Small images are enlarged (pixelated) to at least this width, so a person can see what the scores mean.

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 from autotune.compare.records import TrialRecord
 from autotune.profile import Profile
 
-from .html import note
+from .page import note
 from .trials import best_number, changed_settings, feasible, measured, multi, quality_metric, verdict
 
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}

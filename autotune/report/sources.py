@@ -14,7 +14,7 @@ import optuna
 from autotune.exceptions import AutotuneError
 from autotune.measure.quality import images_path, load_images
 from autotune.profile import Profile, load_profile, profile_from_dict, read_yaml
-from autotune.search.study import open_storage, redact
+from autotune.tuner.study import open_storage, redact
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 

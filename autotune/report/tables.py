@@ -14,11 +14,11 @@ from autotune.compare.records import TrialRecord
 from autotune.hardware import Hardware
 from autotune.measure.figures import KnobEffect
 from autotune.profile import Profile
-from autotune.search.spec import recorded_spec
+from autotune.tuner.spec import recorded_spec
 from autotune.units import format_size
 from autotune.workload import Workload
 
-from .html import note
+from .page import note
 from .trials import changed_settings, feasible, multi, quality_text, ranked, verdict
 
 TOP_CONFIGURATIONS = 10

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial
 from autotune import knobs
 from autotune.compare.records import TrialRecord, feasible
 from autotune.profile import Profile
-from autotune.search.spec import recorded_spec
+from autotune.tuner.spec import recorded_spec
 from autotune.units import format_size
 
 

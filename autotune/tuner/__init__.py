@@ -1,5 +1,6 @@
-"""The search: the space of knob settings, the shared Optuna study and its storage, the trials, and what a search
-ends with (the re-measured choice, written as a profile). `autotune.search.run.run_search` runs one.
+"""The tuner, the search itself: the space of knob settings, the shared Optuna study and its storage, the trials,
+and what a search ends with (the re-measured choice, written as a profile). `autotune.tuner.run.run_search` runs one
+(the folder is not named `search`: that is `autotune.search`, the function).
 
 Outside this folder, import these modules (`space`, `storages`, `trials` and `time_split` are its own):
 """

@@ -118,7 +118,7 @@ def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: Stud
     started, spent = time.perf_counter(), {}
     try:
         value = _run_one(trial, study, worker, spec, scoring, spent, deadline)
-    except DeadlineReached:  # its time is the search's too: `search.time_split` reports it apart
+    except DeadlineReached:  # its time is the search's too: `time_split` reports it apart
         TrialRecord.write(trial, seconds={"trial": round(time.perf_counter() - started, 4)}, stopped="time limit")
         raise
     TrialRecord.write(trial, seconds={**spent, "trial": round(time.perf_counter() - started, 4)})

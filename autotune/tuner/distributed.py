@@ -4,7 +4,7 @@ Optuna is the distributed engine (see `study`): workers on any number of hosts s
 This module only starts workers on this host (one per visible GPU, each pinned with CUDA_VISIBLE_DEVICES), refuses a
 machine that is not the study's hardware, and re-measures a study's winners on the host that exports it. Trials are
 run by `trials.run_trials`, the profile is made by `outcome.finish_study`, as in a one-process search; this module
-never imports `search` (which imports it for `--workers`).
+never imports `run` (which imports it for `--workers`).
 """
 
 from __future__ import annotations

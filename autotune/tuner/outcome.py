@@ -1,6 +1,6 @@
 """The end of a search: re-measure the study's best configurations beside the default one, and write the profile.
 
-Shared by a one-process search (`search.run_search`) and by `autotune export` of a study that workers filled.
+Shared by a one-process search (`run.run_search`) and by `autotune export` of a study that workers filled.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class SearchOutcome:
     reference: Any = None  # the reference rendering, when quality was measured
     images_path: Path | None = None
     storage_url: str | None = None  # unredacted, for reopening the study in this process; never written
-    time_split: TimeSplit | None = None  # where the search's time went (`search.time_split`), set by the search
+    time_split: TimeSplit | None = None  # where the search's time went (`time_split`), set by the search
 
     @property
     def study(self) -> optuna.Study:
