@@ -87,7 +87,7 @@ def why_not(settings: dict, hw: Hardware, domains: dict) -> str | None:
         if name not in knobs.KNOBS:
             return f"this autotune has no {name} knob"
         reason = knobs.get(name).unavailable(value, hw)
-        if reason is None and name in domains and value not in knobs.domain_from_dict(domains[name]):
+        if reason is None and name in domains and value not in domains[name]:
             reason = "not offered for this model"
         if reason is not None:
             return f"{name}={value}: {reason}"

@@ -81,7 +81,7 @@ def reduced_space(model: str, free: list[str], device: str) -> tuple[dict[str, A
     defaults = knobs.defaults()
     parents = [name for name in space if name not in free and knobs.get(name).parent is None]
     pins = {name: defaults[name] for name in parents}
-    values = [knobs.domain_from_dict(space[name]).values for name in free]
+    values = [space[name].values for name in free]
     grid = [dict(zip(free, combo, strict=True)) for combo in itertools.product(*values)]
     return pins, [combo for combo in grid if not knobs.violations({**pins, **combo})]
 

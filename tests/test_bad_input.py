@@ -192,6 +192,7 @@ def _complete_trials(database: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_search_prints_the_resume_line_and_no_traceback(tmp_path):
     script = Path(sys.executable).with_name("autotune")
     search = subprocess.Popen(
@@ -258,6 +259,7 @@ def test_the_largest_batch_and_thread_count_round_trip_through_yaml(tmp_path):
     assert again == big and again.settings.batch_size == 4096 and again.settings.cpu_threads == 1024
 
 
+@pytest.mark.slow
 def test_a_worker_exits_when_its_driver_is_killed(tmp_path):
     driver = textwrap.dedent("""
         import threading, time, psutil
@@ -327,6 +329,7 @@ print("ok")
 '''
 
 
+@pytest.mark.slow
 def test_searches_creating_one_new_sqlite_study_at_once_all_open_it(tmp_path):
     # Item 8: the second of two searches died with "table ... already exists" when both created the file at once.
     script = tmp_path / "race.py"

@@ -41,6 +41,7 @@ def test_recommend_json_gives_settings_and_reasons():
     assert set(told["reasons"]) <= set(told["settings"]) and told["predicted_peak_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_verify_json_gives_each_check_and_exits_as_the_table_does():
     result = autotune_cli("verify", EAGER, "--json", "--workers", "1", "--rounds", "1")
     told = json.loads(result.stdout)  # the progress lines went to stderr

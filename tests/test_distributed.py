@@ -90,6 +90,7 @@ def _running_trial_of_a_worker(name: str, search_pid: int, timeout_s: float) -> 
     raise AssertionError("no worker started a trial")
 
 
+@pytest.mark.slow
 @needs_postgres
 def test_three_workers_complete_exactly_the_requested_trials(fleet):
     assert fleet.search.returncode == 0, fleet.search.stderr[-3000:]
@@ -110,6 +111,7 @@ def test_three_workers_complete_exactly_the_requested_trials(fleet):
     assert [row["state"] for row in json.loads(listed.stdout)].count("COMPLETE") == 6
 
 
+@pytest.mark.slow
 @needs_postgres
 def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(fleet):
     assert "worker" in fleet.search.stdout and "exited with status -9" in fleet.search.stdout
@@ -127,6 +129,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(fleet):
         assert retries[0].user_attrs["worker"] != fleet.victim.user_attrs["worker"]
 
 
+@pytest.mark.slow
 @needs_postgres
 def test_export_writes_the_profile_of_a_study_that_workers_filled(fleet):
     assert fleet.export.returncode == 0, fleet.export.stderr[-3000:]
@@ -144,6 +147,7 @@ def test_export_writes_the_profile_of_a_study_that_workers_filled(fleet):
     assert profile.settings_dict() in measured, (profile.settings_dict(), unmeasured)  # re-measured here
 
 
+@pytest.mark.slow
 @needs_postgres
 def test_the_storage_password_is_nowhere_the_search_wrote(fleet):
     password = make_url(POSTGRES_URL).password
@@ -184,6 +188,7 @@ def test_a_joining_worker_prunes_as_the_search_that_started_the_study_chose(tmp_
     assert spec.pruner == recorded and isinstance(study.pruner, pruner)
 
 
+@pytest.mark.slow
 def test_a_worker_on_other_hardware_is_refused_with_a_clear_message(tmp_path):
     url, name = f"sqlite:///{tmp_path / 'study.db'}", "refuse"
     _study_for_this_machine(url, name)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -22,6 +24,7 @@ def test_the_first_trial_that_reaches_the_target_is_counted_and_a_miss_is_missin
     assert checkpoints(12) == [5, 10, 12] and checkpoints(20) == [5, 10, 20]
 
 
+@pytest.mark.slow
 def test_one_tiny_run_prints_every_search_against_the_oracle_and_writes_the_plot(tmp_path):
     plot = tmp_path / "efficiency.html"
     run = subprocess.run(

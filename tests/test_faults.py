@@ -27,6 +27,8 @@ import optuna
 import psutil
 import pytest
 
+pytestmark = pytest.mark.slow  # each test runs a search in a process of its own, and breaks it
+
 FAST = ["--trials", "3", "--steps", "2", "--max-batch", "1", "--top-k", "1", "--rounds", "1", "--pin", "compile=none",
         "--study", "faults"]
 KEPT = "the study keeps every trial recorded before it"
