@@ -135,8 +135,8 @@ def search(
     size: Annotated[list[str] | None, typer.Option(help="WIDTHxHEIGHT the app renders (repeatable: one profile, the "
                                                         "knobs tuned for every size, a batch for each)")] = None,
     steps: Annotated[int | None, typer.Option(help="inference steps (default: the pipeline's own)")] = None,
-    prompt: Annotated[list[str] | None, typer.Option(help="a prompt the app renders (repeatable; default: two "
-                                                          "built-in prompts)")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="a prompt the app renders (repeatable; default: a "
+                                                          "built-in model's own four, else four general ones)")] = None,
     prompts: Annotated[str | None, typer.Option(help="a text file of prompts, one per line (blank lines skipped); "
                                                      "instead of --prompt")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="the negative prompt of every call")] = None,
