@@ -198,7 +198,10 @@ def test_ctrl_c_in_a_search_prints_the_resume_line_and_no_traceback(tmp_path):
     search = subprocess.Popen(
         [str(script), "search", "--trials", "40", "--steps", "2", "--max-batch", "1", "--pin", "compile=none",
          "--study", "ctrl-c", "--out", str(tmp_path / "ctrl-c.yaml")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # As a terminal's foreground job: a shell script's background job (`pytest &`) starts with Ctrl-C ignored,
+        # and every process it starts inherits that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while _complete_trials(tmp_path / "ctrl-c.db") < 1 and time.monotonic() < deadline and search.poll() is None:
