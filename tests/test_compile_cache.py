@@ -88,11 +88,12 @@ import sys, torch
 from autotune import load_pipeline, load_profile
 profile = load_profile(sys.argv[1])
 pipe = load_pipeline(None, profile)
-graphs = []
-for height, width in [(64, 64), (48, 32), (64, 64), (48, 32)][: int(sys.argv[2])]:
+graphs, hits = [], []
+for height, width in [(64, 64), (48, 32), (64, 64), (48, 32)]:
     pipe(profile.workload.prompts[0], **profile.call_kwargs(height=height, width=width))
     graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-print(torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"], *graphs)
+    hits.append(torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"])
+print(hits[0], *graphs)
 """
 
 
@@ -108,26 +109,22 @@ def test_a_precompiled_two_size_profile_compiles_once_per_size_and_nothing_again
                                                  "compile_fullgraph": True, "vae_slicing": True})
     profile = tuned.model_copy(update={"workload": workload, "settings": settings,
                                        "other_sizes": [SizeSettings(height=48, width=32, batch_size=1)]})
-    shipped, bare = tmp_path / "shipped", tmp_path / "bare"
-    for folder in (shipped, bare):
-        folder.mkdir()
-        (folder / "app.yaml").write_text(profile.to_yaml())
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "app.yaml").write_text(profile.to_yaml())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300"}
     made = subprocess.run([sys.executable, "-m", "autotune.cli", "precompile", str(shipped / "app.yaml")],
                           capture_output=True, text=True, env=env, timeout=900)
     assert made.returncode == 0, made.stderr[-3000:]
     [artifacts] = shipped.glob("app.*.compiled")
     assert str(artifacts) in made.stdout.replace("\n", "")
-    seen = {}
-    # Each app process starts with an empty inductor cache of its own; the bare one calls one size only.
-    for folder, calls in ((shipped, 4), (bare, 1)):
-        ran = subprocess.run([sys.executable, "-c", APP, str(folder / "app.yaml"), str(calls)], capture_output=True,
-                             text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{calls}")},
-                             timeout=900)
-        assert ran.returncode == 0, ran.stderr[-3000:]
-        seen[folder.name] = [int(word) for word in ran.stdout.split()[-1 - calls:]]
-    hits, *graphs = seen["shipped"]
-    assert hits > 0 and seen["bare"][0] == 0, seen  # what it hit came from the shipped file
+    # The app process starts with an empty inductor cache of its own, and the whole denoiser is one graph: a hit at
+    # its first call can only come from the shipped file.
+    ran = subprocess.run([sys.executable, "-c", APP, str(shipped / "app.yaml")], capture_output=True, text=True,
+                         env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}, timeout=900)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    first_call_hits, *graphs = (int(word) for word in ran.stdout.split()[-5:])
+    assert first_call_hits > 0, ran.stdout[-2000:]
     # One graph for the first size, one more (dynamic) for the second; alternating after that compiles nothing.
     assert graphs[1] <= 2 * graphs[0] and graphs[1:] == [graphs[1]] * 3, graphs
 
