@@ -67,10 +67,6 @@ class TrialRecord:
         return self.images_per_s is not None and self.peak_memory_bytes is not None
 
     @property
-    def feasible(self) -> bool:
-        return all(value <= 0 for value in self.constraints.values())
-
-    @property
     def ran_with(self) -> dict[str, Any]:
         """The knob settings it ran with, at the batch it chose."""
         settings = dict(self.settings or self.params)

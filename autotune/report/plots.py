@@ -18,7 +18,7 @@ from autotune.compare.records import TrialRecord
 from autotune.profile import Profile
 
 from .page import note
-from .trials import best_number, changed_settings, feasible, measured, multi, quality_metric, verdict
+from .trials import best_number, changed_settings, feasible, fixed_knobs, measured, multi, quality_metric, verdict
 
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -58,6 +58,7 @@ def _speed_memory_scatter(study: optuna.Study, trials: list[FrozenTrial], profil
     metric = quality_metric(study, profile)
     figure = go.Figure()
     best = best_number(study)
+    fixed = fixed_knobs(study)
     for label, members, style in (
         ("feasible", [t for t in trials if feasible(t)], {"color": "#1f77b4"}),
         ("infeasible", [t for t in trials if not feasible(t)], {"color": "#bbbbbb"}),
@@ -74,7 +75,7 @@ def _speed_memory_scatter(study: optuna.Study, trials: list[FrozenTrial], profil
             x=[r.peak_memory_bytes / 2**30 for r in records],
             y=[r.images_per_s for r in records],
             mode="markers", name=label, marker=marker,
-            text=[f"trial {t.number}<br>{html.escape(changed_settings(study, t))}<br>{html.escape(verdict(t))}"
+            text=[f"trial {t.number}<br>{html.escape(changed_settings(t, fixed))}<br>{html.escape(verdict(t))}"
                   for t in members],
             hovertemplate="%{text}<br>%{y:.3g} images/s, %{x:.3g} GiB<extra></extra>",
         ))

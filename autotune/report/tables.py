@@ -14,12 +14,12 @@ from autotune.compare.records import TrialRecord
 from autotune.hardware import Hardware
 from autotune.measure.figures import KnobEffect
 from autotune.profile import Profile
-from autotune.tuner.spec import recorded_spec
+from autotune.tuner.spec import StudySpec, recorded_spec
 from autotune.units import format_size
 from autotune.workload import Workload
 
 from .page import note
-from .trials import changed_settings, feasible, multi, quality_text, ranked, verdict
+from .trials import changed_settings, feasible, fixed_knobs, multi, quality_text, ranked, verdict
 
 TOP_CONFIGURATIONS = 10
 
@@ -29,6 +29,7 @@ def top_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile |
     if not trials:
         return note("No completed trial yet.")
     chosen = profile.settings_dict() if profile is not None else None
+    fixed = fixed_knobs(study)
     rows = []
     for rank, trial in enumerate(ranked(study, trials)[:TOP_CONFIGURATIONS], 1):
         record = TrialRecord.of(trial)
@@ -36,7 +37,7 @@ def top_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profile |
         is_chosen = chosen is not None and all(chosen.get(k) == v for k, v in settings.items() if k in chosen)
         rate = record.images_per_s
         cells = [
-            str(rank), f"{trial.number}" + (" (chosen)" if is_chosen else ""), changed_settings(study, trial),
+            str(rank), f"{trial.number}" + (" (chosen)" if is_chosen else ""), changed_settings(trial, fixed),
             str(settings.get("batch_size", "-")), f"{rate:.3g}" if rate is not None else "-",
             format_size(record.peak_memory_bytes), predicted_text(record), quality_text(record.quality),
             verdict(trial),
@@ -83,7 +84,7 @@ def summary_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profi
         ("model", profile.model.id if profile is not None else spec.model if spec else "-"),
         ("hardware", _hardware_text(profile.hardware if profile is not None else spec.hardware if spec else None)),
         ("workload", _workload_text(workload, spec.fixed if spec else {})),
-        ("goal", _goal_text(study, profile)),
+        ("goal", _goal_text(spec, profile)),
         ("study", f"{study.study_name}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))),
     ]
     if profile is not None and profile.metrics is not None:
@@ -98,7 +99,7 @@ def summary_table(study: optuna.Study, trials: list[FrozenTrial], profile: Profi
         measured = f"{record.images_per_s:.3g} images/s, " if record.images_per_s is not None else ""
         rows.append(("fastest on the Pareto front" if multi(study) else "best trial",
                      f"trial {best.number}: {measured}{format_size(record.peak_memory_bytes)} peak, "
-                     + changed_settings(study, best)))
+                     + changed_settings(best, spec.fixed if spec else {})))
     if profile is not None and profile.provenance is not None:
         provenance = profile.provenance
         rows.append(("made", f"{provenance.created:%Y-%m-%d %H:%M} UTC, {provenance.sampler} seed {provenance.seed}, "
@@ -132,9 +133,8 @@ def _workload_text(workload: Workload | None, fixed: dict) -> str:
     return ", ".join(parts)
 
 
-def _goal_text(study: optuna.Study, profile: Profile | None) -> str:
+def _goal_text(spec: StudySpec | None, profile: Profile | None) -> str:
     if profile is None:
-        spec = recorded_spec(study)
         return spec.objective if spec else "-"
     goal = profile.goal
     text = f"{goal.objective}, memory budget {format_size(goal.memory_budget_bytes)}"

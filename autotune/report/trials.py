@@ -71,10 +71,14 @@ def trial_settings(trial: FrozenTrial) -> dict[str, Any]:
     return TrialRecord.of(trial).ran_with  # at the batch the trial chose, not the one it started from
 
 
-def changed_settings(study: optuna.Study, trial: FrozenTrial) -> str:
-    """The knobs a trial set away from their defaults; the study's fixed ones are in the summary."""
+def fixed_knobs(study: optuna.Study) -> dict[str, Any]:
+    """The knob values the study pinned (read once per table or plot: a spec is parsed at each read)."""
     spec = recorded_spec(study)
-    fixed = spec.fixed if spec else {}
+    return spec.fixed if spec else {}
+
+
+def changed_settings(trial: FrozenTrial, fixed: dict[str, Any]) -> str:
+    """The knobs a trial set away from their defaults, the study's `fixed` ones aside (they are in the summary)."""
     return knobs.show_changed({name: value for name, value in trial_settings(trial).items()
                                if name in knobs.KNOBS and name not in fixed and name != "batch_size"})
 

@@ -27,8 +27,8 @@ from optuna.trial import TrialState
 from autotune.compare.records import TrialRecord
 from autotune.exceptions import CannotWrite
 from autotune.hardware import Fingerprint
-from autotune.profile import Workload
 from autotune.worker.server import pid_alive
+from autotune.workload import Workload
 
 from .spec import Events, StudySpec
 from .storages import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StorageError, open_storage, redact

@@ -351,6 +351,6 @@ def trial_event(study: optuna.Study, number: int, n_trials: int, started: float,
     settings = {**(record.settings or record.params), "batch_size": record.batch_size}
     return {"number": number, "done": done, "total": n_trials, "best_images_per_s": best,
             "images_per_s": record.images_per_s, "failure": record.failure, "reason": record.reason,
-            "feasible": record.feasible, "seconds_left": left,
+            "feasible": feasible(trial), "seconds_left": left,
             "changed": knobs.show_changed({k: v for k, v in settings.items() if v is not None and k in knobs.KNOBS}),
             "peak_memory_bytes": record.peak_memory_bytes}
