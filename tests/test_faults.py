@@ -29,7 +29,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # each test runs a search in a process of its own, and breaks it
 
-FAST = ["--trials", "3", "--steps", "2", "--max-batch", "1", "--top-k", "1", "--rounds", "1", "--pin", "compile=none",
+FAST = ["--trials", "2", "--steps", "2", "--max-batch", "1", "--top-k", "1", "--rounds", "1", "--pin", "compile=none",
         "--study", "faults"]
 KEPT = "the study keeps every trial recorded before it"
 # Wide enough that rich never wraps the line a test reads.
@@ -148,13 +148,13 @@ def test_a_disk_that_fills_mid_search_is_one_line_and_the_same_command_resumes(d
     filler.unlink()
     resumed = _run_search("--out", str(out), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert out.exists() and _complete(database) == 3 and kept >= 1
+    assert out.exists() and _complete(database) == 2 and kept >= 1
 
 
 def test_a_disk_full_when_the_profile_is_written_keeps_the_study_and_leaves_no_temporary_file(disk, tmp_path):
     out, database = disk / "p.yaml", (disk / "p.db").resolve()
     search = _search("--out", str(out), cwd=tmp_path)
-    _wait_for(lambda: _complete(database) >= 3, search)  # every trial is in: it re-measures, then writes
+    _wait_for(lambda: _complete(database) >= 2, search)  # every trial is in: it re-measures, then writes
     filler = _fill(disk)
     stdout, stderr = _finish(search)
     assert _error_line((search.returncode, stdout, stderr)) == (
@@ -164,7 +164,7 @@ def test_a_disk_full_when_the_profile_is_written_keeps_the_study_and_leaves_no_t
     filler.unlink()
     resumed = _run_search("--out", str(out), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert out.exists() and _complete(database) == 3  # no trial ran again: the study had them all
+    assert out.exists() and _complete(database) == 2  # no trial ran again: the study had them all
 
 
 # ---- the output folder made read-only, or removed ----
@@ -189,7 +189,7 @@ def test_an_output_folder_made_read_only_mid_search_is_one_line_and_resumes_once
     assert _leftovers(disk) == []
     resumed = _run_search("--out", str(out), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert out.exists() and _complete(database) == 3
+    assert out.exists() and _complete(database) == 2
 
 
 def test_an_output_folder_removed_mid_search_gets_its_study_back_and_the_same_command_resumes(tmp_path):
@@ -206,7 +206,7 @@ def test_an_output_folder_removed_mid_search_gets_its_study_back_and_the_same_co
     assert _complete(database) >= 1 and _leftovers(folder) == []
     resumed = _run_search("--out", str(out), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert out.exists() and _complete(database) == 3
+    assert out.exists() and _complete(database) == 2
 
 
 # ---- a worker killed as the OOM killer kills ----
@@ -235,7 +235,7 @@ def test_a_worker_killed_mid_trial_is_one_recorded_trial_and_the_search_goes_on(
     assert search.returncode == 0, stderr
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{database}")
     killed = [t for t in study.trials if t.user_attrs.get("failure") == "crash"]
-    assert len(killed) == 1 and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
+    assert len(killed) == 1 and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 2
     reason = killed[0].user_attrs["reason"]
     assert reason.startswith("the worker was killed by SIGKILL (as the kernel's out-of-memory killer does")
     assert any(line.startswith(f"trial {killed[0].number}: crash: {reason} (") for line in stdout.splitlines())
@@ -303,7 +303,7 @@ def test_a_database_server_restarted_mid_search_is_reconnected_to_or_one_line_an
         resumed = _run_search(*args, cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stderr
     assert "Traceback" not in stdout + stderr
-    assert _complete_in(server, name) == 3 and (tmp_path / "p.yaml").exists()
+    assert _complete_in(server, name) == 2 and (tmp_path / "p.yaml").exists()
 
 
 @needs_a_server_to_restart
@@ -320,4 +320,4 @@ def test_a_database_server_that_stays_away_is_one_line_and_the_same_command_resu
     _lost_connection_line((search.returncode, stdout, stderr))
     resumed = _run_search(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert _complete_in(server, name) == 3 and (tmp_path / "p.yaml").exists()
+    assert _complete_in(server, name) == 2 and (tmp_path / "p.yaml").exists()
