@@ -61,7 +61,7 @@ def fleet(tmp_path_factory) -> SimpleNamespace:
     folder = tmp_path_factory.mktemp("fleet")
     name = _unique("fleet")
     search = subprocess.Popen(_cli("search", "--storage", POSTGRES_URL, "--study", name, "--workers", "3", "--trials",
-                                   "6", "--out", str(folder / "search.yaml"), *FAST_FLAGS),
+                                   "4", "--out", str(folder / "search.yaml"), *FAST_FLAGS),
                               cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         victim = _running_trial_of_a_worker(name, search.pid, timeout_s=240)
@@ -95,20 +95,20 @@ def _running_trial_of_a_worker(name: str, search_pid: int, timeout_s: float) -> 
 def test_three_workers_complete_exactly_the_requested_trials(fleet):
     assert fleet.search.returncode == 0, fleet.search.stderr[-3000:]
     complete = _trials(POSTGRES_URL, fleet.name, TrialState.COMPLETE)
-    assert len(complete) == 6
+    assert len(complete) == 4
     assert not _trials(POSTGRES_URL, fleet.name, TrialState.RUNNING)
     assert [t.number for t in _trials(POSTGRES_URL, fleet.name, TrialState.FAIL)] == [fleet.victim.number]
     assert len({t.user_attrs["worker"] for t in complete} | {fleet.victim.user_attrs["worker"]}) == 3
     lineages = [t.system_attrs.get("failed_trial", t.number) for t in complete]
-    assert len(set(lineages)) == 6  # a retried trial counts once
-    assert load_profile(fleet.folder / "search.yaml").provenance.trials == 6
+    assert len(set(lineages)) == 4  # a retried trial counts once
+    assert load_profile(fleet.folder / "search.yaml").provenance.trials == 4
 
     # Optuna's own command line reads the study.
     optuna_cli = Path(sys.executable).parent / "optuna"
     listed = subprocess.run([str(optuna_cli), "trials", "--storage", POSTGRES_URL, "--study-name", fleet.name, "-f",
                              "json"], capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
-    assert [row["state"] for row in json.loads(listed.stdout)].count("COMPLETE") == 6
+    assert [row["state"] for row in json.loads(listed.stdout)].count("COMPLETE") == 4
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_export_writes_the_profile_of_a_study_that_workers_filled(fleet):
     assert fleet.export.returncode == 0, fleet.export.stderr[-3000:]
     profile = load_profile(fleet.folder / "exported.yaml")
     assert profile.model.id == "builtin:tiny-sd" and profile.provenance.study == fleet.name
-    assert profile.provenance.trials == 6
+    assert profile.provenance.trials == 4
     assert profile.hardware.same_model(probe().hardware)
     complete = _trials(POSTGRES_URL, fleet.name, TrialState.COMPLETE)
     # A trial that failed (a rule, an error) completes too, as infeasible, with its reason and no settings.
