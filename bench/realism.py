@@ -22,6 +22,7 @@ are saved there as `NAME.png`, four times their size, to look at.
 
     python bench/realism.py
     python bench/realism.py --models builtin:tiny-sd --steps 4 8 20 50 --grid docs/images
+    python bench/realism.py --models builtin:tiny-sd --guidance-scale 1 --timestep-spacing trailing
 
 This is a benchmark, not a test: its figures depend on nothing but the weights and the libraries, yet it takes
 minutes; its load times depend on the machine.
@@ -145,17 +146,22 @@ def save_grid(rows: list[np.ndarray], path: Path) -> None:
     picture.resize((picture.width * 4, picture.height * 4), Image.NEAREST).save(path)
 
 
-def model_report(model: str, steps_list: list[int], reference_steps: int, hardware, grid: Path | None) -> None:
+def model_report(model: str, args: argparse.Namespace, hardware) -> None:
+    steps_list, reference_steps, grid = sorted(args.steps), args.reference_steps, args.grid
     console.rule(model)
     started = time.perf_counter()
     pipe = pipelines.load(model)
     load_s = time.perf_counter() - started
+    if args.timestep_spacing:  # every scheduler the knob offers is made from this one's config, so it follows
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
+                                                          timestep_spacing=args.timestep_spacing)
     builtin = find_builtin(model)
     workload = Workload(height=builtin.size, width=builtin.size, prompts=list(HELD_OUT_PROMPTS),
-                        call=dict(builtin.call))
-    console.print(f"loaded in {load_s:.2f} s; {type(pipe).__name__} with {type(pipe.scheduler).__name__}, "
-                  f"{builtin.size}x{builtin.size}, default {builtin.steps} steps, reference {reference_steps} steps, "
-                  f"{len(workload.prompts)} prompts")
+                        call=dict(builtin.call), guidance_scale=args.guidance_scale)
+    console.print(f"loaded in {load_s:.2f} s; {type(pipe).__name__} with {type(pipe.scheduler).__name__} "
+                  f"({pipe.scheduler.config.get('timestep_spacing', 'no')} spacing), {builtin.size}x{builtin.size}, "
+                  f"default {builtin.steps} steps, reference {reference_steps} steps, {len(workload.prompts)} prompts, "
+                  f"guidance {'the pipeline default' if args.guidance_scale is None else args.guidance_scale}")
     reference = render(pipe, workload, reference_steps)
     default = render(pipe, workload, builtin.steps)
     default_psnr = worst_psnr(default, reference)
@@ -188,13 +194,17 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 12, 20, 30, 50])
     parser.add_argument("--reference-steps", type=int, default=200)
     parser.add_argument("--grid", type=Path, help="a folder to save each model's images in")
+    parser.add_argument("--guidance-scale", type=float, help="every render's guidance scale (default: the pipeline's)")
+    parser.add_argument("--timestep-spacing", choices=["leading", "trailing", "linspace"],
+                        help="the model's scheduler's timestep spacing, and so every offered scheduler's (default: "
+                             "the model's own)")
     args = parser.parse_args()
     torch.manual_seed(0)
     diffusers.utils.logging.set_verbosity_error()  # the attention knob's "experimental" notice, once per configuration
     hardware = probe().hardware
     console.print(f"{hardware.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     for model in args.models:
-        model_report(model, sorted(args.steps), args.reference_steps, hardware, args.grid)
+        model_report(model, args, hardware)
 
 
 if __name__ == "__main__":
