@@ -125,7 +125,7 @@ def test_a_precompiled_two_size_profile_compiles_once_per_size_and_nothing_again
     assert ran.returncode == 0, ran.stderr[-3000:]
     hits, misses, *graphs = (int(word) for word in ran.stdout.split()[-6:])
     assert hits > 0 and misses == 0, ran.stdout[-2000:]
-    # One graph for the first size, one more (dynamic) for the second; alternating after that compiles nothing.
+    # The first size's graphs, at most as many again (dynamic) for the second; alternating after that compiles nothing.
     assert graphs[1] <= 2 * graphs[0] and graphs[1:] == [graphs[1]] * 3, graphs
 
 

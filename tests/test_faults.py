@@ -225,7 +225,8 @@ def _busy_worker(search: subprocess.Popen) -> psutil.Process | None:
 
 def test_a_worker_killed_mid_trial_is_one_recorded_trial_and_the_search_goes_on(tmp_path):
     out, database = tmp_path / "p.yaml", tmp_path / "p.db"
-    search = _search("--out", str(out), "--steps", "10", cwd=tmp_path)  # longer trials, to be killed in
+    # Longer trials, to be killed in, and a third after the one killed (the last --trials given counts).
+    search = _search("--out", str(out), "--steps", "10", "--trials", "3", cwd=tmp_path)
     _wait_for(lambda: _complete(database) >= 1, search)
     deadline = time.monotonic() + 120
     while (worker := _busy_worker(search)) is None:
@@ -235,7 +236,7 @@ def test_a_worker_killed_mid_trial_is_one_recorded_trial_and_the_search_goes_on(
     assert search.returncode == 0, stderr
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{database}")
     killed = [t for t in study.trials if t.user_attrs.get("failure") == "crash"]
-    assert len(killed) == 1 and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 2
+    assert len(killed) == 1 and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
     reason = killed[0].user_attrs["reason"]
     assert reason.startswith("the worker was killed by SIGKILL (as the kernel's out-of-memory killer does")
     assert any(line.startswith(f"trial {killed[0].number}: crash: {reason} (") for line in stdout.splitlines())
