@@ -88,13 +88,12 @@ import sys, torch
 from autotune import load_pipeline, load_profile
 profile = load_profile(sys.argv[1])
 pipe = load_pipeline(None, profile)
-graphs, hits, misses = [], [], []
+graphs = []
 for height, width in [(64, 64), (48, 32), (64, 64), (48, 32)]:
     pipe(profile.workload.prompts[0], **profile.call_kwargs(height=height, width=width))
     graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    hits.append(torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"])
-    misses.append(torch._dynamo.utils.counters["inductor"]["fxgraph_cache_miss"])
-print(hits[-1], misses[-1], *graphs)
+inductor = torch._dynamo.utils.counters["inductor"]
+print(inductor["fxgraph_cache_hit"], inductor["fxgraph_cache_miss"], *graphs)
 """
 
 
