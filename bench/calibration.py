@@ -39,7 +39,6 @@ from autotune.hardware import probe  # noqa: E402
 from autotune.measure import quality  # noqa: E402
 from autotune.pipelines.trained import PROMPTS  # noqa: E402
 from autotune.worker.calibration import largest_meeting  # noqa: E402
-from autotune.workload import Workload  # noqa: E402
 
 LOW, HIGH = 0.02, 0.3  # the cache_threshold knob's range
 console = Console(width=140)
@@ -52,8 +51,7 @@ class Renders:
         hardware = probe().hardware
         pipe = pipelines.load(model)
         builtin = pipelines.find_builtin(model)
-        self.workload = Workload(height=builtin.size, width=builtin.size, prompts=list(PROMPTS),
-                                 call=dict(builtin.call))
+        self.workload = builtin.workload(PROMPTS)
         self.steps, self.metric, self.hardware = builtin.steps, metric, hardware
         self.reference = render(pipe, self.workload, self.steps)
         counts, handles = block_calls(pipelines.denoiser(pipe))

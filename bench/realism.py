@@ -156,12 +156,15 @@ def model_report(model: str, args: argparse.Namespace, hardware) -> None:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
                                                           timestep_spacing=args.timestep_spacing)
     builtin = find_builtin(model)
-    workload = Workload(height=builtin.size, width=builtin.size, prompts=list(HELD_OUT_PROMPTS),
-                        call=dict(builtin.call), guidance_scale=args.guidance_scale)
+    workload = builtin.workload(HELD_OUT_PROMPTS)
+    if args.guidance_scale is not None:
+        workload = workload.model_copy(update={"guidance_scale": args.guidance_scale})
     console.print(f"loaded in {load_s:.2f} s; {type(pipe).__name__} with {type(pipe.scheduler).__name__} "
                   f"({pipe.scheduler.config.get('timestep_spacing', 'no')} spacing), {builtin.size}x{builtin.size}, "
                   f"default {builtin.steps} steps, reference {reference_steps} steps, {len(workload.prompts)} prompts, "
-                  f"guidance {'the pipeline default' if args.guidance_scale is None else args.guidance_scale}")
+                  f"guidance {'the pipeline default' if workload.guidance_scale is None else workload.guidance_scale}"
+                  + (f", negative prompt {workload.negative_prompt!r}" if workload.negative_prompt is not None else "")
+                  + (f", {workload.call}" if workload.call else ""))
     reference = render(pipe, workload, reference_steps)
     default = render(pipe, workload, builtin.steps)
     default_psnr = worst_psnr(default, reference)
@@ -194,7 +197,8 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 12, 20, 30, 50])
     parser.add_argument("--reference-steps", type=int, default=200)
     parser.add_argument("--grid", type=Path, help="a folder to save each model's images in")
-    parser.add_argument("--guidance-scale", type=float, help="every render's guidance scale (default: the pipeline's)")
+    parser.add_argument("--guidance-scale", type=float,
+                        help="every render's guidance scale (default: the built-in's own)")
     parser.add_argument("--timestep-spacing", choices=["leading", "trailing", "linspace"],
                         help="the model's scheduler's timestep spacing, and so every offered scheduler's (default: "
                              "the model's own)")

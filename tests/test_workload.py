@@ -149,6 +149,23 @@ def test_a_profile_without_the_new_fields_still_loads_and_passes_none_of_them():
     assert "num_images_per_prompt" in shipped.call_kwargs(batch=True)
 
 
+def test_a_builtins_own_guidance_is_the_default_workloads_and_a_given_one_wins():
+    from autotune import pipelines
+    from autotune.options import SearchOptions
+    from autotune.tuner.run import make_workload
+    from autotune.worker import protocol
+
+    own = pipelines.find_builtin("builtin:tiny-sd").guidance_scale
+    assert own is not None and own != pipelines.default_guidance("StableDiffusionPipeline")
+    info = protocol.Description(pipeline="StableDiffusionPipeline", denoiser="UNet2DConditionModel", default_size=32,
+                                default_steps=50, scheduler="EulerDiscreteScheduler", domains={}, hardware={},
+                                default_guidance_scale=own)
+    assert make_workload(SearchOptions(), info).guidance_scale == own
+    assert make_workload(SearchOptions(guidance_scale=7.5), info).guidance_scale == 7.5
+    # The shipped profile was made by a search with the built-in's defaults: its workload carries them to the app.
+    assert load_profile("profiles/tiny-sd-cpu.yaml").call_kwargs()["guidance_scale"] == own
+
+
 def test_a_video_profile_passes_its_batch_as_num_videos_per_prompt(make_profile):
     workload = Workload(height=64, width=64, prompts=["a cat"], call={"num_frames": 9}, output="video")
     profile: Profile = make_profile(batch_size=2).model_copy(update={"workload": workload})

@@ -53,13 +53,14 @@ UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(64
             cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32)
 TEXT = dict(vocab_size=514, hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
             max_position_embeddings=77, projection_dim=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-# SD 1.5's noise schedule, with the scheduler SDXL ships (Euler, "leading" spacing). SD 1.5 ships PNDM, whose
-# 4th-order multistep extrapolates the noise predictions of the last 4 steps with weights up to 55/24: this small
-# model's predictions are not smooth enough in time for that (PNDM drew 6 of the 8 held-out prompts at 50 steps and
-# none at 20, where Euler, DDIM and DPM-Solver++ drew all 8 at 20), so a default that real models handle would make
-# every reference here wrong. PNDM stays one of the scheduler knob's values.
+# SD 1.5's noise schedule, with the scheduler SDXL ships (Euler) on the timesteps diffusers' Euler defaults to
+# ("linspace"). SD 1.5 ships PNDM on "leading" timesteps: this small model's noise predictions, under SD's guidance of
+# 7.5, are not smooth enough in time for PNDM's 4th-order extrapolation (it never converged), and DPM-Solver++ 2M
+# diverged with steps on "leading" timesteps even unguided. The built-in's default guidance is 2 (`trained.py`): at
+# 2 on "linspace" timesteps every scheduler the knob offers converges with steps (docs/benchmarks.md). The weights
+# were trained under "leading"; the spacing only picks which timesteps sampling visits.
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                 steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
+                 steps_offset=1, timestep_spacing="linspace", prediction_type="epsilon")
 
 
 def lr_factor(step: int, fraction: float, warmup: int) -> float:

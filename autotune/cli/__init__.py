@@ -141,7 +141,8 @@ def search(
                                                      "instead of --prompt")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="the negative prompt of every call")] = None,
     guidance: Annotated[float | None, typer.Option("--guidance-scale", "--guidance", help="guidance scale (default: "
-                                                   "the pipeline's own); --guidance is its short name")] = None,
+                                                   "a built-in's own, else the pipeline's); --guidance is its short "
+                                                   "name")] = None,
     call: Annotated[list[str] | None, typer.Option(
         help="KEY=VALUE: any other argument of the pipeline call, typed from its signature (num_frames=33, "
              "max_sequence_length=256, use_resolution_binning=false; repeatable)")] = None,

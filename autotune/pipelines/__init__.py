@@ -16,7 +16,7 @@ import inspect
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from autotune.exceptions import UnknownModel
 from autotune.files import cache_dir
 from autotune.options import DEFAULT_MODEL as DEFAULT_MODEL  # the CLI reads it without importing torch
 from autotune.options import is_single_file as is_single_file  # the CLI checks it without torch
+from autotune.workload import Workload
 
 from . import trained
 from .builtins import BUILTIN_PREFIX, named
@@ -307,6 +308,14 @@ class Builtin:
     make_empty: Callable[[], DiffusionPipeline] | None = None
     prompts: tuple[str, ...] = ()  # the workload's default prompts (none: the search's own)
     call: dict = field(default_factory=dict)  # arguments the default workload passes to every call
+    guidance_scale: float | None = None  # the default workload's guidance (None: the pipeline call's own)
+    negative_prompt: str | None = None  # the default workload's negative prompt (None: none passed)
+
+    def workload(self, prompts: Sequence[str] = ()) -> Workload:
+        """Its default workload (size, prompts, guidance and call arguments), with `prompts` instead of its own when
+        given: what a search of it renders unless told otherwise."""
+        return Workload(height=self.size, width=self.size, prompts=list(prompts or self.prompts), call=dict(self.call),
+                        guidance_scale=self.guidance_scale, negative_prompt=self.negative_prompt)
 
 
 def _built(model: str, builtin: Builtin, dtype: torch.dtype | None = None) -> DiffusionPipeline:
@@ -347,10 +356,13 @@ BUILTINS: dict[str, Builtin] = {
     # The trained ones load their few MB of weights even where only their shapes are asked for (`load_empty`):
     # from_pretrained cannot run under the meta device, and their folders hold no tokenizer to read.
     "tiny-sd": Builtin(trained.tiny_sd, "StableDiffusionPipeline", "UNet2DConditionModel", 32, 50,
-                       make_empty=trained.tiny_sd, prompts=trained.PROMPTS),
+                       make_empty=trained.tiny_sd, prompts=trained.PROMPTS,
+                       guidance_scale=trained.TINY_SD_GUIDANCE_SCALE),
     "tiny-flux": Builtin(trained.tiny_flux, "FluxPipeline", "FluxTransformer2DModel", 32, 28,
                          make_empty=trained.tiny_flux, prompts=trained.PROMPTS,
-                         call={"max_sequence_length": trained.TINY_FLUX_SEQUENCE_LENGTH}),
+                         call={"max_sequence_length": trained.TINY_FLUX_SEQUENCE_LENGTH,
+                               "true_cfg_scale": trained.TINY_FLUX_TRUE_CFG_SCALE},
+                         negative_prompt=trained.TINY_FLUX_NEGATIVE_PROMPT),
     "tiny-sd-random": Builtin(tiny_sd_random, "StableDiffusionPipeline", "UNet2DConditionModel", 64, 20),
     "sd15-arch": Builtin(sd15_arch, "StableDiffusionPipeline", "UNet2DConditionModel", 512, 50, saved=True),
     "tiny-flux-random": Builtin(tiny_flux_random, "FluxPipeline", "FluxTransformer2DModel", 64, 20),

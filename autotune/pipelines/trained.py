@@ -29,6 +29,16 @@ WEIGHTS = Path(__file__).parent / "weights"
 TINY_FLUX_SEQUENCE_LENGTH = 64
 # The workload's default prompts: held out from training, and differing in every attribute.
 PROMPTS: tuple[str, ...] = shapes.HELD_OUT_PROMPTS[:4]
+# tiny-sd's default guidance. At SD's 7.5 this small model's guided noise predictions are not smooth enough in time
+# for the multistep solvers (PNDM and LMS never converged); unguided, its flow is nearly straight (every prompt
+# drawn at 2 steps). At 2 every scheduler converges with steps and a 2-step image is a blur (bench/realism.py).
+TINY_SD_GUIDANCE_SCALE = 2.0
+# tiny-flux's default guidance: true classifier-free guidance (FluxPipeline's `true_cfg_scale` with a negative prompt,
+# here the empty caption it was trained to draw unconditioned), as SD3, Qwen-Image and Wan are run. Unguided it drew
+# 6 of the 8 held-out prompts and 7 at 2 steps (a caption nearly fixes its scene, so its flow is nearly straight);
+# at 3 it draws all 8 and no 2-step image (bench/realism.py).
+TINY_FLUX_TRUE_CFG_SCALE = 3.0
+TINY_FLUX_NEGATIVE_PROMPT = ""
 
 
 @contextlib.contextmanager
@@ -51,8 +61,8 @@ def _without_progress_bars() -> Iterator[None]:
 
 def tiny_sd() -> StableDiffusionPipeline:
     """The trained tiny Stable Diffusion: a 3.2M-parameter UNet, a CLIP text encoder and a VAE (32x32 images,
-    4x8x8 latents), with SD 1.5's noise schedule and SDXL's scheduler (Euler). Trained by
-    `training/train_tiny_sd.py`."""
+    4x8x8 latents), with SD 1.5's noise schedule and SDXL's scheduler (Euler, on diffusers' default "linspace"
+    timesteps). Trained by `training/train_tiny_sd.py`."""
     with _without_progress_bars():
         pipe = StableDiffusionPipeline.from_pretrained(
             WEIGHTS / "tiny-sd", tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None,

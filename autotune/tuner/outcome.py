@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from autotune import __version__, knobs, pipelines
-from autotune.compare.ablation import measure_ablation
+from autotune.compare.ablation import ablations, measure_ablation
 from autotune.compare.candidates import (
     Candidate,
     choose_picks,
@@ -116,7 +116,8 @@ def finish_study(
     best, profile_set = choose(fitting, spec.objective, scoring, profile_of)
     effects = None
     if ablation and best.measured and profile_set is None:
-        emit("phase", {"message": f"measuring what each chosen knob is worth: {knobs.show_changed(best.settings)}, "
+        changed = ", ".join(f"{a.knob}={knobs.show(a.value)}" for a in ablations(best.settings, baseline.settings))
+        emit("phase", {"message": f"measuring what each chosen knob is worth: {changed}, "
                                   "each put back to the default beside the chosen configuration, interleaved"})
         effects = measure_ablation(best, baseline.settings, config, workload, rounds, spec.trial_timeout_s,
                                    scoring=scoring, device_memory_bytes=fingerprint.hardware.memory_bytes,

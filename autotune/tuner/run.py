@@ -203,15 +203,18 @@ def describe_model(worker: Worker, model: ModelSource, options: SearchOptions, l
 
 
 def make_workload(options: SearchOptions, info: protocol.Description) -> Workload:
-    """What the app will render: the options' size, prompts and call, the pipeline's own where they give none."""
+    """What the app will render: the options' size, prompts, guidance and call; where they give none, a built-in's
+    own default workload's, else the pipeline's."""
     height, width, other_sizes = options.height, options.width, list[tuple[int, int]]()
     if options.sizes is not None:
         height, width, other_sizes = check_sizes([(h, w) for h, w in options.sizes], options.height, options.width,
                                                  options.several_sizes_allowed)
+    guidance = options.guidance_scale if options.guidance_scale is not None else info.default_guidance_scale
+    negative = options.negative_prompt if options.negative_prompt is not None else info.default_negative_prompt
     workload = Workload(
         height=height or info.default_size, width=width or info.default_size, other_sizes=other_sizes,
         prompts=list(options.prompts or info.default_prompts or DEFAULT_PROMPTS), seed=options.seed,
-        guidance_scale=options.guidance_scale, negative_prompt=options.negative_prompt, output=info.output,
+        guidance_scale=guidance, negative_prompt=negative, output=info.output,
         call=check_workload_arguments(info, {**info.default_call, **(options.call or {})}, options.negative_prompt,
                                       options.guidance_scale),
     )

@@ -155,6 +155,8 @@ class Description:
     memory: dict[str, Any] = field(default_factory=dict)  # `measure.memory_facts.ModelFacts.to_dict()`
     default_prompts: tuple[str, ...] = ()  # a built-in's own (`pipelines.Builtin.prompts`)
     default_call: dict[str, Any] = field(default_factory=dict)  # a built-in's own call arguments
+    default_guidance_scale: float | None = None  # a built-in's own (`pipelines.Builtin.guidance_scale`)
+    default_negative_prompt: str | None = None  # a built-in's own (`pipelines.Builtin.negative_prompt`)
 
 
 @dataclass(frozen=True)

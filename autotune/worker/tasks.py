@@ -228,6 +228,8 @@ def _describe(state: WorkerState, task: protocol.Describe) -> protocol.Descripti
         default_size=pipelines.default_call_size(pipe, state.config.model),
         default_steps=pipelines.default_steps(pipe, state.config.model),
         default_prompts=builtin.prompts if builtin else (), default_call=dict(builtin.call) if builtin else {},
+        default_guidance_scale=builtin.guidance_scale if builtin else None,
+        default_negative_prompt=builtin.negative_prompt if builtin else None,
         scheduler=type(pipe.scheduler).__name__,
         domains=knobs.domains(state.hardware, pipe),
         hardware=state.hardware.model_dump(),
