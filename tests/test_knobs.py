@@ -128,6 +128,18 @@ def test_available_value_applies_reads_back_and_generates_on_a_dit(name, value):
     assert np.isfinite(images).all() and images.std() > 0
 
 
+def test_taylorseer_runs_from_the_fewest_warmup_steps_its_domain_offers():
+    # A search samples the domain, not the contract test's choices. With no warmup step, diffusers' TaylorSeer
+    # predicts at step 0 from nothing whenever the interval is over 1.
+    fewest = knobs.get("cache_warmup_steps").domain(HARDWARE, TINY_DIT).low
+    pipe = pipelines.load("builtin:tiny-flux-random")
+    apply_settings(pipe, {"cache": "taylorseer", "cache_interval": 2, "cache_warmup_steps": fewest}, HARDWARE,
+                   fallback=False)
+    images = pipe("a lighthouse", height=64, width=64, num_inference_steps=4, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert np.isfinite(images).all()
+
+
 @pytest.mark.parametrize(("name", "value"), EXACT, ids=[f"{n}={v}" for n, v in EXACT])
 def test_an_exact_value_leaves_the_image_as_the_default_makes_it(name, value, make_profile, generate):
     default, changed = pipelines.tiny_sd_random(), pipelines.tiny_sd_random()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from autotune.pipelines import denoiser
 
@@ -152,7 +152,9 @@ class CacheInterval(_CacheOption):
 class CacheWarmupSteps(_CacheOption):
     name = "cache_warmup_steps"
     help = "TaylorSeer: steps computed in full before the cache starts predicting"
-    annotation = NonNegativeInt
+    # At least one: with none, diffusers' TaylorSeer predicts at step 0 from nothing whenever the interval is over 1
+    # ("Cannot predict without prior initialization/update."; step 0 computes only when (0 - 0 - 1) % interval == 0).
+    annotation = PositiveInt
     default = 3
     parent = ("cache", frozenset({"taylorseer"}))
     attribute = "disable_cache_before_step"
@@ -161,7 +163,7 @@ class CacheWarmupSteps(_CacheOption):
         return [1, 3, 5]
 
     def domain(self, hw, pipe=None):
-        return IntRange(0, 8)
+        return IntRange(1, 8)
 
 
 @register
