@@ -128,6 +128,17 @@ def test_available_value_applies_reads_back_and_generates_on_a_dit(name, value):
     assert np.isfinite(images).all() and images.std() > 0
 
 
+def test_fp8_layerwise_casting_excludes_a_whole_graph_compile_as_dynamo_refuses_its_hooks():
+    settings = {"layerwise_casting": "fp8-e4m3", "compile": "default", "compile_fullgraph": True}
+    assert any("layerwise-casting hooks" in broken for broken in knobs.violations(settings))
+    # The rule stands on diffusers' behaviour: when this stops raising, the rule can go.
+    pipe = pipelines.load("builtin:tiny-flux-random")
+    pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True)
+    with pytest.raises(Exception, match=r"nn\.Parameter\(\)"):
+        pipe("a lighthouse", height=64, width=64, num_inference_steps=1, output_type="np")
+
+
 def test_taylorseer_runs_from_the_fewest_warmup_steps_its_domain_offers():
     # A search samples the domain, not the contract test's choices. With no warmup step, diffusers' TaylorSeer
     # predicts at step 0 from nothing whenever the interval is over 1.

@@ -15,6 +15,7 @@ import torch
 from autotune.pipelines import denoiser
 
 from ._base import Knob, register
+from ._rules import Excludes
 
 STORAGE_DTYPES = {"fp8-e4m3": torch.float8_e4m3fn, "fp8-e5m2": torch.float8_e5m2}
 
@@ -30,6 +31,10 @@ class LayerwiseCasting(Knob):
     before = ("scheduler",)
     exact = False
     reversible = False
+    # Compiled with the whole graph, dynamo refuses the hooks' `torch.nn.Parameter()` constructor (measured on
+    # tiny-flux-random: the same compile with flex attention alone runs).
+    rules = (Excludes("compile_fullgraph", "diffusers' layerwise-casting hooks break the compiled graph",
+                      values=set(STORAGE_DTYPES), other_values={True}),)
 
     def choices(self):
         return ["none", *STORAGE_DTYPES]
