@@ -124,6 +124,7 @@ class SearchOptions:
     out: str | Path | None = None  # "{study}" in it becomes the study name; None writes no file
     previous: Profile | None = None  # a profile whose settings seed the study
     pinned: Mapping[str, Any] | None = field(default_factory=dict)
+    only: Mapping[str, Sequence[Any]] | None = field(default_factory=dict)  # knob -> the values searched
     warm_start_recipes: bool = True
     # Where and how the model loads.
     device: str | None = None  # cpu, cuda or cuda:N
@@ -141,8 +142,14 @@ class SearchOptions:
     ablation: bool | None = None  # None: unless AUTOTUNE_ABLATION=0
 
     def __post_init__(self) -> None:
-        for option in ("call", "pinned"):  # None, as callers of the keyword form pass it, is none
+        for option in ("call", "pinned", "only"):  # None, as callers of the keyword form pass it, is none
             object.__setattr__(self, option, dict(getattr(self, option) or {}))
+        for name, values in self.only.items():
+            if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+                raise InvalidOption("only", f"takes a list of one or more values for each knob; {name}: {values!r}")
+        both = sorted(set(self.pinned) & set(self.only))
+        if both:
+            raise InvalidOption("only", f"names {', '.join(both)}, pinned too: pin a knob or narrow it, not both")
         for option, allowed in (("objective", OBJECTIVES), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
             if getattr(self, option) not in allowed:
                 raise InvalidOption(option, f"must be one of {', '.join(allowed)}, got {getattr(self, option)!r}")

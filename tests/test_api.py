@@ -87,6 +87,10 @@ def test_the_options_are_checked_when_made_and_named_as_the_caller_names_them(tm
         run_search("builtin:tiny-sd-random", n_trials=0)
     with pytest.raises(TypeError, match="not both"):
         run_search("builtin:tiny-sd-random", SearchOptions(), n_trials=2)
+    with pytest.raises(InvalidOption, match=r"^only takes a list of one or more values for each knob; steps: '4'$"):
+        SearchOptions(only={"steps": "4"})
+    with pytest.raises(InvalidOption, match=r"^only names compile, pinned too: pin a knob or narrow it, not both$"):
+        SearchOptions(only={"compile": ["none"]}, pinned={"compile": "none"})
     result = CliRunner().invoke(app, ["search", "--trial-timeout", "0", "--out", str(tmp_path / "p.yaml")])
     assert str(result.exception) == "--trial-timeout must be more than 0 seconds, got 0"  # `autotune` exits 2 on it
     assert list(tmp_path.iterdir()) == []

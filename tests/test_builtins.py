@@ -121,6 +121,8 @@ def test_a_dry_run_says_what_a_search_would_run_without_loading_a_weight(tmp_pat
     # SD 1.5's UNet at 512x512 is about 0.8 TFLOP a step per latent; guidance doubles it; 50 steps.
     assert 70e12 < told.image_flops < 90e12 and told.seconds_per_image() > 0
     assert told.configurations > 1 and "precision" in told.space
+    narrowed = dry_run("builtin:sd15-arch", budget="6GB", only={"precision": ["fp32"]})
+    assert narrowed.space["precision"].values == ("fp32",) and narrowed.configurations < told.configurations
     monkeypatch.chdir(tmp_path)
     shown = CliRunner().invoke(app, ["search", "--dry-run", "--model", "builtin:tiny-flux-random", "--pin",
                                      "compile=none"], env={"COLUMNS": "200"})

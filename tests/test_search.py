@@ -143,6 +143,18 @@ def test_trials_are_held_to_the_budget_and_record_it(tmp_path, tiny_search):
     assert (tmp_path / "tiny.db").exists()  # the study sits next to the profile
 
 
+def test_a_search_narrowed_with_only_samples_and_seeds_nothing_else(tiny_search):
+    import optuna
+
+    from autotune.compare.records import TrialRecord
+
+    outcome = tiny_search(n_trials=3, only={"precision": ["bf16"], "channels_last": [True, False]}, **FAST)
+    study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url)
+    ran = [TrialRecord.of(trial).settings for trial in study.trials if trial.state.is_finished()]
+    assert len(ran) == 3 and all(settings["precision"] == "bf16" for settings in ran), ran
+    assert outcome.profile.settings.precision == "bf16"
+
+
 def test_a_search_records_where_each_trial_spent_its_time_and_splits_its_own(tiny_search):
     import optuna
 

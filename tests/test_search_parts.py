@@ -17,7 +17,7 @@ from autotune.exceptions import InvalidInput
 from autotune.hardware import probe
 from autotune.measure.figures import Stat
 from autotune.tuner.outcome import SearchOutcome, metrics_of
-from autotune.tuner.space import build_space, restrict, sample, suggest, validate_pinned
+from autotune.tuner.space import build_space, calibrated_part, narrow, restrict, sample, suggest, validate_pinned
 from autotune.tuner.spec import StudySpec
 from autotune.tuner.study import make_pruner
 from autotune.tuner.trials import run_one
@@ -103,6 +103,33 @@ def test_a_lossy_value_of_an_exact_knob_is_searched_only_when_quality_is_measure
     scored = build_space(domains, steps=knobs.IntRange(5, 50))
     assert scored["attention"].values == ("sdpa", "flash", "sage")
     assert build_space({"attention": knobs.Categorical(("sdpa", "sage"))}) == {}
+
+
+def test_only_narrows_a_knob_to_the_values_given_typed_and_a_range_becomes_enumerable():
+    space = {"quantization": knobs.Categorical(("none", "int8-weight-only", "int8-dynamic")),
+             "steps": knobs.IntRange(2, 28), "cache_threshold": knobs.FloatRange(0.02, 0.3, log=True)}
+    narrowed = narrow(space, {"quantization": ["int8-dynamic", "none"], "steps": ["4", 8, 8],
+                              "cache_threshold": [0.05]})
+    assert narrowed["quantization"] == knobs.Categorical(("int8-dynamic", "none"))
+    assert narrowed["steps"] == knobs.Categorical((4, 8))  # typed as a profile types it, each once
+    assert narrow(space, {}) == space
+    # A threshold given values is sampled among them, not calibrated: taken out of the space, it would never be set.
+    assert calibrated_part(dict(narrowed), floor=True) == {}
+    assert calibrated_part(dict(space), floor=True) == {"cache_threshold": space["cache_threshold"]}
+
+
+@pytest.mark.parametrize(("only", "message"), [
+    ({"compile": ["none"]}, "only: compile is not searched here (searched: quantization, steps)"),
+    ({"quantization": ["fp8-weight-only"]}, "only: quantization='fp8-weight-only' is not among its values here "
+                                            "(none, int8-dynamic)"),
+    ({"steps": [40]}, "only: steps=40 is not among its values here (2 to 28)"),
+    ({"steps": ["many"]}, "only: steps: "),
+])
+def test_only_refuses_a_knob_not_searched_here_or_a_value_outside_its_domain(only, message):
+    space = {"quantization": knobs.Categorical(("none", "int8-dynamic")), "steps": knobs.IntRange(2, 28)}
+    with pytest.raises(InvalidInput) as refused:
+        narrow(space, only)
+    assert str(refused.value).startswith(message)
 
 
 def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():

@@ -40,7 +40,7 @@ from autotune.worker.server import start_early as start_worker_server  # noqa: E
 from autotune.workload import parse_call, parse_size  # noqa: E402
 
 from .exit_codes import run, show_tracebacks, versions  # noqa: E402
-from .flags import parse_pins, read_prompts  # noqa: E402
+from .flags import parse_only, parse_pins, read_prompts  # noqa: E402
 from .outcome import (  # noqa: E402
     SearchProgress,
     outcome_document,
@@ -159,6 +159,8 @@ def search(
                              ] = SEARCH_DEFAULTS.trial_timeout_s,
     max_batch: Annotated[int, typer.Option(help="largest batch a trial tries")] = SEARCH_DEFAULTS.max_batch,
     pin: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE: keep a knob at a value (repeatable)")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="KNOB=VALUE,VALUE,...: search a knob among these values "
+                                                        "only (repeatable)")] = None,
     quality_floor: Annotated[str | None, typer.Option(
         help="ssim=0.90, psnr=30, ssim=-5% (of the reference's own noise), or prompt=0.9 (trained built-ins: the share "
              "of prompts the judge reads as drawn): the worst prompt must score this against the reference rendering; "
@@ -191,14 +193,17 @@ def search(
         from autotune.tuner.dry_run import dry_run as describe
 
         height, width = options.sizes[0] if options.sizes else (height, width)
-        told = describe(model or DEFAULT_MODEL, budget, height, width, steps, parse_pins(pin or []),
+        with flags_named(SEARCH_FLAGS):
+            options = replace(options, pinned=parse_pins(pin or []), only=parse_only(only or []))
+        told = describe(model or DEFAULT_MODEL, budget, height, width, steps, options.pinned,
                         options.floor is not None, reference_steps, device,
-                        HubOptions(revision, variant, local_files_only, config))
+                        HubOptions(revision, variant, local_files_only, config), options.only)
         console.print("\n".join(told.lines()), highlight=False)
         return
     check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
     start_worker_server()  # its imports run beside this process's own from here on
-    options = replace(options, pinned=parse_pins(pin or []))  # the knob registry, so torch: after every light check
+    with flags_named(SEARCH_FLAGS):  # the knob registry, so torch: after every light check
+        options = replace(options, pinned=parse_pins(pin or []), only=parse_only(only or []))
     from autotune.tuner.run import run_search
 
     if not model:
@@ -269,7 +274,7 @@ def export(
 
 # SearchOptions' fields as `autotune search` names them, where the flag is not the field's name with dashes.
 SEARCH_FLAGS = {"n_trials": "--trials", "timeout_s": "--timeout", "trial_timeout_s": "--trial-timeout",
-                "study_name": "--study", "prompts": "--prompt", "pinned": "--pin"}
+                "study_name": "--study", "prompts": "--prompt", "pinned": "--pin", "only": "--only"}
 
 
 @contextlib.contextmanager

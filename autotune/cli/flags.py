@@ -8,19 +8,34 @@ from autotune.exceptions import InvalidInput
 
 
 def parse_pins(pins: list[str]) -> dict[str, object]:
+    """`--pin KNOB=VALUE` (repeatable), the value read as a YAML scalar, as in a profile: true, 4, null, fp16."""
     import yaml
 
+    return {name: yaml.safe_load(value) for name, value in (knob_and_value("--pin", pin) for pin in pins)}
+
+
+def parse_only(narrowed: list[str]) -> dict[str, list[object]]:
+    """`--only KNOB=V1,V2` (repeatable): the values of a knob the search tries, each read as a YAML scalar."""
+    import yaml
+
+    parsed: dict[str, list[object]] = {}
+    for text in narrowed:
+        name, values = knob_and_value("--only", text)
+        if not all(value.strip() for value in values.split(",")):
+            raise InvalidInput(f"--only takes KNOB=VALUE,VALUE,..., got {text!r}")
+        parsed.setdefault(name, []).extend(yaml.safe_load(value.strip()) for value in values.split(","))
+    return parsed
+
+
+def knob_and_value(flag: str, text: str) -> tuple[str, str]:
     from autotune import knobs
 
-    parsed: dict[str, object] = {}
-    for pin in pins:
-        name, sep, value = pin.partition("=")
-        if not sep or not name:
-            raise InvalidInput(f"--pin takes KNOB=VALUE, got {pin!r}")
-        if name not in knobs.KNOBS:
-            raise InvalidInput(f"--pin: unknown knob {name!r}; known: {', '.join(k.name for k in knobs.in_order())}")
-        parsed[name] = yaml.safe_load(value)  # YAML scalars, as in a profile: true, 4, null, fp16
-    return parsed
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise InvalidInput(f"{flag} takes KNOB=VALUE, got {text!r}")
+    if name not in knobs.KNOBS:
+        raise InvalidInput(f"{flag}: unknown knob {name!r}; known: {', '.join(k.name for k in knobs.in_order())}")
+    return name, value
 
 
 def check_at_least_one(*flags: tuple[str, int | None]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from autotune.options import DEFAULT_REFERENCE_STEPS
 from autotune.recommendation import Recommendation, recommend_settings
 from autotune.units import format_size, parse_size
 
-from .space import build_space, steps_range
+from .space import build_space, narrow, steps_range
 
 
 @dataclass
@@ -88,7 +89,7 @@ class DryRun:
 def dry_run(model: str, budget: str | int | None = None, height: int | None = None, width: int | None = None,
             steps: int | None = None, pinned: dict[str, Any] | None = None, quality_floor: bool = False,
             reference_steps: int = DEFAULT_REFERENCE_STEPS, device: str | None = None,
-            hub: pipelines.HubOptions | None = None) -> DryRun:
+            hub: pipelines.HubOptions | None = None, only: Mapping[str, Sequence[Any]] | None = None) -> DryRun:
     """What `run_search` with these options would do, told without loading any weight."""
     hardware = probe(device).hardware
     budget_bytes = parse_size(budget, hardware.memory_bytes) if budget is not None else hardware.memory_bytes
@@ -102,7 +103,8 @@ def dry_run(model: str, budget: str | int | None = None, height: int | None = No
     # A pinned knob is not searched, nor an option its pinned value leaves inactive (compile's, with compile=none).
     active = {knob.name for knob in knobs.in_order() if knob.parent is None or knob.parent[0] not in pinned
               or knob.active(pinned)}
-    space = {name: domain for name, domain in space.items() if name not in pinned and name in active}
+    space = narrow({name: domain for name, domain in space.items() if name not in pinned and name in active},
+                   only or {})
     recommendation = recommend_settings(hardware, domains, facts_of(pipe), budget_bytes, height, width, fixed=pinned)
     return DryRun(model, type(pipe).__name__, type(pipelines.denoiser(pipe)).__name__, hardware, (height, width),
                   steps, budget_bytes, knobs.availability(hardware, pipe), recommendation, space,

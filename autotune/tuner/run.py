@@ -39,7 +39,7 @@ from autotune.worker.process import ModelSource, Worker, WorkerConfig
 from autotune.workload import Workload, check_call, check_sizes
 
 from .outcome import SearchOutcome, finish_study, warn_if_busy
-from .space import build_space, calibrated_part, steps_range, validate_pinned, warm_start
+from .space import build_space, calibrated_part, narrow, steps_range, validate_pinned, warm_start
 from .spec import Events, StudySpec, scoring_for
 from .storages import surface_storage_failures
 from .study import (
@@ -84,6 +84,7 @@ def search(
     out: str | Path | None = None,
     previous: Profile | None = None,
     pinned: Mapping[str, Any] | None = None,
+    only: Mapping[str, Sequence[Any]] | None = None,
     warm_start_recipes: bool = True,
     device: str | None = None,
     revision: str | None = None,
@@ -109,7 +110,7 @@ def search(
     >>> pipe(prompt, **profile.call_kwargs())  # doctest: +SKIP
     """
     given = {name: value for name, value in locals().items() if name != "model"}
-    options = SearchOptions(**{**given, "call": call or {}, "pinned": pinned or {}})
+    options = SearchOptions(**{**given, "call": call or {}, "pinned": pinned or {}, "only": only or {}})
     return run_search(model, options).profile
 
 
@@ -233,7 +234,7 @@ def make_spec(model: ModelSource, options: SearchOptions, info: protocol.Descrip
     # Quality-changing knobs join when quality is measured: under a floor, or as a Pareto objective.
     space = build_space(info.domains, steps_range(steps, options.reference_steps) if scored else None,
                         batch_sizes=doublings(options.max_batch) if options.objective == "pareto" else None)
-    space = {name: domain for name, domain in space.items() if name not in pinned}
+    space = narrow({name: domain for name, domain in space.items() if name not in pinned}, options.only or {})
     return StudySpec(
         model=model_name(model), loadable=isinstance(model, str), pipeline=info.pipeline, denoiser=info.denoiser,
         workload=workload, objective=options.objective,

@@ -8,7 +8,7 @@ trial or a study is passed in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -77,8 +77,10 @@ CALIBRATED = ("cache_threshold",)
 
 
 def calibrated_part(space: dict[str, knobs.Domain], floor: bool) -> dict[str, knobs.Domain]:
-    """Take out of `space` (and return) the knobs a trial calibrates: those of `CALIBRATED` in it, under a floor."""
-    return {name: space.pop(name) for name in CALIBRATED if floor and name in space}
+    """Take out of `space` (and return) the knobs a trial calibrates: those of `CALIBRATED` in it as a range (not
+    narrowed to a few values), under a floor."""
+    return {name: space.pop(name) for name in CALIBRATED
+            if floor and name in space and not isinstance(space[name], knobs.Categorical)}
 
 
 def calibration_for(calibrated: Mapping[str, knobs.Domain] | None, settings: Mapping[str, Any], metric: str,
@@ -122,16 +124,46 @@ def sample(trial: optuna.trial.BaseTrial, name: str, domain: knobs.Domain) -> An
     return trial.suggest_categorical(name, list(domain.values))
 
 
-def validate_pinned(pinned: Mapping[str, Any]) -> dict[str, Any]:
-    """Check pinned knob values against the profile schema and the rules between knobs; return them typed."""
+def narrow(space: Mapping[str, knobs.Domain], only: Mapping[str, Sequence[Any]]) -> dict[str, knobs.Domain]:
+    """`space` with each knob of `only` searched among the values given (`--only quantization=none,int8-dynamic`):
+    a subset of its domain here, typed as a profile types it. A knob not searched here, or a value outside its domain
+    here, is refused. An integer or float range becomes the values given: an enumerable space, as a benchmark's
+    oracle needs, and a threshold given values is sampled among them rather than calibrated."""
+    narrowed = dict(space)
+    for name, values in only.items():
+        if name not in space:
+            raise InvalidInput(f"only: {name} is not searched here (searched: {', '.join(space) or 'nothing'})")
+        typed = []
+        for value in values:
+            checked = _typed({name: value}, "only")[name]
+            if checked not in space[name]:
+                raise InvalidInput(f"only: {name}={value!r} is not among its values here ({_shown(space[name])})")
+            typed.append(checked)
+        narrowed[name] = knobs.Categorical(tuple(dict.fromkeys(typed)))
+    return narrowed
+
+
+def _typed(values: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """`values` checked against the profile schema and typed as a profile types them (YAML's "4" is 4)."""
     from autotune.profile import Settings
     from autotune.profile.yaml_form import describe_errors
 
     try:
-        typed = Settings.model_validate(dict(pinned))
+        typed = Settings.model_validate(dict(values))
     except ValidationError as error:
-        raise InvalidInput(f"pinned settings: {describe_errors(error)}") from None
-    values = {name: getattr(typed, name) for name in pinned}
+        raise InvalidInput(f"{what}: {describe_errors(error)}") from None
+    return {name: getattr(typed, name) for name in values}
+
+
+def _shown(domain: knobs.Domain) -> str:
+    if isinstance(domain, knobs.Categorical):
+        return ", ".join(map(str, domain.values))
+    return f"{domain.low} to {domain.high}"
+
+
+def validate_pinned(pinned: Mapping[str, Any]) -> dict[str, Any]:
+    """Check pinned knob values against the profile schema and the rules between knobs; return them typed."""
+    values = _typed(pinned, "pinned settings")
     broken = knobs.violations(values)
     if broken:
         raise InvalidInput(f"pinned settings break a rule: {'; '.join(broken)}")
