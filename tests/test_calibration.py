@@ -49,3 +49,22 @@ def test_a_first_block_cache_trial_under_a_floor_times_the_largest_threshold_tha
     assert chosen == (max(met) if met else 0.02)
     assert all(score < 60 for value, score in tried if value > chosen)
     assert trial.user_attrs["seconds"]["calibration"] > 0
+
+
+@pytest.mark.slow
+def test_a_first_block_cache_trial_scores_every_batch_and_keeps_the_fastest_that_meets_the_floor(tmp_path):
+    # First Block Cache skips for the whole batch: on the trained tiny-flux, UniPC at 7 steps with the threshold
+    # calibrated at batch 1 (0.3, 32 dB) falls to 23 dB at batch 2. Scored at batch 1 alone, the trial kept batch 8
+    # with batch 1's score, and the re-measurement at batch 8 found the floor missed.
+    storage = f"sqlite:///{tmp_path / 'b.db'}"
+    outcome = run_search(
+        "builtin:tiny-flux", budget="8GB", n_trials=1, steps=28, reference_steps=28, max_batch=8, top_k=1, rounds=1,
+        quality_floor="psnr=30", out=None, storage=storage, study_name="b", trial_timeout_s=300,
+        pinned={"compile": "none", "cache": "first-block", "scheduler": "unipc", "steps": 7})
+
+    trial = optuna.load_study(study_name="b", storage=storage).trials[0]
+    batches = {entry["batch_size"]: entry for entry in trial.user_attrs["batches"]}
+    assert set(batches) == {1, 2}, batches  # batch 2 missed the floor: no batch 4 was timed
+    assert batches[1]["quality"]["psnr"] >= 30 > batches[2]["quality"]["psnr"]
+    assert trial.user_attrs["batch_size"] == 1 and trial.user_attrs["quality"] == batches[1]["quality"]
+    assert outcome.best.settings["batch_size"] == 1 and outcome.best.quality["psnr"] >= 30  # re-scored at batch 1

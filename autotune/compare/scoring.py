@@ -53,7 +53,7 @@ class Scoring:
 
     def task(self) -> protocol.ScoreAgainst:
         """What a worker needs to score a trial against this reference."""
-        return protocol.ScoreAgainst(str(self.path), tuple(self.metrics))
+        return protocol.ScoreAgainst(str(self.path), tuple(self.metrics), self.metric, self.minimum)
 
 
 def prepare_reference(worker: Worker, model_id: str, workload: Workload, reference_steps: int,

@@ -24,6 +24,7 @@ from ._base import (
     defaults,
     domains,
     get,
+    images_depend_on_batch,
     in_order,
     load_kwargs,
     register,
@@ -65,6 +66,6 @@ _check_rules()
 __all__ = [
     "AS_LOADED", "ENTRY_POINT_GROUP", "KNOBS", "STAGE_ORDER", "Categorical", "Domain", "Excludes", "FloatRange",
     "IntRange", "Knob", "Requires", "Rule", "apply_process_state", "availability", "call_kwargs", "defaults",
-    "domain_from_dict", "domains", "get", "in_order", "load_kwargs", "register", "show", "show_changed", "violations",
-    "with_requirements",
+    "domain_from_dict", "domains", "get", "images_depend_on_batch", "in_order", "load_kwargs", "register", "show",
+    "show_changed", "violations", "with_requirements",
 ]

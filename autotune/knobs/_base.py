@@ -39,6 +39,8 @@ class Knob:
     - `rules`: what this knob's values require of other knobs or exclude (`Requires`, `Excludes`).
     - `lossy`: values of an exact knob that change the image beyond numerical noise (SageAttention's int8 attention):
       a search offers them only when it measures quality, like an inexact knob.
+    - `batch_dependent`: values whose images depend on the batch they are rendered in (First Block Cache decides
+      whether to skip from the whole batch's residual): a trial scores each batch it times, not only the first.
     """
 
     name: ClassVar[str]
@@ -55,6 +57,7 @@ class Knob:
     call_time: ClassVar[bool] = False
     rules: ClassVar[tuple[Rule, ...]] = ()
     lossy: ClassVar[frozenset] = frozenset()
+    batch_dependent: ClassVar[frozenset] = frozenset()
 
     @property
     def order(self) -> int:
@@ -171,6 +174,11 @@ def call_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
         if knob.call_time:
             kwargs.update(knob.call_kwargs(settings.get(knob.name, knob.default)))
     return kwargs
+
+
+def images_depend_on_batch(settings: Mapping[str, Any]) -> bool:
+    """Whether an image rendered with `settings` depends on the other images of its batch (`Knob.batch_dependent`)."""
+    return any(knob.active(settings) and settings.get(knob.name) in knob.batch_dependent for knob in in_order())
 
 
 def load_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:

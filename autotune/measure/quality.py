@@ -3,8 +3,9 @@
 The reference is the workload's prompts and seeds rendered by the reference configuration (fp32, the pipeline's own
 scheduler, `reference_steps`), one image per prompt. A trial renders the same prompts and seeds and is scored against
 it. Each image of a call has its own generator (the workload's `seeding: per-image`), so the first image of a batch
-is the same image at any batch size, even under a scheduler that draws noise at every step; the timed calls of a
-trial double as its quality renders. This module knows nothing of Optuna.
+is the same image at any batch size, even under a scheduler that draws noise at every step (unless a knob makes
+images depend on their batch: `Knob.batch_dependent`); the timed calls of a trial double as its quality renders. This
+module knows nothing of Optuna.
 """
 
 from __future__ import annotations

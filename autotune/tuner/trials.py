@@ -253,7 +253,9 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
     if not batches:  # out of memory at the only batch size asked for
         return record_failure(trial, objective, "oom", answer.batches[0].oom, scoring)
     problem = next((b.image_problem for b in batches if b.image_problem), None)
-    chosen, fitting = choose_batch(batches, budget_bytes, objective)
+    # A batch-dependent configuration's batches are each scored: one that misses the floor is not chosen.
+    meeting = [b for b in batches if b.quality is None or scoring is None or scoring.meets(b.quality)]
+    chosen, fitting = choose_batch(meeting or batches, budget_bytes, objective)
     others = [(size, *choose_batch([b for b in size.batches if b.oom is None], budget_bytes, objective))
               for size in answer.other_sizes]
     if others:  # each other size at its own best batch; the objective weighs every size alike (geometric mean)
@@ -267,9 +269,9 @@ def record_result(trial: optuna.Trial, objective: str, answer: protocol.TrialRes
         TrialRecord.write(trial, calibration=[list(pair) for pair in answer.calibration])
     if problem:
         TrialRecord.write(trial, failure="image", reason=problem)
-    scores = answer.quality
+    scores, by_prompt = chosen.quality or answer.quality, chosen.quality_by_prompt or answer.quality_by_prompt
     if scoring is not None:
-        TrialRecord.write(trial, quality=scores or {}, quality_by_prompt=answer.quality_by_prompt or {})
+        TrialRecord.write(trial, quality=scores or {}, quality_by_prompt=by_prompt or {})
         if scores and not scoring.meets(scores) and not problem:
             TrialRecord.write(trial, failure="quality",
                               reason=f"{scoring.metric} {scores[scoring.metric]:.4g} < {scoring.minimum:.4g}")

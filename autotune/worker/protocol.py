@@ -65,6 +65,9 @@ class ScoreAgainst:
 
     reference_path: str
     metrics: tuple[str, ...] = DEFAULT_METRICS
+    # The floor, when there is one: a batch-dependent configuration stops growing its batch at the first that misses.
+    metric: str | None = None
+    minimum: float | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,8 @@ class BatchResult:
     warmup_s: float | None = None
     image_problem: str | None = None
     oom: str | None = None
-    quality: dict[str, float] | None = None  # scored at the first batch only (`quality.aggregate`)
+    # Scored at the first batch, and at every batch of a batch-dependent configuration (`quality.aggregate`).
+    quality: dict[str, float] | None = None
     quality_by_prompt: dict[str, list[float]] | None = None  # each prompt's scores, in the workload's order
 
     @property
@@ -181,7 +185,7 @@ class BatchResult:
         """The JSON form a study stores in its trial's user attrs."""
         return {"batch_size": self.batch_size, "images_per_s": self.images_per_s.model_dump() if self.images_per_s
                 else None, "peak_memory_bytes": self.peak_memory_bytes, "oom": self.oom,
-                "image_problem": self.image_problem}
+                "image_problem": self.image_problem, **({"quality": self.quality} if self.quality else {})}
 
 
 @dataclass(frozen=True)

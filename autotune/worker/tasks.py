@@ -276,9 +276,11 @@ def _batches(state: WorkerState, pipe: DiffusionPipeline, workload, task: protoc
              seconds: dict[str, float], first_size: bool) -> tuple[protocol.BatchResult, ...]:
     """Time growing batches at one size, for as long as the task's batch policy says it pays (and, at the first
     size, the parent's pruner); the first size's first batch is scored when the task asks."""
+    from autotune import knobs
     from autotune.measure.timing import measure
 
     measured: list[protocol.BatchResult] = []
+    each_batch = first_size and knobs.images_depend_on_batch(task.settings)
     for batch in task.policy.sizes:
         kwargs = {**task.call_kwargs, "num_images_per_prompt": batch}
         try:
@@ -291,8 +293,9 @@ def _batches(state: WorkerState, pipe: DiffusionPipeline, workload, task: protoc
         seconds["warmup"] += result.warmup_s or 0.0
         seconds["timed"] += sum(result.latency_s)
         by_prompt = None
-        if task.score is not None and first_size and not measured and not result.image_problem:
-            # Scored once, at the first batch: per-image seeding keeps each image the same at every batch size.
+        if task.score is not None and first_size and (each_batch or not measured) and not result.image_problem:
+            # Scored at the first batch: per-image seeding keeps each image the same at every batch size, unless a
+            # knob makes an image depend on its batch (`Knob.batch_dependent`); then at every batch.
             scoring_started = time.perf_counter()
             by_prompt = state.score(pipe, workload, kwargs, result.first_images, task.score)
             seconds["scoring"] += time.perf_counter() - scoring_started
@@ -301,9 +304,16 @@ def _batches(state: WorkerState, pipe: DiffusionPipeline, workload, task: protoc
             seconds_per_image=result.latency.median / batch, peak_memory_bytes=state.app_peak(result.peak_memory_bytes),
             warmup_s=result.warmup_s, image_problem=result.image_problem,
             quality=quality.aggregate(by_prompt) if by_prompt else None, quality_by_prompt=by_prompt))
-        if not task.policy.worth_next(measured) or (first_size and not state.go_on(measured[-1])):
+        if (not task.policy.worth_next(measured) or (first_size and not state.go_on(measured[-1]))
+                or (each_batch and by_prompt and misses(quality.aggregate(by_prompt), task.score))):
             break
     return tuple(measured)
+
+
+def misses(scores: dict[str, float], against: protocol.ScoreAgainst) -> bool:
+    """Whether `scores` miss the floor `against` carries (never, without one)."""
+    return (against.metric is not None and against.minimum is not None
+            and not quality.meets(scores, against.metric, against.minimum))
 
 
 def _prepare(state: WorkerState, task: protocol.Prepare) -> protocol.Prepared:
