@@ -21,6 +21,15 @@ that it offers); the batch is found within each trial as in any search. One run:
     python bench/efficiency.py                          # 36 configurations, 20 trials x 5 seeds x 3 searches
     python bench/efficiency.py --seeds 3 --trials 12    # shorter
 
+Under a quality floor (`--floor psnr=30`) the space is the one where image quality is at stake, on the trained DiT by
+default: scheduler x steps x step cache x quantization, narrowed with `--only` (a search's own option) to values the
+oracle can enumerate: 2 schedulers x 4 step counts x {none, First Block Cache} x {none, int8 dynamic} = 32. The
+cache's threshold is not enumerated: each trial calibrates it (the largest that meets the floor), in the oracle as in
+the searches, so a configuration is valued with its calibrated threshold. A configuration that misses the floor has no
+value; a search's incumbent is its best trial that met it.
+
+    python bench/efficiency.py --floor psnr=30 --trials 12   # builtin:tiny-flux, 28-step reference
+
 This is a benchmark, not a test: its numbers depend on the machine and its load; run it alone.
 """
 
@@ -41,9 +50,11 @@ from autotune.quiet import quiet_library_noise  # noqa: E402
 
 quiet_library_noise()
 
+import optuna  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from autotune import knobs  # noqa: E402
+from autotune.cli.flags import parse_only  # noqa: E402
 from autotune.compare.candidates import Candidate, settings_key, top_candidates  # noqa: E402
 from autotune.compare.records import TrialRecord, feasible  # noqa: E402
 from autotune.compare.remeasure import remeasure  # noqa: E402
@@ -52,7 +63,8 @@ from autotune.hardware import probe  # noqa: E402
 from autotune.options import SearchOptions  # noqa: E402
 from autotune.recommendation import recommend  # noqa: E402
 from autotune.tuner.run import run_search  # noqa: E402
-from autotune.tuner.space import build_space  # noqa: E402
+from autotune.tuner.space import build_space, narrow, steps_range  # noqa: E402
+from autotune.tuner.spec import recorded_spec  # noqa: E402
 from autotune.tuner.study import finished  # noqa: E402
 from autotune.worker import protocol  # noqa: E402
 from autotune.worker.process import Worker, WorkerConfig  # noqa: E402
@@ -68,22 +80,32 @@ GROUP = 12  # configurations re-measured together (each its own worker), beside 
 CHECKPOINTS = (5, 10, 20)  # and the last trial
 TARGET = 0.95
 CONFIRM_SHARE = 0.9  # the oracle re-measures again the configurations within this share of its best
+FLOOR_ONLY = ["steps=5,7,10,28", "cache=none,first-block", "quantization=none,int8-dynamic"]
 
 
-def reduced_space(model: str, free: list[str], device: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The pins that leave only `free` knobs searched, and every configuration of those knobs (the grid)."""
-    with Worker(WorkerConfig(model=model, device=device)) as worker:
+def reduced_space(args, device: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The pins that leave only `args.free` knobs searched, and every configuration of those knobs (the grid), their
+    values narrowed by `args.only` as the searches narrow them; under a floor, the floor's steps range."""
+    free = args.free
+    with Worker(WorkerConfig(model=args.model, device=device)) as worker:
         info = worker.request(protocol.Describe(), timeout_s=600)
-    space = build_space(info.domains)
+    floor = steps_range(args.steps, args.reference_steps) if args.floor else None
+    space = narrow(build_space(info.domains, floor), args.only)
     missing = [name for name in free if name not in space]
     if missing:
         raise SystemExit(f"not searched on this machine and pipeline: {', '.join(missing)}")
     defaults = knobs.defaults()
     parents = [name for name in space if name not in free and knobs.get(name).parent is None]
     pins = {name: defaults[name] for name in parents}
-    values = [space[name].values for name in free]
+    values = [space[name].values if isinstance(space[name], knobs.Categorical) else None for name in free]
+    if None in values:
+        raise SystemExit(f"{free[values.index(None)]} is a range here: give it values with --only to enumerate it")
     grid = [dict(zip(free, combo, strict=True)) for combo in itertools.product(*values)]
     return pins, [combo for combo in grid if not knobs.violations({**pins, **combo})]
+
+
+def floor_options(args) -> dict[str, Any]:
+    return {"quality_floor": args.floor, "reference_steps": args.reference_steps} if args.floor else {}
 
 
 def key_of(settings: dict[str, Any], free: list[str]) -> tuple:
@@ -109,14 +131,17 @@ def oracle(args, pins: dict, grid: list[dict], device: str, folder: Path, consol
         try:
             outcome = run_search(args.model, SearchOptions(
                 budget=args.budget, n_trials=1, steps=args.steps, max_batch=args.max_batch, pinned={**pins, **combo},
-                warm_start_recipes=False, top_k=1, rounds=1, out=None, storage=f"sqlite:///{folder}/oracle-{number}.db"))
+                warm_start_recipes=False, top_k=1, rounds=1, out=None, storage=f"sqlite:///{folder}/oracle-{number}.db",
+                **floor_options(args)))
         except NothingFits:  # it failed or did not fit: no value, and the searches get none for it either
             chosen[key] = None
             continue
-        seconds += TrialRecord.of(finished_trials(outcome)[0]).trial_seconds
+        seconds += TrialRecord.of(finished_trials(outcome.study_name, outcome.storage_url)[0]).trial_seconds
         chosen[key] = outcome.best.settings if outcome.best.measured else None
         workload = outcome.profile.workload
     runs = [(key, settings) for key, settings in chosen.items() if settings]
+    if not runs:
+        raise SystemExit("no configuration of the grid ran" + (f" and met {args.floor}" if args.floor else ""))
     runs.append(("recommendation", {**knobs.defaults(), **recommended, "steps": args.steps}))
     default = {**knobs.defaults(), **pins, "steps": args.steps, "batch_size": 1}
     config = WorkerConfig(model=args.model, device=device)
@@ -131,9 +156,10 @@ def oracle(args, pins: dict, grid: list[dict], device: str, folder: Path, consol
             relative[key] = (relative[key] + 2 * value) / 3  # weighted by rounds
     scale = statistics.median(anchors)
     values = {key: relative[key] * scale if relative.get(key) else None for key in chosen}
+    missing = f"no value (missed {args.floor}, or failed)" if args.floor else "did not run"
     for key, value in values.items():
         console.print(f"  {dict(zip(args.free, key, strict=True))}: "
-                      + (f"{value:.3g} images/s" if value else "did not run"))
+                      + (f"{value:.3g} images/s" if value else missing))
     alone = relative["recommendation"] * scale if relative.get("recommendation") else None
     return values, seconds, alone
 
@@ -156,10 +182,8 @@ def ratios_to_default(runs: list[tuple], default: dict, config: WorkerConfig, wo
     return relative
 
 
-def finished_trials(outcome) -> list:
-    import optuna
-
-    study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url)
+def finished_trials(study_name: str, storage_url: str) -> list:
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
     return sorted(finished(study), key=lambda t: t.number)
 
 
@@ -222,22 +246,37 @@ def median_or_none(values: list) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:tiny-sd")
+    parser.add_argument("--model", help="default: builtin:tiny-sd; under a floor, builtin:tiny-flux")
     parser.add_argument("--budget", default="4GB")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, help="the workload's steps (default 8; under a floor 28)")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="the searches' own re-measurement rounds")
     parser.add_argument("--oracle-rounds", type=int, default=6,
                         help="the oracle's re-measurement rounds: its figures are what every search is valued at")
-    parser.add_argument("--free", nargs="+", default=["precision", "channels_last", "cpu_threads", "fuse_qkv"])
+    parser.add_argument("--free", nargs="+", help="the knobs searched (default: precision, channels-last, CPU "
+                        "threads and fused QKV; under a floor: scheduler, steps, cache and quantization)")
+    parser.add_argument("--only", nargs="+", metavar="KNOB=VALUE,VALUE", help="the values of a free knob searched, "
+                        "as `autotune search --only` takes them (under a floor, by default: steps=5,7,10,28 "
+                        "cache=none,first-block quantization=none,int8-dynamic)")
+    parser.add_argument("--floor", help="a quality floor (psnr=30): the space where quality is at stake")
+    parser.add_argument("--reference-steps", type=int, help="the floor's reference steps (default: --steps)")
     parser.add_argument("--plot", default="efficiency.html", help="where the best-so-far plot goes (HTML)")
     args = parser.parse_args()
+    if args.floor:
+        args.model, args.steps = args.model or "builtin:tiny-flux", args.steps or 28
+        args.free = args.free or ["scheduler", "steps", "cache", "quantization"]
+        args.only = parse_only(args.only or FLOOR_ONLY)
+    else:
+        args.model, args.steps = args.model or "builtin:tiny-sd", args.steps or 8
+        args.free = args.free or ["precision", "channels_last", "cpu_threads", "fuse_qkv"]
+        args.only = parse_only(args.only or [])
+    args.reference_steps = args.reference_steps or args.steps
     console = Console(width=200)
     hw = probe().hardware
     began = time.perf_counter()
-    pins, grid = reduced_space(args.model, args.free, hw.device)
+    pins, grid = reduced_space(args, hw.device)
     console.print(f"{len(grid)} configurations of {', '.join(args.free)}; every other knob pinned to its default")
 
     runs: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
@@ -247,17 +286,25 @@ def main() -> None:
         oracle_values, grid_s, alone = oracle(args, pins, grid, hw.device, Path(folder), console, recommended)
         for seed, (name, options) in itertools.product(range(args.seeds), STRATEGIES.items()):
             console.print(f"  {name}, seed {seed}: {args.trials} trials ...")
-            started = time.time()
-            outcome = run_search(args.model, SearchOptions(
-                budget=args.budget, n_trials=args.trials, steps=args.steps, max_batch=args.max_batch, pinned=pins,
-                seed=seed, rounds=args.rounds, out=None, storage=f"sqlite:///{folder}/{name}-{seed}.db", **options))
+            started, study, storage = time.time(), f"{name}-{seed}", f"sqlite:///{folder}/{name}-{seed}.db"
+            try:
+                outcome = run_search(args.model, SearchOptions(
+                    budget=args.budget, n_trials=args.trials, steps=args.steps, max_batch=args.max_batch, pinned=pins,
+                    only={knob: values for knob, values in args.only.items() if knob not in pins}, seed=seed,
+                    rounds=args.rounds, out=None, storage=storage, study_name=study, **floor_options(args),
+                    **options))
+            except NothingFits as error:  # what it chose missed the floor or the budget when re-measured
+                console.print(f"    it delivers nothing: {error}")
+                outcome = None
             search_s = time.time() - started
-            trials = finished_trials(outcome)
-            split = outcome.time_split
-            chosen = oracle_values.get(key_of(outcome.best.settings, args.free)) if outcome.best.measured else None
+            trials = finished_trials(study, storage)
+            split = outcome.time_split if outcome else None
+            chosen = (oracle_values.get(key_of(outcome.best.settings, args.free))
+                      if outcome and outcome.best.measured else None)
             if name == "autotune":  # what it delivers is its re-measurement's choice, not its best trial
+                workload = recorded_spec(optuna.load_study(study_name=study, storage=storage)).workload
                 points = delivered(trials, started, oracle_values, args.free, WorkerConfig(model=args.model,
-                                   device=hw.device), outcome.profile.workload, args.rounds, (search_s, chosen or 0.0))
+                                   device=hw.device), workload, args.rounds, (search_s, chosen or 0.0))
             else:
                 points = trajectory(trials, started, oracle_values, args.free)
             runs[name].append({"points": points, "search_s": search_s,
@@ -276,7 +323,11 @@ def report(args, hw, console: Console, runs: dict, oracle_values: dict, grid_s: 
            alone: float | None, total_s: float) -> None:
     best = max(v for v in oracle_values.values() if v)
     near = sum(1 for v in oracle_values.values() if v and v >= TARGET * best)
-    console.print(f"\nmachine: {hw.gpu or hw.cpu}, {hw.cpu_cores} cores; {args.model}, {args.steps} steps, batch up "
+    goal = (f"under {args.floor} against a {args.reference_steps}-step reference, on every prompt; "
+            f"{sum(v is not None for v in oracle_values.values())} of {len(oracle_values)} configurations meet it"
+            if args.floor
+            else f"{args.steps} steps")
+    console.print(f"\nmachine: {hw.gpu or hw.cpu}, {hw.cpu_cores} cores; {args.model}, {goal}; batch up "
                   f"to {args.max_batch}; {len(oracle_values)} configurations; {args.trials} trials x {args.seeds} "
                   f"seeds; medians over the seeds; bench {total_s / 60:.0f} min")
     console.print(f"oracle (best re-measured, {args.oracle_rounds} rounds): {best:.3g} images/s; {near} of "
@@ -296,13 +347,14 @@ def report(args, hw, console: Console, runs: dict, oracle_values: dict, grid_s: 
               for c in checkpoints(args.trials)]
         errors = [e for run in seeds for e in run["memory_errors"]]
         never = sum(r[0] is None for r in reached)
+        overhead = median_or_none([run["overhead"] for run in seeds])  # none where a search delivered nothing
         cells = [name,
                  f"{trials_to:.0f}" if trials_to is not None else f"not reached in {never} of {len(seeds)} seeds",
                  f"{seconds_to:.0f}" if seconds_to is not None else "-",
                  *[f"{value:.0%}" for value in at],
                  f"{statistics.median(run['chosen'] for run in seeds) / best:.0%}",
                  f"{statistics.median(run['search_s'] for run in seeds):.0f}",
-                 f"{statistics.median(run['overhead'] for run in seeds if run['overhead'] is not None):.0%}",
+                 f"{overhead:.0%}" if overhead is not None else "-",
                  f"{statistics.median(errors):.0%} / {max(errors):.0%}" if errors else "-"]
         console.print("| " + " | ".join(cells) + " |")
 
