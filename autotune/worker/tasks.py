@@ -275,7 +275,8 @@ def _trial(state: WorkerState, task: protocol.TrialTask) -> protocol.TrialResult
 def _batches(state: WorkerState, pipe: DiffusionPipeline, workload, task: protocol.TrialTask,
              seconds: dict[str, float], first_size: bool) -> tuple[protocol.BatchResult, ...]:
     """Time growing batches at one size, for as long as the task's batch policy says it pays (and, at the first
-    size, the parent's pruner); the first size's first batch is scored when the task asks."""
+    size, the parent's pruner); the first size's first batch is scored when the task asks, and each of its batches
+    when the images depend on the batch (a batch that misses the floor ends the growth)."""
     from autotune import knobs
     from autotune.measure.timing import measure
 
