@@ -117,6 +117,7 @@ class SearchOptions:
     guidance_scale: float | None = None
     call: Mapping[str, Any] | None = field(default_factory=dict)
     seed: int = 0
+    image_seed: int | None = None  # the workload's images' first seed; None: `seed`'s
     sampler: str = SAMPLERS[0]
     pruner: str = PRUNERS[0]
     storage: str | None = None

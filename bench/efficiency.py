@@ -291,6 +291,7 @@ def main() -> None:
                 outcome = run_search(args.model, SearchOptions(
                     budget=args.budget, n_trials=args.trials, steps=args.steps, max_batch=args.max_batch, pinned=pins,
                     only={knob: values for knob, values in args.only.items() if knob not in pins}, seed=seed,
+                    image_seed=0,  # the oracle's images: only the sampler's seed changes
                     rounds=args.rounds, out=None, storage=storage, study_name=study, **floor_options(args),
                     **options))
             except NothingFits as error:  # what it chose missed the floor or the budget when re-measured

@@ -143,6 +143,12 @@ def test_trials_are_held_to_the_budget_and_record_it(tmp_path, tiny_search):
     assert (tmp_path / "tiny.db").exists()  # the study sits next to the profile
 
 
+def test_the_image_seed_is_the_samplers_unless_given(tiny_search):
+    assert tiny_search(seed=3, **FAST).profile.workload.seed == 3
+    profile = tiny_search(seed=3, image_seed=0, study_name="images", **FAST).profile
+    assert profile.workload.seed == 0 and profile.provenance.seed == 3
+
+
 def test_a_search_narrowed_with_only_samples_and_seeds_nothing_else(tiny_search):
     import optuna
 

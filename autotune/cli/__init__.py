@@ -150,7 +150,10 @@ def search(
     storage: Annotated[str | None, typer.Option(envvar=STORAGE_ENV, help="Optuna storage URL (default: SQLite "
                                                                        "next to --out)")] = None,
     study: Annotated[str | None, typer.Option(help="study name (default: model, hardware, size, objective)")] = None,
-    seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile")] = SEARCH_DEFAULTS.seed,
+    seed: Annotated[int, typer.Option(help="sampler seed, recorded in the profile; also the images' seed unless "
+                                           "--image-seed is given")] = SEARCH_DEFAULTS.seed,
+    image_seed: Annotated[int | None, typer.Option(help="the workload's images' seed (default: --seed): a study "
+                                                        "repeated with other sampler seeds keeps its images")] = None,
     sampler: Annotated[str, typer.Option(help=", ".join(SAMPLERS))] = SEARCH_DEFAULTS.sampler,
     pruner: Annotated[str, typer.Option(help="percentile: a trial in the study's bottom quarter at a batch size "
                                              "stops growing its batch; none: every trial tries every batch")
@@ -182,7 +185,8 @@ def search(
             budget=budget, objective=objective, n_trials=trials, timeout_s=timeout, height=height, width=width,
             sizes=[parse_size(text) for text in size] if size else None, steps=steps,
             prompts=read_prompts(prompt or [], prompts), negative_prompt=negative_prompt, guidance_scale=guidance,
-            call=parse_call(call or []), seed=seed, sampler=sampler, pruner=pruner, storage=storage,
+            call=parse_call(call or []), seed=seed, image_seed=image_seed, sampler=sampler, pruner=pruner,
+            storage=storage,
             study_name=study, out=out, device=device, revision=revision, variant=variant,
             local_files_only=local_files_only, config=config, trial_timeout_s=trial_timeout, max_batch=max_batch,
             top_k=top_k, rounds=rounds, workers=workers, quality_floor=quality_floor,

@@ -77,6 +77,7 @@ def search(
     guidance_scale: float | None = None,
     call: Mapping[str, Any] | None = None,
     seed: int = 0,
+    image_seed: int | None = None,
     sampler: str = "tpe",
     pruner: str = "percentile",
     storage: str | None = None,
@@ -214,7 +215,8 @@ def make_workload(options: SearchOptions, info: protocol.Description) -> Workloa
     negative = options.negative_prompt if options.negative_prompt is not None else info.default_negative_prompt
     workload = Workload(
         height=height or info.default_size, width=width or info.default_size, other_sizes=other_sizes,
-        prompts=list(options.prompts or info.default_prompts or DEFAULT_PROMPTS), seed=options.seed,
+        prompts=list(options.prompts or info.default_prompts or DEFAULT_PROMPTS),
+        seed=options.seed if options.image_seed is None else options.image_seed,
         guidance_scale=guidance, negative_prompt=negative, output=info.output,
         call=check_workload_arguments(info, {**info.default_call, **(options.call or {})}, options.negative_prompt,
                                       options.guidance_scale),
