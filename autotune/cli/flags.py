@@ -20,10 +20,11 @@ def parse_only(narrowed: list[str]) -> dict[str, list[object]]:
 
     parsed: dict[str, list[object]] = {}
     for text in narrowed:
-        name, values = knob_and_value("--only", text)
-        if not all(value.strip() for value in values.split(",")):
+        name, listed = knob_and_value("--only", text)
+        values = [value.strip() for value in listed.split(",")]
+        if not all(values):
             raise InvalidInput(f"--only takes KNOB=VALUE,VALUE,..., got {text!r}")
-        parsed.setdefault(name, []).extend(yaml.safe_load(value.strip()) for value in values.split(","))
+        parsed.setdefault(name, []).extend(yaml.safe_load(value) for value in values)
     return parsed
 
 

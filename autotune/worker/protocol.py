@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune.measure import quality
 from autotune.measure.figures import Stat
 from autotune.measure.quality import DEFAULT_METRICS
 from autotune.measure.timing import Repeats
@@ -68,6 +69,10 @@ class ScoreAgainst:
     # The floor, when there is one: a batch-dependent configuration stops growing its batch at the first that misses.
     metric: str | None = None
     minimum: float | None = None
+
+    def meets(self, scores: dict[str, float]) -> bool:
+        """Whether `scores` meet the floor carried here (always, without one), as `Scoring.meets` says."""
+        return self.metric is None or self.minimum is None or quality.meets(scores, self.metric, self.minimum)
 
 
 @dataclass(frozen=True)

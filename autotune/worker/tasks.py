@@ -306,15 +306,9 @@ def _batches(state: WorkerState, pipe: DiffusionPipeline, workload, task: protoc
             warmup_s=result.warmup_s, image_problem=result.image_problem,
             quality=quality.aggregate(by_prompt) if by_prompt else None, quality_by_prompt=by_prompt))
         if (not task.policy.worth_next(measured) or (first_size and not state.go_on(measured[-1]))
-                or (each_batch and by_prompt and misses(quality.aggregate(by_prompt), task.score))):
+                or (each_batch and by_prompt and not task.score.meets(measured[-1].quality))):
             break
     return tuple(measured)
-
-
-def misses(scores: dict[str, float], against: protocol.ScoreAgainst) -> bool:
-    """Whether `scores` miss the floor `against` carries (never, without one)."""
-    return (against.metric is not None and against.minimum is not None
-            and not quality.meets(scores, against.metric, against.minimum))
 
 
 def _prepare(state: WorkerState, task: protocol.Prepare) -> protocol.Prepared:
