@@ -26,7 +26,8 @@ default: scheduler x steps x step cache x quantization, narrowed with `--only` (
 oracle can enumerate: 2 schedulers x 4 step counts x {none, First Block Cache} x {none, int8 dynamic} = 32. The
 cache's threshold is not enumerated: each trial calibrates it (the largest that meets the floor), in the oracle as in
 the searches, so a configuration is valued with its calibrated threshold. A configuration that misses the floor has no
-value; a search's incumbent is its best trial that met it.
+value; a search's incumbent is its best trial that met it. autotune's search adds, under a floor, its bisection for
+the fewest steps that meet it from the reference configuration (`space.fewer_steps`); random search and TPE do not.
 
     python bench/efficiency.py --floor psnr=30 --trials 12   # builtin:tiny-flux, 28-step reference
 

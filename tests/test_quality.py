@@ -119,7 +119,7 @@ def rescore(profile, reference):
 
 @pytest.mark.slow
 def test_a_floor_is_met_by_the_chosen_configuration_when_rescored(tmp_path):
-    outcome = run_search("builtin:tiny-sd-random", budget="8GB", n_trials=5, out=tmp_path / "floor.yaml",
+    outcome = run_search("builtin:tiny-sd-random", budget="8GB", n_trials=7, out=tmp_path / "floor.yaml",
                          quality_floor="psnr=35", **SMALL)
 
     profile = load_profile(tmp_path / "floor.yaml")
@@ -130,6 +130,13 @@ def test_a_floor_is_met_by_the_chosen_configuration_when_rescored(tmp_path):
     study = optuna.load_study(study_name=profile.provenance.study, storage=f"sqlite:///{tmp_path / 'floor.db'}")
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert {"scheduler", "steps", "precision"} <= set(study.trials[-1].params)  # they joined the search
+    # After the seeds, the bisection for the fewest steps that meet the floor, from the reference, one at a time.
+    [reference] = [t for t in finished if t.user_attrs.get("recipe") == "reference"]
+    fewer = [t for t in finished if t.user_attrs.get("recipe") == "fewer steps"]
+    assert fewer and len(study.trials) == 7  # nothing left queued past the study's trials
+    for trial in fewer:
+        assert trial.params["steps"] < reference.params["steps"]
+        assert {**trial.params, "steps": 0} == {**reference.params, "steps": 0}
     for trial in finished:  # every scored trial: infeasible exactly when under the floor
         if trial.user_attrs.get("quality"):
             assert (trial.constraints["quality"] > 0) == (trial.user_attrs["quality"]["psnr"] < 35)

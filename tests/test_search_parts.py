@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import types
 
 import optuna
 import pytest
@@ -17,7 +18,17 @@ from autotune.exceptions import InvalidInput
 from autotune.hardware import probe
 from autotune.measure.figures import Stat
 from autotune.tuner.outcome import SearchOutcome, metrics_of
-from autotune.tuner.space import build_space, calibrated_part, narrow, restrict, sample, suggest, validate_pinned
+from autotune.tuner.space import (
+    REFERENCE_RECIPE,
+    build_space,
+    calibrated_part,
+    fewer_steps,
+    narrow,
+    restrict,
+    sample,
+    suggest,
+    validate_pinned,
+)
 from autotune.tuner.spec import StudySpec
 from autotune.tuner.study import make_pruner
 from autotune.tuner.trials import run_one
@@ -130,6 +141,37 @@ def test_only_refuses_a_knob_not_searched_here_or_a_value_outside_its_domain(onl
     with pytest.raises(InvalidInput) as refused:
         narrow(space, only)
     assert str(refused.value).startswith(message)
+
+
+def ran(steps: int, met: bool, recipe: str | None = None, **others):
+    """A complete trial as `fewer_steps` reads it: params, its label, its constraints (<= 0: met)."""
+    return types.SimpleNamespace(params={"scheduler": "default", **others, "steps": steps},
+                                 user_attrs={"recipe": recipe} if recipe else {},
+                                 constraints={"quality": -1.0 if met else 1.0, "memory": -1.0})
+
+
+def test_under_a_floor_the_steps_are_bisected_from_the_reference_down_to_the_fewest_that_meet_it():
+    space = {"scheduler": knobs.Categorical(("default", "unipc")), "steps": knobs.Categorical((28, 5, 10, 7))}
+    reference = ran(28, True, REFERENCE_RECIPE)
+    assert fewer_steps([reference], space) == {"scheduler": "default", "steps": 7}  # the median of 5, 7, 10
+    assert fewer_steps([reference, ran(7, True)], space)["steps"] == 5
+    assert fewer_steps([reference, ran(7, False)], space)["steps"] == 10
+    assert fewer_steps([reference, ran(7, False), ran(10, True)], space) is None  # 10 is the fewest: over
+    assert fewer_steps([reference, ran(7, True), ran(5, False)], space) is None
+    # Trials that change another knob say nothing of the reference's steps; another sampler's 7 steps count.
+    assert fewer_steps([reference, ran(7, True, scheduler="unipc")], space)["steps"] == 7
+    assert fewer_steps([reference, ran(7, True, recipe="recommended")], space)["steps"] == 5
+    ranged = {"steps": knobs.IntRange(2, 28)}
+    assert fewer_steps([ran(28, True, REFERENCE_RECIPE)], ranged)["steps"] == 15  # the median of 2..27
+    assert fewer_steps([ran(28, True, REFERENCE_RECIPE), ran(15, False)], ranged)["steps"] == 22  # of 16..27
+
+
+def test_steps_are_not_bisected_without_a_reference_that_met_the_floor_or_steps_to_search():
+    space = {"steps": knobs.IntRange(2, 28)}
+    assert fewer_steps([], space) is None
+    assert fewer_steps([ran(28, False, REFERENCE_RECIPE)], space) is None  # the floor is above the reference
+    assert fewer_steps([ran(28, True, REFERENCE_RECIPE)], {"scheduler": knobs.Categorical(("default",))}) is None
+    assert fewer_steps([ran(2, True, REFERENCE_RECIPE)], space) is None  # nothing fewer to try
 
 
 def test_a_recipe_with_a_value_outside_the_space_is_dropped_never_run():

@@ -178,7 +178,8 @@ def run_search(model: ModelSource = DEFAULT_MODEL, options: SearchOptions | None
             worker.close()  # the workers load their own
             launch_workers(options.workers, opened.storage_url, opened.study, spec, opened.log_path, emit)
         else:
-            run_trials(opened.study, worker, spec, emit, scoring=opened.scoring)
+            run_trials(opened.study, worker, spec, emit, scoring=opened.scoring,
+                       fewer_steps_first=options.warm_start_recipes)
         worker_config = worker.config
     finally:
         worker.close()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from autotune import knobs
+from autotune.compare.records import feasible
 from autotune.exceptions import InvalidInput
 from autotune.worker import protocol
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 REFERENCE_RECIPE = "reference"
 # The user attr `recipe` of the trial that runs `recommend`'s configuration: the baseline the search must beat.
 RECOMMENDED_RECIPE = "recommended"
+# The user attr `recipe` of the trials that look, under a quality floor, for the fewest steps that meet it.
+FEWER_STEPS_RECIPE = "fewer steps"
 
 def searched_knobs(domains: Mapping[str, knobs.Domain], with_quality: bool = False) -> list[knobs.Knob]:
     """Knobs that change only speed and memory, plus those the image check guards, each with a choice to make here.
@@ -260,3 +263,32 @@ def warm_start(study: optuna.Study, space: Mapping[str, knobs.Domain], device: s
         if not knobs.violations({**fixed, **params}):
             # The label lets the trial loop give the reference its time, and the end of a search say it failed.
             study.enqueue_trial(params, user_attrs={"recipe": label} if label else None, skip_if_exists=True)
+
+
+def fewer_steps(trials: Sequence[Any], space: Mapping[str, knobs.Domain]) -> dict[str, Any] | None:
+    """Under a quality floor, the next trial of a bisection on steps from the reference configuration, or None when
+    it is over (or there is no steps to search, or no reference trial met the floor yet).
+
+    Fewer steps is the largest speed-up a floor allows and quality falls as steps fall, so the fewest steps that meet
+    the floor take a handful of trials to find this way, where a sampler drawing from the whole space may need many
+    (`bench/efficiency.py --floor`). The bisection keeps every other knob at the reference's value: its trials are the
+    cheapest of the search, and they tell the sampler what steps cost. `trials` are the study's complete ones; a trial
+    with the reference's params but its steps counts, whoever ran it. It bisects between the most steps that missed
+    the floor below the fewest that met it and those, on the median of the step counts left.
+    """
+    domain = space.get("steps")
+    reference = next((t for t in trials if t.user_attrs.get("recipe") == REFERENCE_RECIPE), None)
+    if domain is None or reference is None or "steps" not in reference.params:
+        return None
+    others = {name: value for name, value in reference.params.items() if name != "steps"}
+    met, missed = [], []
+    for trial in trials:
+        if "steps" in trial.params and {k: v for k, v in trial.params.items() if k != "steps"} == others:
+            (met if feasible(trial) else missed).append(trial.params["steps"])
+    if not met:
+        return None
+    fewest = min(met)
+    below = max((steps for steps in missed if steps < fewest), default=None)
+    counts = domain.values if isinstance(domain, knobs.Categorical) else range(domain.low, domain.high + 1)
+    left = sorted(steps for steps in counts if steps < fewest and (below is None or steps > below))
+    return {**others, "steps": left[len(left) // 2]} if left else None

@@ -30,9 +30,9 @@ from autotune.worker import protocol
 from autotune.worker.batching import BatchPolicy, doublings
 from autotune.worker.process import Worker
 
-from .space import calibration_for, suggest
+from .space import FEWER_STEPS_RECIPE, calibration_for, fewer_steps, suggest
 from .spec import Events, StudySpec, scoring_for
-from .study import GRACE_PERIOD_S, finished, surplus, wait_for_slot
+from .study import GRACE_PERIOD_S, counts, finished, surplus, wait_for_slot
 
 
 class DeadlineReached(Exception):
@@ -68,8 +68,11 @@ class SearchInterrupted(AutotuneError, KeyboardInterrupt):
 
 
 def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Events,
-               timeout_s: float | None = None, scoring: Scoring | None = None) -> None:
+               timeout_s: float | None = None, scoring: Scoring | None = None, fewer_steps_first: bool = True) -> None:
     """Run trials until the study has `spec.n_trials` complete ones, over all its workers, or a time limit passes.
+
+    Under a quality floor, `fewer_steps_first` queues after each trial the next of a bisection on steps from the
+    reference configuration (`space.fewer_steps`), ahead of the sampler's own trials.
 
     Each trial is one `study.optimize` step: Optuna beats the trial's heartbeat while it runs, and first fails the
     trials of dead workers so that its retry callback queues them again.
@@ -91,6 +94,8 @@ def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Event
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             emit("trial", trial_event(study, trial.number, spec.n_trials, started, deadline))
+            if fewer_steps_first and scoring is not None:
+                queue_fewer_steps(study, spec)
 
     while wait_for_slot(study, spec.n_trials, deadline, emit):
         try:
@@ -107,6 +112,17 @@ def run_trials(study: optuna.Study, worker: Worker, spec: StudySpec, emit: Event
         except optuna.exceptions.UpdateFinishedTrialError:
             emit("phase", {"message": f"trial {asked[0].number} was taken for dead (no heartbeat for "
                                       f"{GRACE_PERIOD_S} s) and queued again; its result here is dropped"})
+
+
+def queue_fewer_steps(study: optuna.Study, spec: StudySpec) -> None:
+    """Queue the next trial of the bisection for the fewest steps that meet the floor (`space.fewer_steps`): one at a
+    time, once the seeds queued before it have run, and never past the study's trials."""
+    queued = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if queued or sum(counts(study)) >= spec.n_trials:
+        return
+    following = fewer_steps(finished(study), spec.space)
+    if following is not None and not knobs.violations({**spec.fixed, **following}):
+        study.enqueue_trial(following, user_attrs={"recipe": FEWER_STEPS_RECIPE}, skip_if_exists=True)
 
 
 def run_one(trial: optuna.Trial, study: optuna.Study, worker: Worker, spec: StudySpec,
