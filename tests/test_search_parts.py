@@ -145,7 +145,7 @@ def test_only_refuses_a_knob_not_searched_here_or_a_value_outside_its_domain(onl
 
 def ran(steps: int, met: bool, recipe: str | None = None, **others):
     """A complete trial as `fewer_steps` reads it: params, its label, its constraints (<= 0: met)."""
-    return types.SimpleNamespace(params={"scheduler": "default", **others, "steps": steps},
+    return types.SimpleNamespace(number=0, params={"scheduler": "default", **others, "steps": steps},
                                  user_attrs={"recipe": recipe} if recipe else {},
                                  constraints={"quality": -1.0 if met else 1.0, "memory": -1.0})
 

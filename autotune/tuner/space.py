@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from autotune import knobs
-from autotune.compare.records import feasible
+from autotune.compare.records import TrialRecord, feasible
 from autotune.exceptions import InvalidInput
 from autotune.worker import protocol
 
@@ -277,12 +277,13 @@ def fewer_steps(trials: Sequence[Any], space: Mapping[str, knobs.Domain]) -> dic
     the floor below the fewest that met it and those, on the median of the step counts left.
     """
     domain = space.get("steps")
-    reference = next((t for t in trials if t.user_attrs.get("recipe") == REFERENCE_RECIPE), None)
+    records = [TrialRecord.of(trial) for trial in trials]
+    reference = next((record for record in records if record.recipe == REFERENCE_RECIPE), None)
     if domain is None or reference is None or "steps" not in reference.params:
         return None
     others = {name: value for name, value in reference.params.items() if name != "steps"}
     met, missed = [], []
-    for trial in trials:
+    for trial in records:
         if "steps" in trial.params and {k: v for k, v in trial.params.items() if k != "steps"} == others:
             (met if feasible(trial) else missed).append(trial.params["steps"])
     if not met:
