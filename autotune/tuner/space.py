@@ -267,14 +267,14 @@ def warm_start(study: optuna.Study, space: Mapping[str, knobs.Domain], device: s
 
 def fewer_steps(trials: Sequence[Any], space: Mapping[str, knobs.Domain]) -> dict[str, Any] | None:
     """Under a quality floor, the next trial of a bisection on steps from the reference configuration, or None when
-    it is over (or there is no steps to search, or no reference trial met the floor yet).
+    it is over (or steps are not searched, or no reference trial has met the floor).
 
-    Fewer steps is the largest speed-up a floor allows and quality falls as steps fall, so the fewest steps that meet
+    Fewer steps is the largest speed-up a floor allows, and quality falls as steps fall: the fewest steps that meet
     the floor take a handful of trials to find this way, where a sampler drawing from the whole space may need many
-    (`bench/efficiency.py --floor`). The bisection keeps every other knob at the reference's value: its trials are the
-    cheapest of the search, and they tell the sampler what steps cost. `trials` are the study's complete ones; a trial
-    with the reference's params but its steps counts, whoever ran it. It bisects between the most steps that missed
-    the floor below the fewest that met it and those, on the median of the step counts left.
+    (`bench/efficiency.py --floor`). Every other knob keeps the reference's value, so these trials tell the sampler
+    what steps alone cost. `trials` are the study's complete ones; any trial with the reference's params but its
+    steps counts, whoever queued it. The next step count is the median of those left between the most steps that
+    missed the floor below the fewest that met it, and those.
     """
     domain = space.get("steps")
     records = [TrialRecord.of(trial) for trial in trials]
@@ -290,6 +290,6 @@ def fewer_steps(trials: Sequence[Any], space: Mapping[str, knobs.Domain]) -> dic
         return None
     fewest = min(met)
     below = max((steps for steps in missed if steps < fewest), default=None)
-    counts = domain.values if isinstance(domain, knobs.Categorical) else range(domain.low, domain.high + 1)
-    left = sorted(steps for steps in counts if steps < fewest and (below is None or steps > below))
+    step_counts = domain.values if isinstance(domain, knobs.Categorical) else range(domain.low, domain.high + 1)
+    left = sorted(steps for steps in step_counts if steps < fewest and (below is None or steps > below))
     return {**others, "steps": left[len(left) // 2]} if left else None
