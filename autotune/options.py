@@ -126,7 +126,7 @@ class SearchOptions:
     previous: Profile | None = None  # a profile whose settings seed the study
     pinned: Mapping[str, Any] | None = field(default_factory=dict)
     only: Mapping[str, Sequence[Any]] | None = field(default_factory=dict)  # knob -> the values searched
-    warm_start_recipes: bool = True
+    warm_start_recipes: bool = True  # the recommendation, the guides' recipes and, under a floor, the steps bisection
     # Where and how the model loads.
     device: str | None = None  # cpu, cuda or cuda:N
     revision: str | None = None
