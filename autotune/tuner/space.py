@@ -281,10 +281,14 @@ def fewer_steps(trials: Sequence[Any], space: Mapping[str, knobs.Domain]) -> dic
     reference = next((record for record in records if record.recipe == REFERENCE_RECIPE), None)
     if domain is None or reference is None or "steps" not in reference.params:
         return None
-    others = {name: value for name, value in reference.params.items() if name != "steps"}
+
+    def without_steps(params: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in params.items() if name != "steps"}
+
+    others = without_steps(reference.params)
     met, missed = [], []
     for trial in records:
-        if "steps" in trial.params and {k: v for k, v in trial.params.items() if k != "steps"} == others:
+        if "steps" in trial.params and without_steps(trial.params) == others:
             (met if feasible(trial) else missed).append(trial.params["steps"])
     if not met:
         return None
