@@ -40,7 +40,7 @@ from autotune.worker.server import start_early as start_worker_server  # noqa: E
 from autotune.workload import parse_call, parse_size  # noqa: E402
 
 from .exit_codes import run, show_tracebacks, versions  # noqa: E402
-from .flags import parse_only, parse_pins, read_prompts  # noqa: E402
+from .flags import check_setting_forms, parse_only, parse_pins, read_prompts  # noqa: E402
 from .outcome import (  # noqa: E402
     SearchProgress,
     outcome_document,
@@ -204,6 +204,8 @@ def search(
                         HubOptions(revision, variant, local_files_only, config), options.only)
         console.print("\n".join(told.lines()), highlight=False)
         return
+    with flags_named(SEARCH_FLAGS):
+        check_setting_forms(pin or [], only or [])  # before the worker server: a process that exits waits for it
     check_writable(out.replace("{study}", "study"))  # before the model loads, not after the whole search
     start_worker_server()  # its imports run beside this process's own from here on
     with flags_named(SEARCH_FLAGS):  # the knob registry, so torch: after every light check

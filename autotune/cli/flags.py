@@ -18,22 +18,36 @@ def parse_only(narrowed: list[str]) -> dict[str, list[object]]:
     """`--only KNOB=V1,V2` (repeatable): the values of a knob the search tries, each read as a YAML scalar."""
     import yaml
 
+    check_setting_forms([], narrowed)
     parsed: dict[str, list[object]] = {}
     for text in narrowed:
         name, listed = knob_and_value("--only", text)
-        values = [value.strip() for value in listed.split(",")]
-        if not all(values):
-            raise InvalidInput(f"--only takes KNOB=VALUE,VALUE,..., got {text!r}")
-        parsed.setdefault(name, []).extend(yaml.safe_load(value) for value in values)
+        parsed.setdefault(name, []).extend(yaml.safe_load(value.strip()) for value in listed.split(","))
     return parsed
 
 
-def knob_and_value(flag: str, text: str) -> tuple[str, str]:
-    from autotune import knobs
+def check_setting_forms(pins: list[str], narrowed: list[str]) -> None:
+    """`--pin KNOB=VALUE` and `--only KNOB=V1,V2` checked in form only: at once, where the knobs' names need the
+    registry, which imports diffusers (seconds on a small CPU)."""
+    for pin in pins:
+        split_setting("--pin", pin)
+    for text in narrowed:
+        _, listed = split_setting("--only", text)
+        if not all(value.strip() for value in listed.split(",")):
+            raise InvalidInput(f"--only takes KNOB=VALUE,VALUE,..., got {text!r}")
 
+
+def split_setting(flag: str, text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise InvalidInput(f"{flag} takes KNOB=VALUE, got {text!r}")
+    return name, value
+
+
+def knob_and_value(flag: str, text: str) -> tuple[str, str]:
+    name, value = split_setting(flag, text)
+    from autotune import knobs
+
     if name not in knobs.KNOBS:
         raise InvalidInput(f"{flag}: unknown knob {name!r}; known: {', '.join(k.name for k in knobs.in_order())}")
     return name, value
