@@ -74,6 +74,10 @@ class InvalidOption(InvalidInput):
         self.option, self.problem = option, problem
 
 
+class ReportError(AutotuneError, ValueError):
+    """A report's source cannot be found or opened, or its page cannot be written; the message says what to give."""
+
+
 class Unavailable(AutotuneError, RuntimeError):
     """Something a request needs is not on this machine (a package, a local model); the message says what to use."""
 

@@ -1,5 +1,6 @@
 """Writing files so that a reader sees the old file or the new one, never half of one (the one place that does it),
-and where autotune keeps what it caches."""
+checking the files a command will read or write before it imports anything heavy, and where autotune keeps what it
+caches."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .exceptions import CannotWrite
+from .exceptions import CannotWrite, ReportError
+
+REPORT_SOURCES = "give a profile YAML, a study's .db or .journal file, or a storage URL"
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
@@ -61,6 +64,28 @@ def check_writable(path: str | os.PathLike) -> None:
             from None
     os.close(handle)
     os.unlink(probe)
+
+
+def check_report_source(source: str) -> None:
+    """Refuse, before Optuna or torch is imported, a report source (`autotune report STUDY_OR_PROFILE`, or the SQLite
+    URL a profile records) that names no file or an empty one: SQLite would take an empty or missing file for a new
+    database and write into it, and a report only reads. A server's URL passes: only opening it tells.
+
+    >>> check_report_source("sqlite:///gone.db")  # doctest: +SKIP
+    ReportError: sqlite:///gone.db: no such database file
+    """
+    file = Path(source)
+    if not file.is_file():
+        if source.startswith("sqlite:///"):
+            file = Path(source.removeprefix("sqlite:///"))
+            if not file.is_file():
+                raise ReportError(f"{source}: no such database file")
+        elif "://" in source:
+            return
+        else:
+            raise ReportError(f"{source}: no such file; {REPORT_SOURCES}")
+    if file.stat().st_size == 0:
+        raise ReportError(f"{source}: the file is empty; {REPORT_SOURCES}")
 
 
 def cache_dir() -> Path:

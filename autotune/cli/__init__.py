@@ -28,7 +28,7 @@ from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from autotune.exceptions import InvalidInput, InvalidOption  # noqa: E402
-from autotune.files import check_writable  # noqa: E402
+from autotune.files import check_report_source, check_writable  # noqa: E402
 from autotune.options import (  # noqa: E402
     DEFAULT_MODEL,
     SAMPLERS,
@@ -340,6 +340,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML page about a search: trade-offs, knob importances, history, top
     configurations, and the reference images beside the chosen configurations'."""
+    check_report_source(source)
     from autotune.report import report_source, write_report
 
     found = report_source(source, study_name=study, storage=storage)

@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from autotune.exceptions import AutotuneError
+from autotune.exceptions import ReportError
+from autotune.files import check_report_source
 from autotune.measure.quality import images_path, load_images
 from autotune.profile import Profile, load_profile, profile_from_dict, read_yaml
 from autotune.tuner.study import open_storage, redact
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-class ReportError(AutotuneError, ValueError):
-    """The report's source cannot be found or opened; the message says what to give instead."""
 
 
 @dataclass
@@ -43,9 +40,9 @@ def report_source(
     profile. A storage with several studies needs `study_name`.
     """
     text = str(arg)
+    check_report_source(text)
     path = Path(text)
     if path.is_file():
-        _refuse_empty(path, text)
         with path.open("rb") as file:
             is_sqlite = file.read(16) == _SQLITE_MAGIC
         if is_sqlite or _is_journal(path):
@@ -65,17 +62,8 @@ def report_source(
             url = str(beside) if beside.exists() else url
         study = _load_study(url, study_name or (provenance.study if provenance else None))
         return ReportSource(study, profile, _sidecar(path), path.with_suffix(".html"))
-    if "://" in text:
-        study = _load_study(storage or text, study_name)
-        return ReportSource(study, None, None, Path(f"{study.study_name}.html"))
-    raise ReportError(f"{text}: no such file; give a profile YAML, a study's .db or .journal file, or a storage URL")
-
-
-def _refuse_empty(path: Path, shown: str) -> None:
-    # SQLite (and a journal) would take an empty file for a new store and write into it; a report only reads.
-    if path.stat().st_size == 0:
-        raise ReportError(f"{shown}: the file is empty; give a profile YAML, a study's .db or .journal file, "
-                          "or a storage URL")
+    study = _load_study(storage or text, study_name)  # a URL: check_report_source refused any other text
+    return ReportSource(study, None, None, Path(f"{study.study_name}.html"))
 
 
 def _is_journal(path: Path) -> bool:
@@ -109,10 +97,8 @@ def _load_study(url: str, name: str | None) -> optuna.Study:
     shown = redact(url)
     journal = "://" not in url  # a plain path is a journal file, as for the search (`study.open_storage`)
     # Optuna would create an empty database or journal there; a typo should not leave files behind.
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise ReportError(f"{shown}: no such database file")
     if url.startswith("sqlite:///"):
-        _refuse_empty(Path(url.removeprefix("sqlite:///")), shown)
+        check_report_source(url)
     if journal and not Path(url).is_file():
         raise ReportError(f"{shown}: no such journal file")
     try:
