@@ -221,6 +221,7 @@ def test_bad_worker_and_export_flags_give_one_line_and_exit_2(tmp_path, args, me
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr and "hunter2" not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []  # a mistyped storage leaves no empty database behind
 
 
 # ---- when a trial may start: the rules, on a local study ----

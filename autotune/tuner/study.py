@@ -58,12 +58,16 @@ def has_heartbeat(study: optuna.Study) -> bool:
 
 
 def load(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Join the existing study `name`; a missing study says how to start one."""
+    """Join the existing study `name`; a missing study says how to start one. A missing SQLite or journal file holds
+    no study, and is refused before Optuna opens it: opening would leave an empty database behind a typo."""
+    start = f"start it with autotune search --storage URL --study {name} (and the model, budget and trials)"
+    file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None if "://" in url else url
+    if file is not None and not Path(file).is_file():
+        raise StorageError(f"no study {name!r} in {redact(url)}: no such file; {start}")
     try:
         return optuna.load_study(study_name=name, storage=open_storage(url), sampler=sampler)
     except KeyError:
-        raise StorageError(f"no study {name!r} in {redact(url)}; start it with autotune search --storage URL "
-                           f"--study {name} (and the model, budget and trials)") from None
+        raise StorageError(f"no study {name!r} in {redact(url)}; {start}") from None
 
 
 # ---- naming, opening and resuming a study ----
