@@ -2,15 +2,17 @@
 
 Process-wide settings are pinned here before autotune is imported: one inductor cache for the whole session (a warm
 cache turns a ~40 s compile into a few seconds), kept in the temp folder so the next run starts warm too; reference
-renderings cached in a fresh folder per session (never the user's ~/.cache); and one torch thread (a busy neighbour
-slows two threads ~100x on a 2-core machine).
+renderings cached in a fresh folder per session, deleted at its end (never the user's ~/.cache); and one torch thread
+(a busy neighbour slows two threads ~100x on a 2-core machine).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ from typing import Any
 # Before torch is imported: importing diffusers makes inductor fix its cache folder for the whole process.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "autotune-tests-torchinductor"))
 os.environ["AUTOTUNE_CACHE"] = tempfile.mkdtemp(prefix="autotune-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["AUTOTUNE_CACHE"], ignore_errors=True)  # this session's renderings only
 # A search's ablation re-measures the chosen configuration once per changed knob: minutes over the suite's ~70
 # searches. Only tests/test_ablation.py asks for it (ablation=True); the rest test other things.
 os.environ["AUTOTUNE_ABLATION"] = "0"
