@@ -210,6 +210,7 @@ def test_a_worker_on_other_hardware_is_refused_with_a_clear_message(tmp_path):
     [
         (["worker", "--study", "x"], "--storage is required (or AUTOTUNE_STORAGE)"),
         (["worker", "--storage", "sqlite:///study.db", "--study", "nope"], "no study 'nope' in sqlite:///study.db"),
+        (["export", "--storage", "typo.journal", "--study", "x"], "no study 'x' in typo.journal: no such file"),
         (["export", "--storage", "postgresql://tuner:hunter2@127.0.0.1:1/db", "--study", "x"],
          "cannot open the storage postgresql://tuner:***@127.0.0.1:1/db: "),
     ],
