@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from diffusers import DiffusionPipeline
 
+from autotune.files import is_profile_file
 from autotune.measure.memory_model import compiles
 from autotune.profile import Profile, compiled, load_profile, split_pick
 from autotune.profile.library import (
@@ -68,12 +69,7 @@ def resolve_profile(profile: ProfileLike, search_path: SearchPath = None,
             raise ProfileError('profile "auto" picks a profile for a pipeline: give the pipeline (or model) too')
         return select_profile(pipe_or_model, search_path=search_path, size=size).require()
     path, pick = split_pick(profile, pick)
-    if path.is_file():
-        return load_profile(path, pick)
-    text = str(path)
-    if os.sep in text or "/" in text or text.endswith(SUFFIXES):
-        raise ProfileError(f"{text}: no such profile file")
-    return load_profile(find_profile(text, search_path), pick)
+    return load_profile(path if is_profile_file(path) else find_profile(str(path), search_path), pick)
 
 
 def apply_profile(pipe: PipelineT, profile: ProfileLike | Recommendation, search_path: SearchPath = None,

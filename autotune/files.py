@@ -8,8 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .exceptions import CannotWrite, ReportError
+from .exceptions import CannotWrite, ProfileError, ReportError
 
+PROFILE_SUFFIXES = (".yaml", ".yml", ".json")
 REPORT_SOURCES = "give a profile YAML, a study's .db or .journal file, or a storage URL"
 
 
@@ -86,6 +87,32 @@ def check_report_source(source: str) -> None:
             raise ReportError(f"{source}: no such file; {REPORT_SOURCES}")
     if file.stat().st_size == 0:
         raise ReportError(f"{source}: the file is empty; {REPORT_SOURCES}")
+
+
+def split_pick(path: str | os.PathLike[str], pick: str | None = None) -> tuple[Path, str | None]:
+    """`sets/sd15.yaml#balanced` -> (Path("sets/sd15.yaml"), "balanced"); a plain path has only `pick` (if any)."""
+    text = os.fspath(path)
+    if "#" not in text or Path(text).exists():
+        return Path(text), pick
+    text, named = text.rsplit("#", 1)
+    if named and pick and named != pick:
+        raise ProfileError(f"{text}: two picks given, {named!r} in the path and {pick!r}")
+    return Path(text), named or pick
+
+
+def is_profile_file(path: Path) -> bool:
+    """Whether `path` (`split_pick`'s) is a profile's file; False for a name the library looks up. A path that names
+    no file (one with a folder or a profile's suffix) is refused here, before the CLI imports torch to look it up.
+
+    >>> is_profile_file(Path("gone.yaml"))  # doctest: +SKIP
+    ProfileError: gone.yaml: no such profile file
+    """
+    if path.is_file():
+        return True
+    text = str(path)
+    if os.sep in text or "/" in text or text.endswith(PROFILE_SUFFIXES):
+        raise ProfileError(f"{text}: no such profile file")
+    return False
 
 
 def cache_dir() -> Path:

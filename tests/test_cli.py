@@ -55,7 +55,8 @@ def test_a_bad_search_flag_is_one_line_and_status_2(args, message):
 
 @pytest.mark.parametrize("args", [["search", "--budget", "6XB"], ["search", "--quality-floor", "ssim=2"],
                                   ["search", "--only", "quantization"], ["verify", "x.yaml", "--tolerance", "2"],
-                                  ["worker"], ["report", "no-such-study.db"]])
+                                  ["worker"], ["report", "no-such-study.db"], ["verify", "gone.yaml"],
+                                  ["precompile", "profiles/gone.yaml#fastest"]])
 def test_a_bad_flag_is_refused_before_torch_diffusers_or_optuna_is_imported(args):
     status, loaded = _modules_loaded_by(*args)
     assert status == 2 and loaded == set()

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autotune.exceptions import ProfileError
+from autotune.files import is_profile_file, split_pick
 from autotune.options import DEFAULT_MODEL, EXIT_CHECK_FAILED
 from autotune.units import format_size
 from autotune.workload import parse_size
@@ -175,6 +176,7 @@ def precompile(
     search_path: SearchPathOption = None,
 ) -> None:
     """Compile a profile here and save what it compiled beside it, so that an app's first call skips the compile."""
+    is_profile_file(split_pick(profile)[0])  # a path to no file is refused here, not after torch is imported
     from autotune.apply import precompile as save_compiled
 
     with console.status(f"rendering with {profile} to compile it"):

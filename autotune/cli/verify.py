@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autotune.exceptions import InvalidInput
+from autotune.files import is_profile_file, split_pick
 from autotune.options import DEFAULT_TOLERANCE, EXIT_CHECK_FAILED
 
 from .flags import check_at_least_one, check_positive
@@ -41,6 +42,7 @@ def verify(
         raise InvalidInput(f"--tolerance must be between 0 and 1 (0.10 is 10%), got {tolerance}")
     check_at_least_one(("workers", workers), ("rounds", rounds))
     check_positive(("timeout", time_limit))
+    is_profile_file(split_pick(profile)[0])  # a path to no file is refused here, not after torch is imported
     from autotune.compare.verify import verify_profile
 
     with (progress if as_json else console).status("re-measuring the profile in worker processes") as status:

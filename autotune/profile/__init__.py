@@ -26,6 +26,7 @@ from pydantic import (
 
 from autotune import __version__, knobs
 from autotune.exceptions import ProfileError
+from autotune.files import split_pick as split_pick  # compiled.py and apply read it from here
 from autotune.files import write_atomic
 from autotune.hardware import Hardware, Software
 from autotune.measure.figures import KnobEffect as KnobEffect
@@ -324,17 +325,6 @@ def _recorded_seeding(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(workload, dict) and "seeding" not in workload:
         return {**data, "workload": {**workload, "seeding": "shared"}}
     return data
-
-
-def split_pick(path: str | os.PathLike[str], pick: str | None = None) -> tuple[Path, str | None]:
-    """`sets/sd15.yaml#balanced` -> (Path("sets/sd15.yaml"), "balanced"); a plain path has only `pick` (if any)."""
-    text = os.fspath(path)
-    if "#" not in text or Path(text).exists():
-        return Path(text), pick
-    text, named = text.rsplit("#", 1)
-    if named and pick and named != pick:
-        raise ProfileError(f"{text}: two picks given, {named!r} in the path and {pick!r}")
-    return Path(text), named or pick
 
 
 def load_profile(path: str | os.PathLike[str], pick: str | None = None) -> Profile:

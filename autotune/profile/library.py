@@ -22,6 +22,7 @@ from diffusers import DiffusionPipeline
 
 from autotune import knobs, pipelines
 from autotune.exceptions import AutotuneWarning, NoProfileFits, ProfileError, UnreadableProfile
+from autotune.files import PROFILE_SUFFIXES
 from autotune.hardware import Fingerprint, Hardware, available_memory_bytes, probe
 from autotune.pipelines.builtins import BUILTIN_PREFIX
 from autotune.units import format_size
@@ -30,7 +31,7 @@ from . import Profile, load_profile
 from .yaml_form import read_yaml
 
 ENV_VAR = "AUTOTUNE_PROFILE_PATH"
-SUFFIXES = (".yaml", ".yml", ".json")
+SUFFIXES = PROFILE_SUFFIXES
 SearchPath = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
 
 
