@@ -67,6 +67,14 @@ def check_writable(path: str | os.PathLike) -> None:
     os.unlink(probe)
 
 
+def storage_file(url: str) -> Path | None:
+    """The file an Optuna storage keeps its studies in: an SQLite URL's database, or a journal (a plain path); None
+    for a database server's URL."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None if "://" in url else Path(url)
+
+
 def check_report_source(source: str) -> None:
     """Refuse, before Optuna or torch is imported, a report source (`autotune report STUDY_OR_PROFILE`, or the SQLite
     URL a profile records) that names no file or an empty one: SQLite would take an empty or missing file for a new
@@ -75,16 +83,12 @@ def check_report_source(source: str) -> None:
     >>> check_report_source("sqlite:///gone.db")  # doctest: +SKIP
     ReportError: sqlite:///gone.db: no such database file
     """
-    file = Path(source)
+    file = Path(source) if Path(source).is_file() else storage_file(source)
+    if file is None:
+        return
     if not file.is_file():
-        if source.startswith("sqlite:///"):
-            file = Path(source.removeprefix("sqlite:///"))
-            if not file.is_file():
-                raise ReportError(f"{source}: no such database file")
-        elif "://" in source:
-            return
-        else:
-            raise ReportError(f"{source}: no such file; {REPORT_SOURCES}")
+        sqlite = source.startswith("sqlite:///")
+        raise ReportError(f"{source}: no such database file" if sqlite else f"{source}: no such file; {REPORT_SOURCES}")
     if file.stat().st_size == 0:
         raise ReportError(f"{source}: the file is empty; {REPORT_SOURCES}")
 

@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from autotune.compare.records import TrialRecord
 from autotune.exceptions import CannotWrite
+from autotune.files import storage_file
 from autotune.hardware import Fingerprint
 from autotune.worker.server import pid_alive
 from autotune.workload import Workload
@@ -61,8 +62,8 @@ def load(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None
     """Join the existing study `name`; a missing study says how to start one. A missing SQLite or journal file holds
     no study, and is refused before Optuna opens it: opening would leave an empty database behind a typo."""
     start = f"start it with autotune search --storage URL --study {name} (and the model, budget and trials)"
-    file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None if "://" in url else url
-    if file is not None and not Path(file).is_file():
+    file = storage_file(url)
+    if file is not None and not file.is_file():
         raise StorageError(f"no study {name!r} in {redact(url)}: no such file; {start}")
     try:
         return optuna.load_study(study_name=name, storage=open_storage(url), sampler=sampler)
