@@ -17,11 +17,10 @@ from typing import Any, TypeVar
 
 from diffusers import DiffusionPipeline
 
-from autotune.files import is_profile_file
+from autotune.files import PROFILE_SUFFIXES, is_profile_file
 from autotune.measure.memory_model import compiles
 from autotune.profile import Profile, compiled, load_profile, split_pick
 from autotune.profile.library import (
-    SUFFIXES,
     SearchPath,
     check_name,
     classes_mismatch,
@@ -48,7 +47,7 @@ def shipped_profile_path(name: str) -> Path:
     """The file of a profile shipped with autotune; a name never leaves the shipped folder."""
     check_name(name)
     folder = shipped_profiles_dir()
-    for candidate in (folder / name, *(folder / f"{name}{suffix}" for suffix in SUFFIXES)):
+    for candidate in (folder / name, *(folder / f"{name}{suffix}" for suffix in PROFILE_SUFFIXES)):
         if candidate.is_file():
             return candidate
     known = sorted(path.stem for path in folder.glob("*.yaml"))

@@ -31,7 +31,6 @@ from . import Profile, load_profile
 from .yaml_form import read_yaml
 
 ENV_VAR = "AUTOTUNE_PROFILE_PATH"
-SUFFIXES = PROFILE_SUFFIXES
 SearchPath = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
 
 
@@ -93,7 +92,7 @@ def find_profile(name: str, search_path: SearchPath = None) -> Path:
     check_name(name)
     folders = profile_folders(search_path)
     for folder in folders:
-        for candidate in (folder.path / name, *(folder.path / f"{name}{suffix}" for suffix in SUFFIXES)):
+        for candidate in (folder.path / name, *(folder.path / f"{name}{suffix}" for suffix in PROFILE_SUFFIXES)):
             if candidate.is_file():
                 if not inside(candidate, folder.path):
                     raise ProfileError(f"{candidate}: a link that leads outside {folder.path}; a profile name never "
@@ -117,7 +116,8 @@ def list_profiles(search_path: SearchPath = None) -> list[Entry]:
     for folder in profile_folders(search_path):
         if not folder.path.is_dir():
             continue
-        for path in sorted(p for p in folder.path.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".")):
+        profiles = (p for p in folder.path.iterdir() if p.suffix in PROFILE_SUFFIXES and not p.name.startswith("."))
+        for path in sorted(profiles):
             entry = Entry(path.stem, path, folder.origin, shadowed_by=first.get(path.stem))
             first.setdefault(path.stem, path)
             if not inside(path, folder.path):
