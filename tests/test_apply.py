@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
@@ -78,6 +79,50 @@ def test_an_unavailable_value_falls_back_with_a_warning(name, value, tiny_pipe, 
     assert knob.unavailable(fallback, HARDWARE, tiny_pipe) is None
     assert_state(tiny_pipe, {name: fallback})
     generate(tiny_pipe)
+
+
+def _with_attention_lora(pipe):
+    """`pipe` with a LoRA on its UNet's query, key and value projections, added through diffusers' own `add_adapter`,
+    its weights random so that it changes the image (PEFT starts them at no change)."""
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v"],
+                                     init_lora_weights=False))
+    return pipe
+
+
+def test_fused_qkv_waits_for_a_lora_to_be_merged(make_profile, generate):
+    pytest.importorskip("peft")
+    base = generate(pipelines.tiny_sd_random())
+    with_lora = generate(_with_attention_lora(pipelines.tiny_sd_random()))
+    assert np.abs(with_lora - base).max() > 0.05  # the LoRA draws something else
+
+    # What the knob guards against: diffusers fuses the base weights and the LoRA is dropped from the fused layers.
+    fused_by_hand = _with_attention_lora(pipelines.tiny_sd_random())
+    fused_by_hand.unet.fuse_qkv_projections()
+    assert np.abs(generate(fused_by_hand) - with_lora).max() > 0.05
+
+    unmerged = _with_attention_lora(pipelines.tiny_sd_random())
+    with pytest.warns(FallbackWarning, match=r"fuse_qkv=True .*a LoRA on \d+ query/key/value projections .*"
+                                             r"pipe\.fuse_lora\(\).*using False"):
+        apply_profile(unmerged, make_profile(fuse_qkv=True))
+    assert knobs.get("fuse_qkv").read(unmerged) is False
+    np.testing.assert_allclose(generate(unmerged), with_lora, atol=1e-5)
+
+    merged = _with_attention_lora(pipelines.tiny_sd_random())
+    merged.fuse_lora()
+    merged.unload_lora_weights()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        apply_profile(merged, make_profile(fuse_qkv=True))
+    assert knobs.get("fuse_qkv").read(merged) is True
+    np.testing.assert_allclose(generate(merged), with_lora, atol=1e-3)
+
+    # Loaded after a profile that fused them, a LoRA misses the fused layers: hence "merge it before apply_profile".
+    late = pipelines.tiny_sd_random()
+    apply_profile(late, make_profile(fuse_qkv=True))
+    assert np.abs(generate(_with_attention_lora(late)) - with_lora).max() > 0.05
 
 
 @pytest.mark.skipif(HARDWARE.device != "cpu", reason="offload runs where there is an accelerator")
