@@ -83,7 +83,7 @@ def check_report_source(source: str) -> None:
     >>> check_report_source("sqlite:///gone.db")  # doctest: +SKIP
     ReportError: sqlite:///gone.db: no such database file
     """
-    file = Path(source) if Path(source).is_file() else storage_file(source)
+    file = storage_file(source)  # a plain path (profile, .db, .journal) is itself
     if file is None:
         return
     if not file.is_file():
